@@ -1,0 +1,182 @@
+"""``python -m benchmark bench``: throughput measured side by side in one run.
+
+Speed goals are ratios of timings taken in the same process on the same device, so they
+hold on any machine; nothing here is a pass/fail test.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from benchmark.config import TomographyConfig
+from methods import tomography
+
+log = logging.getLogger(__name__)
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto`` -> cuda when available, else cpu."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def timed(fn: Callable[[], object], device: torch.device, repeats: int = 1) -> float:
+    """Best wall time of ``repeats`` calls of ``fn`` after one warm-up, in seconds."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+@dataclass(frozen=True)
+class TomographyBench:
+    """Figures of ``bench tomography`` (times in seconds)."""
+
+    device: str
+    shape: tuple[int, int, int, int]
+    config: TomographyConfig
+    extraction_s: float
+    backprojection_s: float
+    classifier_s: float
+    reconstruct_s: float
+    peak_memory_mb: float | None
+
+    @property
+    def n_slices_total(self) -> int:
+        return self.config.n_angles * (self.config.n_slices + 2)
+
+    def rows(self) -> list[tuple[str, str]]:
+        voxels = self.shape[1] * self.shape[2] * self.shape[3]
+        c = self.config
+        rows = [
+            ("device", self.device),
+            ("volume [C,D,H,W]", "x".join(map(str, self.shape))),
+            (
+                "L angles, M slices, slice px, chunk",
+                f"{c.n_angles}, {c.n_slices}, {c.slice_size}, {c.chunk}",
+            ),
+            ("slices cut", f"{self.n_slices_total:,}"),
+            ("extraction", f"{self.n_slices_total / self.extraction_s:,.0f} slices/s"),
+            (
+                "backprojection",
+                f"{voxels * c.n_angles / self.backprojection_s / 1e6:,.1f} M voxel-directions/s",
+            ),
+            ("classifier alone (pre-cut slices)", f"{self.classifier_s:.2f} s"),
+            ("reconstruct (cut + classify + filter + backproject)", f"{self.reconstruct_s:.2f} s"),
+            ("overhead ratio reconstruct / classifier", f"{self.overhead_ratio:.3f}"),
+        ]
+        if self.peak_memory_mb is not None:
+            rows.append(("peak GPU memory of reconstruct", f"{self.peak_memory_mb:,.0f} MiB"))
+        return rows
+
+    @property
+    def overhead_ratio(self) -> float:
+        return self.reconstruct_s / self.classifier_s
+
+
+def bench_tomography(
+    config: TomographyConfig,
+    shape: tuple[int, int, int, int],
+    device: torch.device,
+    model_name: str = "resnet10t",
+    repeats: int = 1,
+) -> TomographyBench:
+    """Time the tomography core and ToNNO's overhead over its classifier alone.
+
+    The classifier alone runs on one chunk of pre-cut slices, as many times as
+    ``reconstruct`` has chunks, so both see the same number of slices and batch size.
+    """
+    import timm
+
+    generator = torch.Generator().manual_seed(0)
+    volume = torch.rand(shape, generator=generator).to(device)
+    model = timm.create_model(model_name, pretrained=False, num_classes=1, in_chans=shape[0])
+    model = model.to(device, memory_format=torch.channels_last).eval()
+    cast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+    def classify(slices: torch.Tensor) -> torch.Tensor:
+        return model(slices)[:, 0]
+
+    normals = tomography.fibonacci_sphere(config.n_angles)
+    u, v = tomography.orthonormal_frames(normals, generator)
+    offsets = tomography.slice_offsets(config.n_slices)
+    chunks = [slice(i, i + config.chunk) for i in range(0, config.n_angles, config.chunk)]
+
+    def extract_all() -> None:
+        for part in chunks:
+            tomography.extract_slices(
+                volume, normals[part], offsets, config.slice_size, u[part], v[part]
+            )
+
+    q = torch.randn(config.n_angles, config.n_slices, generator=generator).to(device)
+
+    def backproject_all() -> None:
+        for part in chunks:
+            tomography.backproject(q[part], normals[part], shape[1:])
+
+    batch = (
+        tomography.extract_slices(
+            volume, normals[chunks[0]], offsets, config.slice_size, u[chunks[0]], v[chunks[0]]
+        )
+        .flatten(0, 1)
+        .contiguous(memory_format=torch.channels_last)
+    )
+    full_batches, rest = divmod(config.n_angles, config.chunk)
+    last = batch[: rest * (config.n_slices + 2)]
+
+    def classify_all() -> None:
+        with cast:
+            for _ in range(full_batches):
+                classify(batch)
+            if rest:
+                classify(last)
+
+    def reconstruct() -> None:
+        tomography.reconstruct(
+            volume,
+            classify,
+            config.n_angles,
+            config.n_slices,
+            config.slice_size,
+            chunk=config.chunk,
+            seed=config.seed,
+        )
+
+    with torch.inference_mode():
+        log.info("timing extraction, backprojection, classifier, reconstruct on %s", device)
+        extraction = timed(extract_all, device, repeats)
+        backprojection = timed(backproject_all, device, repeats)
+        classifier = timed(classify_all, device, repeats)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        reconstruction = timed(reconstruct, device, repeats)
+        peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    return TomographyBench(
+        device=_describe(device),
+        shape=shape,
+        config=config,
+        extraction_s=extraction,
+        backprojection_s=backprojection,
+        classifier_s=classifier,
+        reconstruct_s=reconstruction,
+        peak_memory_mb=peak,
+    )
+
+
+def _describe(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({torch.get_num_threads()} threads)"

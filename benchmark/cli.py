@@ -1,0 +1,53 @@
+"""``python -m benchmark``: one sub-command per module in ``benchmark.commands``.
+
+Each command module defines ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``
+and imports its heavy dependencies inside ``run``, so ``--help`` and ``ls`` stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from benchmark import __version__
+from benchmark.registry import RegistryError
+
+COMMANDS = ("ls", "bench", "train", "inspect")
+
+log = logging.getLogger("benchmark")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmark",
+        description="ToNNO benchmark: weakly supervised 3D segmentation from image-level labels.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, tracebacks")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        module = importlib.import_module(f"benchmark.commands.{name}")
+        command = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(command)
+        command.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.run(args) or 0)
+    except (RegistryError, ValueError, FileNotFoundError) as error:
+        if args.verbose:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,52 @@
+"""``bench tomography``: throughput of the tomography core and ToNNO's overhead."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "measure throughput and overhead ratios (side by side, one run)"
+
+DEFAULT_SHAPES = {"quick": (1, 32, 96, 96), "paper": (1, 128, 128, 128)}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("target", choices=("tomography",), help="what to measure")
+    parser.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda")
+    parser.add_argument(
+        "--preset",
+        choices=("quick", "paper"),
+        default=None,
+        help="tomography settings (default: paper on a GPU, quick on a CPU)",
+    )
+    parser.add_argument(
+        "--shape",
+        type=int,
+        nargs=4,
+        metavar=("C", "D", "H", "W"),
+        help="volume shape (default: 1 32 96 96 for quick, 1 128 128 128 for paper)",
+    )
+    parser.add_argument("--model", default="resnet10t", help="timm classifier (random weights)")
+    parser.add_argument("--repeats", type=int, default=1, help="timed runs after a warm-up")
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        metavar="KEY=VALUE",
+        default=[],
+        help="TomographyConfig overrides, e.g. n_angles=500 chunk=16",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    from benchmark.bench import bench_tomography, pick_device
+    from benchmark.config import TomographyConfig, parse_overrides, resolve
+
+    device = pick_device(args.device)
+    preset = args.preset or ("paper" if device.type == "cuda" else "quick")
+    config = resolve(TomographyConfig, preset, overrides=parse_overrides(args.set))
+    shape = tuple(args.shape or DEFAULT_SHAPES[preset])
+    result = bench_tomography(config, shape, device, args.model, args.repeats)
+    print(f"bench tomography ({preset} preset, {args.model} with random weights)")
+    print(tabulate(result.rows(), tablefmt="github", headers=("measure", "value")))
+    return 0

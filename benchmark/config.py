@@ -1,0 +1,154 @@
+"""Configuration is data: frozen dataclasses whose defaults are the paper's values.
+
+Each config class has named presets (``paper`` = the defaults, ``quick`` for a CPU);
+:func:`resolve` applies, in order, the preset, a YAML file and command-line overrides
+(CLI > YAML > preset), checking every field name and converting values to the field's type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+C = TypeVar("C")
+
+
+@dataclass(frozen=True)
+class TomographyConfig:
+    """Settings of the tomographic reconstruction (paper 3.6)."""
+
+    n_angles: int = 2000  # L, eq. (8)
+    n_slices: int = 100  # M, eq. (9)
+    slice_size: int = 224  # h_S = w_S, eq. (4)
+    chunk: int = 32  # directions per batch; sets peak memory, not the result
+    seed: int = 0  # random in-plane frames (A.1)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training of the 2D slice classifier (paper 3.6, 4.2, A.6).
+
+    ``iterations=None`` takes the paper's count for the data set (:data:`PAPER_ITERATIONS`,
+    times :data:`PAPER_ITERATION_FACTOR` for the architecture).
+    """
+
+    model: str = "resnet10t"  # a paper variant (R-10-T with frozen BN) or any timm model
+    pretrained: bool | None = None  # None: the variant's (ImageNet weights but *_np)
+    weights: str | None = None  # local file of pretrained weights instead of the hub
+    batch_volumes: int = 2  # B, half positive and half negative
+    slices_per_volume: int = 120  # M_train, offsets evenly across [-1, 1]
+    slice_size: int = 224  # h_S = w_S
+    scale: float = 0.3  # in-plane vector lengths in [1 - scale, 1 + scale]
+    translation: float = 0.3  # slice-wise in-plane shift in (-translation, translation)
+    intensity: float = 0.3  # y = (1 + a) x + b per slice, a, b ~ U(-intensity, intensity)
+    lr: float = 5e-5  # cosine schedule from lr to lr_min, updated every step
+    lr_min: float = 1e-7
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam
+    eps: float = 1e-8
+    iterations: int | None = None
+    val_every: int = 5000  # steps between validations (and one at the end)
+    val_slices: int = 120  # per axis: axial, coronal and sagittal stacks
+    checkpoint_every: int = 1000
+    log_every: int = 100  # steps per train_log.csv row (mean loss)
+    seed: int = 0
+
+
+PAPER_ITERATIONS: dict[str, int] = {  # A.6, for the ResNet-10-T
+    "ms": 250_000,
+    "autopet": 187_500,
+    "mosmed": 125_000,
+    "duke": 62_500,
+}
+PAPER_ITERATION_FACTOR: dict[str, float] = {"resnet50": 0.4}  # 3.6: ResNet-50 overfits
+
+
+PRESETS: dict[type, dict[str, Any]] = {
+    TomographyConfig: {
+        "paper": TomographyConfig(),
+        "quick": TomographyConfig(n_angles=256, n_slices=32, slice_size=64),
+    },
+    TrainConfig: {
+        "paper": TrainConfig(),
+        "quick": TrainConfig(
+            model="resnet10t_gn_np", slices_per_volume=16, slice_size=64, lr=1e-3, lr_min=1e-5,
+            iterations=300, val_every=100, val_slices=16, checkpoint_every=50, log_every=10,
+        ),
+    },
+}
+
+
+def _convert(value: Any, annotation: Any, where: str) -> Any:
+    """Convert ``value`` (from YAML or a ``key=value`` string) to the field's type."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if value is None or annotation is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if isinstance(value, str) and value.lower() in ("none", "null") and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(value, inner[0], where) if len(inner) == 1 else value
+    if origin in (tuple, list):
+        items = value.split(",") if isinstance(value, str) else list(value)
+        item_type = args[0] if args else Any
+        return origin(_convert(v, item_type, where) for v in items)
+    if annotation is bool:
+        if isinstance(value, str):
+            lowered = value.lower()
+            if lowered not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(f"{where}: expected true/false, got {value!r}")
+            return lowered in ("true", "1", "yes")
+        return bool(value)
+    try:
+        return annotation(value)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{where}: cannot read {value!r} as {annotation.__name__}") from error
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, str]:
+    """``["n_angles=500", "seed=1"] -> {"n_angles": "500", "seed": "1"}``."""
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"override {item!r} is not of the form key=value")
+        out[key.strip().replace("-", "_")] = value.strip()
+    return out
+
+
+def resolve(
+    cls: type[C],
+    preset: str = "paper",
+    yaml_path: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> C:
+    """Config ``cls`` from ``preset``, then the YAML file, then ``overrides``."""
+    presets = PRESETS.get(cls, {"paper": cls()})
+    if preset not in presets:
+        raise ValueError(f"unknown preset {preset!r} for {cls.__name__}: {sorted(presets)}")
+    config = presets[preset]
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    layers: list[tuple[str, Mapping[str, Any]]] = []
+    if yaml_path is not None:
+        loaded = yaml.safe_load(Path(yaml_path).read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{yaml_path}: expected a mapping of field: value")
+        layers.append((str(yaml_path), loaded))
+    layers.append(("command line", overrides or {}))
+    for where, values in layers:
+        unknown = sorted(set(values) - fields)
+        if unknown:
+            raise ValueError(
+                f"{where}: unknown {cls.__name__} field(s) {unknown}; known: {sorted(fields)}"
+            )
+        changes = {k: _convert(v, hints[k], f"{where}: {k}") for k, v in values.items()}
+        config = dataclasses.replace(config, **changes)
+    return config

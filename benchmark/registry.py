@@ -1,0 +1,103 @@
+"""Name -> class registries: wildcards, natural sort, close-match errors, lazy built-ins.
+
+Modelled on timm's ``register_model`` / ``list_models`` and lm-evaluation-harness's
+lazy registry: built-in modules are imported the first time a registry is queried, so
+importing a package stays cheap until a name is actually needed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import importlib
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+class RegistryError(LookupError):
+    """An unknown, malformed or duplicate registry name."""
+
+    def __str__(self) -> str:  # LookupError would quote the message like a dict key
+        return str(self.args[0])
+
+
+def natural_key(name: str) -> list[int | str]:
+    """Sort key that orders ``layercam@2`` before ``layercam@10``."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A registered object and the metadata given to the decorator."""
+
+    name: str
+    obj: Any
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class Registry:
+    """A registry of named objects of one kind ("method", "dataset")."""
+
+    def __init__(self, kind: str, builtin_modules: Sequence[str] = ()):
+        self.kind = kind
+        self._builtin_modules = tuple(builtin_modules)
+        self._entries: dict[str, Entry] = {}
+        self._loaded = False
+
+    def register(self, name: str, **meta: Any) -> Callable[[Any], Any]:
+        """Class decorator: ``@registry.register("name", key=value)``."""
+        if not _NAME.match(name):
+            raise RegistryError(
+                f"invalid {self.kind} name {name!r}: use lower-case letters, digits and '_', "
+                "starting with a letter"
+            )
+
+        def decorator(obj: Any) -> Any:
+            if name in self._entries:
+                previous = self._entries[name].obj
+                raise RegistryError(
+                    f"{self.kind} {name!r} is already registered "
+                    f"(by {previous.__module__}.{previous.__qualname__})"
+                )
+            self._entries[name] = Entry(name, obj, dict(meta))
+            return obj
+
+        return decorator
+
+    def _load_builtins(self) -> None:
+        if not self._loaded:
+            self._loaded = True
+            for module in self._builtin_modules:
+                importlib.import_module(module)
+
+    def entry(self, name: str) -> Entry:
+        """The entry for ``name``; an unknown name raises with the closest matches."""
+        self._load_builtins()
+        if name not in self._entries:
+            raise RegistryError(self._unknown_message(name))
+        return self._entries[name]
+
+    def names(self, patterns: str | Iterable[str] = "*") -> list[str]:
+        """Registered names matching any fnmatch pattern, in natural order."""
+        self._load_builtins()
+        patterns = [patterns] if isinstance(patterns, str) else list(patterns)
+        found = {n for n in self._entries for p in patterns if fnmatch.fnmatchcase(n, p)}
+        return sorted(found, key=natural_key)
+
+    def __contains__(self, name: str) -> bool:
+        self._load_builtins()
+        return name in self._entries
+
+    def _unknown_message(self, name: str) -> str:
+        known = sorted(self._entries, key=natural_key)
+        close = difflib.get_close_matches(name, known, n=5, cutoff=0.6)
+        close += [k for k in known if name and name in k and k not in close][: 5 - len(close)]
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        return (
+            f"unknown {self.kind} {name!r}{hint} "
+            f"(`python -m benchmark ls {self.kind}s` lists all {len(known)})"
+        )

@@ -1,0 +1,24 @@
+"""Heatmap methods on one shared tomography core (``methods.tomography``).
+
+Importing this package is cheap: torch and the built-in adapters load on first use.
+"""
+
+from methods.registry import (
+    METHODS,
+    Method,
+    create_method,
+    expand_specs,
+    list_methods,
+    parse_spec,
+    register_method,
+)
+
+__all__ = [
+    "METHODS",
+    "Method",
+    "create_method",
+    "expand_specs",
+    "list_methods",
+    "parse_spec",
+    "register_method",
+]

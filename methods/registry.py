@@ -1,0 +1,130 @@
+"""The method registry: ``register_method``, ``create_method``, ``list_methods``.
+
+A spec names one configured method: ``NAME`` or ``NAME@LAYER`` for layer-wise methods
+(LAYER 1-4 = the classifier's ResNet stages).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from benchmark.registry import Registry, RegistryError, natural_key
+
+if TYPE_CHECKING:
+    from torch import Tensor, nn
+
+# Modules that register the built-in methods; imported on the first registry query.
+BUILTIN_MODULES: tuple[str, ...] = ()
+
+METHODS = Registry("method", BUILTIN_MODULES)
+
+
+class Method(ABC):
+    """A heatmap method: ``method(volume[C,D,H,W], model) -> heatmap[D,H,W]``.
+
+    The heatmap is float32, has the volume's spatial shape and holds raw values (no
+    per-slice min-max): the evaluation thresholds compare values across slices and volumes.
+    """
+
+    name: ClassVar[str] = ""
+    layers: ClassVar[tuple[int, ...]] = ()
+
+    def __init__(self, layer: int | None = None):
+        self.layer = layer
+
+    @property
+    def spec(self) -> str:
+        return f"{self.name}@{self.layer}" if self.layer is not None else self.name
+
+    @abstractmethod
+    def __call__(self, volume: Tensor, model: nn.Module) -> Tensor:
+        """Heatmap [D,H,W] of ``volume`` [C,D,H,W] explained through ``model``."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.spec!r})"
+
+
+def register_method(name: str, layers: Sequence[int] = ()) -> Callable[[type], type]:
+    """Class decorator registering a :class:`Method` subclass under ``name``.
+
+    ``layers`` lists the classifier stages a layer-wise method accepts (``NAME@LAYER``).
+    """
+    add = METHODS.register(name, layers=tuple(layers))
+
+    def decorator(cls: type) -> type:
+        if not (isinstance(cls, type) and issubclass(cls, Method)):
+            raise TypeError(f"@register_method({name!r}) expects a Method subclass, got {cls!r}")
+        cls.name, cls.layers = name, tuple(layers)
+        return add(cls)
+
+    return decorator
+
+
+def parse_spec(spec: str) -> tuple[str, int | None]:
+    """``"layercam@2" -> ("layercam", 2)``; checks the layer against the registry."""
+    name, _, layer_text = spec.strip().partition("@")
+    layers = METHODS.entry(name).meta["layers"]
+    if not layer_text:
+        if layers:
+            choices = ", ".join(f"{name}@{k}" for k in layers)
+            raise RegistryError(f"method {name!r} needs a layer: one of {choices}")
+        return name, None
+    if not layers:
+        raise RegistryError(f"method {name!r} takes no layer, got {spec!r}")
+    if not layer_text.isdigit() or int(layer_text) not in layers:
+        raise RegistryError(f"method {name!r} has layers {list(layers)}, got {spec!r}")
+    return name, int(layer_text)
+
+
+def create_method(spec: str, **options: Any) -> Method:
+    """Build the method named by ``spec`` (``NAME`` or ``NAME@LAYER``) with ``options``."""
+    name, layer = parse_spec(spec)
+    cls = METHODS.entry(name).obj
+    return cls(layer=layer, **options) if layer is not None else cls(**options)
+
+
+def list_methods(pattern: str | Iterable[str] = "*", *, specs: bool = False) -> list[str]:
+    """Registered method names matching fnmatch ``pattern(s)``, naturally sorted.
+
+    With ``specs=True`` every layer-wise method expands to ``NAME@1`` ... ``NAME@4``.
+    """
+    names = METHODS.names(pattern)
+    if not specs:
+        return names
+    expanded = [
+        f"{n}@{k}" if k is not None else n
+        for n in names
+        for k in (METHODS.entry(n).meta["layers"] or (None,))
+    ]
+    return sorted(expanded, key=natural_key)
+
+
+def expand_specs(requested: str | Iterable[str]) -> list[str]:
+    """CLI ``--methods`` to specs: ``all``, wildcards, names (every layer) and exact specs.
+
+    Order is preserved and duplicates dropped; an unknown name raises with suggestions.
+    """
+    items = [requested] if isinstance(requested, str) else list(requested)
+    tokens = [t.strip() for item in items for t in item.split(",") if t.strip()]
+    out: list[str] = []
+    for token in tokens:
+        if token == "all":
+            found = list_methods("*", specs=True)
+        elif any(c in token for c in "*?["):
+            if "@" in token:  # match whole specs, e.g. "*cam@2"
+                found = [s for s in list_methods(specs=True) if fnmatch.fnmatchcase(s, token)]
+            else:
+                found = list_methods(token, specs=True)
+            if not found:
+                raise RegistryError(f"no method matches {token!r}")
+        elif "@" in token:
+            name, layer = parse_spec(token)
+            found = [f"{name}@{layer}" if layer is not None else name]
+        else:
+            METHODS.entry(token)  # raises with suggestions when unknown
+            found = list_methods(token, specs=True)
+        out += [s for s in found if s not in out]
+    return out

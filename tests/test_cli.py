@@ -1,0 +1,73 @@
+"""The command line and the packaging promises: light imports, our own `datasets`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmark.cli import COMMANDS, main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
+
+
+def test_importing_the_packages_and_building_the_cli_does_not_import_torch():
+    probe = (
+        "import sys, benchmark.cli, methods, datasets; benchmark.cli.build_parser(); "
+        "print(sorted(m for m in ('torch', 'timm', 'pandas') if m in sys.modules))"
+    )
+    assert run_python(probe).stdout.strip() == "[]"
+
+
+def test_import_datasets_resolves_to_this_repository():
+    import datasets
+
+    assert Path(datasets.__file__).resolve() == REPO / "datasets" / "__init__.py"
+
+
+def test_help_lists_every_command():
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmark", "--help"], cwd=REPO, capture_output=True, text=True
+    )
+    assert result.returncode == 0
+    for command in COMMANDS:
+        assert command in result.stdout
+
+
+def test_ls_lists_matches_or_says_none(capsys):
+    assert main(["ls", "methods", "no_such_method_*"]) == 0
+    assert "no methods match 'no_such_method_*'" in capsys.readouterr().out
+
+
+def test_bad_override_is_a_one_line_error(capsys):
+    assert main(["bench", "tomography", "--set", "nangles=3"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: command line: unknown TomographyConfig field(s) ['nangles']")
+    assert "Traceback" not in err
+
+
+def test_bench_tomography_prints_its_figures(capsys):
+    settings = ["n_angles=4", "n_slices=4", "slice_size=16", "chunk=3"]
+    args = ["bench", "tomography", "--device", "cpu", "--shape", "1", "6", "8", "8", "--set"]
+    assert main(args + settings) == 0
+    out = capsys.readouterr().out
+    assert "| L angles, M slices, slice px, chunk" in out and "4, 4, 16, 3" in out
+    assert "| slices cut " in out and "24 " in out  # 4 directions x (4 + 2) slices
+    ratio = float(out.split("overhead ratio reconstruct / classifier")[1].split("|")[1])
+    assert ratio > 0
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_each_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    assert "usage: python -m benchmark " + command in capsys.readouterr().out
