@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from torch import Tensor, nn
 
 # Modules that register the built-in methods; imported on the first registry query.
-BUILTIN_MODULES: tuple[str, ...] = ()
+BUILTIN_MODULES = ("methods.tonno", "methods.cam_methods")
 
 METHODS = Registry("method", BUILTIN_MODULES)
 

@@ -217,6 +217,7 @@ def _cell_grid(coord: Tensor, cells: int, pixels: int) -> Tensor:
     return 2.0 * (coord - first) / (last - first) - 1.0
 
 
+@torch.no_grad()
 def reconstruct(
     volume: Tensor,
     slice_fn: Callable[[Tensor], Tensor],
@@ -265,7 +266,7 @@ def reconstruct(
         else nullcontext()
     )
     total = torch.zeros(out_shape, dtype=torch.float32, device=device)
-    for start in range(0, n_angles, chunk):
+    for start in range(0, n_angles, chunk):  # (slice_fn may enable grad for itself: CAMs)
         stop = min(start + chunk, n_angles)
         n = normals[start:stop]
         slices = extract_slices(volume, n, offsets, size, u[start:stop], v[start:stop])
@@ -284,3 +285,27 @@ def reconstruct(
             progress(stop - start)
     scale = -1.0 / (2.0 * math.pi * n_angles) if filtered else 1.0 / n_angles
     return total * scale
+
+
+@torch.no_grad()
+def reslice(
+    volume: Tensor,
+    slice_fn: Callable[[Tensor], Tensor],
+    axis: int,
+    size: int | tuple[int, int],
+) -> Tensor:
+    """Slice-wise maps stacked back (paper 4.3): every slice of ``volume`` along ``axis``
+    resampled to ``size`` (eq. 4 with an axis normal), ``slice_fn`` [N,C,h,w] -> [N,a,b],
+    each map read back at its slice's voxels. Returns [D, H, W] float32.
+
+    The in-plane axes keep their order (axis 0: (H, W); 1: (D, W); 2: (D, H)), so a
+    full-resolution map equal to the slice returns the volume exactly.
+    """
+    shape = tuple(volume.shape[1:])
+    eye = torch.eye(3, device=volume.device)
+    normal = eye[axis : axis + 1]
+    u, v = (eye[k : k + 1] for k in range(3) if k != axis)
+    offsets = torch.linspace(-1.0, 1.0, shape[axis], device=volume.device)
+    slices = extract_slices(volume, normal, offsets, size, u, v)[0]
+    maps = slice_fn(slices.contiguous(memory_format=torch.channels_last)).float()
+    return backproject_maps(maps[None], normal, u, v, shape, size)

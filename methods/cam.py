@@ -1,0 +1,170 @@
+"""Class activation maps of one logit at one layer, written once, dimension-agnostic.
+
+Each equation maps the layer's activations A [N, K, *S] and the gradients dy/dA of the
+target logit y to a raw map [N, *S] (ReLU applied, no min-max scaling: values compare
+across slices and volumes). The maps equal pytorch-grad-cam's before its ``scale_cam_image``
+step, which the tests check. Batched, on the model's device, bf16 autocast on CUDA.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA, a no-op elsewhere: the same code runs on both."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+@contextmanager
+def captured_output(layer: nn.Module):
+    """Collect ``layer``'s forward outputs; the hook is released even if the call fails."""
+    outputs: list[Tensor] = []
+    handle = layer.register_forward_hook(lambda module, args, output: outputs.append(output))
+    try:
+        yield outputs
+    finally:
+        handle.remove()
+
+
+def activations_and_gradients(
+    model: nn.Module, layer: nn.Module, inputs: Tensor, target: int = 0
+) -> tuple[Tensor, Tensor]:
+    """A = ``layer``'s output and dy/dA for y = logit ``target`` of each input, float32."""
+    inputs = inputs.detach().requires_grad_(True)  # so that A is in the graph even if frozen
+    with captured_output(layer) as outputs, torch.enable_grad(), autocast(inputs.device):
+        logits = model(inputs)
+        (grads,) = torch.autograd.grad(logits[:, target].sum(), outputs[0])
+    return outputs[0].detach().float(), grads.float()
+
+
+def _spatial_sum(x: Tensor) -> Tensor:
+    """Sum over the spatial axes, kept for broadcasting: [N, K, *S] -> [N, K, 1, ...]."""
+    return x.flatten(2).sum(-1).view(*x.shape[:2], *([1] * (x.dim() - 2)))
+
+
+def batched(cam: CAM, model: nn.Module, layer: nn.Module, batch_size: int):
+    """``cam`` at ``layer`` as a slice function [N, C, h, w] -> [N, a, b], in batches."""
+
+    def maps(slices: Tensor) -> Tensor:
+        return torch.cat([cam(model, layer, batch) for batch in slices.split(batch_size)])
+
+    return maps
+
+
+class CAM(ABC):
+    """A CAM: ``cam(model, layer, inputs) -> maps [N, *S]`` at the layer's resolution."""
+
+    @abstractmethod
+    def __call__(self, model: nn.Module, layer: nn.Module, inputs: Tensor) -> Tensor:
+        """Raw maps of logit 0 for ``inputs`` [N, C, *S_in] at ``layer``."""
+
+
+class GradientCAM(CAM):
+    """A CAM computed from A and dy/dA alone; subclasses state the equation."""
+
+    def __call__(self, model: nn.Module, layer: nn.Module, inputs: Tensor) -> Tensor:
+        acts, grads = activations_and_gradients(model, layer, inputs)
+        return self.channel_map(acts, grads).clamp(min=0)
+
+    @abstractmethod
+    def channel_map(self, acts: Tensor, grads: Tensor) -> Tensor:
+        """[N, K, *S] activations and gradients -> [N, *S] map, before the ReLU."""
+
+
+class ChannelWeightedCAM(GradientCAM):
+    """sum_k w_k A_k with one weight per channel (GradCAM, GradCAM++)."""
+
+    def channel_map(self, acts: Tensor, grads: Tensor) -> Tensor:
+        weights = self.weights(acts, grads)
+        return (weights.view(*weights.shape, *([1] * (acts.dim() - 2))) * acts).sum(1)
+
+    @abstractmethod
+    def weights(self, acts: Tensor, grads: Tensor) -> Tensor:
+        """[N, K] channel weights."""
+
+
+class GradCAM(ChannelWeightedCAM):
+    """GradCAM (Selvaraju et al., ICCV 2017): w_k = spatial mean of dy/dA_k."""
+
+    def weights(self, acts: Tensor, grads: Tensor) -> Tensor:
+        return grads.flatten(2).mean(-1)
+
+
+class GradCAMPlusPlus(ChannelWeightedCAM):
+    """GradCAM++ (Chattopadhyay et al., WACV 2018, eq. 19 with exp(y) second derivatives)."""
+
+    eps = 1e-6  # as pytorch-grad-cam
+
+    def weights(self, acts: Tensor, grads: Tensor) -> Tensor:
+        g2 = grads**2
+        alpha = g2 / (2 * g2 + _spatial_sum(acts) * g2 * grads + self.eps)
+        alpha = torch.where(grads != 0, alpha, torch.zeros_like(alpha))
+        return (grads.clamp(min=0) * alpha).flatten(2).sum(-1)
+
+
+class LayerCAM(GradientCAM):
+    """LayerCAM (Jiang et al., TIP 2021): sum_k relu(dy/dA_k) * A_k, per location."""
+
+    def channel_map(self, acts: Tensor, grads: Tensor) -> Tensor:
+        return (grads.clamp(min=0) * acts).sum(1)
+
+
+class ScoreCAM(CAM):
+    """ScoreCAM (Wang et al., CVPRW 2020), gradient-free: channel weights are the softmax
+    over channels of the logit of the input masked by each min-max scaled, upsampled A_k."""
+
+    def __init__(self, batch_size: int = 64):
+        self.batch_size = batch_size
+
+    def __call__(self, model: nn.Module, layer: nn.Module, inputs: Tensor) -> Tensor:
+        with torch.no_grad(), autocast(inputs.device):
+            with captured_output(layer) as outputs:
+                model(inputs)
+            acts = outputs[0].float()
+            pairs = zip(inputs, acts, strict=True)
+            scores = torch.stack([self._scores(model, x, a) for x, a in pairs])
+        weights = scores.softmax(-1).view(*scores.shape, *([1] * (acts.dim() - 2)))
+        return (weights * acts).sum(1).clamp(min=0)
+
+    def _scores(self, model: nn.Module, image: Tensor, acts: Tensor) -> Tensor:
+        """[K] logits of ``image`` [C, *S_in] masked by each channel of ``acts`` [K, *S]."""
+        masks = F.interpolate(acts[None], size=image.shape[1:], mode="bilinear", align_corners=True)
+        masks = masks[0].flatten(1)
+        low, high = masks.amin(-1, keepdim=True), masks.amax(-1, keepdim=True)
+        masks = ((masks - low) / (high - low + 1e-8)).view(len(acts), 1, *image.shape[1:])
+        logits = [model(image * m)[:, 0] for m in masks.split(self.batch_size)]
+        return torch.cat(logits).float()
+
+
+class PytorchGradCAM(CAM):
+    """Any pytorch-grad-cam class by name (EigenCAM, HiResCAM, XGradCAM, ...), raw maps:
+    its own ``get_cam_image`` and ReLU, without its min-max scaling and resizing."""
+
+    def __init__(self, class_name: str):
+        import pytorch_grad_cam
+
+        if not hasattr(pytorch_grad_cam, class_name):
+            raise ValueError(f"pytorch-grad-cam has no class {class_name!r}")
+        self.cls = getattr(pytorch_grad_cam, class_name)
+
+    def __call__(self, model: nn.Module, layer: nn.Module, inputs: Tensor) -> Tensor:
+        cam = self.cls(model=model, target_layers=[layer])
+        try:
+            if cam.uses_gradients:
+                acts, grads = activations_and_gradients(model, layer, inputs)
+            else:
+                with torch.no_grad(), captured_output(layer) as outputs, autocast(inputs.device):
+                    model(inputs)
+                acts, grads = outputs[0].float(), None
+            acts_np = acts.cpu().numpy()
+            grads_np = None if grads is None else grads.cpu().numpy()
+            raw = cam.get_cam_image(inputs, layer, None, acts_np, grads_np, False)
+        finally:
+            cam.activations_and_grads.release()
+        return torch.from_numpy(raw).to(inputs.device).float().clamp(min=0)

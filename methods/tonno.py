@@ -1,0 +1,35 @@
+"""ToNNO (paper 3.4): the tomographic reconstruction of the classifier's logit."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from benchmark.config import TomographyConfig
+from benchmark.lazy import lazy_import
+from methods.registry import Method, register_method
+
+if TYPE_CHECKING:
+    from torch import Tensor, nn
+
+tomography = lazy_import("methods.tomography")
+
+
+@register_method("tonno")
+class ToNNO(Method):
+    """G of eq. (11) with R_g(s, n) = g(S_V(s, n, u, v)), the logit of each slice (eq. 6)."""
+
+    def __init__(self, config: TomographyConfig | None = None):
+        super().__init__()
+        self.config = config or TomographyConfig()
+
+    def __call__(self, volume: Tensor, model: nn.Module) -> Tensor:
+        c = self.config
+        return tomography.reconstruct(
+            volume,
+            lambda slices: model(slices)[:, 0],
+            c.n_angles,
+            c.n_slices,
+            c.slice_size,
+            chunk=c.chunk,
+            seed=c.seed,
+        )

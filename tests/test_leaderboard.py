@@ -1,0 +1,171 @@
+"""Leaderboards: names, the best-layer rule against the paper's own tables, written files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from benchmark.leaderboard import (
+    PAPER_CSV,
+    best_layers,
+    method_name,
+    paper_results,
+    write_leaderboards,
+)
+
+METRICS = ["precision", "recall", "f1", "dice", "balanced_accuracy"]
+
+
+def results(rows: dict[str, tuple], dataset="autopet", model="resnet10t", std=0.01):
+    """A results frame: ``{spec: (precision, recall, f1, dice, balanced_accuracy)}``."""
+    frame = pd.DataFrame(
+        [{"method": spec, **dict(zip(METRICS, v, strict=True))} for spec, v in rows.items()]
+    )
+    frame = frame.assign(dataset=dataset, model=model)
+    return frame.assign(**{f"{m}_std": std for m in METRICS})
+
+
+def md_table(text: str, title: str) -> pd.DataFrame:
+    """The Markdown table under the heading that contains ``title``, as strings."""
+    section = text.split(title, 1)[1].split("\n## ", 1)[0]
+    lines = [line for line in section.splitlines() if line.startswith("|")]
+    split = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+    return pd.DataFrame(split[2:], columns=split[0]).set_index("Method")
+
+
+SYNTHETIC = {
+    "layercam@1": (0.40, 0.30, 0.29, 0.28, 0.70),
+    "layercam@2": (0.59, 0.29, 0.35, 0.31, 0.80),
+    "tonno": (0.65, 0.41, 0.41, 0.31, 0.74),
+    "tomographic_layercam@1": (0.70, 0.50, 0.50, 0.40, 0.75),
+    "tomographic_layercam@2": (0.80, 0.60, 0.60, 0.40, 0.70),  # ties Dice: F1 decides
+    "gradcam_3axis@2": (0.10, 0.10, 0.05, 0.15, 0.65),
+}
+
+
+def test_specs_map_to_the_papers_names_and_row_order():
+    shown = {
+        "layercam@2": "LayerCAM (layer 2)",
+        "tonno": "ToNNO",
+        "gradcampp@1": "GradCAM++ (layer 1)",
+        "scorecam_3axis@4": "ScoreCAM ★ (layer 4)",
+        "averaged_layercam@1": "Averaged LayerCAM (layer 1)",
+        "tomographic_gradcam@3": "Tomographic GradCAM (layer 3)",
+        "my_method@2": "my_method (layer 2)",
+    }
+    assert {spec: method_name(spec).display for spec in shown} == shown
+    order = ["gradcam@1", "gradcam_3axis@1", "gradcampp@1", "layercam@1", "scorecam@1", "tonno"]
+    order += ["averaged_gradcam@1", "averaged_layercam@1", "tomographic_layercam@1", "zzz"]
+    assert sorted(order[::-1], key=lambda s: method_name(s).order) == order
+
+
+def test_best_layer_rule_reproduces_the_papers_tables_2_and_5():
+    paper = paper_results()
+    names = [method_name(spec) for spec in paper.method]
+    paper = paper.assign(family=[n.family for n in names], layer=[n.layer for n in names])
+    best = best_layers(paper[paper.model == "resnet10t"]).set_index(["dataset", "family"])
+    table_2 = {  # the layers Table 2 names
+        "ms": (1, 1, 2),
+        "autopet": (2, 2, 1),
+        "mosmed": (2, 2, 3),
+        "duke": (2, 2, 3),
+    }
+    for dataset, layers in table_2.items():
+        families = ("layercam", "averaged_layercam", "tomographic_layercam")
+        assert tuple(best.layer[dataset, f] for f in families) == layers
+    raw = pd.read_csv(PAPER_CSV)
+    table_5 = raw[(raw.table == 5) & raw.variant.isna()]
+    in_tables_6_9 = ["GradCAM", "LayerCAM", "ToNNO", "Averaged LayerCAM", "Tomographic LayerCAM"]
+    for _, row in table_5[table_5.method.isin(in_tables_6_9)].iterrows():
+        ours = best.loc[(row.dataset, row.method.lower().replace(" ", "_"))]
+        overlap = "maxiou" if row.dataset == "duke" else "dice"
+        assert (ours.f1, ours[overlap], ours.balanced_accuracy) == (
+            row.f1,
+            row[overlap],
+            row.balanced_accuracy,
+        )
+
+
+def test_leaderboard_files_show_best_layers_deltas_and_the_paper(tmp_path):
+    written = write_leaderboards(results(SYNTHETIC), tmp_path)
+    assert sorted(p.name for p in written) == ["autopet.csv", "autopet.html", "autopet.md"]
+    text = (tmp_path / "autopet.md").read_text()
+    best = md_table(text, "Best layer per method: resnet10t")
+    assert list(best.index) == [
+        "GradCAM ★ (layer 2)",
+        "LayerCAM (layer 2)",
+        "ToNNO",
+        "Tomographic LayerCAM (layer 2)",
+    ]
+    assert best.loc["LayerCAM (layer 2)", "F1-score"] == "0.35"
+    assert best.loc["ToNNO", "Precision"] == "0.65 (+0.06)"
+    assert best.loc["ToNNO", "Dice"] == "0.31 (=)"
+    assert best.loc["Tomographic LayerCAM (layer 2)", "Balanced accuracy"] == "0.70 (-0.10)"
+    assert best.loc["Tomographic LayerCAM (layer 2)", "F1-score"] == "**0.60 (+0.25)**"
+    # the paper beside ours: Table 2's own cells, and Table 5 for the star variant
+    assert best.loc["ToNNO", "F1-score (paper)"] == "0.39 (+0.04)"
+    assert best.loc["Tomographic LayerCAM (layer 2)", "Recall (paper)"] == "0.47 (+0.18)"
+    assert best.loc["Tomographic LayerCAM (layer 2)", "Layer (paper)"] == "1"
+    assert best.loc["GradCAM ★ (layer 2)", "Dice (paper)"] == "0.15 (-0.16)"
+    every = md_table(text, "Every method at every layer: resnet10t")
+    assert len(every) == len(SYNTHETIC)
+    assert every.loc["LayerCAM (layer 1)", "Precision"] == "0.40 ± 0.01"
+    assert every.loc["LayerCAM (layer 1)", "Precision (paper)"] == "0.43"
+    assert every.loc["GradCAM ★ (layer 2)", "Precision (paper)"] == "–"
+    assert "Model comparison" not in text
+
+    csv = pd.read_csv(tmp_path / "autopet.csv").set_index("method")
+    assert csv.loc["tomographic_layercam@2", "best_layer"]
+    assert not csv.loc["tomographic_layercam@1", "best_layer"]
+    assert csv.loc["layercam@2", "paper_f1"] == 0.35
+    assert csv.loc["tonno", "f1"] == 0.41 and csv.loc["tonno", "f1_std"] == 0.01
+
+    page = (tmp_path / "autopet.html").read_text()
+    assert page.count("<table>") == 2 and "<b>0.60 (+0.25)</b>" in page and "★" in page
+
+
+def test_several_models_add_the_model_comparison_with_table_4(tmp_path):
+    both = pd.concat([results(SYNTHETIC), results(SYNTHETIC, model="resnet50_gn")])
+    write_leaderboards(both, tmp_path)
+    text = (tmp_path / "autopet.md").read_text()
+    table = md_table(text, "Model comparison")
+    assert table.loc["ToNNO, resnet50_gn (R-50, GN)", "F1-score (paper)"] == "0.42"
+    assert table.loc["ToNNO, resnet10t (R-10-T, FBN)", "F1-score (paper)"] == "0.39"
+    assert table.loc["LayerCAM (layer 2), resnet50_gn (R-50, GN)", "F1-score (paper)"] == "–"
+    assert list(table.columns) == [
+        "F1-score",
+        "Dice",
+        "Balanced accuracy",
+        "F1-score (paper)",
+        "Dice (paper)",
+        "Balanced accuracy (paper)",
+    ]
+
+
+def test_boxes_show_maxiou_and_other_datasets_show_no_paper(tmp_path):
+    duke = results(SYNTHETIC, dataset="duke").rename(columns={"dice": "maxiou"})
+    synthetic = results(SYNTHETIC, dataset="synthetic")
+    write_leaderboards(pd.concat([duke, synthetic]), tmp_path)
+    best = md_table((tmp_path / "duke.md").read_text(), "Best layer per method")
+    assert best.loc["LayerCAM (layer 2)", "MaxIoU (paper)"] == "0.29"
+    assert "Dice" not in " ".join(best.columns)
+    text = (tmp_path / "synthetic.md").read_text()
+    assert "(paper)" not in text and "CVPR" not in text
+
+
+def test_results_are_validated():
+    frame = results(SYNTHETIC)
+    with pytest.raises(ValueError, match="repeat 'tonno'"):
+        write_leaderboards(pd.concat([frame, frame[frame.method == "tonno"]]), "unused")
+    with pytest.raises(ValueError, match="lack the columns"):
+        write_leaderboards(frame.drop(columns="dataset"), "unused")
+
+
+def test_the_paper_reference_is_complete_and_consistent():
+    paper = paper_results()
+    assert not paper.duplicated(["dataset", "model", "method"]).any()
+    assert set(paper.dataset) == {"ms", "autopet", "mosmed", "duke"}
+    per_layer = paper[paper.model.eq("resnet10t") & paper.method.str.contains("@")]
+    assert len(per_layer) == 4 * 16  # Tables 6-9: 4 datasets x 4 CAM families x 4 layers
+    assert np.isnan(paper.dice[paper.dataset == "duke"]).all()

@@ -1,0 +1,160 @@
+"""Registered methods end to end: every spec runs, and hand-made "classifiers" whose
+heatmaps are known in closed form give them back."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from phantoms import gaussian, rel_l2, smooth_ball
+from scipy import ndimage
+from timm.models.resnet import BasicBlock, ResNet
+from torch import nn
+
+from benchmark.config import TomographyConfig
+from benchmark.registry import RegistryError
+from methods import create_method, expand_specs, list_methods
+from methods.cam_methods import PYTORCH_GRAD_CAM
+
+
+class ThresholdSum(nn.Module):
+    """g(slice) = 4 mean(relu(x - t)): its tomographic reconstruction is relu(V - t)."""
+
+    def __init__(self, threshold: float):
+        super().__init__()
+        self.threshold = threshold
+
+    def forward(self, x):
+        return 4 * (x - self.threshold).clamp(min=0).mean((1, 2, 3))[:, None]
+
+
+class StageProbe(nn.Module):
+    """A "classifier" whose stage 1 is its input average-pooled by ``pool`` and whose logit is
+    the sum of that stage: dy/dA = 1, so LayerCAM@1 is the pooled slice (for x >= 0)."""
+
+    def __init__(self, pool: int = 1):
+        super().__init__()
+        self.layer1 = nn.AvgPool2d(pool) if pool > 1 else nn.Identity()
+        self.layer2, self.layer3, self.layer4 = nn.Identity(), nn.Identity(), nn.Identity()
+        self.feature_info = [{"module": f"layer{i}"} for i in range(1, 5)]
+
+    def forward(self, x):
+        features = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return features.flatten(1).sum(1, keepdim=True)
+
+
+def correlation(a, b) -> float:
+    return float(np.corrcoef(np.ravel(a), np.ravel(b))[0, 1])
+
+
+def phantom(shape=(32, 32, 32)) -> torch.Tensor:
+    """Smooth, non-negative, inside the unit ball, with structure at several scales."""
+    return (
+        gaussian(shape, 0.08, (0.2, 0.1, -0.1))
+        + 0.7 * gaussian(shape, 0.15, (-0.25, -0.1, 0.15))
+        + 0.5 * gaussian(shape, 0.05, (0.0, -0.3, -0.2))
+    )
+
+
+TINY = TomographyConfig(n_angles=4, n_angles_cam=3, n_slices=4, slice_size=48, chunk=2)
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    torch.manual_seed(0)
+    model = ResNet(BasicBlock, (1, 1, 1, 1), num_classes=1, in_chans=2, channels=(4, 8, 8, 8))
+    return model.eval()
+
+
+@pytest.mark.parametrize("spec", list_methods(specs=True))
+def test_every_spec_gives_a_finite_float32_heatmap_of_the_input_shape(spec, tiny_model):
+    volume = torch.rand(2, 6, 8, 10, generator=torch.Generator().manual_seed(0))
+    heatmap = create_method(spec, config=TINY)(volume, tiny_model)
+    assert heatmap.dtype == torch.float32 and heatmap.shape == (6, 8, 10)
+    assert torch.isfinite(heatmap).all() and heatmap.abs().max() > 0
+
+
+def test_the_registry_holds_every_method_of_the_paper():
+    cams = ("gradcam", "gradcampp", "scorecam", "layercam")
+    expected = {"tonno"} | {
+        f"{p}{c}{s}"
+        for c in cams
+        for p, s in (("", ""), ("", "_3axis"), ("averaged_", ""), ("tomographic_", ""))
+    }
+    expected |= {f"pgc_{name.lower()}" for name in PYTORCH_GRAD_CAM}
+    assert set(list_methods()) == expected
+    assert len(expand_specs("all")) == 1 + 4 * len(expected - {"tonno"})
+    assert expand_specs("tomographic_*@2") == [f"tomographic_{c}@2" for c in sorted(cams)]
+
+
+def test_tonno_of_the_threshold_sum_classifier_is_relu_of_v_minus_t():
+    volume = smooth_ball((32, 32, 32), 0.7, centre=(0.1, 0.0, -0.05))
+    volume = volume + 0.8 * gaussian((32, 32, 32), 0.1, (-0.2, 0.2, 0.1))
+    expected = (volume - 0.3).clamp(min=0)
+    config = TomographyConfig(n_angles=500, n_slices=48, slice_size=64)
+    heatmap = create_method("tonno", config=config)(volume[None], ThresholdSum(0.3))
+    assert rel_l2(heatmap, expected) < 0.10
+    assert correlation(heatmap, expected) >= 0.99
+
+
+def test_slice_wise_cam_of_full_resolution_maps_is_the_volume_exactly():
+    volume = torch.rand(1, 16, 16, 16, generator=torch.Generator().manual_seed(0))
+    config = TomographyConfig(slice_size=16)
+    for spec in ("layercam@1", "layercam_3axis@1"):
+        heatmap = create_method(spec, config=config)(volume, StageProbe())
+        torch.testing.assert_close(heatmap, volume[0], atol=1e-5, rtol=0)
+
+
+def test_slice_wise_cam_is_resampled_to_the_input_size_and_back():
+    """Non-square slices go through a square classifier input; the map returns at the voxels."""
+    volume = gaussian((12, 20, 28), 0.3, (0.1, -0.2, 0.1))[None]
+    heatmap = create_method("layercam@1", config=TomographyConfig(slice_size=64))(
+        volume, StageProbe()
+    )
+    torch.testing.assert_close(heatmap, volume[0], atol=0.02, rtol=0)  # two resamplings
+
+
+def test_averaged_cam_of_the_slice_itself_returns_the_volume():
+    volume = phantom()
+    config = TomographyConfig(n_angles_cam=150, n_slices=32, slice_size=48)
+    heatmap = create_method("averaged_layercam@1", config=config)(volume[None], StageProbe())
+    assert correlation(heatmap, volume) > 0.99
+    assert rel_l2(heatmap, volume) < 0.1
+
+
+def sharpness(x, reference) -> float:
+    """Laplacian energy per unit energy, relative to the reference's: < 1 blurrier."""
+
+    def ratio(a):
+        a = np.asarray(a, dtype=np.float64)
+        return np.linalg.norm(ndimage.laplace(a)) / np.linalg.norm(a)
+
+    return ratio(x) / ratio(reference)
+
+
+def test_figure_4_averaged_blurs_as_maps_coarsen_tomographic_stays_sharp():
+    """The paper's Figure 4: average-pooled slices (64 px) as "CAM" maps of 64 ... 8 cells.
+
+    Measure: sharpness = |Laplacian| / |x| relative to the phantom's. Averaged CAM loses it
+    as the maps coarsen; Tomographic CAM keeps at least the phantom's at every resolution.
+    """
+    volume = phantom((24, 24, 24))[None]
+    config = TomographyConfig(n_angles_cam=80, n_slices=24, slice_size=64, chunk=40)
+    averaged, tomographic = [], []
+    for pool in (1, 2, 4, 8):
+        model = StageProbe(pool)
+        for name, values in (("averaged", averaged), ("tomographic", tomographic)):
+            heatmap = create_method(f"{name}_layercam@1", config=config)(volume, model)
+            values.append(sharpness(heatmap, volume[0]))
+    assert averaged == sorted(averaged, reverse=True) and averaged[-1] < 0.5 * averaged[0]
+    assert min(tomographic) > 1.0
+    assert all(t > a for t, a in zip(tomographic, averaged, strict=True))
+
+
+def test_unknown_pytorch_grad_cam_class_and_bad_layer_are_clear_errors(tiny_model):
+    from methods.cam import PytorchGradCAM
+
+    with pytest.raises(ValueError, match="pytorch-grad-cam has no class 'NoSuchCAM'"):
+        PytorchGradCAM("NoSuchCAM")
+    with pytest.raises(RegistryError, match="has layers"):
+        create_method("layercam@7")
