@@ -9,7 +9,8 @@ step, which the tests check. Batched, on the model's device, bf16 autocast on CU
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from contextlib import contextmanager
+from collections.abc import Callable, Hashable, Sequence
+from contextlib import ExitStack, contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -33,14 +34,18 @@ def captured_output(layer: nn.Module):
 
 
 def activations_and_gradients(
-    model: nn.Module, layer: nn.Module, inputs: Tensor, target: int = 0
-) -> tuple[Tensor, Tensor]:
-    """A = ``layer``'s output and dy/dA for y = logit ``target`` of each input, float32."""
+    model: nn.Module, layers: Sequence[nn.Module], inputs: Tensor, target: int = 0
+) -> list[tuple[Tensor, Tensor]]:
+    """(A, dy/dA) at each of ``layers`` for y = logit ``target`` of each input, float32:
+    one forward and one backward pass for all layers."""
     inputs = inputs.detach().requires_grad_(True)  # so that A is in the graph even if frozen
-    with captured_output(layer) as outputs, torch.enable_grad(), autocast(inputs.device):
-        logits = model(inputs)
-        (grads,) = torch.autograd.grad(logits[:, target].sum(), outputs[0])
-    return outputs[0].detach().float(), grads.float()
+    with ExitStack() as stack:
+        captured = [stack.enter_context(captured_output(layer)) for layer in layers]
+        with torch.enable_grad(), autocast(inputs.device):
+            logits = model(inputs)
+            acts = [outputs[0] for outputs in captured]
+            grads = torch.autograd.grad(logits[:, target].sum(), acts)
+    return [(a.detach().float(), g.float()) for a, g in zip(acts, grads, strict=True)]
 
 
 def _spatial_sum(x: Tensor) -> Tensor:
@@ -48,11 +53,27 @@ def _spatial_sum(x: Tensor) -> Tensor:
     return x.flatten(2).sum(-1).view(*x.shape[:2], *([1] * (x.dim() - 2)))
 
 
-def batched(cam: CAM, model: nn.Module, layer: nn.Module, batch_size: int):
-    """``cam`` at ``layer`` as a slice function [N, C, h, w] -> [N, a, b], in batches."""
+def multi_cam(
+    model: nn.Module, requests: dict[Hashable, tuple[CAM, nn.Module]], batch_size: int
+) -> Callable[[Tensor], dict[Hashable, Tensor]]:
+    """A slice function [N, C, h, w] -> {key: maps [N, a, b]} for ``requests`` {key: (cam,
+    layer)}, ``batch_size`` slices at a time. Gradient CAMs share one forward and one
+    backward pass per batch, whatever their equations and layers."""
+    shared = {k: r for k, r in requests.items() if isinstance(r[0], GradientCAM)}
+    layers = list(dict.fromkeys(layer for _, layer in shared.values()))
 
-    def maps(slices: Tensor) -> Tensor:
-        return torch.cat([cam(model, layer, batch) for batch in slices.split(batch_size)])
+    def maps(slices: Tensor) -> dict[Hashable, Tensor]:
+        parts: dict[Hashable, list[Tensor]] = {key: [] for key in requests}
+        for batch in slices.split(batch_size):
+            if shared:
+                found = activations_and_gradients(model, layers, batch)
+                pairs = dict(zip(layers, found, strict=True))
+                for key, (cam, layer) in shared.items():
+                    parts[key].append(cam.channel_map(*pairs[layer]).clamp(min=0))
+            for key, (cam, layer) in requests.items():
+                if key not in shared:
+                    parts[key].append(cam(model, layer, batch))
+        return {key: torch.cat(chunks) for key, chunks in parts.items()}
 
     return maps
 
@@ -69,7 +90,7 @@ class GradientCAM(CAM):
     """A CAM computed from A and dy/dA alone; subclasses state the equation."""
 
     def __call__(self, model: nn.Module, layer: nn.Module, inputs: Tensor) -> Tensor:
-        acts, grads = activations_and_gradients(model, layer, inputs)
+        ((acts, grads),) = activations_and_gradients(model, [layer], inputs)
         return self.channel_map(acts, grads).clamp(min=0)
 
     @abstractmethod
@@ -157,7 +178,7 @@ class PytorchGradCAM(CAM):
         cam = self.cls(model=model, target_layers=[layer])
         try:
             if cam.uses_gradients:
-                acts, grads = activations_and_gradients(model, layer, inputs)
+                ((acts, grads),) = activations_and_gradients(model, [layer], inputs)
             else:
                 with torch.no_grad(), captured_output(layer) as outputs, autocast(inputs.device):
                     model(inputs)

@@ -12,9 +12,9 @@ all go through the tomography core:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, ClassVar
 
-from benchmark.config import TomographyConfig
 from benchmark.lazy import lazy_import
 from methods.registry import Method, register_method
 
@@ -45,10 +45,10 @@ class CAMMethod(Method):
 
     equation: ClassVar[str]  # class name in methods.cam, or a pytorch-grad-cam class
 
-    def __init__(self, layer: int, config: TomographyConfig | None = None, batch_size: int = 64):
-        super().__init__(layer)
-        self.config = config or TomographyConfig()
-        self.batch_size = batch_size
+    @property
+    def maps_key(self) -> tuple[str, int]:
+        """Methods with equal keys need the same maps of the same slices."""
+        return self.equation, self.layer
 
     def make_cam(self) -> CAM:
         if self.equation in CAM_EQUATIONS.values():
@@ -56,10 +56,12 @@ class CAMMethod(Method):
             return cam_class(self.batch_size) if cam_class is cams.ScoreCAM else cam_class()
         return cams.PytorchGradCAM(self.equation)
 
-    def slice_maps(self, model: nn.Module):
-        """slices [N, C, h, w] -> raw maps [N, a, b] at this method's stage, batched."""
-        stage = models.stage_modules(model)[self.layer]
-        return cams.batched(self.make_cam(), model, stage, self.batch_size)
+
+def _slice_maps(methods: Sequence[CAMMethod], model: nn.Module):
+    """One slice function for every method's maps: {maps_key: [N, a, b]}."""
+    stages = models.stage_modules(model)
+    requests = {m.maps_key: (m.make_cam(), stages[m.layer]) for m in methods}
+    return cams.multi_cam(model, requests, methods[0].batch_size)
 
 
 class SliceWiseCAM(CAMMethod):
@@ -69,9 +71,7 @@ class SliceWiseCAM(CAMMethod):
     axes: ClassVar[tuple[int, ...]] = (0,)
 
     def __call__(self, volume: Tensor, model: nn.Module) -> Tensor:
-        maps, size = self.slice_maps(model), self.config.slice_size
-        heatmaps = [tomography.reslice(volume, maps, axis, size) for axis in self.axes]
-        return sum(heatmaps) / len(heatmaps)
+        return slice_wise_heatmaps([self], volume, model)[self.spec]
 
 
 class ThreeAxisCAM(SliceWiseCAM):
@@ -87,23 +87,43 @@ class AveragedCAM(CAMMethod):
     filtered: ClassVar[bool] = False
 
     def __call__(self, volume: Tensor, model: nn.Module) -> Tensor:
-        c = self.config
-        return tomography.reconstruct(
-            volume,
-            self.slice_maps(model),
-            c.n_angles_cam,
-            c.n_slices,
-            c.slice_size,
-            filtered=self.filtered,
-            chunk=c.chunk,
-            seed=c.seed,
-        )
+        return stacked_heatmaps([self], volume, model)[self.spec]
 
 
 class TomographicCAM(AveragedCAM):
     """Eq. (13): Averaged CAM of the second differences of the maps along each stack."""
 
     filtered = True
+
+
+def slice_wise_heatmaps(
+    methods: Sequence[SliceWiseCAM], volume: Tensor, model: nn.Module
+) -> dict[str, Tensor]:
+    """{spec: heatmap} of slice-wise methods sharing a configuration: each axis is sliced
+    once, and each (equation, layer) map computed once for all methods that need it."""
+    maps, size = _slice_maps(methods, model), methods[0].config.slice_size
+    axes = sorted({axis for m in methods for axis in m.axes})
+    per_axis = {axis: tomography.reslice(volume, maps, axis, size) for axis in axes}
+    return {m.spec: sum(per_axis[a][m.maps_key] for a in m.axes) / len(m.axes) for m in methods}
+
+
+def stacked_heatmaps(
+    methods: Sequence[AveragedCAM], volume: Tensor, model: nn.Module
+) -> dict[str, Tensor]:
+    """{spec: heatmap} of Averaged / Tomographic methods sharing a configuration: one pass
+    over the slices; both variants of a CAM come from the same maps (eqs. 12-13)."""
+    c = methods[0].config
+    results = tomography.reconstruct_many(
+        volume,
+        _slice_maps(methods, model),
+        c.n_angles_cam,
+        c.n_slices,
+        c.slice_size,
+        modes=sorted({m.filtered for m in methods}),
+        chunk=c.chunk,
+        seed=c.seed,
+    )
+    return {m.spec: results[(m.maps_key, m.filtered)] for m in methods}
 
 
 GEOMETRIES = {

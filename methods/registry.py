@@ -11,6 +11,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from benchmark.config import TomographyConfig
 from benchmark.registry import Registry, RegistryError, natural_key
 
 if TYPE_CHECKING:
@@ -32,8 +33,15 @@ class Method(ABC):
     name: ClassVar[str] = ""
     layers: ClassVar[tuple[int, ...]] = ()
 
-    def __init__(self, layer: int | None = None):
+    def __init__(
+        self,
+        layer: int | None = None,
+        config: TomographyConfig | None = None,
+        batch_size: int = 64,
+    ):
         self.layer = layer
+        self.config = config or TomographyConfig()  # slice size, angles, slices, chunk, seed
+        self.batch_size = batch_size  # slices per forward pass of the classifier
 
     @property
     def spec(self) -> str:

@@ -16,8 +16,7 @@ for content inside the unit ball.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Hashable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -148,23 +147,25 @@ def _grid_points(shape: tuple[int, int, int], device, dtype) -> Tensor:
 def backproject(q: Tensor, normals: Tensor, shape: tuple[int, int, int]) -> Tensor:
     """Eq. (11) without its constant: sum_l q~_l(x . n_l) on a [D,H,W] grid.
 
-    ``q`` [L, M] sampled at s_m = 2m/(M-1) - 1 is interpolated linearly in s, with
-    q~(-1) = q_0, q~(1) = q_{M-1} and q~ = 0 outside [-1, 1].
+    ``q`` [L, M] (or [L, K, M] for K profiles at once -> [K, D, H, W]) sampled at
+    s_m = 2m/(M-1) - 1 is interpolated linearly in s, with q~(-1) = q_0, q~(1) = q_{M-1}
+    and q~ = 0 outside [-1, 1].
     """
-    n_dirs = q.shape[0]
+    stacked = q if q.dim() == 3 else q[:, None]  # [L, K, M]
     points = _grid_points(shape, q.device, q.dtype)
-    to_grid = torch.zeros(n_dirs, 3, 2, device=q.device, dtype=q.dtype)
+    to_grid = torch.zeros(len(q), 3, 2, device=q.device, dtype=q.dtype)
     to_grid[:, :, 0] = normals.to(q.device, q.dtype)  # grid (x, y) = (x . n, 0)
     grid = torch.matmul(points, to_grid)  # [L, P, 2]
     grid.masked_fill_(grid.abs() > 1.0 + 1e-6, 4.0)  # |s| > 1 reads 0 under zero padding
     sampled = F.grid_sample(
-        q[:, None, None, :],
+        stacked[:, :, None, :],
         grid[:, None],
         mode="bilinear",
         padding_mode="zeros",
         align_corners=True,
-    )  # [L, 1, 1, P]
-    return sampled.sum(0).reshape(shape)
+    )  # [L, K, 1, P]
+    result = sampled.sum(0).reshape(-1, *shape)
+    return result if q.dim() == 3 else result[0]
 
 
 def backproject_maps(
@@ -177,14 +178,15 @@ def backproject_maps(
 ) -> Tensor:
     """Eqs. (12)-(13) without their constant: sum_l p~_l(x . n_l, x . u_l, x . v_l).
 
-    ``maps`` [L, M, a, b] is a stack of per-slice 2D maps for slices at s_m = 2m/(M-1) - 1
-    of ``slice_size`` pixels. Cell (a, b) covers the slice pixels it was pooled from, so its
-    centre is the mean of those pixels' positions: a full-resolution map is read exactly at
-    the slice's own pixels, a coarse one at its cells' centres. Interpolation is trilinear
-    inside the stack, clamped to the edge cells in-plane, and 0 outside the slab |s| <= 1
-    or the slice square |x.u|, |x.v| <= 1.
+    ``maps`` [L, M, a, b] (or [L, K, M, a, b] for K stacks at once -> [K, D, H, W]) holds
+    per-slice 2D maps for slices at s_m = 2m/(M-1) - 1 of ``slice_size`` pixels. Cell (a, b)
+    covers the slice pixels it was pooled from, so its centre is the mean of those pixels'
+    positions: a full-resolution map is read exactly at the slice's own pixels, a coarse one
+    at its cells' centres. Interpolation is trilinear inside the stack, clamped to the edge
+    cells in-plane, and 0 outside the slab |s| <= 1 or the slice square |x.u|, |x.v| <= 1.
     """
-    n_dirs, _, map_h, map_w = maps.shape
+    stacked = maps if maps.dim() == 5 else maps[:, None]  # [L, K, M, a, b]
+    map_h, map_w = stacked.shape[-2:]
     dtype, device = maps.dtype, maps.device
     points = _grid_points(shape, device, dtype)
     frames = torch.stack([v, u, normals], dim=-1).to(device, dtype)  # [L, 3, 3]: (x, y, z)
@@ -194,13 +196,14 @@ def backproject_maps(
     coords[..., 0] = _cell_grid(coords[..., 0], map_w, width)
     coords[..., 1] = _cell_grid(coords[..., 1], map_h, height)
     sampled = F.grid_sample(
-        maps[:, None],
+        stacked,
         coords[:, None, None],
         mode="bilinear",
         padding_mode="border",
         align_corners=True,
-    )  # [L, 1, 1, 1, P]
-    return (sampled[:, 0, 0, 0] * inside).sum(0).reshape(shape)
+    )  # [L, K, 1, 1, P]
+    result = (sampled[:, :, 0, 0] * inside[:, None]).sum(0).reshape(-1, *shape)
+    return result if maps.dim() == 5 else result[0]
 
 
 def _cell_grid(coord: Tensor, cells: int, pixels: int) -> Tensor:
@@ -217,7 +220,89 @@ def _cell_grid(coord: Tensor, cells: int, pixels: int) -> Tensor:
     return 2.0 * (coord - first) / (last - first) - 1.0
 
 
+SliceOutputs = Callable[[Tensor], dict[Hashable, Tensor]]
+
+
 @torch.no_grad()
+def reconstruct_many(
+    volume: Tensor,
+    slice_fn: SliceOutputs,
+    n_angles: int,
+    n_slices: int,
+    size: int | tuple[int, int],
+    out_shape: tuple[int, int, int] | None = None,
+    *,
+    modes: Sequence[bool] = (True,),
+    chunk: int = 32,
+    seed: int = 0,
+    autocast: bool = True,
+    progress: Callable[[int], None] | None = None,
+) -> dict[tuple[Hashable, bool], Tensor]:
+    """Several reconstructions (eqs. 11-13) from one pass over the slices.
+
+    ``slice_fn`` maps slices [N, C, h, w] to named outputs {key: [N] or [N, a, b]}: a value
+    per slice (ToNNO, eq. 6) or a map per slice (CAMs). For each of ``n_angles`` Fibonacci
+    directions, a stack of slices at s_m = 2m/(M-1) - 1 is cut (m = -1..M when a filtered
+    mode is asked, else m = 0..M-1) and passed to ``slice_fn``, ``chunk`` directions at a
+    time (peak memory is set by ``chunk``, not by ``n_angles``; the result does not depend
+    on it). Returns {(key, filtered): [D, H, W] float32} for every key and mode:
+
+    - ``filtered=True``: second difference along s (eq. 9) scaled by c|S^2|/L = -1/(2 pi L)
+      (eqs. 8, 11, 13);
+    - ``filtered=False``: the mean of the raw values, 1/L (eq. 12 as a mean, so that a map
+      equal to the slice returns V; the printed c|S^2|/L would flip its sign).
+
+    In-plane frames are random (A.1), one per direction and shared by its stack (eqs. 12-13
+    interpolate along the stack), drawn from ``seed``. Slices reach ``slice_fn``
+    channels-last (free for one channel; what convolutions prefer) and, on CUDA, under bf16
+    autocast when ``autocast``; sums stay float32. ``out_shape`` defaults to the volume's.
+    """
+    if volume.dim() != 4:
+        raise ValueError(f"expected a volume [C, D, H, W], got shape {tuple(volume.shape)}")
+    if n_slices < 2:
+        raise ValueError(f"need at least 2 slices per direction, got {n_slices}")
+    out_shape = tuple(out_shape or volume.shape[1:])
+    device = volume.device
+    normals = fibonacci_sphere(n_angles)
+    u, v = orthonormal_frames(normals, torch.Generator().manual_seed(seed))
+    padded = True in modes
+    offsets = slice_offsets(n_slices, padded=padded)
+    cast = torch.autocast(
+        device.type, dtype=torch.bfloat16, enabled=autocast and device.type == "cuda"
+    )
+    totals: dict[tuple[Hashable, bool], Tensor] = {}
+    for start in range(0, n_angles, chunk):  # slice_fn may enable grad for itself (CAMs)
+        part = slice(start, min(start + chunk, n_angles))
+        slices = extract_slices(volume, normals[part], offsets, size, u[part], v[part])
+        with cast:
+            outputs = slice_fn(slices.flatten(0, 1).contiguous(memory_format=torch.channels_last))
+        stacks: dict[tuple[int, ...], list[tuple[tuple[Hashable, bool], Tensor]]] = {}
+        for key, out in outputs.items():
+            out = out.float().reshape(len(slices), len(offsets), *out.shape[1:]).movedim(1, -1)
+            for filtered in modes:  # [n, *S, M+2] -> [n, M, *S]
+                values = second_difference(out) if filtered else out[..., 1:-1] if padded else out
+                stacks.setdefault(tuple(out.shape[1:-1]), []).append(
+                    ((key, filtered), values.movedim(-1, 1))
+                )
+        for group in stacks.values():  # one backprojection per map shape, keys as channels
+            names, values = zip(*group, strict=True)
+            stacked = torch.stack(values, dim=1)  # [n, K, M, *S]
+            if stacked.dim() == 3:
+                results = backproject(stacked, normals[part], out_shape)
+            else:
+                results = backproject_maps(
+                    stacked, normals[part], u[part], v[part], out_shape, size
+                )
+            for name, result in zip(names, results, strict=True):
+                totals[name] = totals[name] + result if name in totals else result
+        if progress is not None:
+            progress(part.stop - part.start)
+    return {
+        (key, filtered): total * (-1.0 / (2.0 * math.pi * n_angles) if filtered else 1.0 / n_angles)
+        for (key, filtered), total in totals.items()
+    }
+
+
 def reconstruct(
     volume: Tensor,
     slice_fn: Callable[[Tensor], Tensor],
@@ -227,76 +312,37 @@ def reconstruct(
     out_shape: tuple[int, int, int] | None = None,
     *,
     filtered: bool = True,
-    chunk: int = 32,
-    seed: int = 0,
-    autocast: bool = True,
-    progress: Callable[[int], None] | None = None,
+    **options,
 ) -> Tensor:
-    """The tomographic reconstruction G of eq. (11), or its map variants (12)-(13).
+    """The tomographic reconstruction G of eq. (11) (``slice_fn`` [N,C,h,w] -> [N]) or its
+    map variants, eqs. (12)-(13) (``slice_fn`` -> [N, a, b]): see :func:`reconstruct_many`.
 
-    ``slice_fn`` maps slices [N, C, h, w] to a value per slice [N] (ToNNO, eq. 6) or a map
-    per slice [N, a, b] (Averaged / Tomographic CAM). For each of ``n_angles`` Fibonacci
-    directions, ``n_slices`` + 2 slices at s_m = 2m/(M-1) - 1, m = -1..M, are cut and passed
-    to ``slice_fn``, ``chunk`` directions at a time (peak memory is set by ``chunk``, not by
-    ``n_angles``; the result does not depend on it).
-
-    ``filtered=True`` takes the second difference along s (eq. 9) and scales by
-    c|S^2|/L = -1/(2 pi L) (eqs. 8, 11, 13); ``filtered=False`` averages the raw values,
-    1/L (eq. 12 as a mean, so that a map equal to the slice returns V; the printed
-    c|S^2|/L would flip its sign). In-plane frames are random (A.1), one per direction and
-    shared by its stack of slices (eqs. 12-13 interpolate along the stack), drawn from ``seed``.
-    Slices reach ``slice_fn`` channels-last (free for one channel; what convolutions prefer)
-    and, on CUDA, under bf16 autocast when ``autocast``; sums stay float32.
-    Returns float32 [D, H, W] (``out_shape``, default: the volume's spatial shape).
+    ``filtered=True``: ToNNO (scalar outputs) or Tomographic CAM (maps); ``False``: the
+    averaged, unfiltered variant (Averaged CAM for maps). Returns float32 [D, H, W].
     """
-    if volume.dim() != 4:
-        raise ValueError(f"expected a volume [C, D, H, W], got shape {tuple(volume.shape)}")
-    if n_slices < 2:
-        raise ValueError(f"need at least 2 slices per direction, got {n_slices}")
-    out_shape = tuple(out_shape or volume.shape[1:])
-    device = volume.device
-    normals = fibonacci_sphere(n_angles)
-    generator = torch.Generator().manual_seed(seed)
-    u, v = orthonormal_frames(normals, generator)
-    offsets = slice_offsets(n_slices, padded=filtered)
-    per_direction = offsets.numel()
-    cast = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if autocast and device.type == "cuda"
-        else nullcontext()
+    results = reconstruct_many(
+        volume,
+        lambda s: {0: slice_fn(s)},
+        n_angles,
+        n_slices,
+        size,
+        out_shape,
+        modes=(filtered,),
+        **options,
     )
-    total = torch.zeros(out_shape, dtype=torch.float32, device=device)
-    for start in range(0, n_angles, chunk):  # (slice_fn may enable grad for itself: CAMs)
-        stop = min(start + chunk, n_angles)
-        n = normals[start:stop]
-        slices = extract_slices(volume, n, offsets, size, u[start:stop], v[start:stop])
-        batch = slices.flatten(0, 1).contiguous(memory_format=torch.channels_last)
-        with cast:
-            out = slice_fn(batch)
-        out = out.float().reshape(stop - start, per_direction, *out.shape[1:])
-        if out.dim() == 2:
-            values = second_difference(out) if filtered else out
-            total += backproject(values, n, out_shape)
-        else:
-            if filtered:
-                out = second_difference(out.movedim(1, -1)).movedim(-1, 1)
-            total += backproject_maps(out, n, u[start:stop], v[start:stop], out_shape, size)
-        if progress is not None:
-            progress(stop - start)
-    scale = -1.0 / (2.0 * math.pi * n_angles) if filtered else 1.0 / n_angles
-    return total * scale
+    return results[(0, filtered)]
 
 
 @torch.no_grad()
 def reslice(
     volume: Tensor,
-    slice_fn: Callable[[Tensor], Tensor],
+    slice_fn: SliceOutputs,
     axis: int,
     size: int | tuple[int, int],
-) -> Tensor:
+) -> dict[Hashable, Tensor]:
     """Slice-wise maps stacked back (paper 4.3): every slice of ``volume`` along ``axis``
-    resampled to ``size`` (eq. 4 with an axis normal), ``slice_fn`` [N,C,h,w] -> [N,a,b],
-    each map read back at its slice's voxels. Returns [D, H, W] float32.
+    resampled to ``size`` (eq. 4 with an axis normal), ``slice_fn`` [N,C,h,w] ->
+    {key: [N,a,b]}, each map read back at its slice's voxels -> {key: [D, H, W] float32}.
 
     The in-plane axes keep their order (axis 0: (H, W); 1: (D, W); 2: (D, H)), so a
     full-resolution map equal to the slice returns the volume exactly.
@@ -307,5 +353,8 @@ def reslice(
     u, v = (eye[k : k + 1] for k in range(3) if k != axis)
     offsets = torch.linspace(-1.0, 1.0, shape[axis], device=volume.device)
     slices = extract_slices(volume, normal, offsets, size, u, v)[0]
-    maps = slice_fn(slices.contiguous(memory_format=torch.channels_last)).float()
-    return backproject_maps(maps[None], normal, u, v, shape, size)
+    outputs = slice_fn(slices.contiguous(memory_format=torch.channels_last))
+    return {
+        key: backproject_maps(maps.float()[None], normal, u, v, shape, size)
+        for key, maps in outputs.items()
+    }

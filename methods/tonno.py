@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from benchmark.config import TomographyConfig
 from benchmark.lazy import lazy_import
 from methods.registry import Method, register_method
 
@@ -17,10 +16,6 @@ tomography = lazy_import("methods.tomography")
 @register_method("tonno")
 class ToNNO(Method):
     """G of eq. (11) with R_g(s, n) = g(S_V(s, n, u, v)), the logit of each slice (eq. 6)."""
-
-    def __init__(self, config: TomographyConfig | None = None):
-        super().__init__()
-        self.config = config or TomographyConfig()
 
     def __call__(self, volume: Tensor, model: nn.Module) -> Tensor:
         c = self.config

@@ -158,3 +158,26 @@ def test_unknown_pytorch_grad_cam_class_and_bad_layer_are_clear_errors(tiny_mode
         PytorchGradCAM("NoSuchCAM")
     with pytest.raises(RegistryError, match="has layers"):
         create_method("layercam@7")
+
+
+def test_shared_computation_equals_each_method_alone(tiny_model):
+    from methods.heatmaps import compute_heatmaps
+
+    volume = torch.rand(2, 6, 8, 10, generator=torch.Generator().manual_seed(1))
+    specs = [
+        "tonno",
+        "layercam@1",
+        "gradcam_3axis@2",
+        "layercam_3axis@1",
+        "scorecam@3",
+        "pgc_hirescam@1",
+        "averaged_layercam@2",
+        "tomographic_layercam@2",
+        "tomographic_gradcampp@4",
+        "averaged_scorecam@4",
+    ]
+    shared = dict(compute_heatmaps(specs, volume, tiny_model, config=TINY, batch_size=5))
+    assert sorted(shared) == sorted(specs)
+    for spec in specs:
+        alone = create_method(spec, config=TINY, batch_size=5)(volume, tiny_model)
+        torch.testing.assert_close(shared[spec], alone, rtol=1e-4, atol=1e-6, msg=spec)

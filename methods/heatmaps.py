@@ -1,0 +1,38 @@
+"""Heatmaps of many methods on one volume, sharing work: ``compute_heatmaps``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
+
+from benchmark.config import TomographyConfig
+from methods.cam_methods import AveragedCAM, SliceWiseCAM, slice_wise_heatmaps, stacked_heatmaps
+from methods.registry import create_method
+
+if TYPE_CHECKING:
+    from torch import Tensor, nn
+
+GROUPS = ((SliceWiseCAM, slice_wise_heatmaps), (AveragedCAM, stacked_heatmaps))
+
+
+def compute_heatmaps(
+    specs: Sequence[str],
+    volume: Tensor,
+    model: nn.Module,
+    config: TomographyConfig | None = None,
+    batch_size: int = 64,
+) -> Iterator[tuple[str, Tensor]]:
+    """(spec, heatmap [D,H,W]) for every spec on ``volume`` [C,D,H,W], group by group.
+
+    Slice-wise and 3-axis CAMs share their slices and one forward/backward pass for all
+    gradient CAMs and layers; Averaged and Tomographic CAMs likewise, and share their maps.
+    The heatmaps equal those of each method called alone. Other methods run one by one.
+    """
+    methods = [create_method(spec, config=config, batch_size=batch_size) for spec in specs]
+    for base, compute in GROUPS:
+        group = [m for m in methods if isinstance(m, base)]
+        if group:
+            yield from compute(group, volume, model).items()
+    for method in methods:
+        if not any(isinstance(method, base) for base, _ in GROUPS):
+            yield method.spec, method(volume, model)
