@@ -26,6 +26,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, tracebacks")
+    parser.add_argument(
+        "--plugins",
+        action="extend",
+        type=lambda text: [name for name in text.split(",") if name],
+        default=[],
+        metavar="MODULE[,MODULE]",
+        help="import these modules first, e.g. my_pkg.my_methods (their @register_method "
+        "and @register_dataset classes become available)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
         module = importlib.import_module(f"benchmark.commands.{name}")
@@ -42,8 +51,10 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
+        for module in args.plugins:
+            importlib.import_module(module)
         return int(args.run(args) or 0)
-    except (RegistryError, ValueError, FileNotFoundError) as error:
+    except (RegistryError, ValueError, FileNotFoundError, ModuleNotFoundError) as error:
         if args.verbose:
             raise
         print(f"error: {error}", file=sys.stderr)

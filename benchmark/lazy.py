@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from types import ModuleType
+import importlib
+from typing import Any
 
 
-def lazy_import(name: str) -> ModuleType:
-    """Module ``name``, executed on its first attribute access (importlib's LazyLoader)."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.find_spec(name)
-    if spec is None or spec.loader is None:
-        raise ModuleNotFoundError(f"no module named {name!r}", name=name)
-    spec.loader = importlib.util.LazyLoader(spec.loader)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+class lazy_import:  # noqa: N801 - used like the module it stands for
+    """Module ``name``, imported on first attribute access.
+
+    A plain proxy rather than importlib's LazyLoader: a lazy module placed in
+    ``sys.modules`` would be executed by anything scanning it (torch does, while it is
+    itself half-imported), which breaks circular imports.
+    """
+
+    def __init__(self, name: str):
+        self._name = name
+
+    def __getattr__(self, attribute: str) -> Any:
+        return getattr(importlib.import_module(self._name), attribute)
+
+    def __repr__(self) -> str:
+        return f"<lazy module {self._name!r}>"

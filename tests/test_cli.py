@@ -71,3 +71,23 @@ def test_each_command_has_help(command, capsys):
         main([command, "--help"])
     assert exit_.value.code == 0
     assert "usage: python -m benchmark " + command in capsys.readouterr().out
+
+
+def test_plugins_register_a_users_method(tmp_path, monkeypatch, capsys):
+    (tmp_path / "my_methods.py").write_text(
+        "from methods import Method, register_method\n\n"
+        "@register_method('my_plugin_method', layers=(1, 2))\n"
+        "class Mine(Method):\n"
+        "    def __call__(self, volume, model):\n"
+        "        return volume[0]\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from methods.registry import METHODS
+
+    try:
+        assert main(["--plugins", "my_methods", "ls", "methods", "my_*", "--specs"]) == 0
+        assert capsys.readouterr().out.split() == ["my_plugin_method@1", "my_plugin_method@2"]
+    finally:
+        METHODS._entries.pop("my_plugin_method", None)
+    assert main(["--plugins", "no_such_plugin_module", "ls", "methods"]) == 2
+    assert "No module named 'no_such_plugin_module'" in capsys.readouterr().err
