@@ -180,3 +180,153 @@ def _describe(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
     return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def _pytorch_grad_cam_volume(
+    cam_class: type,
+    model: torch.nn.Module,
+    layer: torch.nn.Module,
+    volume: torch.Tensor,
+    size: int,
+    batch_size: int,
+) -> torch.Tensor:
+    """The paper's slice-wise baseline written with pytorch-grad-cam, as a user would:
+    axial slices resized to the input size, its (min-max scaled) maps resized back."""
+    import torch.nn.functional as F
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    slices = F.interpolate(
+        volume.movedim(1, 0), size=(size, size), mode="bilinear", align_corners=True
+    )
+    maps = []
+    with cam_class(model=model, target_layers=[layer]) as cam:
+        for batch in slices.split(batch_size):
+            targets = [ClassifierOutputTarget(0)] * len(batch)
+            maps.append(torch.from_numpy(cam(input_tensor=batch, targets=targets)))
+    stack = torch.cat(maps)[:, None].to(volume.device)
+    return F.interpolate(stack, size=volume.shape[2:], mode="bilinear", align_corners=True)[:, 0]
+
+
+def _peak_memory_mb(code: str, device: torch.device) -> float:
+    """Peak memory of a fresh Python process running ``code``: GPU memory allocated by torch
+    on CUDA, the process's resident high-water mark (VmHWM) on the CPU, in MiB."""
+    import subprocess
+    import sys
+
+    if device.type == "cuda":
+        code += "\nprint(torch.cuda.max_memory_allocated() / 2**20)"
+    else:
+        code += (
+            "\nprint(int(open('/proc/self/status').read().split('VmHWM:')[1].split()[0]) / 1024)"
+        )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.split()[-1])
+
+
+def bench_methods(
+    config: TomographyConfig,
+    shape: tuple[int, int, int, int],
+    device: torch.device,
+    model_name: str = "resnet10t",
+    batch_size: int = 64,
+    repeats: int = 1,
+    memory: bool = True,
+) -> list[tuple[str, str]]:
+    """Slice-wise CAM throughput of ours vs pytorch-grad-cam on the same model and volume,
+    per-volume times of ToNNO and Tomographic LayerCAM, and peak memory against ``chunk``."""
+    import pytorch_grad_cam
+    import timm
+
+    from benchmark.models import stage_modules
+    from methods import create_method
+    from methods.heatmaps import compute_heatmaps
+
+    volume = torch.rand(shape, generator=torch.Generator().manual_seed(0)).to(device)
+    model = timm.create_model(model_name, pretrained=False, num_classes=1, in_chans=shape[0])
+    model = model.to(device, memory_format=torch.channels_last).eval()
+    stages = stage_modules(model)
+    size = config.slice_size
+    rows: list[tuple[str, str]] = [
+        ("device", _describe(device)),
+        ("volume [C,D,H,W]", "x".join(map(str, shape))),
+        ("classifier", f"{model_name} (random weights), {size} px, batch {batch_size}"),
+    ]
+    family_ours = family_theirs = 0.0
+    for name, cam_class in (
+        ("layercam", pytorch_grad_cam.LayerCAM),
+        ("gradcam", pytorch_grad_cam.GradCAM),
+    ):
+        for layer in (1, 2, 3, 4):
+            method = create_method(f"{name}@{layer}", config=config, batch_size=batch_size)
+            ours = timed(lambda m=method: m(volume, model), device, repeats)
+            theirs = timed(
+                lambda layer=layer, cls=cam_class: _pytorch_grad_cam_volume(
+                    cls, model, stages[layer], volume, size, batch_size
+                ),
+                device,
+                repeats,
+            )
+            family_ours, family_theirs = family_ours + ours, family_theirs + theirs
+            rows.append(
+                (
+                    f"{name}@{layer}: ours / pytorch-grad-cam",
+                    f"{ours:.2f} s / {theirs:.2f} s = {theirs / ours:.1f}x",
+                )
+            )
+    specs = [f"{name}@{k}" for name in ("layercam", "gradcam") for k in (1, 2, 3, 4)]
+    shared = timed(
+        lambda: dict(compute_heatmaps(specs, volume, model, config, batch_size)), device, repeats
+    )
+    rows.append(
+        (
+            "8 specs above one by one: ours / pytorch-grad-cam",
+            f"{family_ours:.2f} s / {family_theirs:.2f} s = {family_theirs / family_ours:.1f}x",
+        )
+    )
+    rows.append(
+        (
+            "8 specs above shared (compute_heatmaps) vs pytorch-grad-cam",
+            f"{shared:.2f} s: {family_theirs / shared:.1f}x",
+        )
+    )
+    for spec in ("tonno", "tomographic_layercam@2"):
+        method = create_method(spec, config=config, batch_size=batch_size)
+        rows.append(
+            (
+                f"{spec} per volume",
+                f"{timed(lambda m=method: m(volume, model), device, repeats):.2f} s",
+            )
+        )
+    if memory:
+        rows += _chunk_memory_rows(config, shape, device, model_name)
+    return rows
+
+
+def _chunk_memory_rows(
+    config: TomographyConfig,
+    shape: tuple[int, int, int, int],
+    device: torch.device,
+    model_name: str,
+) -> list[tuple[str, str]]:
+    """Peak memory of ToNNO for two L at one chunk and two chunks at one L."""
+    rows = []
+    for n_angles, chunk in (
+        (config.chunk * 2, config.chunk),
+        (config.chunk * 8, config.chunk),
+        (config.chunk * 8, config.chunk // 4),
+    ):
+        code = (
+            "import torch, timm\n"
+            "from methods.tomography import reconstruct\n"
+            f"device = torch.device('{device.type}')\n"
+            f"model = timm.create_model('{model_name}', num_classes=1, in_chans={shape[0]})"
+            ".to(device).eval()\n"
+            f"volume = torch.rand({tuple(shape)}, device=device)\n"
+            "with torch.inference_mode():\n"
+            f"    reconstruct(volume, lambda s: model(s)[:, 0], {n_angles}, {config.n_slices},"
+            f" {config.slice_size}, chunk={chunk})\n"
+        )
+        what = "peak GPU memory" if device.type == "cuda" else "peak process memory"
+        peak = _peak_memory_mb(code, device)
+        rows.append((f"ToNNO {what}, L={n_angles}, chunk={chunk}", f"{peak:,.0f} MiB"))
+    return rows

@@ -91,3 +91,29 @@ def test_plugins_register_a_users_method(tmp_path, monkeypatch, capsys):
         METHODS._entries.pop("my_plugin_method", None)
     assert main(["--plugins", "no_such_plugin_module", "ls", "methods"]) == 2
     assert "No module named 'no_such_plugin_module'" in capsys.readouterr().err
+
+
+def test_bench_methods_compares_with_pytorch_grad_cam(capsys):
+    settings = ["n_angles=4", "n_angles_cam=3", "n_slices=4", "slice_size=32", "chunk=4"]
+    args = ["bench", "methods", "--device", "cpu", "--no-memory", "--model", "test_resnet"]
+    args += ["--shape", "1", "4", "16", "16"]
+    args.append("--set")
+    assert main(args + settings) == 0
+    out = capsys.readouterr().out
+    for layer in (1, 2, 3, 4):
+        assert f"| layercam@{layer}: ours / pytorch-grad-cam" in out
+        assert f"| gradcam@{layer}: ours / pytorch-grad-cam" in out
+    speedup = out.split("shared (compute_heatmaps) vs pytorch-grad-cam")[1].split("|")[1]
+    assert float(speedup.split(":")[1].strip().rstrip("x")) > 0
+    assert "| tonno per volume" in out and "| tomographic_layercam@2 per volume" in out
+    assert "peak process memory" not in out
+
+
+def test_peak_memory_is_measured_in_a_fresh_process():
+    import torch
+
+    from benchmark.bench import _peak_memory_mb
+
+    small = _peak_memory_mb("import torch", torch.device("cpu"))
+    large = _peak_memory_mb("import torch\nx = torch.ones(64, 2**20)", torch.device("cpu"))
+    assert small > 10 and 200 < large - small < 320  # 256 MiB more

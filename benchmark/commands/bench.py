@@ -1,4 +1,4 @@
-"""``bench tomography``: throughput of the tomography core and ToNNO's overhead."""
+"""``bench tomography|methods``: throughput, overhead and speed-up ratios, side by side."""
 
 from __future__ import annotations
 
@@ -10,7 +10,12 @@ DEFAULT_SHAPES = {"quick": (1, 32, 96, 96), "paper": (1, 128, 128, 128)}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("target", choices=("tomography",), help="what to measure")
+    parser.add_argument(
+        "target",
+        choices=("tomography", "methods"),
+        help="tomography: the core and ToNNO's overhead over its classifier; methods: "
+        "slice-wise CAMs vs pytorch-grad-cam, per-volume times, peak memory vs chunk",
+    )
     parser.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda")
     parser.add_argument(
         "--preset",
@@ -27,6 +32,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--model", default="resnet10t", help="timm classifier (random weights)")
     parser.add_argument("--repeats", type=int, default=1, help="timed runs after a warm-up")
+    parser.add_argument("--batch-size", type=int, default=64, help="slices per CAM batch")
+    parser.add_argument(
+        "--no-memory", action="store_true", help="methods: skip the peak-memory runs"
+    )
     parser.add_argument(
         "--set",
         nargs="*",
@@ -39,14 +48,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
-    from benchmark.bench import bench_tomography, pick_device
+    from benchmark.bench import bench_methods, bench_tomography, pick_device
     from benchmark.config import TomographyConfig, parse_overrides, resolve
 
     device = pick_device(args.device)
     preset = args.preset or ("paper" if device.type == "cuda" else "quick")
     config = resolve(TomographyConfig, preset, overrides=parse_overrides(args.set))
     shape = tuple(args.shape or DEFAULT_SHAPES[preset])
-    result = bench_tomography(config, shape, device, args.model, args.repeats)
-    print(f"bench tomography ({preset} preset, {args.model} with random weights)")
-    print(tabulate(result.rows(), tablefmt="github", headers=("measure", "value")))
+    if args.target == "tomography":
+        rows = bench_tomography(config, shape, device, args.model, args.repeats).rows()
+    else:
+        rows = bench_methods(
+            config, shape, device, args.model, args.batch_size, args.repeats, not args.no_memory
+        )
+    print(f"bench {args.target} ({preset} preset, {args.model} with random weights)")
+    print(tabulate(rows, tablefmt="github", headers=("measure", "value")))
     return 0
