@@ -14,7 +14,7 @@ import sys
 from benchmark import __version__
 from benchmark.registry import RegistryError
 
-COMMANDS = ("ls", "bench", "train", "inspect")
+COMMANDS = ("ls", "bench", "train", "inspect", "run")
 
 log = logging.getLogger("benchmark")
 

@@ -24,7 +24,8 @@ C = TypeVar("C")
 class TomographyConfig:
     """Settings of the tomographic reconstruction (paper 3.6)."""
 
-    n_angles: int = 2000  # L, eq. (8)
+    n_angles: int = 2000  # L, eq. (8), for ToNNO
+    n_angles_cam: int = 1000  # L for Averaged / Tomographic CAM (paper 3.6)
     n_slices: int = 100  # M, eq. (9)
     slice_size: int = 224  # h_S = w_S, eq. (4)
     chunk: int = 32  # directions per batch; sets peak memory, not the result
@@ -60,6 +61,27 @@ class TrainConfig:
     seed: int = 0
 
 
+@dataclass(frozen=True)
+class RunConfig:
+    """A benchmark run (``python -m benchmark run``): methods, protocol (A.7) and outputs."""
+
+    methods: tuple[str, ...] = ("all",)  # specs, names or wildcards (``expand_specs``)
+    exclude: tuple[str, ...] = ()  # spec patterns that ``all`` and wildcards leave out
+    folds: int = 10  # A.7: Monte-Carlo cross-validation folds
+    seed: int = 0  # shuffles the validation set of each fold
+    n_tune: int = 5  # A.7: annotated samples of the tuning half that choose tau'
+    batch_size: int = 64  # slices per classifier pass in the methods
+    save_heatmaps: bool = False  # NIfTI heatmaps with the volume's affine in <out>/heatmaps
+    figure_volumes: int = 3  # validation positives shown in the Figure 6 layout
+    figure_methods: tuple[str, ...] = (  # method families shown (fnmatch); the paper's five
+        "gradcam",
+        "layercam",
+        "tonno",
+        "averaged_layercam",
+        "tomographic_layercam",
+    )
+
+
 PAPER_ITERATIONS: dict[str, int] = {  # A.6, for the ResNet-10-T
     "ms": 250_000,
     "autopet": 187_500,
@@ -72,14 +94,28 @@ PAPER_ITERATION_FACTOR: dict[str, float] = {"resnet50": 0.4}  # 3.6: ResNet-50 o
 PRESETS: dict[type, dict[str, Any]] = {
     TomographyConfig: {
         "paper": TomographyConfig(),
-        "quick": TomographyConfig(n_angles=256, n_slices=32, slice_size=64),
+        # `run --methods all --dataset synthetic` (no ScoreCAM) in 12 min on one CPU thread
+        "quick": TomographyConfig(n_angles=128, n_angles_cam=64, n_slices=24, slice_size=64),
     },
     TrainConfig: {
         "paper": TrainConfig(),
-        "quick": TrainConfig(
-            model="resnet10t_gn_np", slices_per_volume=16, slice_size=64, lr=1e-3, lr_min=1e-5,
-            iterations=300, val_every=100, val_slices=16, checkpoint_every=50, log_every=10,
+        "quick": TrainConfig(  # synthetic on a 2-core CPU in minutes; 64 px as tomography's
+            model="resnet10t_gn_np",
+            slices_per_volume=32,
+            slice_size=64,
+            lr=1e-3,
+            lr_min=1e-5,
+            iterations=300,
+            val_every=100,
+            val_slices=16,
+            checkpoint_every=50,
+            log_every=10,
         ),
+    },
+    RunConfig: {
+        "paper": RunConfig(),
+        # ScoreCAM runs one forward pass per channel (64-512) per slice: hours on a CPU
+        "quick": RunConfig(exclude=("*scorecam*",)),
     },
 }
 

@@ -1,0 +1,174 @@
+"""``run --dataset NAME``: classifier, every method's heatmaps, the A.7 protocol, leaderboards."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+HELP = "train or load the classifier, evaluate the methods (paper A.7), write leaderboards"
+
+SECTIONS = ("run", "train", "tomography")  # --set KEY=V (run), train.KEY=V, tomography.KEY=V
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", required=True, help="a registered data set, e.g. synthetic")
+    parser.add_argument("--root", help="the data set's folder (not needed for synthetic)")
+    parser.add_argument(
+        "--dataset-option",
+        action="append",
+        metavar="KEY=VALUE",
+        default=[],
+        help="adapter option, repeatable (values read as YAML: n_val=12, shape=[16,32,32])",
+    )
+    parser.add_argument(
+        "--methods",
+        help="specs, names or wildcards, comma-separated (default: all), e.g. tonno,layercam@2",
+    )
+    parser.add_argument(
+        "--preset",
+        choices=("quick", "paper"),
+        help="settings of every stage (default: paper on a GPU, quick on a CPU)",
+    )
+    parser.add_argument(
+        "--config", help="YAML file with sections run:, train: and tomography: of config fields"
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        default=[],
+        dest="overrides",
+        help="a field, repeatable: RunConfig (folds=5), train.FIELD or tomography.FIELD "
+        "(train.iterations=100, tomography.n_angles=500)",
+    )
+    parser.add_argument("--model", help="classifier to train (train.model), e.g. resnet10t")
+    parser.add_argument("--checkpoint", help="use this trained classifier instead of training")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument(
+        "--out", help="run folder (checkpoint, CSVs); default runs/<dataset>/<model>-<preset>"
+    )
+    parser.add_argument(
+        "--leaderboards", default="leaderboards", help="folder of the tables and figure"
+    )
+    parser.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="compute only shard I of N of the heatmaps (needs a trained classifier), then stop",
+    )
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="compute nothing: evaluate the cached heatmaps of every shard",
+    )
+    parser.add_argument(
+        "--save-heatmaps",
+        action="store_true",
+        help="also write each heatmap as NIfTI with its volume's affine to <out>/heatmaps",
+    )
+
+
+def _settings(config: str | None, overrides: list[str]) -> dict[str, dict]:
+    """Per section, the YAML file's fields updated by the command line's (CLI > YAML)."""
+    import yaml
+
+    from benchmark.config import parse_overrides
+
+    settings: dict[str, dict] = {section: {} for section in SECTIONS}
+    if config is not None:
+        loaded = yaml.safe_load(Path(config).read_text()) or {}
+        unknown = sorted(set(loaded) - set(SECTIONS)) if isinstance(loaded, dict) else ["?"]
+        if unknown:
+            raise ValueError(f"{config}: expected sections {list(SECTIONS)}, got {unknown}")
+        for section, fields in loaded.items():
+            fields = fields or {}
+            if not isinstance(fields, dict):
+                raise ValueError(f"{config}: section {section!r} is not a mapping of fields")
+            settings[section].update(fields)
+    for key, value in parse_overrides(overrides).items():
+        section, _, field = key.rpartition(".")
+        if section not in ("", *SECTIONS):
+            raise ValueError(f"--set {key}: expected FIELD, train.FIELD or tomography.FIELD")
+        settings[section or "run"][field] = value
+    return settings
+
+
+def run(args: argparse.Namespace) -> int:
+    import yaml
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from benchmark.config import RunConfig, TomographyConfig, TrainConfig, parse_overrides, resolve
+    from benchmark.runner import RunError, parse_shard, prepare_classifier, run_benchmark
+    from benchmark.train import resolve_device
+    from datasets import load_dataset
+
+    device = resolve_device(args.device)
+    preset = args.preset or ("paper" if device.type == "cuda" else "quick")
+    how = "chosen" if args.preset else f"the default on {device.type}"
+    print(f"preset: {preset} ({how})")
+    shard = parse_shard(args.shard) if args.shard else None
+    if shard and args.merge:
+        raise ValueError("--shard computes one shard and --merge computes nothing: pick one")
+    settings = _settings(args.config, args.overrides)
+    for flag, section, field in (
+        (args.methods, "run", "methods"),
+        (args.save_heatmaps or None, "run", "save_heatmaps"),
+        (args.model, "train", "model"),
+    ):
+        if flag is not None:
+            settings[section][field] = flag
+    config = resolve(RunConfig, preset, overrides=settings["run"])
+    train_config = resolve(TrainConfig, preset, overrides=settings["train"])
+    tomography = resolve(TomographyConfig, preset, overrides=settings["tomography"])
+    options = {k: yaml.safe_load(v) for k, v in parse_overrides(args.dataset_option).items()}
+    dataset = load_dataset(args.dataset, root=args.root, **options)
+    default_out = Path("runs") / args.dataset / f"{train_config.model}-{preset}"
+    if args.checkpoint:
+        default_out = Path(args.checkpoint).parent
+    out = Path(args.out or default_out)
+
+    with logging_redirect_tqdm():
+        checkpoint = prepare_classifier(
+            dataset,
+            train_config,
+            out,
+            checkpoint=args.checkpoint,
+            device=device,
+            finished_only=bool(shard or args.merge),
+        )
+        try:
+            outputs = run_benchmark(
+                dataset,
+                checkpoint,
+                config,
+                tomography,
+                out_dir=out,
+                leaderboards=args.leaderboards,
+                device=device,
+                shard=shard,
+                compute=not args.merge,
+            )
+        except RunError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+    if outputs is None:
+        print(
+            f"shard {shard[0]}/{shard[1]} done; when every shard is, evaluate with the same "
+            "command without --shard (or with --merge)"
+        )
+        return 0
+    _report(outputs, out)
+    return 0
+
+
+def _report(outputs, out: Path) -> None:
+    """The final summary: what was evaluated, the heatmap compute time, where the tables are."""
+    timings = outputs.timings
+    print(
+        f"{len(outputs.results)} methods on {timings.volumes.iloc[0]} validation volumes; "
+        f"heatmaps took {timings.seconds.sum():.0f} s (per method: {out / 'timings.csv'})"
+    )
+    print(f"results: {out / 'results.csv'}, per fold: {out / 'folds.csv'}")
+    if outputs.nifti:
+        print(f"NIfTI heatmaps: {len(outputs.nifti)} files in {out / 'heatmaps'}")
+    print("leaderboards: " + ", ".join(str(p) for p in outputs.leaderboards))

@@ -1,0 +1,251 @@
+"""``python -m benchmark run`` end to end on a tiny configuration: tables, resume after a
+real kill, shards, NIfTI export, failing methods."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from benchmark.cli import main
+from benchmark.runner import HeatmapStore, parse_shard, select_specs, stored
+from datasets import load_dataset
+from methods import Method, register_method
+from methods.registry import METHODS
+
+REPO = Path(__file__).resolve().parents[1]
+SPECS = ["tonno", "layercam@1"]
+DATASET_OPTIONS = {"shape": "[12,16,16]", "n_train": "8", "n_val": "12"}  # 6 + 6 in val
+CONFIG = """\
+run: {folds: 3}
+train: {model: test_resnet, pretrained: false, iterations: 12, slice_size: 16,
+        slices_per_volume: 4, val_every: 6, val_slices: 4, checkpoint_every: 4, log_every: 4}
+tomography: {n_angles: 8, n_angles_cam: 4, n_slices: 6, slice_size: 16, chunk: 4}
+"""
+FAILING = {"mean": None}  # the toy method fails on the volume with this mean
+
+
+def tiny_args(config: Path, out: Path, *extra: str, methods: str = ",".join(SPECS)) -> list[str]:
+    options = [a for k, v in DATASET_OPTIONS.items() for a in ("--dataset-option", f"{k}={v}")]
+    return [
+        "run",
+        "--dataset",
+        "synthetic",
+        *options,
+        "--preset",
+        "quick",
+        "--device",
+        "cpu",
+        "--config",
+        str(config),
+        "--methods",
+        methods,
+        "--out",
+        str(out),
+        "--leaderboards",
+        str(out / "leaderboards"),
+        *extra,
+    ]
+
+
+def tiny_dataset():
+    return load_dataset("synthetic", **{k: yaml.safe_load(v) for k, v in DATASET_OPTIONS.items()})
+
+
+def heatmap_records(cache: Path) -> list[Path]:
+    """The complete (spec, volume) entries: heatmaps/<dataset>/<key>/<spec>/<volume>.json."""
+    return list(cache.glob("heatmaps/*/*/*/*.json"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors: one thread is faster, and immune to other processes on the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("config") / "tiny.yaml"
+    path.write_text(CONFIG)
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, config):
+    """An uninterrupted run, training included, with NIfTI export: its run folder."""
+    root = tmp_path_factory.mktemp("reference")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TONNO_CACHE", str(root / "cache"))
+        assert main(tiny_args(config, root / "run", "--save-heatmaps")) == 0
+    return root
+
+
+def use_cache(monkeypatch, path: Path) -> Path:
+    monkeypatch.setenv("TONNO_CACHE", str(path))
+    return path
+
+
+def test_run_writes_tables_figure_and_the_folds(reference, capsys):
+    run = reference / "run"
+    results = pd.read_csv(run / "results.csv")
+    assert list(results.method) == SPECS
+    assert set(results.dataset) == {"synthetic"} and set(results.model) == {"test_resnet"}
+    for metric in ("precision", "recall", "f1", "dice", "balanced_accuracy"):
+        assert results[metric].between(0, 1).all() and f"{metric}_std" in results
+    folds = pd.read_csv(run / "folds.csv")
+    assert len(folds) == 3 * len(SPECS) and (folds.tau_low < folds.tau).all()
+    assert (folds.n_scored == 6).all()  # the second half of 12 validation volumes
+    board = reference / "run" / "leaderboards"
+    page = (board / "synthetic.md").read_text()
+    assert "| ToNNO " in page and "| LayerCAM (layer 1) " in page
+    assert (board / "synthetic.html").exists() and (board / "synthetic.csv").exists()
+    assert (board / "synthetic.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    timings = pd.read_csv(run / "timings.csv")
+    assert list(timings.method) == SPECS and (timings.volumes == 12).all()
+
+
+def test_a_killed_run_resumes_to_the_same_numbers(reference, config, tmp_path, monkeypatch):
+    cache = use_cache(monkeypatch, tmp_path / "cache")
+    args = tiny_args(config, tmp_path / "run")
+    slow = (  # each heatmap takes 0.2 s more, so that the kill lands among them
+        "import sys, time; import benchmark.runner as r; compute = r.compute_heatmaps\n"
+        "def slow(*a, **k):\n    for item in compute(*a, **k):\n"
+        "        time.sleep(0.2)\n        yield item\n"
+        "r.compute_heatmaps = slow\nfrom benchmark.cli import main\nsys.exit(main(sys.argv[1:]))"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    process = subprocess.Popen(
+        [sys.executable, "-c", slow, *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while len(heatmap_records(cache)) < 3 and process.poll() is None:
+        assert time.monotonic() < deadline, "the run made no heatmap in 60 s"
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    done = len(heatmap_records(cache))
+    assert 3 <= done < 2 * 12 and not (tmp_path / "run" / "results.csv").exists()
+
+    assert main(args) == 0
+    assert len(heatmap_records(cache)) == 2 * 12
+    expected = (reference / "run" / "results.csv").read_text()
+    assert (tmp_path / "run" / "results.csv").read_text() == expected
+    expected_folds = pd.read_csv(reference / "run" / "folds.csv")
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "run" / "folds.csv"), expected_folds)
+
+
+def test_shards_then_a_merge_equal_one_run(reference, config, tmp_path, monkeypatch, capsys):
+    use_cache(monkeypatch, tmp_path / "cache")
+    checkpoint = ["--checkpoint", str(reference / "run" / "checkpoint.pt")]
+    out = tmp_path / "merged"
+    assert main(tiny_args(config, out, *checkpoint, "--shard", "1/2")) == 0
+    assert "shard 1/2 done" in capsys.readouterr().out
+    assert main(tiny_args(config, out, *checkpoint, "--merge")) == 1
+    assert "12 heatmap(s) are not cached, the first: tonno on synthetic_0009" in (
+        capsys.readouterr().err
+    )
+    assert main(tiny_args(config, out, *checkpoint, "--shard", "2/2")) == 0
+    assert main(tiny_args(config, out, *checkpoint, "--merge")) == 0
+    assert "leaderboards: " in capsys.readouterr().out
+    expected = (reference / "run" / "results.csv").read_text()
+    assert (out / "results.csv").read_text() == expected
+
+
+def test_a_shard_needs_a_finished_classifier(config, tmp_path, monkeypatch, capsys):
+    use_cache(monkeypatch, tmp_path / "cache")
+    assert main(tiny_args(config, tmp_path / "run", "--shard", "1/2")) == 2
+    assert "checkpoint.pt is not a finished classifier" in capsys.readouterr().err
+
+
+def test_saved_heatmaps_are_nifti_with_the_volume_affine(reference):
+    dataset = tiny_dataset()
+    files = sorted((reference / "run" / "heatmaps").glob("*/*.nii.gz"))
+    assert len(files) == len(SPECS) * len(dataset.ids("val"))
+    path = reference / "run" / "heatmaps" / "layercam@1" / "synthetic_0009.nii.gz"
+    image = nib.load(path)
+    volume = dataset["synthetic_0009"]
+    np.testing.assert_allclose(image.affine, volume.affine, rtol=1e-7)  # NIfTI: float32
+    assert image.shape == volume.image.shape[1:] and image.get_data_dtype() == np.float32
+    (store_root,) = (reference / "cache" / "heatmaps" / "synthetic").iterdir()
+    stored = HeatmapStore(store_root).heatmap("layercam@1", "synthetic_0009")
+    np.testing.assert_array_equal(np.asarray(image.dataobj), stored)
+
+
+@pytest.fixture
+def flaky_method():
+    """``flaky``: the mean image as a heatmap, raising on the volume whose mean is FAILING."""
+
+    @register_method("flaky")
+    class Flaky(Method):
+        def __call__(self, volume, model):
+            if FAILING["mean"] is not None and abs(float(volume.mean()) - FAILING["mean"]) < 1e-6:
+                raise RuntimeError("flaky broke")
+            return volume.mean(0)
+
+    yield
+    METHODS._entries.pop("flaky")
+    FAILING["mean"] = None
+
+
+def test_a_failing_method_is_named_and_the_rest_is_kept(
+    flaky_method, reference, config, tmp_path, monkeypatch, capsys
+):
+    cache = use_cache(monkeypatch, tmp_path / "cache")
+    FAILING["mean"] = float(tiny_dataset()["synthetic_0014"].image.mean())
+    checkpoint = str(reference / "run" / "checkpoint.pt")
+    args = tiny_args(
+        config, tmp_path / "run", "--checkpoint", checkpoint, methods="layercam@1,flaky"
+    )
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert (
+        "error: 1 failure(s), the first: flaky on synthetic_0014: RuntimeError: flaky broke" in err
+    )
+    cached = Counter(p.parent.name for p in heatmap_records(cache))
+    assert cached == {"layercam@1": 12, "flaky": 6}  # flaky on 0008-0013, then left out
+
+    FAILING["mean"] = None  # fixed
+    assert main(args) == 0
+    assert list(pd.read_csv(tmp_path / "run" / "results.csv").method) == ["layercam@1", "flaky"]
+
+
+def test_a_bad_shard_is_a_clear_error():
+    assert parse_shard("2/4") == (2, 4)
+    for text in ("0/2", "3/2", "1", "a/b"):
+        with pytest.raises(ValueError, match="expected i/n"):
+            parse_shard(text)
+
+
+def test_preset_exclusions_apply_to_all_and_wildcards_not_to_names():
+    run, left_out = select_specs(["all"], ["*scorecam*"])
+    assert "tonno" in run and not any("scorecam" in s for s in run)
+    assert len(left_out) == 16
+    assert select_specs(["scorecam@1", "*cam@1"], ["*scorecam*"])[0][0] == "scorecam@1"
+
+
+def test_store_keeps_float32_where_float16_would_overflow(tmp_path):
+    store = HeatmapStore(tmp_path)
+    small, large = np.full((2, 3, 4), 0.5, np.float32), np.full((2, 3, 4), 1e6, np.float32)
+    store.save("a", "v", stored(small), 1.0)
+    store.save("b", "v", stored(large), 1.0)
+    assert np.load(tmp_path / "a" / "v.npy").dtype == np.float16
+    np.testing.assert_array_equal(store.heatmap("b", "v"), large)
+    assert store.record("b", "v")["sketch"][0] == 1e6

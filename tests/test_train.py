@@ -1,0 +1,322 @@
+"""Training of the slice classifier (paper A.6) on tiny volumes made here."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+
+import benchmark.train as training
+from benchmark.config import TrainConfig, resolve
+from benchmark.train import (
+    balanced_accuracy,
+    best_threshold,
+    build_model,
+    checkpoint_hash,
+    cross_fitted_predictions,
+    load_classifier,
+    resolve_iterations,
+    roc_auc,
+    sample_batch,
+    sample_training_slices,
+    sample_volume_ids,
+    slice_logits,
+    train,
+    train_step,
+    validation_slices,
+)
+
+SHAPE = (16, 24, 24)
+
+
+class TinySet:
+    """The dataset interface (ids, label, [id].image, channels): noise, plus a blob if positive."""
+
+    name = "tiny"
+    channels = ("image",)
+
+    def __init__(self, n_train: int = 8, n_val: int = 4, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in SHAPE], indexing="ij"))
+        self._split, self._label, self._image = {}, {}, {}
+        for i in range(n_train + n_val):
+            key = f"tiny_{i:02d}"
+            image = 0.1 * rng.standard_normal(SHAPE)
+            if i % 2:
+                centre = rng.uniform(-0.3, 0.3, size=3)[:, None, None, None]
+                image += 2.0 * np.exp(-((grid - centre) ** 2).sum(0) / (2 * 0.3**2))
+            self._split[key] = "train" if i < n_train else "val"
+            self._label[key] = i % 2
+            self._image[key] = image[None].astype(np.float32)
+
+    def ids(self, split: str) -> list[str]:
+        return [k for k, s in self._split.items() if s == split]
+
+    def label(self, key: str) -> int:
+        return self._label[key]
+
+    def __getitem__(self, key: str) -> SimpleNamespace:
+        return SimpleNamespace(image=self._image[key], label=self._label[key])
+
+    def options(self) -> dict:
+        return {"shape": list(SHAPE)}
+
+
+TINY = TrainConfig(
+    model="test_resnet",  # timm's 0.4 M-parameter ResNet: fast loop tests
+    pretrained=False,
+    slices_per_volume=8,
+    slice_size=32,
+    lr=1e-3,
+    lr_min=1e-5,
+    iterations=6,
+    val_every=3,
+    val_slices=4,
+    checkpoint_every=2,
+    log_every=1,
+)
+
+
+def test_presets_hold_the_papers_values():
+    paper = resolve(TrainConfig, "paper")
+    assert (paper.batch_volumes, paper.slices_per_volume, paper.slice_size) == (2, 120, 224)
+    assert (paper.lr, paper.lr_min, paper.betas, paper.eps) == (5e-5, 1e-7, (0.9, 0.999), 1e-8)
+    assert (paper.model, paper.pretrained, paper.scale, paper.translation) == (
+        "resnet10t",
+        None,
+        0.3,
+        0.3,
+    )
+    iterations = {
+        name: resolve_iterations(paper, name).iterations
+        for name in ("ms", "autopet", "mosmed", "duke")
+    }
+    assert iterations == {"ms": 250_000, "autopet": 187_500, "mosmed": 125_000, "duke": 62_500}
+    r50 = dataclasses.replace(paper, model="resnet50_gn")
+    assert resolve_iterations(r50, "ms").iterations == 100_000  # 40 % (paper 3.6)
+    with pytest.raises(ValueError, match="no iteration count for 'synthetic'"):
+        resolve_iterations(paper, "synthetic")
+    quick = resolve(TrainConfig, "quick", overrides={"iterations": "12"})
+    assert resolve_iterations(quick, "synthetic").iterations == 12
+    assert model_is_not_pretrained(quick)
+
+
+def model_is_not_pretrained(config: TrainConfig) -> bool:
+    from benchmark.models import model_spec
+
+    return not model_spec(config.model, pretrained=config.pretrained).pretrained
+
+
+def test_augmentation_parameters_stay_in_range():
+    # V(x) = x_depth is linear, so trilinear sampling is exact: every pixel inside the cube
+    # must read gain * (s n + shift + i' u + j' v)_depth + bias.
+    volume = torch.linspace(-1, 1, 9).reshape(1, 9, 1, 1).expand(1, 9, 9, 9).contiguous()
+    generator = torch.Generator().manual_seed(0)
+    n_slices, size = 400, 5
+    slices, p = sample_training_slices(volume, n_slices, size, generator)
+    assert slices.shape == (n_slices, 1, size, size)
+    n, u, v = p["normal"], p["u"], p["v"]
+    torch.testing.assert_close(n.norm(), torch.tensor(1.0, dtype=torch.float64))
+    torch.testing.assert_close(p["offsets"], torch.linspace(-1, 1, n_slices, dtype=torch.float64))
+    for vec in (u, v):
+        torch.testing.assert_close(vec @ n, torch.zeros(n_slices, dtype=torch.float64))
+    torch.testing.assert_close((u * v).sum(-1), torch.zeros(n_slices, dtype=torch.float64))
+    torch.testing.assert_close(torch.stack([u.norm(dim=-1), v.norm(dim=-1)], 1), p["lengths"])
+    for key, low, high in (
+        ("lengths", 0.7, 1.3),
+        ("shifts", -0.3, 0.3),
+        ("gain", 0.7, 1.3),
+        ("bias", -0.3, 0.3),
+    ):
+        values = p[key]
+        assert low <= values.min() < low + 0.05 and high - 0.05 < values.max() <= high, key
+    assert (u.norm(dim=-1) - v.norm(dim=-1)).abs().max() > 0.3  # anisotropic: independent
+
+    a = torch.linspace(-1, 1, size, dtype=torch.float64)
+    i, j = torch.meshgrid(a, a, indexing="ij")
+    shift = (
+        p["shifts"][:, :1] * u / p["lengths"][:, :1] + p["shifts"][:, 1:] * v / p["lengths"][:, 1:]
+    )
+    points = (
+        p["offsets"][:, None, None, None] * n
+        + shift[:, None, None]
+        + i[..., None] * u[:, None, None]
+        + j[..., None] * v[:, None, None]
+    )
+    expected = p["gain"][:, None, None] * points[..., 0] + p["bias"][:, None, None]
+    inside = (points.abs() <= 0.999).all(-1)
+    assert inside.sum() > 1000
+    torch.testing.assert_close(slices[:, 0][inside].double(), expected[inside], atol=1e-5, rtol=0)
+    outside = (points.abs() > 1.001).any(-1)  # zero outside the cube, then y = a x + b
+    torch.testing.assert_close(
+        slices[:, 0][outside].double(),
+        p["bias"][:, None, None].expand_as(outside)[outside],
+        atol=1e-6,
+        rtol=0,
+    )
+
+
+def test_batches_pair_a_positive_with_a_negative():
+    generator = torch.Generator().manual_seed(0)
+    positives, negatives = ["p0", "p1", "p2"], ["n0", "n1"]
+    draws = [sample_volume_ids(positives, negatives, 4, generator) for _ in range(50)]
+    assert all(d[0][0] == d[2][0] == "p" and d[1][0] == d[3][0] == "n" for d in draws)
+    assert {d[0] for d in draws} == set(positives)  # with replacement, all reachable
+    data = TinySet()
+    slices, labels = sample_batch(data, *_pools(data), TINY, generator, torch.device("cpu"))
+    assert slices.shape == (16, 1, 32, 32)
+    assert labels.tolist() == [1.0] * 8 + [0.0] * 8  # each slice has its volume's label
+
+
+def _pools(data: TinySet) -> tuple[list[str], list[str]]:
+    train_ids = data.ids("train")
+    return [i for i in train_ids if data.label(i)], [i for i in train_ids if not data.label(i)]
+
+
+def test_training_steps_reduce_the_loss():
+    data = TinySet()
+    generator = torch.Generator().manual_seed(0)
+    slices, labels = sample_batch(data, *_pools(data), TINY, generator, torch.device("cpu"))
+    model = build_model(dataclasses.replace(TINY, model="resnet10t_gn_np", pretrained=None), 1)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=100)
+    losses = [train_step(model, optimizer, scheduler, slices, labels) for _ in range(12)]
+    assert losses[0] == pytest.approx(np.log(2), abs=0.1)  # one logit near 0 at the start
+    assert losses[-1] < 0.5 * losses[0]
+    assert scheduler.get_last_lr()[0] < 1e-3  # the schedule moved every step
+
+
+def test_validation_slices_contain_the_axial_stack():
+    volume = torch.randn(2, *SHAPE)
+    slices = validation_slices(volume, SHAPE[0], SHAPE[1])
+    assert slices.shape == (3 * SHAPE[0], 2, SHAPE[1], SHAPE[2])
+    torch.testing.assert_close(slices[: SHAPE[0]], volume.transpose(0, 1), atol=1e-5, rtol=0)
+
+
+def test_validation_scores_match_sklearn():
+    labels = torch.tensor([0, 0, 0, 1, 1, 1, 1, 0])
+    scores = torch.tensor([0.5, 1.0, 2.0, 3.0, 4.0, 2.5, 0.8, 0.2])
+    assert balanced_accuracy(labels, scores > 2.2) == pytest.approx(
+        balanced_accuracy_score(labels, scores > 2.2)
+    )
+    assert roc_auc(labels, scores) == pytest.approx(roc_auc_score(labels, scores))
+    noisy = torch.from_numpy(np.random.default_rng(0).normal(size=40)) + torch.arange(40) % 2
+    noisy_labels = torch.arange(40) % 2
+    best = max(balanced_accuracy_score(noisy_labels, noisy > t) for t in noisy.tolist())
+    threshold = best_threshold(noisy_labels, noisy)
+    assert balanced_accuracy_score(noisy_labels, noisy > threshold) == pytest.approx(best)
+    # separable, but all above 0 (negatives' max logit hovers around 0): threshold 0 fails,
+    # the threshold tuned on the other half does not
+    separable = torch.tensor([0.3, 0.5, 0.4, 3.0, 2.0, 2.5, 4.0, 0.2])
+    assert balanced_accuracy(labels, separable > 0) == 0.5
+    assert balanced_accuracy(labels, cross_fitted_predictions(labels, separable)) == 1.0
+
+
+def _recording_train_step(monkeypatch, kill_at: int | None = None) -> list:
+    """Patch train_step to record the live model (and optionally die at call ``kill_at``)."""
+    calls: list = []
+
+    def step(model, *args):
+        calls.append(model)
+        if len(calls) == kill_at:
+            raise RuntimeError("killed")
+        return train_step(model, *args)
+
+    monkeypatch.setattr(training, "train_step", step)
+    return calls
+
+
+def test_checkpoint_round_trip_gives_identical_logits(tmp_path, monkeypatch):
+    config = dataclasses.replace(TINY, model="resnet10t", pretrained=False)  # frozen BN
+    calls = _recording_train_step(monkeypatch)
+    path = train(TinySet(), config, tmp_path, progress=False)
+    live = calls[-1].eval()
+    loaded = load_classifier(path)
+    volume = torch.from_numpy(TinySet()[TinySet().ids("val")[1]].image)
+    slices = validation_slices(volume, 8, 32)
+    assert torch.equal(slice_logits(loaded, slices, 7), slice_logits(live, slices, 7))
+    state = torch.load(path, weights_only=True)
+    assert (state["step"], state["model_name"], state["arch"], state["norm"]) == (
+        6,
+        "resnet10t",
+        "resnet10t",
+        "frozen_bn",
+    )
+    assert state["config"] == dataclasses.asdict(config) and state["in_chans"] == 1
+    assert [row["step"] for row in state["val"]] == [3, 6]
+    assert len(checkpoint_hash(path)) == 16
+    with open(tmp_path / "train_log.csv") as file:
+        rows = list(csv.DictReader(file))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert rows[2]["val_balanced_accuracy"] and not rows[3]["val_balanced_accuracy"]
+    assert (tmp_path / "config.yaml").exists()
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, monkeypatch):
+    data = TinySet()
+    _recording_train_step(monkeypatch)
+    whole = torch.load(train(data, TINY, tmp_path / "whole", progress=False), weights_only=True)
+
+    _recording_train_step(monkeypatch, kill_at=5)  # dies in step 5, after the step-4 save
+    with pytest.raises(RuntimeError, match="killed"):
+        train(data, TINY, tmp_path / "killed", progress=False)
+    assert torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=True)["step"] == 4
+    with pytest.raises(ValueError, match="--resume"):
+        train(data, TINY, tmp_path / "killed", progress=False)
+    with pytest.raises(ValueError, match="other settings.*lr"):
+        train(
+            data,
+            dataclasses.replace(TINY, lr=2e-3),
+            tmp_path / "killed",
+            resume=True,
+            progress=False,
+        )
+
+    _recording_train_step(monkeypatch)
+    resumed = torch.load(
+        train(data, TINY, tmp_path / "killed", resume=True, progress=False), weights_only=True
+    )
+    for key, value in whole["model"].items():
+        assert torch.equal(resumed["model"][key], value), key
+    assert resumed["log"] == whole["log"] and resumed["val"] == whole["val"]
+    assert resumed["scheduler"] == whole["scheduler"]
+    assert torch.equal(resumed["rng"], whole["rng"])
+
+
+def test_train_command_writes_the_run_folder(tmp_path, monkeypatch, capsys):
+    import datasets
+    from benchmark.commands import train as command
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(datasets, "load_dataset", lambda name, root=None, **kw: TinySet(**kw))
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    fields = {
+        k: str(v)
+        for k, v in dataclasses.asdict(TINY).items()
+        if k not in ("model", "betas", "pretrained", "weights")
+    }
+    argv = [
+        "--dataset",
+        "tiny",
+        "--preset",
+        "quick",
+        "--dataset-option",
+        "n_val=2",
+        "--device",
+        "cpu",
+        *[a for k, v in fields.items() for a in ("--set", f"{k}={v}")],
+    ]
+    assert command.run(parser.parse_args(argv)) == 0
+    path = tmp_path / "runs" / "tiny" / "resnet10t_gn_np-quick" / "checkpoint.pt"
+    assert f"checkpoint: {path.relative_to(tmp_path)}" in capsys.readouterr().out
+    assert torch.load(path, weights_only=True)["dataset"]["options"] == {"shape": list(SHAPE)}
+    assert command.run(parser.parse_args([*argv, "--resume"])) == 0  # finished: a no-op
+    with pytest.raises(ValueError, match="exists"):
+        command.run(parser.parse_args(argv))
