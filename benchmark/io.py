@@ -17,6 +17,9 @@ from typing import IO, Any
 
 import numpy as np
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def cache_root() -> Path:
     """``$TONNO_CACHE`` if set, else ``~/.cache/tonno-benchmark``."""
@@ -30,6 +33,7 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # as open() would create it; mkstemp makes it 0600
         with os.fdopen(fd, mode) as file:
             yield file
             file.flush()

@@ -183,3 +183,13 @@ def test_inspect_names_unknown_options(capsys):
     assert main(["inspect", "--dataset", "synthetic", "--dataset-option", "size=3"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: synthetic: unknown option(s) size; options: shape, n_train")
+
+
+def test_atomic_writes_get_the_permissions_of_an_ordinary_file(tmp_path):
+    import os
+
+    from benchmark.io import atomic_save_json
+
+    atomic_save_json(tmp_path / "a.json", {"x": 1})
+    (tmp_path / "b.json").write_text("{}")
+    assert os.stat(tmp_path / "a.json").st_mode == os.stat(tmp_path / "b.json").st_mode
