@@ -290,11 +290,10 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, monkeyp
 
 
 def test_train_command_writes_the_run_folder(tmp_path, monkeypatch, capsys):
-    import datasets
     from benchmark.commands import train as command
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(datasets, "load_dataset", lambda name, root=None, **kw: TinySet(**kw))
+    monkeypatch.setattr(command, "open_dataset", lambda args: TinySet())
     parser = argparse.ArgumentParser()
     command.add_arguments(parser)
     fields = {

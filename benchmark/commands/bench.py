@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from benchmark.commands import add_set_argument
+
 HELP = "measure throughput and overhead ratios (side by side, one run)"
 
 DEFAULT_SHAPES = {"quick": (1, 32, 96, 96), "paper": (1, 128, 128, 128)}
@@ -36,12 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-memory", action="store_true", help="methods: skip the peak-memory runs"
     )
-    parser.add_argument(
-        "--set",
-        nargs="*",
-        metavar="KEY=VALUE",
-        default=[],
-        help="TomographyConfig overrides, e.g. n_angles=500 chunk=16",
+    add_set_argument(
+        parser,
+        "TomographyConfig overrides, e.g. n_angles=500 chunk=16",
     )
 
 
@@ -53,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
 
     device = pick_device(args.device)
     preset = args.preset or ("paper" if device.type == "cuda" else "quick")
-    config = resolve(TomographyConfig, preset, overrides=parse_overrides(args.set))
+    config = resolve(TomographyConfig, preset, overrides=parse_overrides(args.overrides))
     shape = tuple(args.shape or DEFAULT_SHAPES[preset])
     if args.target == "tomography":
         rows = bench_tomography(config, shape, device, args.model, args.repeats).rows()

@@ -4,19 +4,13 @@ from __future__ import annotations
 
 import argparse
 
+from benchmark.commands import add_dataset_arguments, open_dataset
+
 HELP = "show a data set: samples per split and class (paper Table 3), shapes and spacings"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", default="synthetic", help="a registered data set")
-    parser.add_argument("--root", help="the data set's folder (not needed for synthetic)")
-    parser.add_argument(
-        "--dataset-option",
-        action="append",
-        metavar="KEY=VALUE",
-        default=[],
-        help="adapter option, repeatable (values read as YAML: n_train=96, shape=[32,64,64])",
-    )
+    add_dataset_arguments(parser, default="synthetic")
     parser.add_argument(
         "--full",
         action="store_true",
@@ -31,17 +25,10 @@ def _range(values: list[float], fmt: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    import yaml
     from tabulate import tabulate
     from tqdm import tqdm
 
-    from benchmark.config import parse_overrides
-    from datasets import DATASETS, load_dataset
-    from datasets.base import check_options
-
-    options = {k: yaml.safe_load(v) for k, v in parse_overrides(args.dataset_option).items()}
-    check_options(DATASETS.entry(args.dataset).obj, options)
-    dataset = load_dataset(args.dataset, root=args.root, **options)
+    dataset = open_dataset(args)
     ids = dataset.ids()
     if args.full:
         for sample_id in tqdm(ids, desc=f"preprocess {dataset.name}", disable=len(ids) < 20):

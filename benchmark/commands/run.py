@@ -6,21 +6,15 @@ import argparse
 import sys
 from pathlib import Path
 
+from benchmark.commands import add_dataset_arguments, add_set_argument, open_dataset
+
 HELP = "train or load the classifier, evaluate the methods (paper A.7), write leaderboards"
 
 SECTIONS = ("run", "train", "tomography")  # --set KEY=V (run), train.KEY=V, tomography.KEY=V
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", required=True, help="a registered data set, e.g. synthetic")
-    parser.add_argument("--root", help="the data set's folder (not needed for synthetic)")
-    parser.add_argument(
-        "--dataset-option",
-        action="append",
-        metavar="KEY=VALUE",
-        default=[],
-        help="adapter option, repeatable (values read as YAML: n_val=12, shape=[16,32,32])",
-    )
+    add_dataset_arguments(parser)
     parser.add_argument(
         "--methods",
         help="specs, names or wildcards, comma-separated (default: all), e.g. tonno,layercam@2",
@@ -33,13 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config", help="YAML file with sections run:, train: and tomography: of config fields"
     )
-    parser.add_argument(
-        "--set",
-        action="append",
-        metavar="KEY=VALUE",
-        default=[],
-        dest="overrides",
-        help="a field, repeatable: RunConfig (folds=5), train.FIELD or tomography.FIELD "
+    add_set_argument(
+        parser,
+        "a field, repeatable: RunConfig (folds=5), train.FIELD or tomography.FIELD "
         "(train.iterations=100, tomography.n_angles=500)",
     )
     parser.add_argument("--model", help="classifier to train (train.model), e.g. resnet10t")
@@ -94,13 +84,11 @@ def _settings(config: str | None, overrides: list[str]) -> dict[str, dict]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import yaml
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from benchmark.config import RunConfig, TomographyConfig, TrainConfig, parse_overrides, resolve
+    from benchmark.config import RunConfig, TomographyConfig, TrainConfig, resolve
     from benchmark.runner import RunError, parse_shard, prepare_classifier, run_benchmark
     from benchmark.train import resolve_device
-    from datasets import load_dataset
 
     device = resolve_device(args.device)
     preset = args.preset or ("paper" if device.type == "cuda" else "quick")
@@ -120,8 +108,7 @@ def run(args: argparse.Namespace) -> int:
     config = resolve(RunConfig, preset, overrides=settings["run"])
     train_config = resolve(TrainConfig, preset, overrides=settings["train"])
     tomography = resolve(TomographyConfig, preset, overrides=settings["tomography"])
-    options = {k: yaml.safe_load(v) for k, v in parse_overrides(args.dataset_option).items()}
-    dataset = load_dataset(args.dataset, root=args.root, **options)
+    dataset = open_dataset(args)
     default_out = Path("runs") / args.dataset / f"{train_config.model}-{preset}"
     if args.checkpoint:
         default_out = Path(args.checkpoint).parent

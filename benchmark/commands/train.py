@@ -5,19 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from benchmark.commands import add_dataset_arguments, add_set_argument, open_dataset
+
 HELP = "train the 2D slice classifier on a data set's train split (paper A.6)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", required=True, help="a registered data set, e.g. synthetic")
-    parser.add_argument("--root", help="the data set's folder (not needed for synthetic)")
-    parser.add_argument(
-        "--dataset-option",
-        action="append",
-        metavar="KEY=VALUE",
-        default=[],
-        help="adapter option, repeatable (values read as YAML: n_train=96, shape=[32,64,64])",
-    )
+    add_dataset_arguments(parser)
     parser.add_argument(
         "--model",
         help="paper variant (resnet10t, resnet10t_bn, resnet10t_gn, resnet10t_gn_np, "
@@ -26,13 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", help="local file of pretrained (ImageNet) weights")
     parser.add_argument("--preset", default="paper", help="paper (default) or quick (CPU)")
     parser.add_argument("--config", help="YAML file of TrainConfig fields")
-    parser.add_argument(
-        "--set",
-        action="append",
-        metavar="KEY=VALUE",
-        default=[],
-        dest="overrides",
-        help="TrainConfig field, repeatable (e.g. iterations=1000, pretrained=false)",
+    add_set_argument(
+        parser,
+        "TrainConfig field, repeatable (e.g. iterations=1000, pretrained=false)",
     )
     parser.add_argument("--out", help="output folder; default runs/<dataset>/<model>-<preset>")
     parser.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
@@ -40,20 +30,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import yaml
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from benchmark.config import TrainConfig, parse_overrides, resolve
     from benchmark.train import train
-    from datasets import load_dataset
 
     overrides = parse_overrides(args.overrides)
     for field in ("model", "weights"):
         if getattr(args, field) is not None:
             overrides[field] = getattr(args, field)
     config = resolve(TrainConfig, args.preset, args.config, overrides)
-    options = {k: yaml.safe_load(v) for k, v in parse_overrides(args.dataset_option).items()}
-    dataset = load_dataset(args.dataset, root=args.root, **options)
+    dataset = open_dataset(args)
     out = Path(args.out or Path("runs") / args.dataset / f"{config.model}-{args.preset}")
     with logging_redirect_tqdm():
         path = train(dataset, config, out, resume=args.resume, device=args.device)
