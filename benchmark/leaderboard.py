@@ -351,11 +351,13 @@ def write_leaderboards(
     results: pd.DataFrame,
     out_dir: str | Path = "leaderboards",
     paper: str | Path | None = PAPER_CSV,
+    notes: Sequence[str] = (),
 ) -> list[Path]:
     """Write ``<dataset>.md``, ``.csv`` and ``.html`` per dataset of ``results`` into ``out_dir``.
 
     ``paper``: the published numbers (``leaderboards/paper/published_results.csv``), shown
-    beside ours where the dataset and model match; ``None`` leaves them out.
+    beside ours where the dataset and model match; ``None`` leaves them out. ``notes``: more
+    lines for the pages' header (e.g. the specs a preset left out).
     """
     ours = _prepare(results)
     empty = pd.DataFrame(columns=["dataset", "model", "method", *METRICS])
@@ -367,8 +369,8 @@ def write_leaderboards(
         theirs = published[published.dataset == dataset]
         sections = _sections(rows, theirs)
         with_paper = any(" (paper)" in c for _, cells, _ in sections for c in cells.columns)
-        notes = _notes(overlap_metric(pd.concat([rows, theirs])), with_paper)
-        pages = {fmt: _document(str(dataset), notes, sections, fmt) for fmt in ("md", "html")}
+        header = _notes(overlap_metric(pd.concat([rows, theirs])), with_paper) + list(notes)
+        pages = {fmt: _document(str(dataset), header, sections, fmt) for fmt in ("md", "html")}
         pages["csv"] = render(_csv_table(rows, theirs), "csv")
         for fmt, text in pages.items():
             path = out_dir / f"{dataset}.{fmt}"

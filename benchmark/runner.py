@@ -657,7 +657,15 @@ def run_benchmark(
     _write_csv(results, out_dir / "results.csv")
     _write_csv(folds, out_dir / "folds.csv")
     _write_csv(timings, out_dir / "timings.csv")
-    pages = write_leaderboards(results, leaderboards)
+    notes = (
+        [
+            f"Left out by the preset (`exclude={','.join(config.exclude)}`; `--set exclude=` runs "
+            f"them): {', '.join(left_out)}."
+        ]
+        if left_out
+        else []
+    )
+    pages = write_leaderboards(results, leaderboards, notes=notes)
     figure = write_figure(
         store,
         dataset,
