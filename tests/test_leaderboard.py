@@ -169,3 +169,11 @@ def test_the_paper_reference_is_complete_and_consistent():
     per_layer = paper[paper.model.eq("resnet10t") & paper.method.str.contains("@")]
     assert len(per_layer) == 4 * 16  # Tables 6-9: 4 datasets x 4 CAM families x 4 layers
     assert np.isnan(paper.dice[paper.dataset == "duke"]).all()
+
+
+def test_notes_appear_in_the_pages_header(tmp_path):
+    note = "Left out by the preset: scorecam@1."
+    write_leaderboards(results(SYNTHETIC), tmp_path, notes=[note])
+    for fmt in ("md", "html"):
+        page = next(tmp_path.glob(f"*.{fmt}")).read_text()
+        assert note in page.split("Best layer per method")[0]
