@@ -20,6 +20,7 @@ import hashlib
 import inspect
 import json
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,7 +105,7 @@ def safe_stem(sample_id: str) -> str:
     return f"{re.sub(r'[^A-Za-z0-9._-]+', '_', sample_id)[:100]}-{digest}"
 
 
-class VolumeDataset:
+class VolumeDataset(ABC):
     """A data set of :class:`Volume` s; subclass it and register with ``register_dataset``.
 
     Mapping-like: ``ds[id]`` (or ``ds[i]``, the i-th id) is a preprocessed Volume,
@@ -149,13 +150,13 @@ class VolumeDataset:
 
     # -- what an adapter implements -------------------------------------------------
 
+    @abstractmethod
     def _scan(self) -> list[Record]:
         """Index the data set: one Record per sample, without reading voxels."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _load(self, record: Record) -> Volume:
         """Read and preprocess one sample (uncached)."""
-        raise NotImplementedError
 
     def _header(self, record: Record) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
         """(D, H, W) shape and spacing, from file headers where possible."""
