@@ -19,11 +19,12 @@ from methods import tomography
 log = logging.getLogger(__name__)
 
 
-def pick_device(name: str = "auto") -> torch.device:
-    """``auto`` -> cuda when available, else cpu."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
+def random_classifier(model_name: str, in_chans: int, device: torch.device) -> torch.nn.Module:
+    """A timm classifier with random weights and one logit, channels-last, in eval mode."""
+    import timm
+
+    model = timm.create_model(model_name, pretrained=False, num_classes=1, in_chans=in_chans)
+    return model.to(device, memory_format=torch.channels_last).eval()
 
 
 def timed(fn: Callable[[], object], device: torch.device, repeats: int = 1) -> float:
@@ -99,13 +100,10 @@ def bench_tomography(
     The classifier alone runs on one chunk of pre-cut slices, as many times as
     ``reconstruct`` has chunks, so both see the same number of slices and batch size.
     """
-    import timm
 
     generator = torch.Generator().manual_seed(0)
     volume = torch.rand(shape, generator=generator).to(device)
-    model = timm.create_model(model_name, pretrained=False, num_classes=1, in_chans=shape[0])
-    model = model.to(device, memory_format=torch.channels_last).eval()
-    cast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    model = random_classifier(model_name, shape[0], device)
 
     def classify(slices: torch.Tensor) -> torch.Tensor:
         return model(slices)[:, 0]
@@ -138,7 +136,7 @@ def bench_tomography(
     last = batch[: rest * (config.n_slices + 2)]
 
     def classify_all() -> None:
-        with cast:
+        with tomography.autocast(device):
             for _ in range(full_batches):
                 classify(batch)
             if rest:
@@ -235,15 +233,13 @@ def bench_methods(
     """Slice-wise CAM throughput of ours vs pytorch-grad-cam on the same model and volume,
     per-volume times of ToNNO and Tomographic LayerCAM, and peak memory against ``chunk``."""
     import pytorch_grad_cam
-    import timm
 
     from benchmark.models import stage_modules
     from methods import create_method
     from methods.heatmaps import compute_heatmaps
 
     volume = torch.rand(shape, generator=torch.Generator().manual_seed(0)).to(device)
-    model = timm.create_model(model_name, pretrained=False, num_classes=1, in_chans=shape[0])
-    model = model.to(device, memory_format=torch.channels_last).eval()
+    model = random_classifier(model_name, shape[0], device)
     stages = stage_modules(model)
     size = config.slice_size
     rows: list[tuple[str, str]] = [

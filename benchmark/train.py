@@ -31,7 +31,7 @@ from tqdm import tqdm
 from benchmark.config import PAPER_ITERATION_FACTOR, PAPER_ITERATIONS, TrainConfig
 from benchmark.io import atomic_write
 from benchmark.models import create_classifier, model_spec
-from methods.tomography import extract_slices, orthonormal_frames, slice_offsets
+from methods.tomography import autocast, extract_slices, orthonormal_frames, slice_offsets
 
 log = logging.getLogger(__name__)
 
@@ -123,11 +123,6 @@ def sample_batch(
     return torch.cat(slices), torch.cat(labels).to(device)
 
 
-def _autocast(device: torch.device):
-    """bf16 autocast on CUDA; a no-op elsewhere."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-
 def _memory_format(device: torch.device) -> torch.memory_format:
     return torch.channels_last if device.type == "cuda" else torch.contiguous_format
 
@@ -141,7 +136,7 @@ def train_step(
 ) -> float:
     """One step (A.6): BCE of every slice's logit against its label, Adam, schedule; the loss."""
     model.train()
-    with _autocast(slices.device):
+    with autocast(slices.device):
         logits = model(slices.contiguous(memory_format=_memory_format(slices.device)))
     loss = F.binary_cross_entropy_with_logits(logits.float().squeeze(-1), labels)
     optimizer.zero_grad(set_to_none=True)
@@ -170,7 +165,7 @@ def slice_logits(model: nn.Module, slices: Tensor, chunk: int) -> Tensor:
     fmt = _memory_format(slices.device)
     out = []
     for start in range(0, len(slices), chunk):
-        with _autocast(slices.device):
+        with autocast(slices.device):
             out.append(model(slices[start : start + chunk].contiguous(memory_format=fmt)))
     return torch.cat(out).float().squeeze(-1)
 

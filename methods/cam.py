@@ -16,10 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA, a no-op elsewhere: the same code runs on both."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+from methods.tomography import autocast
 
 
 @contextmanager

@@ -25,6 +25,13 @@ from torch import Tensor
 GOLDEN_ANGLE = math.pi * (3.0 - math.sqrt(5.0))
 
 
+def autocast(device: torch.device, enabled: bool = True):
+    """bf16 autocast on CUDA, a no-op elsewhere: the same code runs on both."""
+    return torch.autocast(
+        device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda"
+    )
+
+
 def fibonacci_sphere(n: int, dtype: torch.dtype = torch.float32) -> Tensor:
     """[n, 3] unit normals on the Fibonacci lattice (paper, above eq. 8).
 
@@ -235,7 +242,7 @@ def reconstruct_many(
     modes: Sequence[bool] = (True,),
     chunk: int = 32,
     seed: int = 0,
-    autocast: bool = True,
+    mixed_precision: bool = True,
     progress: Callable[[int], None] | None = None,
 ) -> dict[tuple[Hashable, bool], Tensor]:
     """Several reconstructions (eqs. 11-13) from one pass over the slices.
@@ -255,7 +262,8 @@ def reconstruct_many(
     In-plane frames are random (A.1), one per direction and shared by its stack (eqs. 12-13
     interpolate along the stack), drawn from ``seed``. Slices reach ``slice_fn``
     channels-last (free for one channel; what convolutions prefer) and, on CUDA, under bf16
-    autocast when ``autocast``; sums stay float32. ``out_shape`` defaults to the volume's.
+    autocast unless ``mixed_precision=False``; sums stay float32. ``out_shape`` defaults to
+    the volume's.
     """
     if volume.dim() != 4:
         raise ValueError(f"expected a volume [C, D, H, W], got shape {tuple(volume.shape)}")
@@ -267,9 +275,7 @@ def reconstruct_many(
     u, v = orthonormal_frames(normals, torch.Generator().manual_seed(seed))
     padded = True in modes
     offsets = slice_offsets(n_slices, padded=padded)
-    cast = torch.autocast(
-        device.type, dtype=torch.bfloat16, enabled=autocast and device.type == "cuda"
-    )
+    cast = autocast(device, enabled=mixed_precision)
     totals: dict[tuple[Hashable, bool], Tensor] = {}
     for start in range(0, n_angles, chunk):  # slice_fn may enable grad for itself (CAMs)
         part = slice(start, min(start + chunk, n_angles))

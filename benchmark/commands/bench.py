@@ -47,10 +47,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
-    from benchmark.bench import bench_methods, bench_tomography, pick_device
+    from benchmark.bench import bench_methods, bench_tomography
     from benchmark.config import TomographyConfig, parse_overrides, resolve
+    from benchmark.train import resolve_device
 
-    device = pick_device(args.device)
+    device = resolve_device(args.device)
     preset = args.preset or ("paper" if device.type == "cuda" else "quick")
     config = resolve(TomographyConfig, preset, overrides=parse_overrides(args.overrides))
     shape = tuple(args.shape or DEFAULT_SHAPES[preset])
