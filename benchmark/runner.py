@@ -52,7 +52,15 @@ import torch
 from tqdm import tqdm
 
 from benchmark import __version__, figures
+from benchmark.checkpoint import (
+    CHECKPOINT,
+    checkpoint_hash,
+    is_finished,
+    load_classifier,
+    read_checkpoint,
+)
 from benchmark.config import RunConfig, TomographyConfig, TrainConfig
+from benchmark.distributed import resolve_device
 from benchmark.evaluation import (
     EvaluationResult,
     GroundTruth,
@@ -65,14 +73,7 @@ from benchmark.evaluation import (
 )
 from benchmark.io import atomic_save_json, atomic_save_npy, atomic_write, cache_root
 from benchmark.leaderboard import METRICS, best_layers, method_name, write_leaderboards
-from benchmark.train import (
-    CHECKPOINT,
-    checkpoint_hash,
-    load_classifier,
-    load_volume,
-    resolve_device,
-    train,
-)
+from benchmark.train import load_volume, train
 from datasets.base import safe_stem
 from methods import expand_specs
 from methods.heatmaps import compute_heatmaps
@@ -127,19 +128,6 @@ def select_specs(methods: Sequence[str], exclude: Sequence[str]) -> tuple[list[s
 
 
 # --- classifier -----------------------------------------------------------------------------
-
-
-def checkpoint_state(path: str | Path) -> dict[str, Any]:
-    """The saved training state of a checkpoint (CPU tensors, ``weights_only``)."""
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def is_finished(path: str | Path) -> bool:
-    """Whether ``path`` is a checkpoint trained for all its configured iterations."""
-    if not Path(path).is_file():
-        return False
-    state = checkpoint_state(path)
-    return state["step"] >= state["config"]["iterations"]
 
 
 def prepare_classifier(
@@ -649,7 +637,7 @@ def run_benchmark(
     summaries = compute_summaries(store, dataset, volume_ids, grids, progress)
     labels = [dataset.label(v) for v in volume_ids]
     evaluations = evaluate_specs(summaries, labels, config)
-    model_name = checkpoint_state(checkpoint)["model_name"]
+    model_name = read_checkpoint(checkpoint)["model_name"]
     results, folds = results_tables(dataset.name, model_name, evaluations)
     timings = timings_table(store, specs, volume_ids)
 

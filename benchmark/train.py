@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import hashlib
 import io
 import json
 import logging
@@ -28,14 +27,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from benchmark.checkpoint import CHECKPOINT, read_checkpoint, save_checkpoint
 from benchmark.config import PAPER_ITERATION_FACTOR, PAPER_ITERATIONS, TrainConfig
+from benchmark.distributed import memory_format, resolve_device
 from benchmark.io import atomic_write
 from benchmark.models import create_classifier, model_spec
 from methods.tomography import autocast, extract_slices, orthonormal_frames, slice_offsets
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT = "checkpoint.pt"
 VAL_SCORES = ("balanced_accuracy", "balanced_accuracy_at_0", "auc")
 
 
@@ -123,10 +123,6 @@ def sample_batch(
     return torch.cat(slices), torch.cat(labels).to(device)
 
 
-def _memory_format(device: torch.device) -> torch.memory_format:
-    return torch.channels_last if device.type == "cuda" else torch.contiguous_format
-
-
 def train_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -137,7 +133,7 @@ def train_step(
     """One step (A.6): BCE of every slice's logit against its label, Adam, schedule; the loss."""
     model.train()
     with autocast(slices.device):
-        logits = model(slices.contiguous(memory_format=_memory_format(slices.device)))
+        logits = model(slices.contiguous(memory_format=memory_format(slices.device)))
     loss = F.binary_cross_entropy_with_logits(logits.float().squeeze(-1), labels)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -162,7 +158,7 @@ def validation_slices(volume: Tensor, n_slices: int, size: int) -> Tensor:
 def slice_logits(model: nn.Module, slices: Tensor, chunk: int) -> Tensor:
     """Logits [N] of slices [N, C, h, w], ``chunk`` at a time, in eval mode."""
     model.eval()
-    fmt = _memory_format(slices.device)
+    fmt = memory_format(slices.device)
     out = []
     for start in range(0, len(slices), chunk):
         with autocast(slices.device):
@@ -262,16 +258,6 @@ def load_volume(dataset: Any, sample_id: str, device: torch.device) -> Tensor:
     return torch.from_numpy(image).to(device)
 
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"``: CUDA when available, else the CPU."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device cuda asked for, but torch sees no CUDA device")
-    return device
-
-
 def resolve_iterations(config: TrainConfig, dataset_name: str) -> TrainConfig:
     """``iterations=None`` -> the paper's count for ``dataset_name`` and the architecture."""
     if config.iterations is not None:
@@ -369,7 +355,7 @@ def train(
 
     state = _load_for_resume(path, config, info, resume)
     model = build_model(config, in_chans, initial=state is None).to(device)
-    model.to(memory_format=_memory_format(device))
+    model.to(memory_format=memory_format(device))
     optimizer = torch.optim.Adam(
         model.parameters(), lr=config.lr, betas=config.betas, eps=config.eps
     )
@@ -438,7 +424,7 @@ def _load_for_resume(
         return None
     if not resume:
         raise ValueError(f"{path} exists: pass --resume to continue it, or choose another --out")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_checkpoint(path)
     saved = state["config"]
     changed = {
         k: (saved.get(k), v) for k, v in dataclasses.asdict(config).items() if saved.get(k) != v
@@ -465,8 +451,7 @@ def _save(path, model, optimizer, scheduler, generator, run, config, info, in_ch
         "dataset": info,
         **run,
     }
-    with atomic_write(path) as file:
-        torch.save(state, file)
+    save_checkpoint(path, state)
     _write_log(path.parent / "train_log.csv", run)
 
 
@@ -495,26 +480,3 @@ def _write_config(out_dir: Path, config: TrainConfig, info: dict[str, Any], in_c
         yaml.safe_dump(
             {"train": fields, "dataset": info, "in_chans": in_chans}, file, sort_keys=False
         )
-
-
-def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
-    """The trained classifier of a checkpoint, in eval mode on ``device``."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint {path}: train one with `python -m benchmark train`")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    device = resolve_device(device)
-    model = create_classifier(
-        state["arch"], state["in_chans"], norm=state["norm"], pretrained=False
-    )
-    model.load_state_dict(state["model"])
-    return model.to(device, memory_format=_memory_format(device)).eval()
-
-
-def checkpoint_hash(path: str | Path, length: int = 16) -> str:
-    """Truncated sha256 of the checkpoint file: a cache key for everything computed from it."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:length]

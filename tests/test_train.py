@@ -13,14 +13,13 @@ import torch
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 import benchmark.train as training
+from benchmark.checkpoint import checkpoint_hash, load_classifier
 from benchmark.config import TrainConfig, resolve
 from benchmark.train import (
     balanced_accuracy,
     best_threshold,
     build_model,
-    checkpoint_hash,
     cross_fitted_predictions,
-    load_classifier,
     resolve_iterations,
     roc_auc,
     sample_batch,

@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
 
     from benchmark.bench import bench_methods, bench_tomography
     from benchmark.config import TomographyConfig, parse_overrides, resolve
-    from benchmark.train import resolve_device
+    from benchmark.distributed import resolve_device
 
     device = resolve_device(args.device)
     preset = args.preset or ("paper" if device.type == "cuda" else "quick")

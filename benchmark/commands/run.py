@@ -87,8 +87,8 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from benchmark.config import RunConfig, TomographyConfig, TrainConfig, resolve
+    from benchmark.distributed import resolve_device
     from benchmark.runner import RunError, parse_shard, prepare_classifier, run_benchmark
-    from benchmark.train import resolve_device
 
     device = resolve_device(args.device)
     preset = args.preset or ("paper" if device.type == "cuda" else "quick")
