@@ -5,39 +5,32 @@ stages each resume where a killed run stopped:
 
 1. heatmaps: every method spec on every validation volume, one
    :func:`~methods.heatmaps.compute_heatmaps` call per volume (so that specs share slices
-   and classifier passes); each (spec, volume) heatmap is stored as it arrives, with its
-   :func:`~benchmark.evaluation.heatmap_sketch`;
-2. grids: one tau' grid per spec from the sketches of all its validation heatmaps
-   (:func:`~benchmark.evaluation.threshold_grid`);
+   and classifier passes), the *calibration* volumes first;
+2. grids: one tau' grid per spec from the :func:`~benchmark.evaluation.heatmap_sketch` of
+   its calibration heatmaps (:func:`~benchmark.evaluation.threshold_grid`): a seeded,
+   label-free subset of ``calibration_volumes`` validation volumes (all of them on a
+   small set), so that every other heatmap is summarised the moment it is computed and
+   only its summary is kept (:mod:`benchmark.cache`);
 3. summaries: each heatmap against its ground truth on its spec's grid (A.7's component
    tables, :func:`~benchmark.evaluation.summarize`);
 4. protocol: A.7's Monte-Carlo folds per spec (:func:`~benchmark.evaluation.evaluate`);
 5. outputs: results, per-fold and timing CSVs, leaderboards, the Figure 6 layout, and
    NIfTI heatmaps on request.
 
-Cache layout, under :func:`~benchmark.io.cache_root`, every file written atomically::
-
-    heatmaps/<dataset>/<key>/key.json               what <key> hashes (see heatmap_key)
-    heatmaps/<dataset>/<key>/<spec>/<volume>.npy    heatmap [D,H,W], float16 (float32 when
-                                                    a value would overflow float16)
-    heatmaps/<dataset>/<key>/<spec>/<volume>.json   its sketch and compute time; written
-                                                    last, it marks the entry complete
-    heatmaps/<dataset>/<key>/<spec>/summaries/<grid>/<volume>.npz
-                                                    its Summary on the tau' grid <grid>
-
-Grids, summaries and the protocol read the stored heatmaps, never the in-memory ones, so
-a run that was killed and resumed ends with the numbers of an uninterrupted one. A shard
-(``shard=(i, n)``) computes the heatmaps of every n-th validation volume into the same
-cache and stops; a run without a shard then finds them and evaluates.
+Everything is cached by content (:mod:`benchmark.cache`): a run that was killed and
+resumed ends with the numbers of an uninterrupted one. Under torchrun the ranks split the
+volumes (:class:`~benchmark.distributed.Context`); a shard (``shard=(i, n)``) computes
+every n-th validation volume into the same cache and stops; a run without a shard then
+finds them and evaluates.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fnmatch
 import functools
 import gzip
-import hashlib
 import json
 import logging
 import time
@@ -51,7 +44,8 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from benchmark import __version__, figures
+from benchmark import figures
+from benchmark.cache import HeatmapStore, digest, heatmap_key
 from benchmark.checkpoint import (
     CHECKPOINT,
     checkpoint_hash,
@@ -60,7 +54,7 @@ from benchmark.checkpoint import (
     read_checkpoint,
 )
 from benchmark.config import RunConfig, TomographyConfig, TrainConfig
-from benchmark.distributed import resolve_device
+from benchmark.distributed import Context, resolve_device
 from benchmark.evaluation import (
     EvaluationResult,
     GroundTruth,
@@ -71,16 +65,15 @@ from benchmark.evaluation import (
     summarize,
     threshold_grid,
 )
-from benchmark.io import atomic_save_json, atomic_save_npy, atomic_write, cache_root
+from benchmark.io import atomic_save_json, atomic_write
 from benchmark.leaderboard import METRICS, best_layers, method_name, write_leaderboards
-from benchmark.train import load_volume, train
+from benchmark.registry import natural_key
+from benchmark.train import classifier_report, train
 from datasets.base import safe_stem
 from methods import expand_specs
 from methods.heatmaps import compute_heatmaps
 
 log = logging.getLogger(__name__)
-
-CACHE_VERSION = 1  # bump when the meaning of stored heatmaps or summaries changes
 
 
 class RunError(RuntimeError):
@@ -136,130 +129,163 @@ def prepare_classifier(
     out_dir: str | Path,
     *,
     checkpoint: str | Path | None = None,
-    device: str | torch.device = "auto",
+    context: Context | None = None,
     finished_only: bool = False,
     progress: bool = True,
 ) -> Path:
     """The checkpoint whose classifier the methods explain (paper A.6).
 
-    ``checkpoint`` is used as given. Otherwise ``<out_dir>/checkpoint.pt`` is trained,
-    continued after a kill, or, when finished, checked against ``config`` and ``dataset``
-    and reused (``train(..., resume=True)``). ``finished_only`` (shards, merges) never
+    ``checkpoint`` is used as given, if finished with finite weights. Otherwise
+    ``<out_dir>/checkpoint.pt`` is trained, continued after a kill, or, when finished,
+    checked against ``config`` and the training data's content and reused
+    (``train(..., resume=True)``). ``finished_only`` (shards, merges) never
     trains, so that shards started side by side cannot train the same folder.
     """
     if checkpoint is not None:
-        path = Path(checkpoint)
-        if not path.is_file():
-            raise FileNotFoundError(f"no checkpoint {path}")
-        return path
+        if not is_finished(checkpoint):
+            raise ValueError(f"{checkpoint} is not a finished classifier with finite weights")
+        return Path(checkpoint)
     path = Path(out_dir) / CHECKPOINT
     if finished_only and not is_finished(path):
         raise ValueError(
             f"{path} is not a finished classifier: train it first, with the same command "
             "without --shard/--merge, or pass --checkpoint"
         )
-    return train(dataset, config, out_dir, resume=True, device=device, progress=progress)
+    context = context or Context(device=resolve_device("auto"))
+    return train(dataset, config, out_dir, resume=True, context=context, progress=progress)
 
 
-# --- heatmap cache --------------------------------------------------------------------------
+# --- the job: what a run computes, and where it keeps it -----------------------------------
 
 
-def heatmap_key(
-    dataset: Any,
-    checkpoint: str | Path,
-    tomography: TomographyConfig,
-    batch_size: int,
-    device: str | torch.device,
-) -> dict[str, Any]:
-    """Everything that changes a heatmap besides its spec and volume id (JSON types)."""
-    key = {
-        "cache_version": CACHE_VERSION,
-        "benchmark": __version__,
-        "checkpoint": checkpoint_hash(checkpoint),
-        "dataset": dataset.name,
-        "dataset_version": dataset.version,
-        "dataset_options": dataset.options(),
-        "tomography": dataclasses.asdict(tomography),
-        "batch_size": batch_size,
-        "device": torch.device(device).type,  # CUDA runs in bf16 autocast
-    }
-    return json.loads(json.dumps(key, sort_keys=True, default=str))
+def calibration_ids(volume_ids: Sequence[str], n: int, seed: int) -> list[str]:
+    """The volumes whose heatmap sketches set each spec's tau' grid: ``n`` of them drawn
+    with ``seed``, labels unseen (all of them when there are no more than ``n``)."""
+    if len(volume_ids) <= n:
+        return list(volume_ids)
+    chosen = np.random.default_rng([seed, len(volume_ids)]).choice(len(volume_ids), n, False)
+    return [volume_ids[i] for i in sorted(chosen)]
 
 
-def _digest(data: bytes, length: int = 16) -> str:
-    return hashlib.sha1(data).hexdigest()[:length]
+@dataclass
+class Job:
+    """One run's heatmap work: specs x validation volumes, the store and its policies.
 
+    ``images``/``truths`` are the volumes' content digests (cache addresses); ``keep`` the
+    volumes whose full heatmaps stay on disk (the figure's; all with ``save_heatmaps``);
+    ``unscored`` the positives whose annotation is empty (no localisation score).
+    """
 
-def grid_id(grid: np.ndarray) -> str:
-    """A name for a tau' grid: the hash of its float64 values."""
-    return _digest(np.ascontiguousarray(grid, dtype=np.float64).tobytes(), 12)
+    dataset: Any
+    specs: list[str]
+    volume_ids: list[str]
+    store: HeatmapStore
+    tomography: TomographyConfig
+    batch_size: int
+    calibration: list[str]
+    keep: set[str]
+    unscored: set[str]
+    images: dict[str, str] = dataclasses.field(default_factory=dict)
+    truths: dict[str, str] = dataclasses.field(default_factory=dict)
 
+    def __post_init__(self):
+        for v in self.volume_ids:
+            self.images[v] = self.dataset.fingerprint(v)
+            self.truths[v] = self.dataset.truth_fingerprint(v)
 
-def stored(heatmap: np.ndarray) -> np.ndarray:
-    """A heatmap as the cache keeps it: float16 (half the disk) unless a value would
-    overflow it, then float32. Everything downstream reads these values."""
-    with np.errstate(over="ignore"):
-        half = heatmap.astype(np.float16)
-    return half if np.isfinite(half).all() else heatmap.astype(np.float32)
+    def record(self, spec: str, volume_id: str) -> dict[str, Any] | None:
+        return self.store.record(spec, volume_id, self.images[volume_id])
 
-
-@dataclass(frozen=True)
-class HeatmapStore:
-    """The cache of one heatmap key: heatmaps, sketches and summaries (module docstring)."""
-
-    root: Path
-
-    @classmethod
-    def open(cls, key: dict[str, Any], base: str | Path | None = None) -> HeatmapStore:
-        """The store of ``key`` under ``base`` (default :func:`cache_root`)."""
-        text = json.dumps(key, sort_keys=True)
-        root = Path(base or cache_root()) / "heatmaps" / key["dataset"] / _digest(text.encode())
-        if not (root / "key.json").exists():
-            atomic_save_json(root / "key.json", key)
-        return cls(root)
-
-    def _stem(self, spec: str, volume_id: str) -> str:
-        return str(self.root / spec / safe_stem(volume_id))
-
-    def has(self, spec: str, volume_id: str) -> bool:
-        return Path(f"{self._stem(spec, volume_id)}.json").exists()
-
-    def save(self, spec: str, volume_id: str, heatmap: np.ndarray, seconds: float) -> None:
-        """Store a heatmap (see :func:`stored`), then its record: sketch and seconds."""
-        stem = self._stem(spec, volume_id)
-        atomic_save_npy(f"{stem}.npy", heatmap)
-        sketch = heatmap_sketch(heatmap.astype(np.float32)).tolist()
-        record = {"spec": spec, "volume": volume_id, "sketch": sketch, "seconds": seconds}
-        atomic_save_json(f"{stem}.json", record)
-
-    def record(self, spec: str, volume_id: str) -> dict[str, Any]:
-        return json.loads(Path(f"{self._stem(spec, volume_id)}.json").read_text())
-
-    def heatmap(self, spec: str, volume_id: str) -> np.ndarray:
-        """The stored heatmap [D,H,W] as float32."""
-        return np.load(f"{self._stem(spec, volume_id)}.npy").astype(np.float32)
-
-    def _summary_path(self, spec: str, volume_id: str, grid: np.ndarray) -> Path:
-        return self.root / spec / "summaries" / grid_id(grid) / f"{safe_stem(volume_id)}.npz"
-
-    def has_summary(self, spec: str, volume_id: str, grid: np.ndarray) -> bool:
-        return self._summary_path(spec, volume_id, grid).exists()
+    def heatmap(self, spec: str, volume_id: str) -> np.ndarray | None:
+        record = self.record(spec, volume_id)
+        sha = record.get("heatmap") if record else None
+        return self.store.heatmap(spec, volume_id, self.images[volume_id], sha)
 
     def summary(self, spec: str, volume_id: str, grid: np.ndarray) -> Summary | None:
-        if not self.has_summary(spec, volume_id, grid):
-            return None
-        with np.load(self._summary_path(spec, volume_id, grid)) as data:
-            return Summary.from_dict(data)
+        image, truth = self.images[volume_id], self.truths[volume_id]
+        return self.store.summary(spec, volume_id, image, truth, grid)
 
-    def save_summary(self, spec: str, volume_id: str, grid: np.ndarray, summary: Summary):
-        with atomic_write(self._summary_path(spec, volume_id, grid)) as file:
-            np.savez(file, **summary.to_dict())
+    def ground_truth(self, volume: Any) -> GroundTruth:
+        """A.7's reference of a volume: its mask or boxes, None when not annotated or when
+        it is a positive with an empty annotation (scored for classification only)."""
+        if not self.dataset.has_annotation(volume.id) or volume.id in self.unscored:
+            return None
+        return volume.boxes if self.dataset.annotation == "boxes" else volume.mask
+
+    def grids(self) -> dict[str, np.ndarray]:
+        """Stage 2: each spec's tau' grid from its calibration heatmaps' sketches; specs
+        whose calibration is not complete yet are absent."""
+        grids = {}
+        for spec in self.specs:
+            records = [self.record(spec, v) for v in self.calibration]
+            if all(records):
+                grids[spec] = threshold_grid([np.array(r["sketch"]) for r in records])
+        return grids
+
+    def complete(self, spec: str, volume_id: str, grids: dict[str, np.ndarray]) -> bool:
+        """Whether the entry is complete, finishing it from its kept heatmap if it can: a
+        record, the summary on the spec's grid (or, while the grid is unknown, the full
+        heatmap), and the full heatmap of a kept volume."""
+        if self.record(spec, volume_id) is None:
+            return False
+        needs_heatmap = volume_id in self.keep or spec not in grids
+        if needs_heatmap and self.heatmap(spec, volume_id) is None:
+            return False
+        return spec not in grids or self.settle(spec, volume_id, grids[spec]) is not None
+
+    def save(
+        self,
+        spec: str,
+        volume: Any,
+        heatmap: np.ndarray,
+        seconds: float,
+        grids: dict[str, np.ndarray],
+    ) -> None:
+        """Keep one fresh heatmap's record, its summary when its grid is known, and the
+        heatmap itself when the grid is not or the volume is kept; the record goes last."""
+        v, image = volume.id, self.images[volume.id]
+        record = {
+            "spec": spec,
+            "volume": v,
+            "image": image,
+            "max": float(heatmap.max()),
+            "sketch": heatmap_sketch(heatmap).tolist(),
+            "seconds": seconds,
+            "heatmap": None,
+        }
+        if spec in grids:
+            summary = summarize(heatmap, self.ground_truth(volume), grids[spec])
+            self.store.save_summary(spec, v, image, self.truths[v], grids[spec], summary)
+        if v in self.keep or spec not in grids:
+            record["heatmap"] = self.store.save_heatmap(spec, v, image, heatmap)
+        else:
+            self.store.drop_heatmap(spec, v, image)
+        self.store.save_record(spec, v, image, record)
+
+    def settle(self, spec: str, volume_id: str, grid: np.ndarray) -> Summary | None:
+        """The entry's summary, made from its kept heatmap if missing (the heatmap is then
+        dropped unless the volume is kept); None when neither is left."""
+        summary = self.summary(spec, volume_id, grid)
+        if summary is not None:
+            return summary
+        heatmap = self.heatmap(spec, volume_id)
+        if heatmap is None:
+            return None
+        volume = self.dataset[volume_id]
+        summary = summarize(heatmap, self.ground_truth(volume), grid)
+        image, truth = self.images[volume_id], self.truths[volume_id]
+        self.store.save_summary(spec, volume_id, image, truth, grid, summary)
+        if volume_id not in self.keep:
+            record = {**self.record(spec, volume_id), "heatmap": None}
+            self.store.save_record(spec, volume_id, image, record)
+            self.store.drop_heatmap(spec, volume_id, image)
+        return summary
 
 
 # --- stage 1: heatmaps ----------------------------------------------------------------------
 
 
-def _checked(heatmap: torch.Tensor, shape: tuple[int, ...]) -> np.ndarray:
+def _checked_array(heatmap: torch.Tensor, shape: tuple[int, ...]) -> np.ndarray:
     """The heatmap as float32 numpy, or a ValueError if its shape or values are wrong."""
     array = heatmap.detach().float().cpu().numpy()
     if array.shape != tuple(shape):
@@ -271,25 +297,21 @@ def _checked(heatmap: torch.Tensor, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def _store_heatmaps(
-    store: HeatmapStore,
-    volume_id: str,
-    volume: torch.Tensor,
-    specs: list[str],
+    job: Job,
+    volume: Any,
+    image: torch.Tensor,
     model: torch.nn.Module,
-    tomography: TomographyConfig,
-    batch_size: int,
+    grids: dict[str, np.ndarray],
     bar: tqdm,
+    specs: list[str],
 ) -> None:
-    """Compute ``specs`` on one volume in one call, storing each heatmap as it arrives.
-
-    A heatmap's seconds run from the previous arrival: work that the specs share counts
-    for the first of them to arrive.
-    """
+    """Compute ``specs`` on one volume in one call, keeping each heatmap as it arrives
+    (:meth:`Job.save`); its seconds run from the previous arrival."""
     start = time.perf_counter()
-    for spec, heatmap in compute_heatmaps(specs, volume, model, tomography, batch_size):
-        seconds = time.perf_counter() - start
-        store.save(spec, volume_id, stored(_checked(heatmap, volume.shape[1:])), seconds)
-        bar.set_postfix_str(f"{volume_id} {spec}", refresh=False)
+    for spec, heatmap in compute_heatmaps(specs, image, model, job.tomography, job.batch_size):
+        array = _checked_array(heatmap, image.shape[1:])
+        job.save(spec, volume, array, time.perf_counter() - start, grids)
+        bar.set_postfix_str(f"{volume.id} {spec}", refresh=False)
         bar.update()
         start = time.perf_counter()
 
@@ -316,54 +338,45 @@ def _find_failures(
 
 
 def compute_missing_heatmaps(
-    store: HeatmapStore,
-    dataset: Any,
+    job: Job,
     volume_ids: Sequence[str],
-    specs: Sequence[str],
     model: torch.nn.Module,
-    tomography: TomographyConfig,
-    batch_size: int,
+    grids: dict[str, np.ndarray],
     progress: bool = True,
 ) -> list[str]:
-    """Stage 1: every (spec, volume) heatmap not yet in ``store``; failures, one line each.
+    """Stage 1 (with 3 for the specs whose grid is known): every entry of ``volume_ids``
+    not complete in the store; failures, one line each.
 
     A volume that cannot be loaded is reported and skipped; a spec that fails is reported
-    and not run again: everything else is computed and stored.
+    and not run again: everything else is computed and stored. A heatmap's seconds run
+    from the previous arrival: work that specs share counts for the first to arrive.
     """
-    todo = {v: [s for s in specs if not store.has(s, v)] for v in volume_ids}
+    todo = {v: [s for s in job.specs if not job.complete(s, v, grids)] for v in volume_ids}
     todo = {v: pending for v, pending in todo.items() if pending}
     total = sum(map(len, todo.values()))
-    cached = len(volume_ids) * len(specs) - total
-    log.info("heatmaps: %d to compute, %d cached in %s", total, cached, store.root)
+    if not total:
+        return []
+    log.info("heatmaps: %d to compute in %s", total, job.store.root)
     device = next(model.parameters()).device
     failures: list[str] = []
     failed: set[str] = set()
-    with tqdm(
-        total=total, desc=f"heatmaps {dataset.name}", unit="map", disable=not progress
-    ) as bar:
+    with tqdm(total=total, desc="heatmaps", unit="map", disable=not progress) as bar:
         for volume_id, pending in todo.items():
             bar.total -= sum(s in failed for s in pending)
             pending = [s for s in pending if s not in failed]
             if not pending:
                 continue
             try:
-                volume = load_volume(dataset, volume_id, device)
+                volume = job.dataset[volume_id]
+                image = torch.from_numpy(np.array(volume.image, dtype=np.float32)).to(device)
             except (ValueError, OSError) as error:
                 failures.append(f"volume {volume_id}: {error}")
                 log.error("%s", failures[-1])
                 bar.update(len(pending))
                 continue
-            run = functools.partial(
-                _store_heatmaps,
-                store,
-                volume_id,
-                volume,
-                model=model,
-                tomography=tomography,
-                batch_size=batch_size,
-                bar=bar,
-            )
-            done = functools.partial(store.has, volume_id=volume_id)
+
+            run = functools.partial(_store_heatmaps, job, volume, image, model, grids, bar)
+            done = functools.partial(job.record, volume_id=volume_id)
             for spec, error in _find_failures(run, pending, done):
                 failed.add(spec)
                 failures.append(f"{spec} on {volume_id}: {type(error).__name__}: {error}")
@@ -373,52 +386,23 @@ def compute_missing_heatmaps(
     return failures
 
 
-# --- stages 2-4: grids, summaries, protocol -------------------------------------------------
+# --- stages 3-4: summaries, protocol --------------------------------------------------------
 
 
-def ground_truth(dataset: Any, volume: Any) -> GroundTruth:
-    """A.7's reference of a volume: its mask or boxes (as the data set annotates), or None."""
-    if not dataset.has_annotation(volume.id):
-        return None
-    return volume.boxes if dataset.annotation == "boxes" else volume.mask
-
-
-def spec_grids(
-    store: HeatmapStore, specs: Sequence[str], volume_ids: Sequence[str]
-) -> dict[str, np.ndarray]:
-    """Stage 2: each spec's tau' grid from the sketches of all its validation heatmaps."""
-    return {
-        spec: threshold_grid([np.array(store.record(spec, v)["sketch"]) for v in volume_ids])
-        for spec in specs
-    }
-
-
-def compute_summaries(
-    store: HeatmapStore,
-    dataset: Any,
-    volume_ids: Sequence[str],
-    grids: dict[str, np.ndarray],
-    progress: bool = True,
-) -> dict[str, list[Summary]]:
-    """Stage 3: each stored heatmap's A.7 summary on its spec's grid (cached), per spec."""
-    missing = [(s, v) for v in volume_ids for s in grids if not store.has_summary(s, v, grids[s])]
-    summaries: dict[str, list[Summary]] = {spec: [] for spec in grids}
-    with tqdm(total=len(missing), desc="summaries", unit="map", disable=not progress) as bar:
-        for volume_id in volume_ids:
-            truth, loaded = None, False
-            for spec, grid in grids.items():
-                summary = store.summary(spec, volume_id, grid)
-                if summary is None:
-                    if not loaded:
-                        truth, loaded = ground_truth(dataset, dataset[volume_id]), True
-                    try:
-                        summary = summarize(store.heatmap(spec, volume_id), truth, grid)
-                    except ValueError as error:
-                        raise ValueError(f"{spec} on {volume_id}: {error}") from error
-                    store.save_summary(spec, volume_id, grid, summary)
-                    bar.update()
-                summaries[spec].append(summary)
-    return summaries
+def collect_summaries(
+    job: Job, grids: dict[str, np.ndarray], progress: bool = True
+) -> tuple[dict[str, list[Summary]], list[tuple[str, str]]]:
+    """Stage 3: every entry's summary (made from a kept heatmap where missing), per spec;
+    and the (spec, volume) entries that have neither (to compute again)."""
+    summaries: dict[str, list[Summary]] = {spec: [] for spec in job.specs}
+    missing = []
+    pairs = [(s, v) for s in job.specs for v in job.volume_ids]
+    for spec, volume_id in tqdm(pairs, desc="summaries", unit="map", disable=not progress):
+        summary = job.settle(spec, volume_id, grids[spec])
+        if summary is None:
+            missing.append((spec, volume_id))
+        summaries[spec].append(summary)
+    return summaries, missing
 
 
 def evaluate_specs(
@@ -462,9 +446,7 @@ def results_tables(
     return results, folds[first + [c for c in folds.columns if c not in first]]
 
 
-def timings_table(
-    store: HeatmapStore, specs: Sequence[str], volume_ids: Sequence[str]
-) -> pd.DataFrame:
+def timings_table(job: Job) -> pd.DataFrame:
     """Seconds spent on each spec's heatmaps (when they were computed), with its family.
 
     Work that :func:`compute_heatmaps` shares between specs counts for the spec that
@@ -474,10 +456,10 @@ def timings_table(
         {
             "method": spec,
             "family": method_name(spec).family,
-            "seconds": sum(store.record(spec, v)["seconds"] for v in volume_ids),
-            "volumes": len(volume_ids),
+            "seconds": sum(job.record(spec, v)["seconds"] for v in job.volume_ids),
+            "volumes": len(job.volume_ids),
         }
-        for spec in specs
+        for spec in job.specs
     ]
     return pd.DataFrame(rows)
 
@@ -487,21 +469,15 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> None:
         frame.to_csv(file, index=False)
 
 
-def export_nifti(
-    store: HeatmapStore,
-    dataset: Any,
-    specs: Sequence[str],
-    volume_ids: Sequence[str],
-    out_dir: Path,
-) -> list[Path]:
+def export_nifti(job: Job, out_dir: Path) -> list[Path]:
     """``<out_dir>/<spec>/<volume>.nii.gz``: each heatmap with its volume's affine (mm, RAS+)."""
     import nibabel as nib
 
     written = []
-    for volume_id in tqdm(volume_ids, desc="NIfTI", unit="volume", leave=False):
-        affine = np.asarray(dataset[volume_id].affine, dtype=np.float64)
-        for spec in specs:
-            image = nib.Nifti1Image(store.heatmap(spec, volume_id), affine)
+    for volume_id in tqdm(job.volume_ids, desc="NIfTI", unit="volume", leave=False):
+        affine = np.asarray(job.dataset[volume_id].affine, dtype=np.float64)
+        for spec in job.specs:
+            image = nib.Nifti1Image(job.heatmap(spec, volume_id), affine)
             image.header.set_xyzt_units("mm")
             path = out_dir / spec / f"{safe_stem(volume_id)}.nii.gz"
             with atomic_write(path) as file:
@@ -531,10 +507,15 @@ def _matches(family: str, patterns: Sequence[str]) -> bool:
     return any(fnmatch.fnmatchcase(family, p) for p in patterns)
 
 
+def figure_ids(job: Job, n: int) -> list[str]:
+    """The validation volumes the figure shows: the first ``n`` annotated positives."""
+    ds = job.dataset
+    shown = [v for v in job.volume_ids if ds.label(v) == 1 and ds.has_annotation(v)]
+    return [v for v in shown if v not in job.unscored][:n]
+
+
 def write_figure(
-    store: HeatmapStore,
-    dataset: Any,
-    volume_ids: Sequence[str],
+    job: Job,
     results: pd.DataFrame,
     folds: pd.DataFrame,
     config: RunConfig,
@@ -543,9 +524,8 @@ def write_figure(
     """Figure 6 layout: a few annotated validation positives, each method family at its
     best layer, binarised with fold 0's (tau, tau') (A.7). None when there is nothing to show.
     """
-    positives = [v for v in volume_ids if dataset.label(v) == 1 and dataset.has_annotation(v)][
-        : config.figure_volumes
-    ]
+    dataset = job.dataset
+    positives = figure_ids(job, config.figure_volumes)
     specs = figure_specs(results, config.figure_methods)
     if not positives or not specs:
         log.info("no annotated validation positive to show: no figure")
@@ -556,19 +536,71 @@ def write_figure(
         volume = dataset[volume_id]
         columns = []
         for spec in specs:
-            heatmap = store.heatmap(spec, volume_id)
+            heatmap = job.heatmap(spec, volume_id)
             tau, tau_low = first_fold.loc[spec, ["tau", "tau_low"]]
             columns.append(
                 figures.MethodMaps(
                     method_name(spec).display, heatmap, binarize(heatmap, tau, tau_low)
                 )
             )
-        truth = figures.truth_mask(ground_truth(dataset, volume), volume.image.shape[1:])
+        truth = figures.truth_mask(job.ground_truth(volume), volume.image.shape[1:])
         rows.append(figures.figure_row(volume_id, volume.image[0], truth, columns))
     return figures.save_png(figures.draw(rows, title=f"{dataset.name}: heatmaps and masks"), path)
 
 
 # --- the run --------------------------------------------------------------------------------
+
+
+def classifier_sanity(job: Job, model: torch.nn.Module, checkpoint: str | Path) -> dict:
+    """The classifier's validation AUC and balanced accuracy with 95% bootstrap intervals
+    over the evaluation split's volumes (cached with the heatmaps, keyed by their content)."""
+    volumes = [(v, job.dataset.label(v), job.images[v]) for v in job.volume_ids]
+    path = job.store.root / f"classifier-{digest(json.dumps(volumes))}.json"
+    with contextlib.suppress(FileNotFoundError, ValueError):
+        return json.loads(path.read_text())
+    train_config = read_checkpoint(checkpoint)["config"]
+    report = classifier_report(
+        model,
+        job.dataset,
+        job.volume_ids,
+        train_config["val_slices"],
+        train_config["slice_size"],
+        job.batch_size,
+    )
+    report = {k: v for k, v in report.items() if isinstance(v, (int, float, bool))}
+    atomic_save_json(path, report)
+    return report
+
+
+def sanity_lines(report: dict, model_name: str) -> tuple[str, str | None]:
+    """(note, warning): the classifier's line for every page; a warning when at chance."""
+    note = (
+        f"Classifier `{model_name}` on the {report['n_volumes']} evaluation volumes: AUC "
+        f"{report['auc']:.2f} [{report['auc_ci_low']:.2f}, {report['auc_ci_high']:.2f}], "
+        f"balanced accuracy {report['balanced_accuracy']:.2f} "
+        f"[{report['balanced_accuracy_ci_low']:.2f}, {report['balanced_accuracy_ci_high']:.2f}] "
+        "(95% percentile bootstrap over volumes)."
+    )
+    if not report["at_chance"]:
+        return note, None
+    warning = (
+        f"The classifier is at chance on the evaluation volumes (AUC {report['auc']:.2f}, "
+        f"95% interval [{report['auc_ci_low']:.2f}, {report['auc_ci_high']:.2f}] includes "
+        "0.5): every heatmap below explains a classifier that has not learned the task, and "
+        "the ranking means nothing. Train longer (--set train.iterations=N) or check the labels."
+    )
+    return note, warning
+
+
+def evaluation_context(job: Job, config: RunConfig) -> str:
+    """A digest of everything a leaderboard row rests on besides its spec: the heatmap
+    key (classifier, tomography), the protocol's settings and the validation set's content."""
+    volumes = [
+        (v, job.dataset.label(v), job.images[v], job.truths[v], v in job.unscored)
+        for v in job.volume_ids
+    ]
+    protocol = [config.folds, config.seed, config.n_tune, job.calibration]
+    return digest(json.dumps([job.store.root.name, protocol, volumes]), 12)
 
 
 def run_benchmark(
@@ -577,93 +609,113 @@ def run_benchmark(
     config: RunConfig,
     tomography: TomographyConfig,
     *,
+    specs: Sequence[str],
     out_dir: str | Path,
     leaderboards: str | Path = "leaderboards",
-    device: str | torch.device = "auto",
+    context: Context | None = None,
     shard: tuple[int, int] | None = None,
     compute: bool = True,
+    unscored: Sequence[str] = (),
+    notes: Sequence[str] = (),
     progress: bool = True,
 ) -> RunOutputs | None:
-    """Heatmaps of ``config.methods`` on the validation split, A.7 protocol, leaderboards.
+    """Heatmaps of ``specs`` on the validation split, A.7 protocol, leaderboards.
 
-    ``shard=(i, n)`` only computes its volumes' heatmaps and returns None. ``compute=False``
-    (a merge) computes nothing and fails if a heatmap is missing. Failing heatmaps raise a
-    :class:`RunError` after every other heatmap is computed and stored.
+    The volumes (of ``shard=(i, n)``, if given) are split across the ranks of ``context``:
+    first the calibration volumes, whose sketches set each spec's tau' grid, then the
+    others, each summarised as it arrives. Rank 0 then evaluates and writes; other ranks
+    and shards return None. ``compute=False`` (a merge) computes nothing and fails if an
+    entry is missing. Failing heatmaps raise a :class:`RunError` naming the rank, spec and
+    volume after every other heatmap is computed and stored.
     """
-    device = resolve_device(device)
-    specs, left_out = select_specs(config.methods, config.exclude)
-    if left_out:
-        log.warning(
-            "leaving out %d specs that the preset excludes (exclude=%s): %s; "
-            "--set exclude= runs them",
-            len(left_out),
-            ",".join(config.exclude),
-            ", ".join(left_out),
-        )
-    if not specs:
-        raise ValueError(f"no method to run: methods={config.methods}, exclude={config.exclude}")
+    context = context or Context(device=resolve_device("auto"))
     volume_ids = dataset.ids("val")
-    if not volume_ids:
-        raise ValueError(f"{dataset.name}: the validation split is empty: nothing to evaluate")
-    key = heatmap_key(dataset, checkpoint, tomography, config.batch_size, device)
-    store = HeatmapStore.open(key)
+    key = heatmap_key(
+        dataset.name,
+        checkpoint_hash(checkpoint),
+        tomography,
+        config.batch_size,
+        context.device.type,
+    )
+    calibration = calibration_ids(volume_ids, config.calibration_volumes, config.seed)
+    job = Job(
+        dataset,
+        list(specs),
+        volume_ids,
+        HeatmapStore.open(key),
+        tomography,
+        config.batch_size,
+        calibration,
+        keep=set(),
+        unscored=set(unscored),
+    )
+    everything = config.save_heatmaps or config.keep_heatmaps
+    job.keep = set(volume_ids) if everything else set(figure_ids(job, config.figure_volumes))
+    model = load_classifier(checkpoint, context.device)
+    model_name = read_checkpoint(checkpoint)["model_name"]
+    if context.is_main:
+        report = classifier_sanity(job, model, checkpoint)
+        note, warning = sanity_lines(report, model_name)
+        log.info("%s", note)
+        if warning:
+            log.warning("%s", warning)
+
+    failures: list[str] = []
     if compute:
-        model = load_classifier(checkpoint, device)
-        failures = compute_missing_heatmaps(
-            store,
-            dataset,
-            shard_ids(volume_ids, shard),
-            specs,
-            model,
-            tomography,
-            config.batch_size,
-            progress,
+        mine = context.share(shard_ids(volume_ids, shard))
+        first = [v for v in mine if v in calibration]
+        failures += compute_missing_heatmaps(job, first, model, job.grids(), progress)
+        context.barrier()
+        rest = [v for v in mine if v not in calibration]
+        failures += compute_missing_heatmaps(job, rest, model, job.grids(), progress)
+    failures = [
+        f"rank {rank}: {line}" if context.distributed else line
+        for rank, lines in enumerate(context.gather(failures))
+        for line in lines
+    ]
+    if failures:
+        raise RunError(
+            f"{len(failures)} failure(s), the first: {failures[0]}; every other heatmap "
+            "is cached: fix the cause and rerun the same command"
         )
-        if failures:
-            raise RunError(
-                f"{len(failures)} failure(s), the first: {failures[0]}; every other heatmap "
-                "is cached: fix the cause and rerun the same command"
-            )
-    if shard is not None:
+    if shard is not None or not context.is_main:
         return None
-    missing = [(s, v) for s in specs for v in volume_ids if not store.has(s, v)]
+    if compute:  # entries lost since (a damaged file): computed again here
+        failures = compute_missing_heatmaps(job, calibration, model, job.grids(), progress)
+        failures += compute_missing_heatmaps(job, volume_ids, model, job.grids(), progress)
+        if failures:
+            raise RunError(f"{len(failures)} failure(s), the first: {failures[0]}")
+    grids = job.grids()
+    absent = [(s, v) for s in specs if s not in grids for v in calibration]
+    summaries, missing = collect_summaries(job, grids, progress) if not absent else ({}, [])
+    missing = absent or missing
     if missing:
         spec, volume_id = missing[0]
         raise RunError(
             f"{len(missing)} heatmap(s) are not cached, the first: {spec} on {volume_id}; "
             "run the missing shards, or run without --merge"
         )
-    grids = spec_grids(store, specs, volume_ids)
-    summaries = compute_summaries(store, dataset, volume_ids, grids, progress)
     labels = [dataset.label(v) for v in volume_ids]
     evaluations = evaluate_specs(summaries, labels, config)
-    model_name = read_checkpoint(checkpoint)["model_name"]
     results, folds = results_tables(dataset.name, model_name, evaluations)
-    timings = timings_table(store, specs, volume_ids)
+    results = results.assign(
+        checkpoint=key["checkpoint"],
+        context=evaluation_context(job, config),
+        **{f"classifier_{k}": v for k, v in report.items()},
+    )
+    timings = timings_table(job)
 
     out_dir = Path(out_dir)
     _write_csv(results, out_dir / "results.csv")
     _write_csv(folds, out_dir / "folds.csv")
     _write_csv(timings, out_dir / "timings.csv")
-    notes = (
-        [
-            f"Left out by the preset (`exclude={','.join(config.exclude)}`; `--set exclude=` runs "
-            f"them): {', '.join(left_out)}."
-        ]
-        if left_out
-        else []
-    )
+    notes = [note, *notes]
+    if job.unscored:
+        notes.append(
+            f"{len(job.unscored)} positive(s) with an empty annotation are scored for "
+            f"classification only: {', '.join(sorted(job.unscored, key=natural_key))}."
+        )
     pages = write_leaderboards(results, leaderboards, notes=notes)
-    figure = write_figure(
-        store,
-        dataset,
-        volume_ids,
-        results,
-        folds,
-        config,
-        Path(leaderboards) / f"{dataset.name}.png",
-    )
-    nifti = []
-    if config.save_heatmaps:
-        nifti = export_nifti(store, dataset, specs, volume_ids, out_dir / "heatmaps")
+    figure = write_figure(job, results, folds, config, Path(leaderboards) / f"{dataset.name}.png")
+    nifti = export_nifti(job, out_dir / "heatmaps") if config.save_heatmaps else []
     return RunOutputs(results, folds, timings, pages + ([figure] if figure else []), nifti)

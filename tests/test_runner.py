@@ -4,6 +4,7 @@ real kill, shards, NIfTI export, failing methods."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import torch
 import yaml
 
 from benchmark.cli import main
-from benchmark.runner import HeatmapStore, parse_shard, select_specs, stored
+from benchmark.runner import parse_shard, select_specs
 from datasets import load_dataset
 from methods import Method, register_method
 from methods.registry import METHODS
@@ -184,9 +185,8 @@ def test_saved_heatmaps_are_nifti_with_the_volume_affine(reference):
     volume = dataset["synthetic_0009"]
     np.testing.assert_allclose(image.affine, volume.affine, rtol=1e-7)  # NIfTI: float32
     assert image.shape == volume.image.shape[1:] and image.get_data_dtype() == np.float32
-    (store_root,) = (reference / "cache" / "heatmaps" / "synthetic").iterdir()
-    stored = HeatmapStore(store_root).heatmap("layercam@1", "synthetic_0009")
-    np.testing.assert_array_equal(np.asarray(image.dataobj), stored)
+    (kept,) = (reference / "cache").glob("heatmaps/synthetic/*/layercam@1/synthetic_0009-*.npy")
+    np.testing.assert_array_equal(np.asarray(image.dataobj), np.load(kept))
 
 
 @pytest.fixture
@@ -241,11 +241,129 @@ def test_preset_exclusions_apply_to_all_and_wildcards_not_to_names():
     assert select_specs(["scorecam@1", "*cam@1"], ["*scorecam*"])[0][0] == "scorecam@1"
 
 
-def test_store_keeps_float32_where_float16_would_overflow(tmp_path):
-    store = HeatmapStore(tmp_path)
-    small, large = np.full((2, 3, 4), 0.5, np.float32), np.full((2, 3, 4), 1e6, np.float32)
-    store.save("a", "v", stored(small), 1.0)
-    store.save("b", "v", stored(large), 1.0)
-    assert np.load(tmp_path / "a" / "v.npy").dtype == np.float16
-    np.testing.assert_array_equal(store.heatmap("b", "v"), large)
-    assert store.record("b", "v")["sketch"][0] == 1e6
+def test_the_cache_keeps_summaries_and_only_the_figures_heatmaps(reference):
+    cache = reference / "cache"
+    assert len(heatmap_records(cache)) == len(SPECS) * 12
+    assert len(list(cache.glob("heatmaps/*/*/*/summaries/*/*.npz"))) == len(SPECS) * 12
+    kept = sorted(p.name.split("-")[0] for p in cache.glob("heatmaps/*/*/tonno/*.npy"))
+    dataset = tiny_dataset()
+    positives = [v for v in dataset.ids("val") if dataset.label(v) == 1][:3]
+    assert kept == positives  # the figure's volumes (save_heatmaps keeps all: another cache)
+
+
+def test_a_damaged_cache_is_recomputed_to_the_same_numbers(
+    reference, config, tmp_path, monkeypatch, caplog
+):
+    cache = use_cache(monkeypatch, tmp_path / "cache")
+    shutil.copytree(reference / "cache", cache)
+    (root,) = cache.glob("heatmaps/synthetic/*/")
+    heatmap = next(root.glob("tonno/*.npy"))  # a kept heatmap, truncated, summary deleted
+    heatmap.write_bytes(heatmap.read_bytes()[:100])
+    stem = heatmap.name.removesuffix(".npy")
+    for summary in root.glob(f"tonno/summaries/*/{stem}-*.npz"):
+        summary.unlink()
+    other = sorted(root.glob("layercam@1/summaries/*/*.npz"))[-1]
+    other.write_bytes(other.read_bytes()[:-40])  # a truncated summary
+    record = sorted(root.glob("tonno/*.json"))[-1]
+    record.write_text('{"spec": "tonno", "sk')  # a half-written record
+    gone = next(root.glob("layercam@1/*.npy"))
+    gone.unlink()  # a kept heatmap deleted while its record stays
+
+    checkpoint = ["--checkpoint", str(reference / "run" / "checkpoint.pt")]
+    with caplog.at_level("WARNING"):
+        assert main(tiny_args(config, tmp_path / "run", *checkpoint)) == 0
+    for damaged in (heatmap, other, record):
+        assert f"{damaged} is damaged" in caplog.text
+    expected = (reference / "run" / "results.csv").read_text()
+    assert (tmp_path / "run" / "results.csv").read_text() == expected
+
+
+def test_the_grid_comes_from_the_calibration_volumes(reference, config, tmp_path, monkeypatch):
+    """With 4 calibration volumes, the numbers are A.7 on summaries made on the grid of
+    those 4 volumes' heatmaps, computed here from the kept heatmaps."""
+    from benchmark.evaluation import evaluate, heatmap_sketch, summarize, threshold_grid
+    from benchmark.runner import calibration_ids
+
+    cache = use_cache(monkeypatch, tmp_path / "cache")
+    checkpoint = ["--checkpoint", str(reference / "run" / "checkpoint.pt")]
+    extra = ["--set", "calibration_volumes=4", "keep_heatmaps=true"]
+    assert main(tiny_args(config, tmp_path / "run", *checkpoint, *extra)) == 0
+    dataset = tiny_dataset()
+    ids = dataset.ids("val")
+    chosen = calibration_ids(ids, 4, seed=0)
+    assert len(chosen) == 4 and chosen == calibration_ids(ids, 4, seed=0) != ids[:4]
+    results = pd.read_csv(tmp_path / "run" / "results.csv").set_index("method")
+    for spec in SPECS:
+        heatmaps = {v: np.load(next(cache.glob(f"heatmaps/*/*/{spec}/{v}-*.npy"))) for v in ids}
+        grid = threshold_grid([heatmap_sketch(heatmaps[v]) for v in chosen])
+        summaries = [summarize(heatmaps[v], dataset[v].mask, grid) for v in ids]
+        expected = evaluate(summaries, [dataset.label(v) for v in ids], folds=3).row()
+        for metric in ("f1", "dice", "balanced_accuracy"):
+            assert results.loc[spec, metric] == pytest.approx(expected[metric], abs=1e-12)
+
+
+def test_the_page_says_when_the_classifier_is_at_chance(reference, config, tmp_path, monkeypatch):
+    import benchmark.runner as runner
+
+    use_cache(monkeypatch, tmp_path / "cache")
+    checkpoint = ["--checkpoint", str(reference / "run" / "checkpoint.pt")]
+    for at_chance in (True, False):
+        report = {
+            "auc": 0.55 if at_chance else 0.95,
+            "auc_ci_low": 0.4 if at_chance else 0.9,
+            "auc_ci_high": 0.7 if at_chance else 1.0,
+            "balanced_accuracy": 0.5,
+            "balanced_accuracy_ci_low": 0.4,
+            "balanced_accuracy_ci_high": 0.6,
+            "n_volumes": 12,
+            "at_chance": at_chance,
+        }
+        monkeypatch.setattr(runner, "classifier_report", lambda *a, r=report, **k: r)
+        out = tmp_path / f"run-{at_chance}"
+        assert main(tiny_args(config, out, *checkpoint)) == 0
+        page = (out / "leaderboards" / "synthetic.md").read_text()
+        auc = f"AUC {report['auc']:.2f} [{report['auc_ci_low']:.2f}, {report['auc_ci_high']:.2f}]"
+        assert auc in page
+        assert ("classifier is at chance" in page) == at_chance
+        results = pd.read_csv(out / "results.csv")
+        assert (results.classifier_auc == report["auc"]).all()
+        assert (results.classifier_at_chance == at_chance).all()
+        (next((tmp_path / "cache").glob("heatmaps/*/*/classifier-*.json"))).unlink()
+
+
+def torchrun(args: list[str], cache: Path, tmp_path: Path) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc-per-node 2 -m benchmark ARGS`` on the CPU (gloo)."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    env = {**os.environ, "TONNO_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), str(REPO)])
+    command = [*launcher, "--nproc-per-node", "2", "-m", "benchmark", *args]
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_torchrun_ranks_split_the_volumes_and_match_one_process(reference, config, tmp_path):
+    checkpoint = ["--checkpoint", str(reference / "run" / "checkpoint.pt")]
+    done = torchrun(tiny_args(config, tmp_path / "run", *checkpoint), tmp_path / "cache", tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("leaderboards: ") == 1  # rank 0 alone evaluates and writes
+    expected = (reference / "run" / "results.csv").read_text()
+    assert (tmp_path / "run" / "results.csv").read_text() == expected
+
+
+def test_a_failing_rank_is_named_with_its_spec_and_volume(reference, config, tmp_path):
+    mean = float(tiny_dataset()["synthetic_0009"].image.mean())  # the 2nd volume: rank 1's
+    (tmp_path / "broken_plugin.py").write_text(
+        "from methods import Method, register_method\n\n"
+        "@register_method('broken')\n"
+        "class Broken(Method):\n"
+        "    def __call__(self, volume, model):\n"
+        f"        if abs(float(volume.mean()) - {mean!r}) < 1e-6:\n"
+        "            raise RuntimeError('broken on purpose')\n"
+        "        return volume.mean(0)\n"
+    )
+    checkpoint = ["--checkpoint", str(reference / "run" / "checkpoint.pt")]
+    args = ["--plugins", "broken_plugin"]
+    args += tiny_args(config, tmp_path / "run", *checkpoint, methods="layercam@1,broken")
+    done = torchrun(args, tmp_path / "cache", tmp_path)
+    assert done.returncode != 0
+    assert "rank 1: broken on synthetic_0009: RuntimeError: broken on purpose" in done.stderr
+    assert len(heatmap_records(tmp_path / "cache")) == 12 + 6  # rank 0 finished its share

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
 from benchmark.commands import add_dataset_arguments, add_set_argument, open_dataset
 
 HELP = "train or load the classifier, evaluate the methods (paper A.7), write leaderboards"
+
+log = logging.getLogger(__name__)
 
 SECTIONS = ("run", "train", "tomography")  # --set KEY=V (run), train.KEY=V, tomography.KEY=V
 
@@ -86,14 +89,33 @@ def _settings(config: str | None, overrides: list[str]) -> dict[str, dict]:
 def run(args: argparse.Namespace) -> int:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from benchmark.config import RunConfig, TomographyConfig, TrainConfig, resolve
-    from benchmark.distributed import resolve_device
-    from benchmark.runner import RunError, parse_shard, prepare_classifier, run_benchmark
+    from benchmark import distributed
+    from benchmark.runner import RunError
 
-    device = resolve_device(args.device)
-    preset = args.preset or ("paper" if device.type == "cuda" else "quick")
-    how = "chosen" if args.preset else f"the default on {device.type}"
-    print(f"preset: {preset} ({how})")
+    context = distributed.init(args.device)
+    try:
+        with logging_redirect_tqdm():
+            return _run(args, context)
+    except RunError as error:
+        if context.is_main:
+            print(f"error: {error}", file=sys.stderr)
+        return 1
+    finally:
+        distributed.shutdown()
+
+
+def _run(args: argparse.Namespace, context) -> int:
+    """Everything that can fail in seconds first (settings, methods, folders, every
+    volume), then the classifier, then the heatmaps and the protocol."""
+    from benchmark.config import RunConfig, TomographyConfig, TrainConfig, resolve
+    from benchmark.io import cache_root
+    from benchmark.preflight import check_volumes, writable
+    from benchmark.runner import parse_shard, prepare_classifier, run_benchmark, select_specs
+
+    preset = args.preset or ("paper" if context.device.type == "cuda" else "quick")
+    how = "chosen" if args.preset else f"the default on {context.device.type}"
+    if context.is_main:
+        print(f"preset: {preset} ({how})")
     shard = parse_shard(args.shard) if args.shard else None
     if shard and args.merge:
         raise ValueError("--shard computes one shard and --merge computes nothing: pick one")
@@ -108,43 +130,70 @@ def run(args: argparse.Namespace) -> int:
     config = resolve(RunConfig, preset, overrides=settings["run"])
     train_config = resolve(TrainConfig, preset, overrides=settings["train"])
     tomography = resolve(TomographyConfig, preset, overrides=settings["tomography"])
+    specs, left_out = select_specs(config.methods, config.exclude)
+    if not specs:
+        raise ValueError(f"no method to run: --methods {','.join(config.methods)!r}")
     dataset = open_dataset(args)
+    if not dataset.ids("val"):
+        raise ValueError(f"{dataset.name}: the validation split is empty: nothing to evaluate")
     default_out = Path("runs") / args.dataset / f"{train_config.model}-{preset}"
     if args.checkpoint:
         default_out = Path(args.checkpoint).parent
-    out = Path(args.out or default_out)
-
-    with logging_redirect_tqdm():
-        checkpoint = prepare_classifier(
-            dataset,
-            train_config,
-            out,
-            checkpoint=args.checkpoint,
-            device=device,
-            finished_only=bool(shard or args.merge),
+    out = writable(args.out or default_out, "--out")
+    writable(args.leaderboards, "--leaderboards")
+    writable(cache_root(), "the cache ($TONNO_CACHE)")
+    checks = check_volumes(dataset, dataset.ids(), context)
+    unscored = [c.id for c in checks if c.empty_truth and dataset.split(c.id) == "val"]
+    notes = []
+    if left_out:
+        log.warning(
+            "leaving out %d specs that the preset excludes (exclude=%s): %s; "
+            "--set exclude= runs them",
+            len(left_out),
+            ",".join(config.exclude),
+            ", ".join(left_out),
         )
-        try:
-            outputs = run_benchmark(
-                dataset,
-                checkpoint,
-                config,
-                tomography,
-                out_dir=out,
-                leaderboards=args.leaderboards,
-                device=device,
-                shard=shard,
-                compute=not args.merge,
-            )
-        except RunError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 1
-    if outputs is None:
+        notes.append(
+            f"Left out by the preset (`exclude={','.join(config.exclude)}`; `--set exclude=` "
+            f"runs them): {', '.join(left_out)}."
+        )
+    if unscored:
+        log.warning(
+            "%d validation positive(s) have an empty annotation and are scored for "
+            "classification only: %s",
+            len(unscored),
+            ", ".join(unscored),
+        )
+
+    checkpoint = prepare_classifier(
+        dataset,
+        train_config,
+        out,
+        checkpoint=args.checkpoint,
+        context=context,
+        finished_only=bool(shard or args.merge),
+    )
+    outputs = run_benchmark(
+        dataset,
+        checkpoint,
+        config,
+        tomography,
+        specs=specs,
+        out_dir=out,
+        leaderboards=args.leaderboards,
+        context=context,
+        shard=shard,
+        compute=not args.merge,
+        unscored=unscored,
+        notes=notes,
+    )
+    if shard is not None:
         print(
             f"shard {shard[0]}/{shard[1]} done; when every shard is, evaluate with the same "
             "command without --shard (or with --merge)"
         )
-        return 0
-    _report(outputs, out)
+    elif outputs is not None:
+        _report(outputs, out)
     return 0
 
 

@@ -1,0 +1,182 @@
+"""The heatmap cache: what a run keeps per (method spec, validation volume).
+
+A run keeps what the A.7 protocol needs, not the heatmap: a *record* (the heatmap's
+maximum, its :func:`~benchmark.evaluation.heatmap_sketch` and the seconds it took) and a
+*summary* (its component tables on the spec's tau' grid). Full heatmaps are kept only
+while a spec's grid is unknown, for the figure's volumes and on request, so that disk
+grows with the number of results, not with voxels.
+
+Layout under ``<cache_root>/heatmaps/<dataset>/<digest of the key>/``::
+
+    key.json                                   what the digest hashes (:func:`heatmap_key`)
+    <spec>/<volume>-<image>.json               record; written last, marks the entry
+    <spec>/<volume>-<image>.npy                full heatmap [D,H,W] float32 (when kept)
+    <spec>/summaries/<grid>/<volume>-<image>-<truth>.npz   summary on tau' grid <grid>
+
+``<image>`` and ``<truth>`` are the first 16 hex digits of the volume's content digests
+(``dataset.fingerprint`` and ``dataset.truth_fingerprint``), so an edited image or mask
+gets new entries and never an old one. ``<grid>`` hashes the grid's levels and the
+protocol's settings (connectivity, matching IoU). Every file is written atomically and
+verified when read: a record that does not parse, a heatmap whose sha256 differs from its
+record's, a summary whose zip CRC fails. A damaged file is logged, deleted and recomputed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmark import __version__
+from benchmark.evaluation import MATCH_IOU, STRUCTURE, TAILS, Summary
+from benchmark.io import atomic_save_json, atomic_write, cache_root
+from datasets.base import safe_stem
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 2  # the layout above
+_DAMAGED = (OSError, ValueError, EOFError, KeyError, TypeError, zipfile.BadZipFile)
+
+
+def digest(data: bytes | str, length: int = 16) -> str:
+    """Truncated sha256 hex digest."""
+    return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()[:length]
+
+
+def heatmap_key(
+    dataset: str, checkpoint: str, tomography: Any, batch_size: int, device: str
+) -> dict[str, Any]:
+    """Everything that changes a heatmap besides its spec and the volume's content.
+
+    ``checkpoint`` is the classifier file's hash; ``device`` its type (CUDA runs in bf16).
+    """
+    key = {
+        "cache_version": CACHE_VERSION,
+        "benchmark": __version__,
+        "dataset": dataset,
+        "checkpoint": checkpoint,
+        "tomography": dataclasses.asdict(tomography),
+        "batch_size": batch_size,
+        "device": device,
+    }
+    return json.loads(json.dumps(key, sort_keys=True, default=str))
+
+
+def grid_id(grid: np.ndarray) -> str:
+    """A name for a tau' grid under this protocol: its levels and the protocol's settings."""
+    protocol = np.concatenate([STRUCTURE.ravel(), [MATCH_IOU], TAILS]).astype(np.float64)
+    return digest(np.ascontiguousarray(grid, np.float64).tobytes() + protocol.tobytes(), 12)
+
+
+def _array_sha(array: np.ndarray) -> str:
+    return digest(np.ascontiguousarray(array).tobytes(), 64)
+
+
+@dataclass(frozen=True)
+class HeatmapStore:
+    """The cache of one heatmap key (module docstring). Entries are addressed by
+    (spec, volume id, image digest); summaries also by truth digest and grid."""
+
+    root: Path
+
+    @classmethod
+    def open(cls, key: dict[str, Any], base: str | Path | None = None) -> HeatmapStore:
+        """The store of ``key`` under ``base`` (default :func:`cache_root`)."""
+        text = json.dumps(key, sort_keys=True)
+        root = Path(base or cache_root()) / "heatmaps" / key["dataset"] / digest(text)
+        if not (root / "key.json").exists():
+            atomic_save_json(root / "key.json", key)
+        return cls(root)
+
+    def _stem(self, spec: str, volume: str, image: str) -> Path:
+        return self.root / spec / f"{safe_stem(volume)}-{image[:16]}"
+
+    def _damaged(self, path: Path, error: BaseException) -> None:
+        log.warning("cache: %s is damaged (%s); recomputing it", path, error)
+        path.unlink(missing_ok=True)
+
+    # -- records ------------------------------------------------------------------------
+
+    def record(self, spec: str, volume: str, image: str) -> dict[str, Any] | None:
+        """The entry's record, or None when missing or damaged (then it is deleted)."""
+        path = self._stem(spec, volume, image).with_suffix(".json")
+        try:
+            record = json.loads(path.read_text())
+            if not (isinstance(record, dict) and len(record["sketch"]) == len(TAILS) + 1):
+                raise ValueError("not a heatmap record")
+            float(record["max"]), float(record["seconds"])
+        except FileNotFoundError:
+            return None
+        except _DAMAGED as error:
+            self._damaged(path, error)
+            return None
+        return record
+
+    def save_record(self, spec: str, volume: str, image: str, record: dict[str, Any]) -> None:
+        atomic_save_json(self._stem(spec, volume, image).with_suffix(".json"), record)
+
+    # -- full heatmaps ------------------------------------------------------------------
+
+    def save_heatmap(self, spec: str, volume: str, image: str, heatmap: np.ndarray) -> str:
+        """Keep the full heatmap (float32); its sha256, for the record."""
+        heatmap = np.ascontiguousarray(heatmap, dtype=np.float32)
+        with atomic_write(self._stem(spec, volume, image).with_suffix(".npy")) as file:
+            np.save(file, heatmap, allow_pickle=False)
+        return _array_sha(heatmap)
+
+    def heatmap(self, spec: str, volume: str, image: str, sha: str | None) -> np.ndarray | None:
+        """The kept heatmap if its content matches ``sha`` (from the record), else None."""
+        path = self._stem(spec, volume, image).with_suffix(".npy")
+        if sha is None or not path.exists():
+            return None
+        try:
+            heatmap = np.load(path, allow_pickle=False)
+            if _array_sha(heatmap) != sha:
+                raise ValueError("its sha256 differs from its record's")
+        except _DAMAGED as error:
+            self._damaged(path, error)
+            return None
+        return heatmap
+
+    def drop_heatmap(self, spec: str, volume: str, image: str) -> None:
+        self._stem(spec, volume, image).with_suffix(".npy").unlink(missing_ok=True)
+
+    # -- summaries ----------------------------------------------------------------------
+
+    def _summary_path(self, spec: str, volume: str, image: str, truth: str, grid) -> Path:
+        name = f"{self._stem(spec, volume, image).name}-{truth[:16]}.npz"
+        return self.root / spec / "summaries" / grid_id(grid) / name
+
+    def summary(
+        self, spec: str, volume: str, image: str, truth: str, grid: np.ndarray
+    ) -> Summary | None:
+        """The entry's summary on ``grid``, or None when missing or damaged (then deleted)."""
+        path = self._summary_path(spec, volume, image, truth, grid)
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                summary = Summary.from_dict({k: data[k] for k in data.files})
+            if not np.array_equal(summary.levels, grid):
+                raise ValueError("made on another grid")
+        except FileNotFoundError:
+            return None
+        except _DAMAGED as error:
+            self._damaged(path, error)
+            return None
+        return summary
+
+    def save_summary(
+        self, spec: str, volume: str, image: str, truth: str, grid: np.ndarray, summary: Summary
+    ) -> None:
+        with atomic_write(self._summary_path(spec, volume, image, truth, grid)) as file:
+            np.savez(file, **summary.to_dict())
+
+    def disk_bytes(self) -> int:
+        """Bytes under the store (records, summaries and kept heatmaps)."""
+        return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())
