@@ -59,14 +59,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _settings(config: str | None, overrides: list[str]) -> dict[str, dict]:
-    """Per section, the YAML file's fields updated by the command line's (CLI > YAML)."""
-    import yaml
+    """Per section, the YAML file's fields updated by the command line's (CLI > YAML).
 
-    from benchmark.config import parse_overrides
+    The file's fields are checked here (names, types, ranges), so that an error names the
+    file; :func:`benchmark.config.resolve` checks the command line's.
+    """
+    from benchmark.config import check_fields, load_yaml, parse_overrides
 
     settings: dict[str, dict] = {section: {} for section in SECTIONS}
     if config is not None:
-        loaded = yaml.safe_load(Path(config).read_text()) or {}
+        loaded = load_yaml(config)
         unknown = sorted(set(loaded) - set(SECTIONS)) if isinstance(loaded, dict) else ["?"]
         if unknown:
             raise ValueError(f"{config}: expected sections {list(SECTIONS)}, got {unknown}")
@@ -74,6 +76,8 @@ def _settings(config: str | None, overrides: list[str]) -> dict[str, dict]:
             fields = fields or {}
             if not isinstance(fields, dict):
                 raise ValueError(f"{config}: section {section!r} is not a mapping of fields")
+            prefix = "" if section == "run" else section
+            check_fields(_section_class(section), fields, f"{config}", prefix)
             settings[section].update(fields)
     for key, value in parse_overrides(overrides).items():
         section, _, field = key.rpartition(".")
@@ -81,6 +85,12 @@ def _settings(config: str | None, overrides: list[str]) -> dict[str, dict]:
             raise ValueError(f"--set {key}: expected FIELD, train.FIELD or tomography.FIELD")
         settings[section or "run"][field] = value
     return settings
+
+
+def _section_class(section: str) -> type:
+    from benchmark.config import RunConfig, TomographyConfig, TrainConfig
+
+    return {"run": RunConfig, "train": TrainConfig, "tomography": TomographyConfig}[section]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -106,8 +116,10 @@ def run(args: argparse.Namespace) -> int:
         if flag is not None:
             settings[section][field] = flag
     config = resolve(RunConfig, preset, overrides=settings["run"])
-    train_config = resolve(TrainConfig, preset, overrides=settings["train"])
-    tomography = resolve(TomographyConfig, preset, overrides=settings["tomography"])
+    train_config = resolve(TrainConfig, preset, overrides=settings["train"], section="train")
+    tomography = resolve(
+        TomographyConfig, preset, overrides=settings["tomography"], section="tomography"
+    )
     dataset = open_dataset(args)
     default_out = Path("runs") / args.dataset / f"{train_config.model}-{preset}"
     if args.checkpoint:
