@@ -132,7 +132,11 @@ def _convert(value: Any, annotation: Any, where: str) -> Any:
         inner = [a for a in args if a is not type(None)]
         return _convert(value, inner[0], where) if len(inner) == 1 else value
     if origin in (tuple, list):
-        items = value.split(",") if isinstance(value, str) else list(value)
+        items = value.split(",") if isinstance(value, str) else value
+        items = list(items) if isinstance(items, (list, tuple)) else [items]
+        fixed = origin is tuple and len(args) > 1 and args[-1] is not Ellipsis
+        if fixed and len(items) != len(args):
+            raise ValueError(f"{where}: expected {len(args)} comma-separated values")
         item_type = args[0] if args else Any
         return origin(_convert(v, item_type, where) for v in items)
     if annotation is bool:

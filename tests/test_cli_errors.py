@@ -6,10 +6,14 @@ afterwards. ``-v`` keeps the traceback.
 
 from __future__ import annotations
 
+import io
+import re
+import zipfile
+
 import pytest
 import yaml
 
-from benchmark.cli import main
+from benchmark.cli import main, user_message
 from benchmark.config import PRESETS, RunConfig, TomographyConfig, check_fields, resolve
 
 # Cases checked where the methods, the run folder and the caches are first used
@@ -153,3 +157,52 @@ def test_range_checks_name_the_yaml_file(tmp_path):
     with pytest.raises(ValueError, match=r"tomography.yaml, line 2: not valid YAML"):
         resolve(TomographyConfig, "quick", path)
     assert resolve(TomographyConfig, "quick", overrides={"n_slices": "2"}).n_slices == 2
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"methods": 5}, None),  # a YAML scalar where a list goes: a one-item tuple
+        ({"folds": [1, 2]}, "--set folds=[1, 2]: cannot read"),
+        ({"methods": []}, "no method was given"),
+    ],
+)
+def test_values_of_the_wrong_shape_are_value_errors(overrides, message):
+    if message is None:
+        assert resolve(RunConfig, overrides=overrides).methods == ("5",)
+        return
+    with pytest.raises(ValueError, match=re.escape(message)):
+        resolve(RunConfig, overrides=overrides)
+
+
+def test_a_fixed_length_tuple_needs_its_length():
+    from benchmark.config import TrainConfig
+
+    with pytest.raises(ValueError, match=r"--set train.betas=0.9: expected 2 comma-separated"):
+        resolve(TrainConfig, overrides={"betas": "0.9"}, section="train")
+    assert resolve(TrainConfig, overrides={"betas": "0.8,0.99"}).betas == (0.8, 0.99)
+
+
+def test_user_messages_name_the_file_on_one_line(tmp_path):
+    error = PermissionError(13, "Permission denied", str(tmp_path / "ro" / "run"))
+    assert user_message(error) == f"{tmp_path / 'ro' / 'run'}: Permission denied"
+    try:
+        yaml.safe_load(io.StringIO("a: [\n"))
+    except yaml.YAMLError as raised:
+        assert user_message(raised).startswith("<file>, line 2: not valid YAML (")
+    damaged = zipfile.BadZipFile("File is not a zip file")
+    assert user_message(damaged).endswith("(.xlsx, .pt, .npz): File is not a zip file")
+    assert user_message(ValueError("two\n  lines")) == "two lines"
+
+
+def test_a_damaged_zip_is_a_user_error(monkeypatch, capsys):
+    import benchmark.commands.ls as ls
+
+    def damaged(args):
+        raise zipfile.BadZipFile("File is not a zip file")
+
+    monkeypatch.setattr(ls, "run", damaged)
+    assert main(["ls", "methods"]) == 2
+    assert capsys.readouterr().err == (
+        "error: a damaged zip-based file (.xlsx, .pt, .npz): File is not a zip file\n"
+    )
