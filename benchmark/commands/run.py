@@ -76,8 +76,7 @@ def _settings(config: str | None, overrides: list[str]) -> dict[str, dict]:
             fields = fields or {}
             if not isinstance(fields, dict):
                 raise ValueError(f"{config}: section {section!r} is not a mapping of fields")
-            prefix = "" if section == "run" else section
-            check_fields(_section_class(section), fields, f"{config}", prefix)
+            check_fields(_section_class(section), fields, str(config), section)
             settings[section].update(fields)
     for key, value in parse_overrides(overrides).items():
         section, _, field = key.rpartition(".")
