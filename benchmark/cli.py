@@ -10,11 +10,24 @@ import argparse
 import importlib
 import logging
 import sys
+import zipfile
+
+import yaml
 
 from benchmark import __version__
 from benchmark.registry import RegistryError
 
 COMMANDS = ("ls", "bench", "train", "inspect", "run")
+
+# What a user can cause (a bad setting, name or file); anything else is a bug: traceback.
+USER_ERRORS = (
+    RegistryError,
+    ValueError,
+    OSError,  # FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError...
+    ModuleNotFoundError,
+    yaml.YAMLError,
+    zipfile.BadZipFile,
+)
 
 log = logging.getLogger("benchmark")
 
@@ -54,11 +67,27 @@ def main(argv: list[str] | None = None) -> int:
         for module in args.plugins:
             importlib.import_module(module)
         return int(args.run(args) or 0)
-    except (RegistryError, ValueError, FileNotFoundError, ModuleNotFoundError) as error:
+    except USER_ERRORS as error:
         if args.verbose:
             raise
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {user_message(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def user_message(error: BaseException) -> str:
+    """One line for ``error: ...``: an OSError names its file, a YAMLError its line."""
+    if isinstance(error, OSError) and error.filename is not None and error.strerror:
+        files = " -> ".join(str(f) for f in (error.filename, error.filename2) if f is not None)
+        text = f"{files}: {error.strerror}"
+    elif isinstance(error, yaml.YAMLError):
+        mark = getattr(error, "problem_mark", None)
+        where = f"{mark.name}, line {mark.line + 1}: " if mark is not None else ""
+        text = f"{where}not valid YAML ({getattr(error, 'problem', None) or error})"
+    elif isinstance(error, zipfile.BadZipFile):
+        text = f"a damaged zip-based file (.xlsx, .pt, .npz): {error}"
+    else:
+        text = str(error) or type(error).__name__
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())

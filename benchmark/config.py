@@ -134,7 +134,11 @@ def _convert(value: Any, annotation: Any, where: str) -> Any:
         inner = [a for a in args if a is not type(None)]
         return _convert(value, inner[0], where) if len(inner) == 1 else value
     if origin in (tuple, list):
-        items = value.split(",") if isinstance(value, str) else list(value)
+        items = value.split(",") if isinstance(value, str) else value
+        items = list(items) if isinstance(items, (list, tuple)) else [items]
+        fixed = origin is tuple and len(args) > 1 and args[-1] is not Ellipsis
+        if fixed and len(items) != len(args):
+            raise ValueError(f"{where}: expected {len(args)} comma-separated values")
         item_type = args[0] if args else Any
         return origin(_convert(v, item_type, where) for v in items)
     if annotation is bool:
@@ -161,32 +165,109 @@ def parse_overrides(items: list[str] | None) -> dict[str, str]:
     return out
 
 
+# --- checks at the boundary: a bad value fails here, naming its setting, not deep in torch ---
+
+MINIMUM: dict[type, dict[str, int]] = {
+    TomographyConfig: {
+        "n_angles": 1,
+        "n_angles_cam": 1,
+        "n_slices": 2,  # the step 2/(M-1) of eq. (9); methods/tomography.py asks for >= 2
+        "slice_size": 2,  # eq. (4)'s pixel grid has pixels at both ends of [-1, 1]
+        "chunk": 1,
+    },
+    RunConfig: {"folds": 1, "n_tune": 1, "batch_size": 1, "figure_volumes": 0},
+}
+
+
+def field_problem(cls: type, name: str, value: Any) -> str | None:
+    """What is wrong with ``value`` for field ``name`` of ``cls`` (already converted), or None."""
+    minimum = MINIMUM.get(cls, {}).get(name)
+    if minimum is not None and isinstance(value, int) and value < minimum:
+        return f"{name} must be >= {minimum}, got {value}"
+    if cls is RunConfig and name == "methods" and not _names_a_method(value):
+        return "no method was given: name at least one spec, name or wildcard (or all)"
+    return None
+
+
+def _names_a_method(methods: tuple[str, ...]) -> bool:
+    return any(token.strip() for item in methods for token in str(item).split(","))
+
+
+def check_fields(
+    cls: type, values: Mapping[str, Any], where: str, section: str = ""
+) -> dict[str, Any]:
+    """``values`` converted to the types of ``cls``'s fields, each checked.
+
+    Raises a ValueError for an unknown field name, a value that cannot be read as its type
+    or one out of range, spelled as the user wrote it: ``--set tomography.chunk=0: chunk
+    must be >= 1`` when ``where`` is ``"command line"``, else ``<where>: tomography.chunk=0:
+    ...`` (``section``: the prefix of the field in ``--set``, e.g. ``tomography``).
+    """
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise ValueError(
+            f"{where}: unknown {cls.__name__} field(s) {unknown}; known: {sorted(fields)}"
+        )
+    prefix = f"{section}." if section else ""
+    converted = {}
+    for name, raw in values.items():
+        setting = f"{prefix}{name}={raw}"
+        label = f"--set {setting}" if where == "command line" else f"{where}: {setting}"
+        value = _convert(raw, hints[name], label)
+        problem = field_problem(cls, name, value)
+        if problem:
+            raise ValueError(f"{label}: {problem}")
+        converted[name] = value
+    return converted
+
+
+def load_yaml(path: str | Path) -> Any:
+    """The YAML document of file ``path`` (``yaml.safe_load``; an empty file is ``{}``).
+
+    Errors name the file: a ValueError with the line for invalid YAML or a non-text file;
+    the OSError (``.filename`` set) for a missing file or a folder.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a text (UTF-8) file, expected YAML") from None
+    try:
+        return yaml.safe_load(text) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+        line = f", line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or type(error).__name__
+        raise ValueError(f"{path}{line}: not valid YAML ({problem})") from None
+
+
 def resolve(
     cls: type[C],
     preset: str = "paper",
     yaml_path: str | Path | None = None,
     overrides: Mapping[str, Any] | None = None,
+    *,
+    section: str = "",
 ) -> C:
-    """Config ``cls`` from ``preset``, then the YAML file, then ``overrides``."""
+    """Config ``cls`` from ``preset``, then the YAML file, then ``overrides``.
+
+    Every value is checked (:func:`check_fields`); ``section`` is how ``--set`` spells the
+    fields of ``cls`` (``tomography`` for ``--set tomography.chunk=8``), for the errors.
+    """
     presets = PRESETS.get(cls, {"paper": cls()})
     if preset not in presets:
         raise ValueError(f"unknown preset {preset!r} for {cls.__name__}: {sorted(presets)}")
     config = presets[preset]
-    hints = typing.get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls)}
     layers: list[tuple[str, Mapping[str, Any]]] = []
     if yaml_path is not None:
-        loaded = yaml.safe_load(Path(yaml_path).read_text()) or {}
+        loaded = load_yaml(yaml_path)
         if not isinstance(loaded, dict):
             raise ValueError(f"{yaml_path}: expected a mapping of field: value")
         layers.append((str(yaml_path), loaded))
     layers.append(("command line", overrides or {}))
     for where, values in layers:
-        unknown = sorted(set(values) - fields)
-        if unknown:
-            raise ValueError(
-                f"{where}: unknown {cls.__name__} field(s) {unknown}; known: {sorted(fields)}"
-            )
-        changes = {k: _convert(v, hints[k], f"{where}: {k}") for k, v in values.items()}
+        changes = check_fields(cls, values, where, section)
         config = dataclasses.replace(config, **changes)
     return config

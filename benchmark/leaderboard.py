@@ -16,6 +16,12 @@ with the paper's numbers beside ours for its data sets (``ms``, ``autopet``, ``m
 our ``resnet10t``), Table 4 for ToNNO with the other classifiers. The CSV holds our rows
 with full precision and the matching paper numbers.
 
+A page only ever gains rows: :func:`write_leaderboards` merges ``results`` into the rows
+already in ``<dataset>.csv`` (a row of ``results`` replaces the one with its dataset, model
+and method), but only when both come from the same evaluation context (the optional
+``context`` and ``checkpoint`` columns, see :data:`CONTEXT_COLUMNS`); otherwise the page is
+left standing and the new tables go to a fallback folder, with a warning.
+
 The best layer has the highest Dice (MaxIoU for boxes), then F1-score, then balanced
 accuracy, then the lowest layer: on the paper's Tables 6-9 this rule picks every layer of
 its Tables 2 and 5 (highest F1 first would not, for Duke). Deltas are differences of the
@@ -25,14 +31,19 @@ values as shown, rounded to two decimals like the paper.
 from __future__ import annotations
 
 import html
+import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from tabulate import tabulate
+
+from benchmark.io import atomic_write
+
+log = logging.getLogger(__name__)
 
 # Spec names to the paper's names: the one place.
 METHOD_NAMES = {
@@ -66,6 +77,11 @@ PAPER_CSV = (
     Path(__file__).resolve().parent.parent / "leaderboards" / "paper" / "published_results.csv"
 )
 MISSING = "–"
+# Where a row's numbers come from, as opaque strings: ``context`` (a digest of the protocol
+# and tomography settings and the validation set) must be one value per page; ``checkpoint``
+# (the classifier checkpoint's hash) one value per model of the page.
+CONTEXT_COLUMNS = ("context", "checkpoint")
+KEY = ["dataset", "model", "method"]
 
 
 @dataclass(frozen=True)
@@ -308,7 +324,9 @@ def _csv_table(ours: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
     table = rows[["dataset", "model", "method", "name", "layer"]].assign(
         best_layer=rows.index.isin(chosen)
     )
-    return pd.concat([table, rows[scores], published.dropna(axis=1, how="all")], axis=1)
+    context = [c for c in CONTEXT_COLUMNS if c in rows]
+    parts = [table, rows[scores], rows[context], published.dropna(axis=1, how="all")]
+    return pd.concat(parts, axis=1)
 
 
 def _notes(overlap: str, with_paper: bool) -> list[str]:
@@ -327,10 +345,30 @@ def _notes(overlap: str, with_paper: bool) -> list[str]:
     return notes
 
 
-def _document(dataset: str, notes: list[str], sections: list, fmt: str) -> str:
-    """A Markdown or HTML page: title, notes, then each section's table."""
+WARNING_STYLE = (
+    "border: 2px solid #b00; background: #fdd; color: #600; padding: 0.6em 1em; "
+    "margin: 1em 0; font-weight: bold"
+)
+
+
+def _warning_block(warning: str | None, fmt: str) -> list[str]:
+    """The page's first block: a Markdown quote or an HTML box; nothing without a warning."""
+    if not warning:
+        return []
     if fmt == "md":
-        parts = [f"# Leaderboard: {dataset}", "\n".join(f"- {n}" for n in notes)]
+        lines = warning.strip().splitlines() or [""]
+        return ["\n".join(["> **Warning:** " + lines[0], *(f"> {line}" for line in lines[1:])])]
+    text = html.escape(warning.strip()).replace("\n", "<br>")
+    return [f'<div class="warning" style="{WARNING_STYLE}">Warning: {text}</div>']
+
+
+def _document(
+    dataset: str, notes: list[str], sections: list, fmt: str, warning: str | None = None
+) -> str:
+    """A Markdown or HTML page: title, the warning, notes, then each section's table."""
+    if fmt == "md":
+        parts = [f"# Leaderboard: {dataset}", *_warning_block(warning, fmt)]
+        parts.append("\n".join(f"- {n}" for n in notes))
         parts += [f"## {title}\n\n{render(cells, 'md', bold)}" for title, cells, bold in sections]
         return "\n\n".join(parts) + "\n"
     code = [re.sub(r"`([^`]*)`", r"<code>\1</code>", html.escape(n)) for n in notes]
@@ -338,7 +376,9 @@ def _document(dataset: str, notes: list[str], sections: list, fmt: str) -> str:
     parts = [
         '<!DOCTYPE html>\n<html>\n<head><meta charset="utf-8">'
         f"<title>Leaderboard: {html.escape(dataset)}</title></head>\n<body>",
-        f"<h1>Leaderboard: {html.escape(dataset)}</h1>\n<ul>{items}</ul>",
+        f"<h1>Leaderboard: {html.escape(dataset)}</h1>",
+        *_warning_block(warning, fmt),
+        f"<ul>{items}</ul>",
     ]
     parts += [
         f"<h2>{html.escape(title)}</h2>\n{render(cells, 'html', bold)}"
@@ -347,33 +387,176 @@ def _document(dataset: str, notes: list[str], sections: list, fmt: str) -> str:
     return "\n".join([*parts, "</body>\n</html>\n"])
 
 
+@dataclass(frozen=True)
+class Written:
+    """What :func:`write_leaderboards` wrote; iterates over (and adds to a list as) ``paths``."""
+
+    paths: tuple[Path, ...]
+    merged: tuple[str, ...] = ()  # datasets whose page kept rows that this call did not compute
+    fell_back: tuple[str, ...] = ()  # datasets whose page was left standing (tables: fallback)
+
+    def __iter__(self) -> Iterator[Path]:
+        return iter(self.paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __add__(self, other: Sequence[Path]) -> list[Path]:
+        return [*self.paths, *other]
+
+
+def read_rows(path: str | Path) -> pd.DataFrame:
+    """Our rows of a leaderboard CSV written by :func:`write_leaderboards`: the key, scores
+    and context columns (not the derived names, layers, best-layer flags or paper numbers)."""
+    text = {c: str for c in CONTEXT_COLUMNS}
+    try:
+        table = pd.read_csv(path, dtype=text)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: not a leaderboard CSV ({type(error).__name__})") from None
+    missing = set(KEY) - set(table.columns)
+    if missing:
+        raise ValueError(f"{path}: not a leaderboard CSV (lacks the columns {sorted(missing)})")
+    derived = {"name", "layer", "best_layer"}
+    keep = [c for c in table.columns if c not in derived and not c.startswith("paper_")]
+    return table[keep]
+
+
+def _one_value(rows: pd.DataFrame, column: str) -> str | None:
+    """The single value of ``column`` in ``rows``; None if missing, empty or mixed."""
+    if column not in rows or rows[column].isna().any():
+        return None
+    values = set(rows[column].astype(str))
+    return values.pop() if len(values) == 1 else None
+
+
+def context_mismatch(existing: pd.DataFrame, new: pd.DataFrame) -> str | None:
+    """Why the rows of one dataset's page and ``new`` rows cannot share it, or None.
+
+    They can when both state one and the same ``context``, and, for every model in both,
+    one and the same ``checkpoint``. Rows without these columns (older files) state none.
+    """
+    if _one_value(new, "context") is None:
+        return "the new rows state no single evaluation context (column 'context')"
+    old = _one_value(existing, "context")
+    if old is None:
+        return "its rows state no single evaluation context (an older file?)"
+    if old != _one_value(new, "context"):
+        return f"its evaluation context is {old}, the new rows' {_one_value(new, 'context')}"
+    for model in sorted(set(existing.model) & set(new.model)):
+        ours = _one_value(new[new.model == model], "checkpoint")
+        theirs = _one_value(existing[existing.model == model], "checkpoint")
+        if ours is None or ours != theirs:
+            return f"its {model} rows come from checkpoint {theirs}, the new ones from {ours}"
+    return None
+
+
+def merge_rows(existing: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
+    """``existing`` rows with those of ``new`` replacing the ones with the same key."""
+    replaced = pd.MultiIndex.from_frame(existing[KEY]).isin(pd.MultiIndex.from_frame(new[KEY]))
+    return pd.concat([existing[~replaced], new], ignore_index=True)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """One dataset's page: its rows, the folder it goes to, and what became of the old one."""
+
+    dataset: str
+    rows: pd.DataFrame
+    folder: Path
+    merged: bool = False
+    reason: str | None = None  # why the page in out_dir was left standing
+
+
+def _plan(dataset: str, new: pd.DataFrame, out_dir: Path, fallback_dir: Path | None) -> _Plan:
+    """Merge ``new`` into ``out_dir/<dataset>.csv`` when the contexts match, else fall back."""
+    path = out_dir / f"{dataset}.csv"
+    if not path.is_file():
+        return _Plan(dataset, new, out_dir)
+    existing = read_rows(path)
+    existing = existing[existing.dataset.astype(str) == dataset]
+    if existing.empty:
+        return _Plan(dataset, new, out_dir)
+    reason = context_mismatch(existing, new)
+    if reason is None:
+        return _Plan(dataset, merge_rows(existing, new), out_dir, merged=True)
+    if fallback_dir is None:
+        raise ValueError(
+            f"{path} holds results of another evaluation context ({reason}): not overwriting "
+            "them; pass a fallback folder for the new tables"
+        )
+    return _Plan(dataset, new, fallback_dir, reason=reason)
+
+
+def _write_text(path: Path, text: str) -> None:
+    with atomic_write(path) as file:
+        file.write(text.encode("utf-8"))
+
+
 def write_leaderboards(
     results: pd.DataFrame,
     out_dir: str | Path = "leaderboards",
     paper: str | Path | None = PAPER_CSV,
     notes: Sequence[str] = (),
-) -> list[Path]:
+    *,
+    fallback_dir: str | Path | None = None,
+    warning: str | None = None,
+) -> Written:
     """Write ``<dataset>.md``, ``.csv`` and ``.html`` per dataset of ``results`` into ``out_dir``.
+
+    The page of a dataset shows the rows already in ``out_dir/<dataset>.csv`` with those of
+    ``results`` replacing the ones with the same (dataset, model, method), when both come
+    from the same evaluation context (:func:`context_mismatch`, on the optional columns
+    :data:`CONTEXT_COLUMNS`). Otherwise the existing page is left untouched and this call's
+    tables are written to ``fallback_dir`` instead, with a WARNING saying why and where
+    (without ``fallback_dir``: a ValueError, before anything is written).
 
     ``paper``: the published numbers (``leaderboards/paper/published_results.csv``), shown
     beside ours where the dataset and model match; ``None`` leaves them out. ``notes``: more
-    lines for the pages' header (e.g. the specs a preset left out).
+    lines for the pages' header (e.g. the specs a preset left out). ``warning``: shown as the
+    pages' first block, prominently (e.g. a classifier at chance).
     """
-    ours = _prepare(results)
+    _prepare(results)  # validate before reading or writing anything
+    out_dir = Path(out_dir)
+    fallback = Path(fallback_dir) if fallback_dir is not None else None
+    frame = results if "model" in results else results.assign(model=PAPER_MODEL)
+    plans = [
+        _plan(str(dataset), rows, out_dir, fallback)
+        for dataset, rows in frame.groupby("dataset", sort=True)
+    ]
     empty = pd.DataFrame(columns=["dataset", "model", "method", *METRICS])
     published = _prepare(paper_results(paper) if paper is not None else empty)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for dataset, rows in ours.groupby("dataset", sort=True):
-        theirs = published[published.dataset == dataset]
-        sections = _sections(rows, theirs)
-        with_paper = any(" (paper)" in c for _, cells, _ in sections for c in cells.columns)
-        header = _notes(overlap_metric(pd.concat([rows, theirs])), with_paper) + list(notes)
-        pages = {fmt: _document(str(dataset), header, sections, fmt) for fmt in ("md", "html")}
-        pages["csv"] = render(_csv_table(rows, theirs), "csv")
-        for fmt, text in pages.items():
-            path = out_dir / f"{dataset}.{fmt}"
-            path.write_text(text, encoding="utf-8")
-            written.append(path)
+    for plan in plans:
+        written += _write_pages(plan, published, list(notes), warning)
+        if plan.reason is not None:
+            log.warning(
+                "%s left standing: %s; this run's tables are in %s",
+                out_dir / f"{plan.dataset}.md",
+                plan.reason,
+                plan.folder,
+            )
+    return Written(
+        tuple(written),
+        merged=tuple(p.dataset for p in plans if p.merged),
+        fell_back=tuple(p.dataset for p in plans if p.reason is not None),
+    )
+
+
+def _write_pages(
+    plan: _Plan, published: pd.DataFrame, notes: list[str], warning: str | None
+) -> list[Path]:
+    """The Markdown, HTML and CSV pages of one dataset, into ``plan.folder``."""
+    rows = _prepare(plan.rows)
+    theirs = published[published.dataset == plan.dataset]
+    sections = _sections(rows, theirs)
+    with_paper = any(" (paper)" in c for _, cells, _ in sections for c in cells.columns)
+    header = _notes(overlap_metric(pd.concat([rows, theirs])), with_paper) + notes
+    pages = {fmt: _document(plan.dataset, header, sections, fmt, warning) for fmt in ("md", "html")}
+    pages["csv"] = render(_csv_table(rows, theirs), "csv")
+    plan.folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for fmt, text in pages.items():
+        path = plan.folder / f"{plan.dataset}.{fmt}"
+        _write_text(path, text)
+        written.append(path)
     return written

@@ -715,7 +715,16 @@ def run_benchmark(
             f"{len(job.unscored)} positive(s) with an empty annotation are scored for "
             f"classification only: {', '.join(sorted(job.unscored, key=natural_key))}."
         )
-    pages = write_leaderboards(results, leaderboards, notes=notes)
-    figure = write_figure(job, results, folds, config, Path(leaderboards) / f"{dataset.name}.png")
+    fallback = out_dir / "leaderboards"
+    pages = write_leaderboards(
+        results, leaderboards, notes=notes, warning=warning, fallback_dir=fallback
+    )
+    folder = fallback if dataset.name in pages.fell_back else Path(leaderboards)
+    figure = folder / f"{dataset.name}.png"
+    if dataset.name in pages.merged and figure.exists():
+        log.info("%s left standing: it shows methods this run did not compute", figure)
+        figure = None
+    else:
+        figure = write_figure(job, results, folds, config, figure)
     nifti = export_nifti(job, out_dir / "heatmaps") if config.save_heatmaps else []
-    return RunOutputs(results, folds, timings, pages + ([figure] if figure else []), nifti)
+    return RunOutputs(results, folds, timings, [*pages, *([figure] if figure else [])], nifti)

@@ -177,3 +177,87 @@ def test_notes_appear_in_the_pages_header(tmp_path):
     for fmt in ("md", "html"):
         page = next(tmp_path.glob(f"*.{fmt}")).read_text()
         assert note in page.split("Best layer per method")[0]
+
+
+def with_context(frame: pd.DataFrame, context="protocol-1", checkpoint="ckpt-1") -> pd.DataFrame:
+    return frame.assign(context=context, checkpoint=checkpoint)
+
+
+TWO = {"layercam@2": (0.123456789012345, 0.2, 0.3, 0.4, 0.5), "tonno": (0.6, 0.5, 0.4, 0.3, 0.7)}
+UPDATE = {"tonno": (0.9, 0.8, 0.7, 0.6, 0.95)}
+
+
+def pages(folder) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("synthetic.*"))}
+
+
+def test_a_run_in_the_same_context_updates_its_rows_and_keeps_the_others(tmp_path):
+    write_leaderboards(with_context(results(TWO, dataset="synthetic")), tmp_path)
+    update = with_context(results(UPDATE, dataset="synthetic", std=0.02))
+    written = write_leaderboards(update, tmp_path, fallback_dir=tmp_path / "run")
+    assert written.merged == ("synthetic",) and written.fell_back == ()
+    assert sorted(p.name for p in written) == ["synthetic.csv", "synthetic.html", "synthetic.md"]
+    csv = pd.read_csv(tmp_path / "synthetic.csv").set_index("method")
+    assert sorted(csv.index) == ["layercam@2", "tonno"]
+    assert csv.loc["tonno", "f1"] == 0.7 and csv.loc["tonno", "f1_std"] == 0.02
+    assert csv.loc["layercam@2", "precision"] == 0.123456789012345  # full precision kept
+    assert set(csv.context) == {"protocol-1"} and set(csv.checkpoint) == {"ckpt-1"}
+    every = md_table((tmp_path / "synthetic.md").read_text(), "Every method at every layer")
+    assert every.loc["ToNNO", "F1-score"] == "**0.70 ± 0.02**"
+    assert every.loc["LayerCAM (layer 2)", "F1-score"] == "0.30 ± 0.01"
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_new_model_with_its_own_checkpoint_joins_the_page(tmp_path):
+    write_leaderboards(with_context(results(TWO, dataset="synthetic")), tmp_path)
+    other = results(UPDATE, dataset="synthetic", model="resnet50_gn")
+    written = write_leaderboards(with_context(other, checkpoint="ckpt-2"), tmp_path)
+    assert written.merged == ("synthetic",)
+    text = (tmp_path / "synthetic.md").read_text()
+    assert "ToNNO, resnet50_gn (R-50, GN)" in md_table(text, "Model comparison").index
+
+
+@pytest.mark.parametrize(
+    "old, new, why",
+    [
+        (dict(context="protocol-1"), dict(context="protocol-2"), "protocol-1, the new rows"),
+        (dict(checkpoint="ckpt-1"), dict(checkpoint="ckpt-2"), "checkpoint ckpt-1"),
+        (dict(), dict(checkpoint=None), "checkpoint ckpt-1, the new ones from None"),
+        (None, dict(), "no single evaluation context (an older file?)"),
+        (dict(), None, "the new rows state no single evaluation context"),
+    ],
+    ids=["context", "checkpoint", "no-checkpoint", "older-file", "new-without-context"],
+)
+def test_another_context_leaves_the_page_standing(tmp_path, caplog, old, new, why):
+    two, one = results(TWO, dataset="synthetic"), results(UPDATE, dataset="synthetic")
+    write_leaderboards(two if old is None else with_context(two, **old), tmp_path)
+    before = pages(tmp_path)
+    fallback = tmp_path / "run" / "leaderboards"
+    update = one if new is None else with_context(one, **new)
+    with caplog.at_level("WARNING", logger="benchmark.leaderboard"):
+        written = write_leaderboards(update, tmp_path, fallback_dir=fallback)
+    assert pages(tmp_path) == before
+    assert written.fell_back == ("synthetic",) and written.merged == ()
+    assert sorted(written) == sorted(fallback / f"synthetic.{f}" for f in ("csv", "html", "md"))
+    assert list(pd.read_csv(fallback / "synthetic.csv").method) == ["tonno"]
+    [record] = caplog.records
+    message = record.getMessage()
+    assert record.levelname == "WARNING" and why in message and str(fallback) in message
+    with pytest.raises(ValueError, match="another evaluation context.*fallback folder"):
+        write_leaderboards(update, tmp_path)
+    assert pages(tmp_path) == before
+
+
+def test_a_warning_is_the_pages_first_block(tmp_path):
+    warning = "classifier at chance: validation AUC 0.52 (95% CI 0.41-0.63) includes 0.5"
+    write_leaderboards(results(SYNTHETIC), tmp_path, notes=["AUC 0.52"], warning=warning)
+    text = (tmp_path / "autopet.md").read_text()
+    blocks = text.split("\n\n")
+    assert blocks[0] == "# Leaderboard: autopet"
+    assert blocks[1] == f"> **Warning:** {warning}"
+    assert "AUC 0.52" in blocks[2]
+    page = (tmp_path / "autopet.html").read_text()
+    box = page.split("</h1>", 1)[1].split("<ul>", 1)[0]
+    assert 'class="warning"' in box and "0.41-0.63" in box and "border" in box
+    write_leaderboards(results(SYNTHETIC), tmp_path / "calm")
+    assert "Warning" not in (tmp_path / "calm" / "autopet.md").read_text()

@@ -62,14 +62,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _settings(config: str | None, overrides: list[str]) -> dict[str, dict]:
-    """Per section, the YAML file's fields updated by the command line's (CLI > YAML)."""
-    import yaml
+    """Per section, the YAML file's fields updated by the command line's (CLI > YAML).
 
-    from benchmark.config import parse_overrides
+    The file's fields are checked here (names, types, ranges), so that an error names the
+    file; :func:`benchmark.config.resolve` checks the command line's.
+    """
+    from benchmark.config import check_fields, load_yaml, parse_overrides
 
     settings: dict[str, dict] = {section: {} for section in SECTIONS}
     if config is not None:
-        loaded = yaml.safe_load(Path(config).read_text()) or {}
+        loaded = load_yaml(config)
         unknown = sorted(set(loaded) - set(SECTIONS)) if isinstance(loaded, dict) else ["?"]
         if unknown:
             raise ValueError(f"{config}: expected sections {list(SECTIONS)}, got {unknown}")
@@ -77,6 +79,7 @@ def _settings(config: str | None, overrides: list[str]) -> dict[str, dict]:
             fields = fields or {}
             if not isinstance(fields, dict):
                 raise ValueError(f"{config}: section {section!r} is not a mapping of fields")
+            check_fields(_section_class(section), fields, str(config), section)
             settings[section].update(fields)
     for key, value in parse_overrides(overrides).items():
         section, _, field = key.rpartition(".")
@@ -84,6 +87,12 @@ def _settings(config: str | None, overrides: list[str]) -> dict[str, dict]:
             raise ValueError(f"--set {key}: expected FIELD, train.FIELD or tomography.FIELD")
         settings[section or "run"][field] = value
     return settings
+
+
+def _section_class(section: str) -> type:
+    from benchmark.config import RunConfig, TomographyConfig, TrainConfig
+
+    return {"run": RunConfig, "train": TrainConfig, "tomography": TomographyConfig}[section]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -128,8 +137,10 @@ def _run(args: argparse.Namespace, context) -> int:
         if flag is not None:
             settings[section][field] = flag
     config = resolve(RunConfig, preset, overrides=settings["run"])
-    train_config = resolve(TrainConfig, preset, overrides=settings["train"])
-    tomography = resolve(TomographyConfig, preset, overrides=settings["tomography"])
+    train_config = resolve(TrainConfig, preset, overrides=settings["train"], section="train")
+    tomography = resolve(
+        TomographyConfig, preset, overrides=settings["tomography"], section="tomography"
+    )
     specs, left_out = select_specs(config.methods, config.exclude)
     if not specs:
         raise ValueError(f"no method to run: --methods {','.join(config.methods)!r}")
