@@ -135,15 +135,13 @@ def prepare_classifier(
 ) -> Path:
     """The checkpoint whose classifier the methods explain (paper A.6).
 
-    ``checkpoint`` is used as given, if finished with finite weights. Otherwise
+    ``checkpoint`` is used as given (the command checks it first). Otherwise
     ``<out_dir>/checkpoint.pt`` is trained, continued after a kill, or, when finished,
     checked against ``config`` and the training data's content and reused
     (``train(..., resume=True)``). ``finished_only`` (shards, merges) never
     trains, so that shards started side by side cannot train the same folder.
     """
     if checkpoint is not None:
-        if not is_finished(checkpoint):
-            raise ValueError(f"{checkpoint} is not a finished classifier with finite weights")
         return Path(checkpoint)
     path = Path(out_dir) / CHECKPOINT
     if finished_only and not is_finished(path):

@@ -18,7 +18,7 @@ from benchmark.config import PRESETS, RunConfig, TomographyConfig, check_fields,
 
 # Cases checked where the methods, the run folder and the caches are first used
 # (benchmark/runner.py, benchmark/commands/run.py): they pass once those check up front.
-RUN_CASES = ("methods-unknown", "cache-under-a-file", "checkpoint-text-file")
+RUN_CASES = ()
 # Checked where the data set takes its options (datasets.base.check_options: the types).
 DATASET_CASES = ("dataset-option-bad-type",)
 

@@ -116,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, context) -> int:
     """Everything that can fail in seconds first (settings, methods, folders, every
     volume), then the classifier, then the heatmaps and the protocol."""
+    from benchmark.checkpoint import is_finished
     from benchmark.config import RunConfig, TomographyConfig, TrainConfig, resolve
     from benchmark.io import cache_root
     from benchmark.preflight import check_volumes, writable
@@ -153,6 +154,8 @@ def _run(args: argparse.Namespace, context) -> int:
     out = writable(args.out or default_out, "--out")
     writable(args.leaderboards, "--leaderboards")
     writable(cache_root(), "the cache ($TONNO_CACHE)")
+    if args.checkpoint and not is_finished(args.checkpoint):
+        raise ValueError(f"{args.checkpoint} is not a finished classifier with finite weights")
     checks = check_volumes(dataset, dataset.ids(), context)
     unscored = [c.id for c in checks if c.empty_truth and dataset.split(c.id) == "val"]
     notes = []
