@@ -120,7 +120,7 @@ PRESETS: dict[type, dict[str, Any]] = {
 }
 
 
-def _convert(value: Any, annotation: Any, where: str) -> Any:
+def convert_value(value: Any, annotation: Any, where: str) -> Any:
     """Convert ``value`` (from YAML or a ``key=value`` string) to the field's type."""
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
@@ -130,11 +130,11 @@ def _convert(value: Any, annotation: Any, where: str) -> Any:
         if isinstance(value, str) and value.lower() in ("none", "null") and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _convert(value, inner[0], where) if len(inner) == 1 else value
+        return convert_value(value, inner[0], where) if len(inner) == 1 else value
     if origin in (tuple, list):
         items = value.split(",") if isinstance(value, str) else list(value)
         item_type = args[0] if args else Any
-        return origin(_convert(v, item_type, where) for v in items)
+        return origin(convert_value(v, item_type, where) for v in items)
     if annotation is bool:
         if isinstance(value, str):
             lowered = value.lower()
@@ -185,6 +185,6 @@ def resolve(
             raise ValueError(
                 f"{where}: unknown {cls.__name__} field(s) {unknown}; known: {sorted(fields)}"
             )
-        changes = {k: _convert(v, hints[k], f"{where}: {k}") for k, v in values.items()}
+        changes = {k: convert_value(v, hints[k], f"{where}: {k}") for k, v in values.items()}
         config = dataclasses.replace(config, **changes)
     return config

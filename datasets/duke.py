@@ -129,7 +129,7 @@ def box_in_half(box: Box, axis: int, mid: int, half: int) -> Box:
 class Duke(VolumeDataset):
     """Duke breast MRI; options ``slice_numbering`` ("instance" or "position"),
     ``series_patterns`` ({"pre": regex, "post_1": regex} for SeriesDescription), plus
-    ``cache_dir``, ``seed``, ``val_fraction``."""
+    ``cache_dir``, ``seed``, ``val_fraction``, ``max_abs``."""
 
     version = "1"
     channels = SEQUENCES
@@ -144,6 +144,7 @@ class Duke(VolumeDataset):
         cache_dir: str | Path | None = None,
         seed: int = 0,
         val_fraction: float = 0.1,
+        max_abs: float = 1e6,
     ):
         if slice_numbering not in ("instance", "position"):
             raise DatasetError(
@@ -152,7 +153,9 @@ class Duke(VolumeDataset):
         self.slice_numbering = slice_numbering
         self.series_patterns = {**DEFAULT_PATTERNS, **(series_patterns or {})}
         self._patient_volume = lru_cache(maxsize=1)(self._read_patient)
-        super().__init__(root, cache_dir=cache_dir, seed=seed, val_fraction=val_fraction)
+        super().__init__(
+            root, cache_dir=cache_dir, seed=seed, val_fraction=val_fraction, max_abs=max_abs
+        )
 
     def options(self) -> dict:
         return {
@@ -391,6 +394,18 @@ class Duke(VolumeDataset):
             shift_affine(affine, tuple(offset)),
             spacing_of(affine),
         )
+
+    def _image_files(self, record: Record) -> list[Path]:
+        """The pre and post_1 series folders (one per channel)."""
+        entry = self._entries[record.source["patient"]]
+        return [self.root / entry[sequence] for sequence in SEQUENCES]
+
+    def _truth_file(self, record: Record) -> Path | None:
+        return self._table(ANNOTATION)
+
+    def _sources(self, record: Record) -> list[Path]:
+        """Every DICOM file of both series (the box and label are in the Record)."""
+        return [f for folder in self._image_files(record) for f in series_files(folder)]
 
     def _header(self, record: Record):
         entry = self._entries[record.source["patient"]]
