@@ -335,21 +335,23 @@ class VolumeDataset(ABC):
         adapters: memoised in the process. Raises DatasetError for a bad sample.
         """
         record = self.record(sample_id)
-        if not self.cached:
-            if sample_id not in self._checks:
-                volume = self._checked(self._loaded, record)
-                self._checks[sample_id] = _sample_check(volume, *self._digest(volume))
-            return self._checks[sample_id]
+        return self._verify_cached(record) if self.cached else self._verify_uncached(record)
+
+    def _verify_uncached(self, record: Record) -> SampleCheck:
+        if record.id not in self._checks:
+            volume = self._checked(self._loaded, record)
+            self._checks[record.id] = _sample_check(volume, *self._digest(volume))
+        return self._checks[record.id]
+
+    def _verify_cached(self, record: Record) -> SampleCheck:
         entry, meta, volume = self._open(record)
-        done = meta.get("verified")
-        digests = (meta["fingerprint"], meta["truth_fingerprint"])
-        if done and (done["fingerprint"], done["truth_fingerprint"]) == digests:
-            return SampleCheck(record.id, tuple(meta["shape"]), *digests, done["empty_truth"])
+        known = _known_check(record, meta)
+        if known is not None:
+            return known
         damage = _mismatch(entry, meta, volume)
         if damage is not None:
             self._discard(entry, damage)
-            meta = self._rebuild(entry, record, self._sources(record))
-            volume = self._volume(entry, meta, record)
+            entry, meta, volume = self._open(record)  # the entry is gone: rebuilt
             damage = _mismatch(entry, meta, volume)
             if damage is not None:
                 raise DatasetError(f"{self.name}: {damage} right after rebuilding it")
@@ -537,6 +539,15 @@ def _paths_in(source: Any) -> list[Path]:
 def _sample_check(volume: Volume, fingerprint: str, truth: str) -> SampleCheck:
     shape = tuple(volume.image.shape)
     return SampleCheck(volume.id, shape, fingerprint, truth, empty_truth(volume))
+
+
+def _known_check(record: Record, meta: dict[str, Any]) -> SampleCheck | None:
+    """The check stored by an earlier ``verify`` of this very content, if any."""
+    done = meta.get("verified")
+    digests = (meta["fingerprint"], meta["truth_fingerprint"])
+    if not done or (done.get("fingerprint"), done.get("truth_fingerprint")) != digests:
+        return None
+    return SampleCheck(record.id, tuple(meta["shape"]), *digests, bool(done["empty_truth"]))
 
 
 def _mismatch(entry: CacheEntry, meta: dict[str, Any], volume: Volume) -> DamagedEntry | None:

@@ -94,10 +94,11 @@ def test_an_edited_image_is_read_again_and_only_its_entry_rewritten(tmp_path, ca
     }
 
 
-def test_a_touched_file_is_hashed_once_and_kept(tmp_path):
+def test_a_touched_file_is_hashed_once_and_kept(tmp_path, monkeypatch):
     make(tmp_path / "data")
     ds = open_folder(tmp_path)
-    ds["c1"]
+    for i in ds:
+        ds[i]
     before = cache_files(ds)
     path = tmp_path / "data" / "images" / "c1.nii"
     mtime = path.stat().st_mtime_ns + 5 * 10**9
@@ -106,6 +107,13 @@ def test_a_touched_file_is_hashed_once_and_kept(tmp_path):
     stored = json.loads((ds.cache_path / "c1.json").read_text())["sources"]
     assert [s["mtime_ns"] for s in stored if s["path"].endswith("c1.nii")][0] == mtime
     assert cache_files(ds)["c1.image.npy"] == before["c1.image.npy"]  # not recomputed
+
+    def no_hash(*args):
+        raise AssertionError("an unchanged entry was hashed: reads must cost stat calls only")
+
+    monkeypatch.setattr("datasets.cache.file_sha256", no_hash)
+    again = open_folder(tmp_path)
+    assert all(np.allclose(again[f"c{k}"].image[0], oriented(image(k))) for k in range(4))
 
 
 def test_the_blind_spot_same_size_and_mtime_is_not_seen(tmp_path):
