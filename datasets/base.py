@@ -216,12 +216,16 @@ class VolumeDataset(ABC):
         """Every file the sample's arrays are read from: the cache entry follows them.
 
         Default: the image files, the truth file and every Path inside
-        ``record.source``. Override when a sample reads files not listed there (DICOM
-        series files). Index files (CSV, tables) need not be listed: what they say
-        about the sample is in its Record, which the cache entry also compares.
+        ``record.source``, a folder standing for every file below it. Override when a
+        sample reads files not listed there. Index files (CSV, tables) need not be
+        listed: what they say about the sample is in its Record, which the cache entry
+        also compares, so editing one row recomputes that sample only.
         """
         paths = [*self._image_files(record), self._truth_file(record), *_paths_in(record.source)]
-        return list(dict.fromkeys(p for p in paths if p is not None))
+        files = []
+        for path in dict.fromkeys(p for p in paths if p is not None):
+            files += sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
+        return files
 
     def options(self) -> dict[str, Any]:
         """Everything that changes the preprocessed arrays (the cache key); extend it."""
