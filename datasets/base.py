@@ -549,7 +549,9 @@ def _known_check(record: Record, meta: dict[str, Any]) -> SampleCheck | None:
     """The check stored by an earlier ``verify`` of this very content, if any."""
     done = meta.get("verified")
     digests = (meta["fingerprint"], meta["truth_fingerprint"])
-    if not done or (done.get("fingerprint"), done.get("truth_fingerprint")) != digests:
+    if not isinstance(done, dict) or "empty_truth" not in done:
+        return None
+    if (done.get("fingerprint"), done.get("truth_fingerprint")) != digests:
         return None
     return SampleCheck(record.id, tuple(meta["shape"]), *digests, bool(done["empty_truth"]))
 

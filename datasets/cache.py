@@ -88,6 +88,32 @@ def changed_source(stamps: list[dict[str, Any]]) -> tuple[str | None, bool]:
     return None, refreshed
 
 
+def _well_formed(meta: Any) -> bool:
+    """Whether ``meta`` has the structure :meth:`CacheEntry.write` gives it."""
+    try:
+        return (
+            isinstance(meta["fields"], dict)
+            and all(
+                isinstance(s["path"], str)
+                and isinstance(s["size"], int)
+                and isinstance(s["mtime_ns"], int)
+                and isinstance(s["sha256"], str)
+                for s in meta["sources"]
+            )
+            and "image" in meta["arrays"]
+            and all(
+                isinstance(a["bytes"], int)
+                and isinstance(a["shape"], list)
+                and isinstance(a["dtype"], str)
+                for a in meta["arrays"].values()
+            )
+            and all(isinstance(meta[k], str) for k in ("fingerprint", "truth_fingerprint"))
+            and all(isinstance(meta[k], list) for k in ("shape", "affine", "spacing"))
+        )
+    except (KeyError, TypeError, AttributeError):
+        return False
+
+
 @dataclass(frozen=True)
 class CacheEntry:
     """The files of one cached sample, ``<stem>.{image.npy,mask.npy,json}``."""
@@ -109,7 +135,7 @@ class CacheEntry:
             return None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
             raise DamagedEntry(f"{self.json_path} is unreadable ({error})") from error
-        if not isinstance(meta, dict) or not {"arrays", "sources", "fields"} <= set(meta):
+        if not _well_formed(meta):
             raise DamagedEntry(f"{self.json_path} lacks the fields of a cache entry")
         return meta
 

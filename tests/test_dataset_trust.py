@@ -153,6 +153,8 @@ def _truncate(path):
         ("c1.mask.npy", os.unlink),
         ("c1.json", lambda p: p.write_text('{"shape": [1, 4')),
         ("c1.json", lambda p: p.write_bytes(b"\x00\xff garbage")),
+        ("c1.json", lambda p: p.write_text('{"arrays": 1, "sources": [], "fields": {}}')),
+        ("c1.json", lambda p: p.write_text("[]")),
     ],
 )
 def test_a_damaged_entry_is_rebuilt_with_a_warning(tmp_path, caplog, name, damage):
