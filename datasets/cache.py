@@ -109,6 +109,7 @@ def _well_formed(meta: Any) -> bool:
             )
             and all(isinstance(meta[k], str) for k in ("fingerprint", "truth_fingerprint"))
             and all(isinstance(meta[k], list) for k in ("shape", "affine", "spacing"))
+            and "boxes" in meta
         )
     except (KeyError, TypeError, AttributeError):
         return False
