@@ -19,7 +19,6 @@ cache, keyed by file size and modification time).
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from pathlib import Path
@@ -29,6 +28,7 @@ from tqdm import tqdm
 
 from benchmark.io import atomic_save_json
 from datasets.base import Record, VolumeDataset
+from datasets.cache import read_memo
 from datasets.nifti import check_same_grid, nifti_geometry, read_nifti
 from datasets.registry import register_dataset
 from datasets.volume import DatasetError, Volume, shift_affine, shown, spacing_of
@@ -147,16 +147,15 @@ class AutoPET(VolumeDataset):
     def _labels(self, segs: dict[str, Path]) -> dict[str, int]:
         """Positive = non-empty SEG; remembered in the cache by file size and mtime."""
         memo_path = self.cache_path / "labels.json"
-        memo = {}
-        if memo_path.exists():
-            memo = json.loads(memo_path.read_text())
+        memo = read_memo(memo_path)
         labels, changed = {}, False
         for sample_id, seg in tqdm(
             segs.items(), desc="autopet labels", disable=len(segs) < 50, leave=False
         ):
             stat = seg.stat()
             key = [stat.st_size, stat.st_mtime_ns]
-            if sample_id in memo and memo[sample_id][1:] == key:
+            known = memo.get(sample_id)
+            if isinstance(known, list) and len(known) == 3 and known[1:] == key:
                 labels[sample_id] = memo[sample_id][0]
                 continue
             labels[sample_id] = int(self._read_seg(seg)[0].any())

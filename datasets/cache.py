@@ -29,12 +29,16 @@ Blind spot: an edit that keeps both the size and the mtime of a file (a tool tha
 restores mtimes, or an edit within the file system's timestamp resolution) is not
 seen; delete the cache entry (or the cache) after such an edit. The full sha of the
 cached arrays is checked by ``verify``, not on every (memory-mapped, hot) read.
+
+Adapters' memo files beside the entries (AutoPET's labels, Duke's series index) are read
+with :func:`read_memo`: a damaged one is logged and rebuilt, never fatal.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +51,8 @@ from datasets.content import file_sha256, image_fingerprint, truth_fingerprint
 from datasets.volume import DatasetError, Volume
 
 FORMAT = 2  # of the JSON; an entry of another format is stale
+
+log = logging.getLogger(__name__)
 
 
 class DamagedEntry(Exception):
@@ -113,6 +119,22 @@ def _well_formed(meta: Any) -> bool:
         )
     except (KeyError, TypeError, AttributeError):
         return False
+
+
+def read_memo(path: Path) -> dict[str, Any]:
+    """An adapter's memo file (labels, index): {} when missing, or when unreadable or
+    not a mapping (then with a WARNING naming it: it is rebuilt, never fatal)."""
+    try:
+        memo = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        log.warning("damaged cache file %s (%s); rebuilding it", path, error)
+        return {}
+    if not isinstance(memo, dict):
+        log.warning("damaged cache file %s (not a mapping); rebuilding it", path)
+        return {}
+    return memo
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,6 @@ stack directly. A box straddling the midline goes to the half that holds most of
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -47,6 +46,7 @@ import numpy as np
 
 from benchmark.io import atomic_save_json
 from datasets.base import Record, VolumeDataset
+from datasets.cache import read_memo
 from datasets.dicom import read_header, read_series, series_files
 from datasets.registry import register_dataset
 from datasets.volume import Box, DatasetError, Volume, shift_affine, shown, spacing_of, zscore
@@ -232,10 +232,9 @@ class Duke(VolumeDataset):
         memo_path = self.cache_path / "mapping.json"
         stat = path.stat()
         key = [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
-        if memo_path.exists():
-            memo = json.loads(memo_path.read_text())
-            if memo.get("key") == key:
-                return memo["series"]
+        memo = read_memo(memo_path)
+        if memo.get("key") == key and isinstance(memo.get("series"), dict):
+            return memo["series"]
         columns = ("original_path_and_filename", "classic_path", "descriptive_path")
         table = read_table(path, columns, root=self.root)
         series: dict[str, dict[str, list[str]]] = {}
@@ -251,12 +250,12 @@ class Duke(VolumeDataset):
     def _index(self, patients: list[Path], mapping: dict) -> dict[str, dict]:
         """Per patient: the two series folders and the pre series' geometry, memoised."""
         memo_path = self.cache_path / "index.json"
-        memo = json.loads(memo_path.read_text()) if memo_path.exists() else {}
+        memo = read_memo(memo_path)
         index, changed = {}, False
         for folder in patients:
             key = [folder.stat().st_mtime_ns, mapping.get(folder.name)]
             entry = memo.get(folder.name)
-            if entry is None or entry["key"] != key:
+            if not isinstance(entry, dict) or entry.get("key") != key:
                 entry = {"key": key, **self._locate(folder, mapping.get(folder.name, {}))}
                 memo[folder.name] = entry
                 changed = True

@@ -222,3 +222,14 @@ def test_an_edited_seg_changes_the_label_and_mask_served(release, tmp_path):
     save(release / sample / "SEG.nii.gz", np.zeros(SHAPE, np.uint8))  # now a negative
     third = load_dataset("autopet", root=release, cache_dir=tmp_path, val_fraction=0)
     assert third.label(sample) == 0 and third[sample].mask.sum() == 0
+
+
+def test_a_damaged_labels_memo_is_rebuilt_with_a_warning(release, tmp_path, caplog):
+    first = load_dataset("autopet", root=release, cache_dir=tmp_path, val_fraction=0)
+    memo = first.cache_path / "labels.json"
+    memo.write_text('{"PETCT_0bbb/03-03-2003-NA-PET-3": [1, ')
+    again = load_dataset("autopet", root=release, cache_dir=tmp_path, val_fraction=0)
+    assert [again.label(i) for i in again] == [first.label(i) for i in first]
+    assert "damaged cache file" in caplog.text and "labels.json" in caplog.text
+    memo.write_text('{"PETCT_0bbb/03-03-2003-NA-PET-3": 7}')  # JSON, not a memo entry
+    assert load_dataset("autopet", root=release, cache_dir=tmp_path, val_fraction=0).label(FIRST)

@@ -293,3 +293,15 @@ def test_an_edited_dicom_file_or_box_row_recomputes_only_that_patient(copy, tmp_
     assert not np.allclose(again[ids[0]].image, old[ids[0]][0])
     assert [again[i].boxes for i in ids[:2]] != [old[i][1] for i in ids[:2]]
     assert (again.cache_path / "Breast_MRI_002_left.json").stat().st_mtime_ns == kept
+
+
+@pytest.mark.parametrize("name", ["index.json", "mapping.json"])
+def test_a_damaged_memo_is_rebuilt_with_a_warning(duke, tmp_path, caplog, name):
+    first = load_dataset("duke", root=duke, cache_dir=tmp_path, val_fraction=0)
+    (first.cache_path / name).write_text("[1, 2")
+    again = load_dataset("duke", root=duke, cache_dir=tmp_path, val_fraction=0)
+    assert [again.label(i) for i in again] == [first.label(i) for i in first]
+    assert f"damaged cache file {first.cache_path / name}" in caplog.text
+    (first.cache_path / name).write_text('{"Breast_MRI_001": 3, "key": 1}')
+    third = load_dataset("duke", root=duke, cache_dir=tmp_path, val_fraction=0)
+    assert third["Breast_MRI_001_left"].image.shape == first["Breast_MRI_001_left"].image.shape
