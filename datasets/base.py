@@ -398,7 +398,7 @@ class VolumeDataset(ABC):
         names = files if len(files) == n else [files[0]] * n if len(files) == 1 else []
         check_values(volume.image, names or [record.id] * n, self.max_abs)
         truth = self._truth_file(record)
-        check_truth(volume, self._shown(truth) if truth is not None else "(no file)")
+        check_truth(volume, self._shown(truth) if truth is not None else None)
 
     def _shown(self, path: Path) -> str:
         """``path`` relative to the data set's folder, for messages."""

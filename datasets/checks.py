@@ -54,22 +54,20 @@ def check_values(image: np.ndarray, names: list[str], max_abs: float) -> None:
             )
 
 
-def check_truth(volume: Volume, truth_name: str) -> None:
-    """Raise if ``volume`` is labelled 0 but its mask marks voxels or it has boxes."""
+def check_truth(volume: Volume, truth_name: str | None = None) -> None:
+    """Raise if ``volume`` is labelled 0 but its mask marks voxels or it has boxes;
+    ``truth_name`` names the mask file or box table in the message."""
     if volume.label != 0:
         return
+    negative = f"{volume.id} is labelled 0 (negative) but"
     if volume.mask is not None:
         marked = int(np.count_nonzero(volume.mask))
         if marked:
-            raise DatasetError(
-                f"{volume.id} is labelled 0 (negative) but its mask {truth_name} "
-                f"marks {marked} voxels"
-            )
+            mask = f"its mask {truth_name}" if truth_name else "its mask"
+            raise DatasetError(f"{negative} {mask} marks {marked} voxels")
     if volume.boxes:
-        raise DatasetError(
-            f"{volume.id} is labelled 0 (negative) but {truth_name} gives it "
-            f"{len(volume.boxes)} box(es)"
-        )
+        source = f"{truth_name} gives it" if truth_name else "it has"
+        raise DatasetError(f"{negative} {source} {len(volume.boxes)} box(es)")
 
 
 def empty_truth(volume: Volume) -> bool:
