@@ -122,7 +122,7 @@ PRESETS: dict[type, dict[str, Any]] = {
 }
 
 
-def _convert(value: Any, annotation: Any, where: str) -> Any:
+def convert_value(value: Any, annotation: Any, where: str) -> Any:
     """Convert ``value`` (from YAML or a ``key=value`` string) to the field's type."""
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
@@ -132,7 +132,7 @@ def _convert(value: Any, annotation: Any, where: str) -> Any:
         if isinstance(value, str) and value.lower() in ("none", "null") and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _convert(value, inner[0], where) if len(inner) == 1 else value
+        return convert_value(value, inner[0], where) if len(inner) == 1 else value
     if origin in (tuple, list):
         items = value.split(",") if isinstance(value, str) else value
         items = list(items) if isinstance(items, (list, tuple)) else [items]
@@ -140,7 +140,7 @@ def _convert(value: Any, annotation: Any, where: str) -> Any:
         if fixed and len(items) != len(args):
             raise ValueError(f"{where}: expected {len(args)} comma-separated values")
         item_type = args[0] if args else Any
-        return origin(_convert(v, item_type, where) for v in items)
+        return origin(convert_value(v, item_type, where) for v in items)
     if annotation is bool:
         if isinstance(value, str):
             lowered = value.lower()
@@ -215,7 +215,7 @@ def check_fields(
     for name, raw in values.items():
         setting = f"{prefix}{name}={raw}"
         label = f"--set {setting}" if where == "command line" else f"{where}: {setting}"
-        value = _convert(raw, hints[name], label)
+        value = convert_value(raw, hints[name], label)
         problem = field_problem(cls, name, value)
         if problem:
             raise ValueError(f"{label}: {problem}")

@@ -5,6 +5,7 @@ cheap (no torch, no adapter): the adapters load on first use of the registry.
 """
 
 from datasets.base import Record, VolumeDataset
+from datasets.checks import SampleCheck
 from datasets.registry import DATASETS, list_datasets, load_dataset, register_dataset
 from datasets.volume import Box, DatasetError, Volume
 
@@ -13,6 +14,7 @@ __all__ = [
     "Box",
     "DatasetError",
     "Record",
+    "SampleCheck",
     "Volume",
     "VolumeDataset",
     "list_datasets",

@@ -11,14 +11,14 @@ Layouts read (``layout="auto"`` picks the one present under ``root``):
   with ``patient_pattern`` (several studies of one patient stay in one split).
 
 Preprocessing (A.4): crop to the bounding box of SUV > 0.2, channels CT / 1000 and
-SUV / 10 in the order ("ct", "suv"), mask = SEG > 0; positive = non-empty SEG. Labels
+SUV / 10 in the order ("ct", "suv"), mask = SEG > 0 (SEG > ``mask_threshold`` when
+given); positive = non-empty SEG (so no label contradicts its mask). Labels
 need the SEG files, so the first scan reads them (once: they are remembered in the
 cache, keyed by file size and modification time).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from pathlib import Path
@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from benchmark.io import atomic_save_json
 from datasets.base import Record, VolumeDataset
+from datasets.cache import read_memo
 from datasets.nifti import check_same_grid, nifti_geometry, read_nifti
 from datasets.registry import register_dataset
 from datasets.volume import DatasetError, Volume, shift_affine, shown, spacing_of
@@ -52,8 +53,8 @@ def suv_crop(suv: np.ndarray, threshold: float) -> tuple[slice, slice, slice] | 
 @register_dataset("autopet", annotation="mask", files=True)
 class AutoPET(VolumeDataset):
     """AutoPET PET/CT; options ``layout``, ``channel_order``, ``suv_threshold``,
-    ``patient_pattern`` (see the module docstring), plus ``cache_dir``, ``seed``,
-    ``val_fraction``."""
+    ``patient_pattern`` (see the module docstring), ``mask_threshold`` (default 0),
+    plus ``cache_dir``, ``seed``, ``val_fraction``, ``max_abs``."""
 
     version = "1"
     channels = ("ct", "suv")
@@ -70,6 +71,8 @@ class AutoPET(VolumeDataset):
         cache_dir: str | Path | None = None,
         seed: int = 0,
         val_fraction: float = 0.1,
+        max_abs: float = 1e6,
+        mask_threshold: float | None = None,
     ):
         if layout not in ("auto", "release", "nnunet"):
             raise DatasetError(f"autopet: layout must be auto, release or nnunet, got {layout!r}")
@@ -81,7 +84,14 @@ class AutoPET(VolumeDataset):
         self.channel_order = tuple(channel_order)
         self.suv_threshold = float(suv_threshold)
         self.patient_pattern = re.compile(patient_pattern)
-        super().__init__(root, cache_dir=cache_dir, seed=seed, val_fraction=val_fraction)
+        super().__init__(
+            root,
+            cache_dir=cache_dir,
+            seed=seed,
+            val_fraction=val_fraction,
+            max_abs=max_abs,
+            mask_threshold=mask_threshold,
+        )
 
     def options(self) -> dict:
         return {
@@ -137,19 +147,18 @@ class AutoPET(VolumeDataset):
     def _labels(self, segs: dict[str, Path]) -> dict[str, int]:
         """Positive = non-empty SEG; remembered in the cache by file size and mtime."""
         memo_path = self.cache_path / "labels.json"
-        memo = {}
-        if memo_path.exists():
-            memo = json.loads(memo_path.read_text())
+        memo = read_memo(memo_path)
         labels, changed = {}, False
         for sample_id, seg in tqdm(
             segs.items(), desc="autopet labels", disable=len(segs) < 50, leave=False
         ):
             stat = seg.stat()
             key = [stat.st_size, stat.st_mtime_ns]
-            if sample_id in memo and memo[sample_id][1:] == key:
+            known = memo.get(sample_id)
+            if isinstance(known, list) and len(known) == 3 and known[1:] == key:
                 labels[sample_id] = memo[sample_id][0]
                 continue
-            labels[sample_id] = int(read_nifti(seg, self.root, binary=True)[0].any())
+            labels[sample_id] = int(self._read_seg(seg)[0].any())
             memo[sample_id] = [labels[sample_id], *key]
             changed = True
         if changed:
@@ -162,7 +171,7 @@ class AutoPET(VolumeDataset):
         paths = record.source
         suv, affine = read_nifti(paths["suv"], self.root)
         ct, ct_affine = read_nifti(paths["ct"], self.root)
-        seg, seg_affine = read_nifti(paths["seg"], self.root, binary=True)
+        seg, seg_affine = self._read_seg(paths["seg"])
         check_same_grid((suv, affine, paths["suv"]), (ct, ct_affine, paths["ct"]), self.root)
         check_same_grid((suv, affine, paths["suv"]), (seg, seg_affine, paths["seg"]), self.root)
         crop = suv_crop(suv, self.suv_threshold)
@@ -187,6 +196,17 @@ class AutoPET(VolumeDataset):
             spacing_of(affine),
         )
 
+    def _read_seg(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
+        """SEG > 0 (A.4), or SEG > ``mask_threshold``: (mask, affine)."""
+        threshold = 0.0 if self.mask_threshold is None else self.mask_threshold
+        return read_nifti(path, self.root, binary=True, threshold=threshold)
+
     def _header(self, record: Record):
         """Shape and spacing of the SUV grid *before* the crop (headers only)."""
         return nifti_geometry(record.source["suv"], self.root)
+
+    def _image_files(self, record: Record) -> list[Path]:
+        return [record.source[c] for c in self.channels]
+
+    def _truth_file(self, record: Record) -> Path | None:
+        return record.source["seg"]

@@ -10,7 +10,15 @@ and applies the paper's preprocessing (A.4). Everything else lives here:
 - ``dataset[id]`` loads lazily; preprocessed volumes are cached on disk as ``.npy``
   under ``<cache_dir>/<adapter>/<version>-<hash of options>/``, written atomically and
   read back memory-mapped, so a second pass reads the cache and 1,000 volumes never sit
-  in memory;
+  in memory. An entry follows the content of the files it was read from (``_sources``)
+  and of the sample's index record, and a damaged entry is rebuilt, never served: the
+  rule and its one blind spot are in ``datasets.cache``;
+- every loaded sample is checked (``datasets.checks``: finite values within
+  ``max_abs``, no annotation on a negative); ``verify(id)`` reads every voxel and
+  returns a :class:`SampleCheck`; ``fingerprint(id)`` and ``truth_fingerprint(id)`` are
+  content hashes for downstream caches (``datasets.content``);
+- options are converted to the types annotated on the adapter's ``__init__`` by
+  :func:`check_options`;
 - errors raised by an adapter are prefixed with the data set name.
 """
 
@@ -19,7 +27,9 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import logging
 import re
+import typing
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,9 +38,14 @@ from typing import Any
 
 import numpy as np
 
-from benchmark.io import atomic_save_json, atomic_save_npy, cache_root
+from benchmark.io import cache_root
 from benchmark.registry import natural_key
-from datasets.volume import DatasetError, Volume
+from datasets.cache import FORMAT, CacheEntry, DamagedEntry, changed_source, stamp
+from datasets.checks import SampleCheck, check_truth, check_values, empty_truth
+from datasets.content import image_fingerprint, truth_fingerprint
+from datasets.volume import DatasetError, Volume, shown
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val")
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -83,13 +98,30 @@ def assign_splits(records: list[Record], val_fraction: float, seed: int) -> list
     return records
 
 
-def check_options(cls: type, options: dict[str, Any]) -> None:
-    """Raise a DatasetError naming the options ``cls`` does not take, and those it does."""
+def check_options(cls: type, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` converted to the types annotated on ``cls.__init__``.
+
+    Raise a DatasetError naming the options ``cls`` does not take (and those it does),
+    or an option whose value cannot be read as its type.
+    """
+    from benchmark.config import convert_value
+
     parameters = inspect.signature(cls).parameters
     unknown = sorted(set(options) - set(parameters) - {"root"})
     if unknown:
         known = ", ".join(p for p in parameters if p != "root")
         raise DatasetError(f"{cls.name}: unknown option(s) {', '.join(unknown)}; options: {known}")
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except (NameError, TypeError):  # an annotation that cannot be resolved: keep values
+        hints = {}
+    converted = {}
+    for key, value in options.items():
+        try:
+            converted[key] = convert_value(value, hints.get(key, Any), f"option {key}")
+        except ValueError as error:
+            raise DatasetError(f"{cls.name}: {error}") from None
+    return converted
 
 
 def channel_names(n: int) -> tuple[str, ...]:
@@ -126,9 +158,17 @@ class VolumeDataset(ABC):
         cache_dir: str | Path | None = None,
         seed: int = 0,
         val_fraction: float = 0.1,
+        max_abs: float = 1e6,
+        mask_threshold: float | None = None,
     ):
         if not 0 <= val_fraction < 1:
             raise DatasetError(f"{self.name}: val_fraction must be in [0, 1), got {val_fraction}")
+        if not max_abs > 0:
+            raise DatasetError(f"{self.name}: max_abs must be > 0, got {max_abs}")
+        self.max_abs = float(max_abs)
+        self.mask_threshold = None if mask_threshold is None else float(mask_threshold)
+        self._checks: dict[str, SampleCheck] = {}  # uncached adapters: verify, memoised
+        self._digests: dict[str, tuple[str, str]] = {}  # uncached: fingerprints, memoised
         if root is None and self.needs_root:
             raise DatasetError(f"{self.name}: no root given: pass the data set's folder (--root)")
         self.root = Path(root).expanduser() if root is not None else None
@@ -163,9 +203,37 @@ class VolumeDataset(ABC):
         volume = self._load(record)
         return tuple(volume.image.shape[1:]), volume.spacing
 
+    def _image_files(self, record: Record) -> list[Path]:
+        """The files (or DICOM series folders) of the image channels, one per channel
+        when they are separate; named in error messages. Default: none (the id is)."""
+        return []
+
+    def _truth_file(self, record: Record) -> Path | None:
+        """The file the annotation comes from (mask, box table); named in messages."""
+        return None
+
+    def _sources(self, record: Record) -> list[Path]:
+        """Every file the sample's arrays are read from: the cache entry follows them.
+
+        Default: the image files, the truth file and every Path inside
+        ``record.source``, a folder standing for every file below it. Override when a
+        sample reads files not listed there. Index files (CSV, tables) need not be
+        listed: what they say about the sample is in its Record, which the cache entry
+        also compares, so editing one row recomputes that sample only.
+        """
+        paths = [*self._image_files(record), self._truth_file(record), *_paths_in(record.source)]
+        files = []
+        for path in dict.fromkeys(p for p in paths if p is not None):
+            files += sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
+        return files
+
     def options(self) -> dict[str, Any]:
         """Everything that changes the preprocessed arrays (the cache key); extend it."""
-        return {"root": str(self.root.resolve()) if self.root is not None else None}
+        return {
+            "root": str(self.root.resolve()) if self.root is not None else None,
+            "max_abs": self.max_abs,
+            "mask_threshold": self.mask_threshold,
+        }
 
     # -- index ----------------------------------------------------------------------
 
@@ -227,12 +295,8 @@ class VolumeDataset(ABC):
     def __getitem__(self, key: str | int) -> Volume:
         record = self.record(self.ids()[key] if isinstance(key, int) else key)
         if not self.cached:
-            return self._checked(self._load, record)
-        stem = self.cache_path / safe_stem(record.id)
-        meta_path = Path(f"{stem}.json")
-        if not meta_path.exists():
-            self._write_cache(stem, self._checked(self._load, record))
-        return self._read_cache(stem, record)
+            return self._checked(self._loaded, record)
+        return self._open(record)[2]
 
     def volumes(self, split: str | None = None) -> Iterator[Volume]:
         """Volumes of ``split``, one at a time."""
@@ -242,10 +306,10 @@ class VolumeDataset(ABC):
     def geometry(self, sample_id: str) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
         """(D, H, W) shape and spacing: from the cache if there, else from file headers."""
         record = self.record(sample_id)
-        meta_path = Path(f"{self.cache_path / safe_stem(record.id)}.json")
-        if self.cached and meta_path.exists():
-            meta = json.loads(meta_path.read_text())
-            return tuple(meta["shape"][1:]), tuple(meta["spacing"])
+        if self.cached:
+            meta = self._valid_meta(self._entry(record), record, self._sources(record))
+            if meta is not None:
+                return tuple(meta["shape"][1:]), tuple(meta["spacing"])
         return self._checked(self._header, record)
 
     @property
@@ -255,29 +319,183 @@ class VolumeDataset(ABC):
         digest = hashlib.sha1(key.encode()).hexdigest()[:12]
         return self.cache_dir / self.name / f"{self.version}-{digest}"
 
-    def _write_cache(self, stem: Path, volume: Volume) -> None:
-        atomic_save_npy(f"{stem}.image.npy", volume.image.astype(np.float32, copy=False))
-        if volume.mask is not None:
-            atomic_save_npy(f"{stem}.mask.npy", volume.mask.astype(bool, copy=False))
-        meta = {
-            "id": volume.id,
-            "shape": list(volume.image.shape),
-            "mask": volume.mask is not None,
-            "boxes": None if volume.boxes is None else [list(b) for b in volume.boxes],
-            "affine": np.asarray(volume.affine).tolist(),
-            "spacing": list(volume.spacing),
-            "options": self.options(),
-        }
-        atomic_save_json(f"{stem}.json", meta)  # last: its presence marks a complete entry
+    # -- content: fingerprints and verification --------------------------------------
 
-    def _read_cache(self, stem: Path, record: Record) -> Volume:
-        meta = json.loads(Path(f"{stem}.json").read_text())
+    def fingerprint(self, sample_id: str) -> str:
+        """sha256 (hex) of the preprocessed image (dtype, shape, bytes): what the
+        classifier and the methods see. From the cache entry's JSON when cached."""
+        return self._fingerprints(self.record(sample_id))[0]
+
+    def truth_fingerprint(self, sample_id: str) -> str:
+        """sha256 (hex) of the label and the preprocessed annotation (mask, boxes or none)."""
+        return self._fingerprints(self.record(sample_id))[1]
+
+    def verify(self, sample_id: str) -> SampleCheck:
+        """Read every voxel of the preprocessed sample, check it, and say what it holds.
+
+        Cached adapters: the cached arrays are hashed and compared with the entry's
+        fingerprints (a mismatch is a damaged entry: rebuilt once); the result is stored
+        in the entry, so verifying an unchanged entry again reads no voxel. Uncached
+        adapters: memoised in the process. Raises DatasetError for a bad sample.
+        """
+        record = self.record(sample_id)
+        return self._verify_cached(record) if self.cached else self._verify_uncached(record)
+
+    def _verify_uncached(self, record: Record) -> SampleCheck:
+        if record.id not in self._checks:
+            volume = self._checked(self._loaded, record)
+            self._checks[record.id] = _sample_check(volume, *self._digest(volume))
+        return self._checks[record.id]
+
+    def _verify_cached(self, record: Record) -> SampleCheck:
+        entry, meta, volume = self._open(record)
+        known = _known_check(record, meta)
+        if known is not None:
+            return known
+        damage = _mismatch(entry, meta, volume)
+        if damage is not None:
+            self._discard(entry, damage)
+            entry, meta, volume = self._open(record)  # the entry is gone: rebuilt
+            damage = _mismatch(entry, meta, volume)
+            if damage is not None:
+                raise DatasetError(f"{self.name}: {damage} right after rebuilding it")
+        self._checked(self._check, volume, record)
+        check = _sample_check(volume, meta["fingerprint"], meta["truth_fingerprint"])
+        meta["verified"] = {
+            "fingerprint": check.fingerprint,
+            "truth_fingerprint": check.truth_fingerprint,
+            "empty_truth": check.empty_truth,
+        }
+        entry.save_meta(meta)
+        return check
+
+    def _fingerprints(self, record: Record) -> tuple[str, str]:
+        if self.cached:
+            meta = self._ready(self._entry(record), record)
+            return meta["fingerprint"], meta["truth_fingerprint"]
+        if record.id not in self._digests:
+            self._digests[record.id] = self._digest(self._checked(self._loaded, record))
+        return self._digests[record.id]
+
+    @staticmethod
+    def _digest(volume: Volume) -> tuple[str, str]:
+        return (
+            image_fingerprint(volume.image),
+            truth_fingerprint(volume.label, volume.mask, volume.boxes),
+        )
+
+    # -- loading and checking ----------------------------------------------------------
+
+    def _loaded(self, record: Record) -> Volume:
+        """``_load`` then the checks of ``datasets.checks`` (messages name the files)."""
+        volume = self._load(record)
+        self._check(volume, record)
+        return volume
+
+    def _check(self, volume: Volume, record: Record) -> None:
+        files = [self._shown(p) for p in self._image_files(record)]
+        n = volume.image.shape[0]
+        names = files if len(files) == n else [files[0]] * n if len(files) == 1 else []
+        check_values(volume.image, names or [record.id] * n, self.max_abs)
+        truth = self._truth_file(record)
+        check_truth(volume, self._shown(truth) if truth is not None else None)
+
+    def _shown(self, path: Path) -> str:
+        """``path`` relative to the data set's folder, for messages."""
+        if self.root is None:
+            return str(path)
+        return shown(path, self.root if self.root.is_dir() else self.root.parent)
+
+    # -- the cache (rules in datasets.cache) -------------------------------------------
+
+    def _entry(self, record: Record) -> CacheEntry:
+        return CacheEntry(self.cache_path / safe_stem(record.id))
+
+    def _open(self, record: Record) -> tuple[CacheEntry, dict[str, Any], Volume]:
+        """The sample's valid entry (rebuilt if stale or damaged) and its Volume."""
+        entry = self._entry(record)
+        meta = self._ready(entry, record)
+        try:
+            return entry, meta, self._volume(entry, meta, record)
+        except DamagedEntry as damage:
+            self._discard(entry, damage)
+        meta = self._rebuild(entry, record, self._sources(record))
+        try:
+            return entry, meta, self._volume(entry, meta, record)
+        except DamagedEntry as damage:
+            raise DatasetError(f"{self.name}: {damage} right after rebuilding it") from None
+
+    def _ready(self, entry: CacheEntry, record: Record) -> dict[str, Any]:
+        """The entry's JSON once the entry is valid, rebuilding it if needed."""
+        sources = self._sources(record)
+        meta = self._valid_meta(entry, record, sources)
+        return meta if meta is not None else self._rebuild(entry, record, sources)
+
+    def _fields(self, record: Record, sources: list[Path]) -> dict[str, Any]:
+        """What of the record the cached arrays depend on (compared on every read)."""
+        return json.loads(
+            json.dumps(
+                {
+                    "id": record.id,
+                    "label": record.label,
+                    "annotated": record.annotated,
+                    "source": record.source,
+                    "sources": [str(p) for p in sources],
+                },
+                default=str,
+            )
+        )
+
+    def _valid_meta(
+        self, entry: CacheEntry, record: Record, sources: list[Path]
+    ) -> dict[str, Any] | None:
+        """The entry's JSON if the entry may be served, else None (logged, see
+        ``datasets.cache``: damaged -> WARNING and deleted, stale -> INFO)."""
+        try:
+            meta = entry.read_meta()
+            if meta is None:
+                return None
+            entry.check_files(meta)
+        except DamagedEntry as damage:
+            self._discard(entry, damage)
+            return None
+        fields = self._fields(record, sources)
+        if meta.get("format") != FORMAT or meta["fields"] != fields:
+            changed = sorted(k for k in fields if meta["fields"].get(k) != fields[k])
+            log.info(
+                "%s: %s: its index record changed (%s); recomputing its cached volume",
+                self.name,
+                record.id,
+                ", ".join(changed) or "cache format",
+            )
+            return None
+        reason, refreshed = changed_source(meta["sources"])
+        if reason is not None:
+            log.info("%s: %s: %s; recomputing its cached volume", self.name, record.id, reason)
+            return None
+        if refreshed:
+            entry.save_meta(meta)
+        return meta
+
+    def _rebuild(self, entry: CacheEntry, record: Record, sources: list[Path]) -> dict[str, Any]:
+        """Load, check and write the sample's entry; its JSON."""
+        entry.delete()
+        stamps = self._checked(lambda: [stamp(p) for p in sources])
+        volume = self._checked(self._loaded, record)
+        return entry.write(volume, self._fields(record, sources), stamps, self.options())
+
+    def _discard(self, entry: CacheEntry, damage: DamagedEntry) -> None:
+        log.warning("%s: damaged cache entry: %s; deleting and rebuilding it", self.name, damage)
+        entry.delete()
+
+    def _volume(self, entry: CacheEntry, meta: dict[str, Any], record: Record) -> Volume:
+        """The Volume of a valid entry, arrays memory-mapped (DamagedEntry if unreadable)."""
         boxes = meta["boxes"]
         return Volume(
             id=record.id,
-            image=np.load(f"{stem}.image.npy", mmap_mode="r"),
+            image=entry.open("image", meta),
             label=record.label,
-            mask=np.load(f"{stem}.mask.npy", mmap_mode="r") if meta["mask"] else None,
+            mask=entry.open("mask", meta) if "mask" in meta["arrays"] else None,
             boxes=None if boxes is None else [tuple(b) for b in boxes],
             affine=np.array(meta["affine"]),
             spacing=tuple(meta["spacing"]),
@@ -309,3 +527,44 @@ class VolumeDataset(ABC):
                         f"({len(labels)} samples, all labelled {1 - label}); "
                         "weak supervision needs both classes"
                     )
+
+
+def _paths_in(source: Any) -> list[Path]:
+    """Every Path inside ``source`` (nested tuples, lists, dict values), in order."""
+    if isinstance(source, Path):
+        return [source]
+    if isinstance(source, dict):
+        source = list(source.values())
+    if isinstance(source, (list, tuple)):
+        return [p for item in source for p in _paths_in(item)]
+    return []
+
+
+def _sample_check(volume: Volume, fingerprint: str, truth: str) -> SampleCheck:
+    shape = tuple(volume.image.shape)
+    return SampleCheck(volume.id, shape, fingerprint, truth, empty_truth(volume))
+
+
+def _known_check(record: Record, meta: dict[str, Any]) -> SampleCheck | None:
+    """The check stored by an earlier ``verify`` of this very content, if any."""
+    done = meta.get("verified")
+    digests = (meta["fingerprint"], meta["truth_fingerprint"])
+    if not isinstance(done, dict) or "empty_truth" not in done:
+        return None
+    if (done.get("fingerprint"), done.get("truth_fingerprint")) != digests:
+        return None
+    return SampleCheck(record.id, tuple(meta["shape"]), *digests, bool(done["empty_truth"]))
+
+
+def _mismatch(entry: CacheEntry, meta: dict[str, Any], volume: Volume) -> DamagedEntry | None:
+    """Whether the cached arrays' content differs from the fingerprints in the JSON
+    (reads every voxel)."""
+    if image_fingerprint(volume.image) != meta["fingerprint"]:
+        name = "image"
+    elif truth_fingerprint(volume.label, volume.mask, volume.boxes) != meta["truth_fingerprint"]:
+        name = "mask"
+    else:
+        return None
+    return DamagedEntry(
+        f"{entry.array_path(name)} does not match the sha recorded in {entry.json_path.name}"
+    )

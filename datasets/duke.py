@@ -35,7 +35,6 @@ stack directly. A box straddling the midline goes to the half that holds most of
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -47,6 +46,7 @@ import numpy as np
 
 from benchmark.io import atomic_save_json
 from datasets.base import Record, VolumeDataset
+from datasets.cache import read_memo
 from datasets.dicom import read_header, read_series, series_files
 from datasets.registry import register_dataset
 from datasets.volume import Box, DatasetError, Volume, shift_affine, shown, spacing_of, zscore
@@ -129,7 +129,7 @@ def box_in_half(box: Box, axis: int, mid: int, half: int) -> Box:
 class Duke(VolumeDataset):
     """Duke breast MRI; options ``slice_numbering`` ("instance" or "position"),
     ``series_patterns`` ({"pre": regex, "post_1": regex} for SeriesDescription), plus
-    ``cache_dir``, ``seed``, ``val_fraction``."""
+    ``cache_dir``, ``seed``, ``val_fraction``, ``max_abs``."""
 
     version = "1"
     channels = SEQUENCES
@@ -144,6 +144,7 @@ class Duke(VolumeDataset):
         cache_dir: str | Path | None = None,
         seed: int = 0,
         val_fraction: float = 0.1,
+        max_abs: float = 1e6,
     ):
         if slice_numbering not in ("instance", "position"):
             raise DatasetError(
@@ -152,7 +153,9 @@ class Duke(VolumeDataset):
         self.slice_numbering = slice_numbering
         self.series_patterns = {**DEFAULT_PATTERNS, **(series_patterns or {})}
         self._patient_volume = lru_cache(maxsize=1)(self._read_patient)
-        super().__init__(root, cache_dir=cache_dir, seed=seed, val_fraction=val_fraction)
+        super().__init__(
+            root, cache_dir=cache_dir, seed=seed, val_fraction=val_fraction, max_abs=max_abs
+        )
 
     def options(self) -> dict:
         return {
@@ -229,10 +232,9 @@ class Duke(VolumeDataset):
         memo_path = self.cache_path / "mapping.json"
         stat = path.stat()
         key = [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
-        if memo_path.exists():
-            memo = json.loads(memo_path.read_text())
-            if memo.get("key") == key:
-                return memo["series"]
+        memo = read_memo(memo_path)
+        if memo.get("key") == key and isinstance(memo.get("series"), dict):
+            return memo["series"]
         columns = ("original_path_and_filename", "classic_path", "descriptive_path")
         table = read_table(path, columns, root=self.root)
         series: dict[str, dict[str, list[str]]] = {}
@@ -248,12 +250,12 @@ class Duke(VolumeDataset):
     def _index(self, patients: list[Path], mapping: dict) -> dict[str, dict]:
         """Per patient: the two series folders and the pre series' geometry, memoised."""
         memo_path = self.cache_path / "index.json"
-        memo = json.loads(memo_path.read_text()) if memo_path.exists() else {}
+        memo = read_memo(memo_path)
         index, changed = {}, False
         for folder in patients:
             key = [folder.stat().st_mtime_ns, mapping.get(folder.name)]
             entry = memo.get(folder.name)
-            if entry is None or entry["key"] != key:
+            if not isinstance(entry, dict) or entry.get("key") != key:
                 entry = {"key": key, **self._locate(folder, mapping.get(folder.name, {}))}
                 memo[folder.name] = entry
                 changed = True
@@ -391,6 +393,18 @@ class Duke(VolumeDataset):
             shift_affine(affine, tuple(offset)),
             spacing_of(affine),
         )
+
+    def _image_files(self, record: Record) -> list[Path]:
+        """The pre and post_1 series folders (one per channel)."""
+        entry = self._entries[record.source["patient"]]
+        return [self.root / entry[sequence] for sequence in SEQUENCES]
+
+    def _truth_file(self, record: Record) -> Path | None:
+        return self._table(ANNOTATION)
+
+    def _sources(self, record: Record) -> list[Path]:
+        """Every DICOM file of both series (the box and label are in the Record)."""
+        return [f for folder in self._image_files(record) for f in series_files(folder)]
 
     def _header(self, record: Record):
         entry = self._entries[record.source["patient"]]

@@ -5,7 +5,9 @@ optionally ``mask``, ``split`` (train/val; empty = seeded split) and ``patient``
 patient-level split of longitudinal data; default: the id). ``image`` holds one path per
 channel joined by ``;`` (the MS set stacks 5 sequences, A.4); paths are relative to the
 CSV's folder. Labels must be 0 or 1. Option ``zscore``: channel-wise z-normalisation of
-each volume (A.4, MS and Duke); otherwise intensities are kept as stored.
+each volume (A.4, MS and Duke); otherwise intensities are kept as stored. Masks hold 0
+and 1 (anything else is an error) unless ``mask_threshold=T`` reads them as value > T.
+A row labelled 0 whose mask marks voxels is an error.
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ OPTIONAL = ("mask", "split", "patient")
 @register_dataset("folder", annotation="mask", files=True)
 class Folder(VolumeDataset):
     """NIfTI files + CSV; options ``csv`` (file name under ``root``, default
-    ``dataset.csv``), ``channels`` (names), ``zscore``, plus ``cache_dir``, ``seed``,
-    ``val_fraction``."""
+    ``dataset.csv``), ``channels`` (names), ``zscore``, ``mask_threshold``, plus
+    ``cache_dir``, ``seed``, ``val_fraction``, ``max_abs``."""
 
     version = "1"
 
@@ -42,11 +44,20 @@ class Folder(VolumeDataset):
         cache_dir: str | Path | None = None,
         seed: int = 0,
         val_fraction: float = 0.1,
+        max_abs: float = 1e6,
+        mask_threshold: float | None = None,
     ):
         self.csv_name = csv
         self.channel_option = tuple(channels) if channels is not None else None
         self.zscore = bool(zscore)
-        super().__init__(root, cache_dir=cache_dir, seed=seed, val_fraction=val_fraction)
+        super().__init__(
+            root,
+            cache_dir=cache_dir,
+            seed=seed,
+            val_fraction=val_fraction,
+            max_abs=max_abs,
+            mask_threshold=mask_threshold,
+        )
 
     @property
     def csv_path(self) -> Path:
@@ -115,9 +126,17 @@ class Folder(VolumeDataset):
             image = zscore(image)
         mask = None
         if mask_path is not None:
-            mask, mask_affine = read_nifti(mask_path, folder, binary=True)
+            mask, mask_affine = read_nifti(
+                mask_path, folder, binary=True, threshold=self.mask_threshold
+            )
             check_same_grid((first, affine, images[0]), (mask, mask_affine, mask_path), folder)
         return Volume(record.id, image, record.label, mask, None, affine, spacing_of(affine))
 
     def _header(self, record: Record):
         return nifti_geometry(record.source[0][0], self.csv_path.parent)
+
+    def _image_files(self, record: Record) -> list[Path]:
+        return list(record.source[0])
+
+    def _truth_file(self, record: Record) -> Path | None:
+        return record.source[1]

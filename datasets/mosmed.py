@@ -7,11 +7,12 @@ or the same folders without ``studies/``, ``.nii`` or ``.nii.gz``; masks
 Split (paper 4.1, Table 3): the masked studies form the validation positives, with as
 many CT-0 studies drawn with ``seed`` (``val_negatives``); everything else is training.
 
-Preprocessing (A.4): volumes / 1000; masks closed with a ball of radius 20 then opened
-with a ball of radius 10. The paper does not give the unit. MosMed keeps every tenth
-slice (about 10 mm apart for 0.7 mm pixels), so a ball of 10 *voxels* (21 slices across)
-would open away every lesion; the default unit is therefore millimetres (an ellipsoid in
-voxels, ``radius_unit="mm"``); ``radius_unit="voxel"`` gives the literal voxel ball.
+Preprocessing (A.4): volumes / 1000; masks (0/1, or value > ``mask_threshold`` when
+given) closed with a ball of radius 20 then opened with a ball of radius 10. The paper
+does not give the unit. MosMed keeps every tenth slice (about 10 mm apart for 0.7 mm
+pixels), so a ball of 10 *voxels* (21 slices across) would open away every lesion; the
+default unit is therefore millimetres (an ellipsoid in voxels, ``radius_unit="mm"``);
+``radius_unit="voxel"`` gives the literal voxel ball.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def close_open(
 class MosMed(VolumeDataset):
     """MosMed CT-0 / CT-1; options ``val_negatives`` (default: as many as masked
     studies), ``closing_radius`` (20), ``opening_radius`` (10), ``radius_unit``
-    ("mm" or "voxel"), plus ``cache_dir``, ``seed``."""
+    ("mm" or "voxel"), ``mask_threshold``, plus ``cache_dir``, ``seed``, ``max_abs``."""
 
     version = "1"
     channels = ("ct",)
@@ -84,6 +85,8 @@ class MosMed(VolumeDataset):
         radius_unit: str = "mm",
         cache_dir: str | Path | None = None,
         seed: int = 0,
+        max_abs: float = 1e6,
+        mask_threshold: float | None = None,
     ):
         if radius_unit not in ("mm", "voxel"):
             raise DatasetError(f"mosmed: radius_unit must be 'mm' or 'voxel', got {radius_unit!r}")
@@ -92,7 +95,9 @@ class MosMed(VolumeDataset):
         self.val_negatives = val_negatives
         self.closing_radius, self.opening_radius = float(closing_radius), float(opening_radius)
         self.radius_unit = radius_unit
-        super().__init__(root, cache_dir=cache_dir, seed=seed)
+        super().__init__(
+            root, cache_dir=cache_dir, seed=seed, max_abs=max_abs, mask_threshold=mask_threshold
+        )
 
     def options(self) -> dict:
         return {
@@ -143,7 +148,9 @@ class MosMed(VolumeDataset):
         spacing = spacing_of(affine)
         mask = None
         if mask_path is not None:
-            raw, mask_affine = read_nifti(mask_path, self.root, binary=True)
+            raw, mask_affine = read_nifti(
+                mask_path, self.root, binary=True, threshold=self.mask_threshold
+            )
             check_same_grid((ct, affine, path), (raw, mask_affine, mask_path), self.root)
             unit = spacing if self.radius_unit == "mm" else (1.0, 1.0, 1.0)
             mask = close_open(raw, self.closing_radius, self.opening_radius, unit)
@@ -152,3 +159,9 @@ class MosMed(VolumeDataset):
 
     def _header(self, record: Record):
         return nifti_geometry(record.source[0], self.root)
+
+    def _image_files(self, record: Record) -> list[Path]:
+        return [record.source[0]]
+
+    def _truth_file(self, record: Record) -> Path | None:
+        return record.source[1]

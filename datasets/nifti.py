@@ -45,9 +45,14 @@ def _transform(image: nib.Nifti1Image) -> np.ndarray:
 
 
 def read_nifti(
-    path: Path, root: Path | None = None, *, binary: bool = False
+    path: Path,
+    root: Path | None = None,
+    *,
+    binary: bool = False,
+    threshold: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(array (D, H, W), affine); float32 with finite values checked, or bool if ``binary``.
+    """(array (D, H, W), affine); float32 with finite values checked, or bool if ``binary``
+    (a mask: see :func:`binarise` for ``threshold``).
 
     ``root`` only shortens the file names in error messages.
     """
@@ -58,11 +63,30 @@ def read_nifti(
     except _READ_ERRORS as error:
         raise DatasetError(f"cannot read {shown(path, root)} (truncated?): {error}") from error
     data = orientations.apply_orientation(data, transform)
-    data = np.ascontiguousarray(data > 0.5 if binary else data)
-    if not binary:
+    if binary:
+        data = binarise(data, shown(path, root), threshold)
+    else:
         check_finite(data, path, root)
     affine = image.affine @ orientations.inv_ornt_aff(transform, image.shape)
-    return data, affine
+    return np.ascontiguousarray(data), affine
+
+
+def binarise(data: np.ndarray, name: str, threshold: float | None = None) -> np.ndarray:
+    """A mask as bool: ``data > threshold``; without a threshold the values must be 0
+    and 1 (anything else raises, naming the file ``name`` and the way out)."""
+    if threshold is not None:
+        return data > threshold
+    if data.dtype == bool:
+        return data
+    other = (data != 0) & (data != 1)
+    if other.any():
+        values = np.unique(data[other])
+        listed = ", ".join(f"{v:g}" for v in values[:5]) + (", ..." if len(values) > 5 else "")
+        raise DatasetError(
+            f"{name}: mask has values other than 0 and 1 ({listed}); pass "
+            "--dataset-option mask_threshold=T to read it as mask = value > T"
+        )
+    return data == 1
 
 
 def nifti_geometry(

@@ -138,7 +138,7 @@ class Synthetic(VolumeDataset):
 
     Options: ``shape`` (D, H, W), ``n_train``/``n_val`` volumes, ``channels``,
     ``difficulty`` in [0, 1] (0: large, high-contrast lesions; 1: half the size, 40 %
-    of the contrast), ``seed``.
+    of the contrast), ``seed``, ``max_abs`` (the value check of ``datasets.checks``).
     """
 
     version = "1"
@@ -156,6 +156,7 @@ class Synthetic(VolumeDataset):
         difficulty: float = 0.3,
         seed: int = 0,
         cache_dir: str | None = None,
+        max_abs: float = 1e6,
     ):
         if root is not None:
             raise DatasetError(f"synthetic: generated in code, takes no root (got {root})")
@@ -173,7 +174,7 @@ class Synthetic(VolumeDataset):
         self.shape, self.n_train, self.n_val = shape, int(n_train), int(n_val)
         self.difficulty = float(difficulty)
         self.channels = channel_names(channels)
-        super().__init__(None, cache_dir=cache_dir, seed=seed)
+        super().__init__(None, cache_dir=cache_dir, seed=seed, max_abs=max_abs)
 
     def options(self) -> dict:
         return {
@@ -183,6 +184,7 @@ class Synthetic(VolumeDataset):
             "channels": len(self.channels),
             "difficulty": self.difficulty,
             "seed": self.seed,
+            "max_abs": self.max_abs,
         }
 
     @property

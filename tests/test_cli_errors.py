@@ -20,7 +20,7 @@ from benchmark.config import PRESETS, RunConfig, TomographyConfig, check_fields,
 # (benchmark/runner.py, benchmark/commands/run.py): they pass once those check up front.
 RUN_CASES = ()
 # Checked where the data set takes its options (datasets.base.check_options: the types).
-DATASET_CASES = ("dataset-option-bad-type",)
+DATASET_CASES = ()
 
 SYNTHETIC = ["--dataset", "synthetic", "--preset", "quick", "--device", "cpu"]
 SYNTHETIC += ["--dataset-option", "n_train=4", "--dataset-option", "n_val=4"]

@@ -206,3 +206,30 @@ def test_a_data_set_without_negatives_names_the_root(release, tmp_path):
 def test_an_empty_root_says_what_layout_was_expected(tmp_path):
     with pytest.raises(DatasetError, match="expected PETCT_<id>/<study>/SUV.nii.gz"):
         load_dataset("autopet", root=tmp_path, cache_dir=tmp_path)
+
+
+def test_an_edited_seg_changes_the_label_and_mask_served(release, tmp_path):
+    sample = "PETCT_0ddd/05-05-2005-NA-PET-5"
+    ds = load_dataset("autopet", root=release, cache_dir=tmp_path, val_fraction=0)
+    assert ds.label(sample) == 1 and ds[sample].mask.sum() == 8
+    before = ds.truth_fingerprint(sample)
+    seg = np.zeros(SHAPE, np.uint8)
+    seg[2:4, 3:6, 2:4] = 2  # a SEG with label 2 reads as SEG > 0 (A.4)
+    save(release / sample / "SEG.nii.gz", seg)
+    again = load_dataset("autopet", root=release, cache_dir=tmp_path, val_fraction=0)
+    assert np.array_equal(again[sample].mask, expected(seg) > 0) and again[sample].mask.sum() == 12
+    assert again.truth_fingerprint(sample) != before
+    save(release / sample / "SEG.nii.gz", np.zeros(SHAPE, np.uint8))  # now a negative
+    third = load_dataset("autopet", root=release, cache_dir=tmp_path, val_fraction=0)
+    assert third.label(sample) == 0 and third[sample].mask.sum() == 0
+
+
+def test_a_damaged_labels_memo_is_rebuilt_with_a_warning(release, tmp_path, caplog):
+    first = load_dataset("autopet", root=release, cache_dir=tmp_path, val_fraction=0)
+    memo = first.cache_path / "labels.json"
+    memo.write_text('{"PETCT_0bbb/03-03-2003-NA-PET-3": [1, ')
+    again = load_dataset("autopet", root=release, cache_dir=tmp_path, val_fraction=0)
+    assert [again.label(i) for i in again] == [first.label(i) for i in first]
+    assert "damaged cache file" in caplog.text and "labels.json" in caplog.text
+    memo.write_text('{"PETCT_0bbb/03-03-2003-NA-PET-3": 7}')  # JSON, not a memo entry
+    assert load_dataset("autopet", root=release, cache_dir=tmp_path, val_fraction=0).label(FIRST)

@@ -193,3 +193,13 @@ def test_atomic_writes_get_the_permissions_of_an_ordinary_file(tmp_path):
     atomic_save_json(tmp_path / "a.json", {"x": 1})
     (tmp_path / "b.json").write_text("{}")
     assert os.stat(tmp_path / "a.json").st_mode == os.stat(tmp_path / "b.json").st_mode
+
+
+def test_a_negative_with_a_marked_mask_is_refused_by_the_base_class(tmp_path):
+    ds = Tiny(cache_dir=tmp_path, val_fraction=0)
+    with pytest.raises(
+        DatasetError, match=r"^tiny: t0 is labelled 0 \(negative\) but its mask marks 1 voxels$"
+    ):
+        ds["t0"]
+    assert not list(ds.cache_path.glob("t0.*"))  # nothing cached
+    assert ds.verify("t1").empty_truth is False and ds.fingerprint("t1") != ds.fingerprint("t3")

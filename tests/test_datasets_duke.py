@@ -265,3 +265,43 @@ def test_missing_tables_and_columns(copy, tmp_path):
     (copy / "Clinical_and_Other_Features.xlsx").unlink()
     with pytest.raises(DatasetError, match="missing file Clinical_and_Other_Features.xlsx"):
         load_dataset("duke", root=copy, cache_dir=tmp_path)
+
+
+def test_an_edited_dicom_file_or_box_row_recomputes_only_that_patient(copy, tmp_path):
+    import os
+
+    import pydicom
+
+    ids = ("Breast_MRI_001_left", "Breast_MRI_001_right", "Breast_MRI_002_left")
+    first = load_dataset("duke", root=copy, cache_dir=tmp_path / "c", val_fraction=0)
+    old = {i: (np.array(first[i].image), first[i].boxes) for i in ids}
+    kept = (first.cache_path / "Breast_MRI_002_left.json").stat().st_mtime_ns
+    path = next((copy / "Duke-Breast-Cancer-MRI" / "Breast_MRI_001").glob("*/*pre*/1-03.dcm"))
+    dicom = pydicom.dcmread(path)
+    dicom.PixelData = (dicom.pixel_array + 50).astype(np.int16).tobytes()  # same size
+    mtime = path.stat().st_mtime_ns + 10**9
+    dicom.save_as(path)
+    os.utime(path, ns=(mtime, mtime))
+    boxes = pd.read_excel(copy / "Annotation_Boxes.xlsx")
+    boxes.loc[boxes["Patient ID"] == "Breast_MRI_001", "End Row"] = 6
+    boxes.to_excel(copy / "Annotation_Boxes.xlsx", index=False)
+
+    again = load_dataset("duke", root=copy, cache_dir=tmp_path / "c", val_fraction=0)
+    fresh = load_dataset("duke", root=copy, cache_dir=tmp_path / "fresh", val_fraction=0)
+    for i in ids:
+        assert np.allclose(again[i].image, fresh[i].image) and again[i].boxes == fresh[i].boxes
+    assert not np.allclose(again[ids[0]].image, old[ids[0]][0])
+    assert [again[i].boxes for i in ids[:2]] != [old[i][1] for i in ids[:2]]
+    assert (again.cache_path / "Breast_MRI_002_left.json").stat().st_mtime_ns == kept
+
+
+@pytest.mark.parametrize("name", ["index.json", "mapping.json"])
+def test_a_damaged_memo_is_rebuilt_with_a_warning(duke, tmp_path, caplog, name):
+    first = load_dataset("duke", root=duke, cache_dir=tmp_path, val_fraction=0)
+    (first.cache_path / name).write_text("[1, 2")
+    again = load_dataset("duke", root=duke, cache_dir=tmp_path, val_fraction=0)
+    assert [again.label(i) for i in again] == [first.label(i) for i in first]
+    assert f"damaged cache file {first.cache_path / name}" in caplog.text
+    (first.cache_path / name).write_text('{"Breast_MRI_001": 3, "key": 1}')
+    third = load_dataset("duke", root=duke, cache_dir=tmp_path, val_fraction=0)
+    assert third["Breast_MRI_001_left"].image.shape == first["Breast_MRI_001_left"].image.shape

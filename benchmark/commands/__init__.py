@@ -25,16 +25,26 @@ def add_dataset_arguments(parser: argparse.ArgumentParser, default: str | None =
 
 
 def open_dataset(args: argparse.Namespace) -> Any:
-    """The data set named by :func:`add_dataset_arguments`; unknown options are an error."""
+    """The data set named by :func:`add_dataset_arguments`; options are converted to the
+    adapter's annotated types, and an unknown or unreadable option is an error."""
     import yaml
 
     from benchmark.config import parse_overrides
     from datasets import DATASETS, load_dataset
     from datasets.base import check_options
 
-    options = {k: yaml.safe_load(v) for k, v in parse_overrides(args.dataset_option).items()}
-    check_options(DATASETS.entry(args.dataset).obj, options)
+    options = {k: _read_yaml(v, yaml) for k, v in parse_overrides(args.dataset_option).items()}
+    options = check_options(DATASETS.entry(args.dataset).obj, options)
     return load_dataset(args.dataset, root=args.root, **options)
+
+
+def _read_yaml(text: str, yaml: Any) -> Any:
+    """``text`` read as YAML; kept as the string when it is not YAML (the adapter's type
+    conversion then names the option)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
 
 
 def add_set_argument(parser: argparse.ArgumentParser, help: str) -> None:
