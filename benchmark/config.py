@@ -59,6 +59,11 @@ class TrainConfig:
     checkpoint_every: int = 1000
     log_every: int = 100  # steps per train_log.csv row (mean loss)
     seed: int = 0
+    # Early stopping (beyond the paper; off by default: the paper trains a fixed count).
+    # ``iterations`` is then the cap, and the cosine schedule spans the cap.
+    holdout: float = 0.0  # fraction of the *train* split held out (stratified, seeded)
+    patience: int = 0  # holdout validations without an AUC gain >= min_delta; 0: never stop
+    min_delta: float = 0.0  # smallest holdout AUC gain that counts as an improvement
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,26 @@ class Context:
         if self.distributed:
             dist.barrier()
 
+    def broadcast(self, obj: T) -> T:
+        """Rank 0's ``obj`` on every rank (picklable objects; other ranks may pass None)."""
+        if not self.distributed:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0, device=self._collective_device())
+        return box[0]
+
+    def sum(self, values: Sequence[float]) -> list[float]:
+        """Element-wise sum of ``values`` over the ranks (float64), on every rank."""
+        if not self.distributed:
+            return [float(v) for v in values]
+        total = torch.tensor(list(values), dtype=torch.float64, device=self._collective_device())
+        dist.all_reduce(total)
+        return total.tolist()
+
+    def _collective_device(self) -> torch.device:
+        """Where collectives' tensors live: the GPU under NCCL, the CPU under gloo."""
+        return self.device if dist.get_backend() == "nccl" else torch.device("cpu")
+
     def gather(self, obj: Any) -> list[Any]:
         """``obj`` of every rank, in rank order, on every rank (picklable objects)."""
         if not self.distributed:

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import io
 import json
 import logging
 import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -27,21 +29,79 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from benchmark.checkpoint import CHECKPOINT, read_checkpoint, save_checkpoint
+from benchmark.checkpoint import (
+    CHECKPOINT,
+    checkpoint_hash,
+    read_checkpoint,
+    save_checkpoint,
+    weights_finite,
+)
 from benchmark.config import PAPER_ITERATION_FACTOR, PAPER_ITERATIONS, TrainConfig
-from benchmark.distributed import memory_format, resolve_device
+from benchmark.distributed import Context, memory_format, resolve_device
 from benchmark.io import atomic_write
 from benchmark.models import create_classifier, model_spec
+from benchmark.stats import bootstrap_ci
 from methods.tomography import autocast, extract_slices, orthonormal_frames, slice_offsets
 
 log = logging.getLogger(__name__)
 
 VAL_SCORES = ("balanced_accuracy", "balanced_accuracy_at_0", "auc")
+T = TypeVar("T")
 
 
 def _uniform(shape: tuple[int, ...], half_width: float, generator: torch.Generator) -> Tensor:
     """U(-half_width, half_width) on the CPU, float64."""
     return half_width * (2.0 * torch.rand(shape, generator=generator, dtype=torch.float64) - 1.0)
+
+
+def draw_slice_params(
+    n_slices: int,
+    generator: torch.Generator,
+    *,
+    scale: float = 0.3,
+    translation: float = 0.3,
+    intensity: float = 0.3,
+) -> dict[str, Tensor]:
+    """A.6: the random draws of ``n_slices`` augmented slices along one direction (CPU, f64).
+
+    One normal n uniform on the sphere; offsets s_m evenly across [-1, 1]; per slice, a
+    random orthonormal in-plane frame (u^, v^) (A.1) whose vectors are scaled by lengths in
+    [1 - scale, 1 + scale] (anisotropic zoom), a centre shifted in-plane by
+    t_u u^ + t_v v^ with t ~ U(-translation, translation), and intensities mapped by
+    y = (1 + a) x + b with a, b ~ U(-intensity, intensity) (all channels alike).
+    """
+    normal = F.normalize(torch.randn(1, 3, generator=generator, dtype=torch.float64), dim=-1)
+    u_hat, v_hat = orthonormal_frames(normal.expand(n_slices, 3), generator)
+    lengths = 1.0 + _uniform((n_slices, 2), scale, generator)
+    shifts = _uniform((n_slices, 2), translation, generator)
+    gain = 1.0 + _uniform((n_slices,), intensity, generator)
+    bias = _uniform((n_slices,), intensity, generator)
+    return {
+        "normal": normal[0],
+        "offsets": slice_offsets(n_slices, padded=False).double(),
+        "u": u_hat * lengths[:, :1],
+        "v": v_hat * lengths[:, 1:],
+        "shift": shifts[:, :1] * u_hat + shifts[:, 1:] * v_hat,
+        "lengths": lengths,
+        "shifts": shifts,
+        "gain": gain,
+        "bias": bias,
+    }
+
+
+def cut_slices(volume: Tensor, params: dict[str, Tensor], size: int) -> Tensor:
+    """Eq. (4) slices of a volume [C,D,H,W] for :func:`draw_slice_params` -> [M, C, size, size]."""
+    slices = extract_slices(
+        volume,
+        params["normal"][None].float(),
+        params["offsets"].float(),
+        size,
+        params["u"][None].float(),
+        params["v"][None].float(),
+        params["shift"][None].float(),
+    )[0]
+    gain, bias = params["gain"].to(slices), params["bias"].to(slices)
+    return slices * gain.view(-1, 1, 1, 1) + bias.view(-1, 1, 1, 1)
 
 
 def sample_training_slices(
@@ -56,37 +116,13 @@ def sample_training_slices(
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """A.6: ``n_slices`` augmented slices of one volume [C,D,H,W] -> [M, C, size, size].
 
-    One normal n uniform on the sphere; offsets s_m evenly across [-1, 1]; per slice, a
-    random orthonormal in-plane frame (u^, v^) (A.1) whose vectors are scaled by lengths in
-    [1 - scale, 1 + scale] (anisotropic zoom), a centre shifted in-plane by
-    t_u u^ + t_v v^ with t ~ U(-translation, translation), and intensities mapped by
-    y = (1 + a) x + b with a, b ~ U(-intensity, intensity) (all channels alike). Parameters
-    are drawn on the CPU from ``generator`` and returned (float64, CPU) with the slices.
+    :func:`draw_slice_params` then :func:`cut_slices`; the parameters come back with the
+    slices.
     """
-    normal = F.normalize(torch.randn(1, 3, generator=generator, dtype=torch.float64), dim=-1)
-    u_hat, v_hat = orthonormal_frames(normal.expand(n_slices, 3), generator)
-    lengths = 1.0 + _uniform((n_slices, 2), scale, generator)
-    shifts = _uniform((n_slices, 2), translation, generator)
-    gain = 1.0 + _uniform((n_slices,), intensity, generator)
-    bias = _uniform((n_slices,), intensity, generator)
-    u, v = u_hat * lengths[:, :1], v_hat * lengths[:, 1:]
-    shift = shifts[:, :1] * u_hat + shifts[:, 1:] * v_hat
-    offsets = slice_offsets(n_slices, padded=False)
-    slices = extract_slices(
-        volume, normal.float(), offsets, size, u[None].float(), v[None].float(), shift[None].float()
-    )[0]
-    slices = slices * gain.to(slices).view(-1, 1, 1, 1) + bias.to(slices).view(-1, 1, 1, 1)
-    params = {
-        "normal": normal[0],
-        "offsets": offsets.double(),
-        "u": u,
-        "v": v,
-        "lengths": lengths,
-        "shifts": shifts,
-        "gain": gain,
-        "bias": bias,
-    }
-    return slices, params
+    params = draw_slice_params(
+        n_slices, generator, scale=scale, translation=translation, intensity=intensity
+    )
+    return cut_slices(volume, params, size), params
 
 
 def sample_volume_ids(
@@ -98,6 +134,50 @@ def sample_volume_ids(
     return [pools[b % 2][int(r * len(pools[b % 2]))] for b, r in enumerate(draws.tolist())]
 
 
+@dataclasses.dataclass
+class BatchPlan:
+    """The random draws of one A.6 step: B volume ids and each one's slice parameters.
+
+    Drawn whole on every rank from the same generator, so that a distributed run draws the
+    same numbers as one process; each rank then cuts only its share of the volumes.
+    """
+
+    ids: list[str]
+    params: list[dict[str, Tensor]]
+
+
+def draw_batch(
+    positives: list[str], negatives: list[str], config: TrainConfig, generator: torch.Generator
+) -> BatchPlan:
+    """All random numbers of one step (A.6): B ids, then M_train slice draws per volume."""
+    ids = sample_volume_ids(positives, negatives, config.batch_volumes, generator)
+    params = [
+        draw_slice_params(
+            config.slices_per_volume,
+            generator,
+            scale=config.scale,
+            translation=config.translation,
+            intensity=config.intensity,
+        )
+        for _ in ids
+    ]
+    return BatchPlan(ids, params)
+
+
+def cut_batch(
+    dataset: Any, plan: BatchPlan, positions: Sequence[int], size: int, device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """Slices [len(positions)*M, C, h, w] of the planned volumes at ``positions`` and each
+    slice's volume label."""
+    slices, labels = [], []
+    for b in positions:
+        sample_id = plan.ids[b]
+        volume_slices = cut_slices(load_volume(dataset, sample_id, device), plan.params[b], size)
+        slices.append(volume_slices)
+        labels.append(torch.full((len(volume_slices),), float(dataset.label(sample_id))))
+    return torch.cat(slices), torch.cat(labels).to(device)
+
+
 def sample_batch(
     dataset: Any,
     positives: list[str],
@@ -107,20 +187,8 @@ def sample_batch(
     device: torch.device,
 ) -> tuple[Tensor, Tensor]:
     """A.6 batch: B volumes x M_train slices [B*M, C, h, w] and each slice's volume label."""
-    slices, labels = [], []
-    for sample_id in sample_volume_ids(positives, negatives, config.batch_volumes, generator):
-        volume_slices, _ = sample_training_slices(
-            load_volume(dataset, sample_id, device),
-            config.slices_per_volume,
-            config.slice_size,
-            generator,
-            scale=config.scale,
-            translation=config.translation,
-            intensity=config.intensity,
-        )
-        slices.append(volume_slices)
-        labels.append(torch.full((len(volume_slices),), float(dataset.label(sample_id))))
-    return torch.cat(slices), torch.cat(labels).to(device)
+    plan = draw_batch(positives, negatives, config, generator)
+    return cut_batch(dataset, plan, range(len(plan.ids)), config.slice_size, device)
 
 
 def train_step(
@@ -129,17 +197,24 @@ def train_step(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     slices: Tensor,
     labels: Tensor,
+    check: Callable[[float], float] | None = None,
 ) -> float:
-    """One step (A.6): BCE of every slice's logit against its label, Adam, schedule; the loss."""
+    """One step (A.6): BCE of every slice's logit against its label, Adam, schedule; the loss.
+
+    ``check(loss)``, when given, sees the batch's mean loss before the backward pass and
+    returns the loss to report (the mean over every rank's slices under DDP) or raises
+    (a non-finite loss): no update is made from a diverged batch.
+    """
     model.train()
     with autocast(slices.device):
         logits = model(slices.contiguous(memory_format=memory_format(slices.device)))
     loss = F.binary_cross_entropy_with_logits(logits.float().squeeze(-1), labels)
+    reported = loss.item() if check is None else check(loss.item())
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
     scheduler.step()
-    return loss.item()
+    return reported
 
 
 def validation_slices(volume: Tensor, n_slices: int, size: int) -> Tensor:
@@ -215,29 +290,39 @@ def cross_fitted_predictions(labels: Tensor, scores: Tensor, folds: int = 5) -> 
     return predictions
 
 
-def validate(
-    model: nn.Module, dataset: Any, ids: list[str], n_slices: int, size: int, chunk: int
-) -> dict[str, Any]:
-    """Volume logit = max of its validation slices' logits (A.6), and its scores.
+def volume_logits(
+    model: nn.Module,
+    dataset: Any,
+    ids: Sequence[str],
+    n_slices: int,
+    size: int,
+    chunk: int,
+    context: Context | None = None,
+) -> Tensor:
+    """Volume logits [V] (CPU): the max of each volume's validation slice logits (A.6).
 
-    - ``balanced_accuracy``: each volume thresholded at the value tuned on the others
-      (5-fold, :func:`cross_fitted_predictions`); NaN with fewer than two volumes a class;
-    - ``balanced_accuracy_at_0``: max logit > 0, i.e. positive when one slice is. Fragile:
-      a slice outside the body reads the same in both classes, so its optimal logit is 0
-      and the max over the many slices of a negative volume hovers around 0;
-    - ``auc``: threshold-free;
-    - ``logits`` [V] and ``labels`` [V].
+    Under a distributed ``context`` each rank scores its share of the volumes and every
+    rank gets all of them, in the order of ``ids`` (the same numbers as one process).
     """
+    context = context or Context()
     device = next(model.parameters()).device
-    logits = torch.stack(
-        [
-            slice_logits(
-                model, validation_slices(load_volume(dataset, i, device), n_slices, size), chunk
-            ).max()
-            for i in ids
-        ]
-    ).cpu()
-    labels = torch.tensor([dataset.label(i) for i in ids])
+    positions = context.share(range(len(ids)))
+    mine = {
+        p: slice_logits(
+            model, validation_slices(load_volume(dataset, ids[p], device), n_slices, size), chunk
+        )
+        .max()
+        .item()
+        for p in positions
+    }
+    logits: dict[int, float] = {}
+    for part in context.gather(mine):
+        logits.update(part)
+    return torch.tensor([logits[p] for p in range(len(ids))], dtype=torch.float32)
+
+
+def validation_scores(labels: Tensor, logits: Tensor) -> dict[str, Any]:
+    """The scores of :func:`validate` from volume labels [V] and logits [V]."""
     two_each = min((labels == 0).sum(), (labels == 1).sum()) >= 2
     return {
         "balanced_accuracy": (
@@ -249,6 +334,93 @@ def validate(
         "auc": roc_auc(labels, logits),
         "logits": logits,
         "labels": labels,
+    }
+
+
+def validate(
+    model: nn.Module,
+    dataset: Any,
+    ids: list[str],
+    n_slices: int,
+    size: int,
+    chunk: int,
+    context: Context | None = None,
+) -> dict[str, Any]:
+    """Volume logit = max of its validation slices' logits (A.6), and its scores.
+
+    - ``balanced_accuracy``: each volume thresholded at the value tuned on the others
+      (5-fold, :func:`cross_fitted_predictions`); NaN with fewer than two volumes a class;
+    - ``balanced_accuracy_at_0``: max logit > 0, i.e. positive when one slice is. Fragile:
+      a slice outside the body reads the same in both classes, so its optimal logit is 0
+      and the max over the many slices of a negative volume hovers around 0;
+    - ``auc``: threshold-free;
+    - ``logits`` [V] and ``labels`` [V].
+    """
+    logits = volume_logits(model, dataset, ids, n_slices, size, chunk, context)
+    labels = torch.tensor([dataset.label(i) for i in ids])
+    return validation_scores(labels, logits)
+
+
+def _auc_or_nan(labels: np.ndarray, scores: np.ndarray) -> float:
+    """ROC AUC, NaN unless both classes are present (a bootstrap resample may lack one)."""
+    if labels.min() == labels.max():
+        return math.nan
+    return roc_auc(torch.from_numpy(labels), torch.from_numpy(scores))
+
+
+def _balanced_accuracy_or_nan(labels: np.ndarray, predictions: np.ndarray) -> float:
+    """Balanced accuracy, NaN unless both classes are present."""
+    if labels.min() == labels.max():
+        return math.nan
+    return balanced_accuracy(torch.from_numpy(labels), torch.from_numpy(predictions))
+
+
+def classifier_report(
+    model: nn.Module,
+    dataset: Any,
+    ids: list[str],
+    n_slices: int,
+    size: int,
+    chunk: int,
+    *,
+    n_resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    context: Context | None = None,
+) -> dict[str, Any]:
+    """Is the classifier better than chance on ``ids``? Scores of :func:`validate` with
+    percentile bootstrap intervals over volumes (:func:`benchmark.stats.bootstrap_ci`).
+
+    ``auc`` (volume logit = max slice logit, A.6) and ``balanced_accuracy`` (cross-fitted
+    threshold; its interval resamples the fixed cross-fitted predictions), each with
+    ``*_ci_low``/``*_ci_high``; ``n_volumes``, ``n_positive``, ``n_negative``, ``confidence``;
+    ``at_chance``: the AUC interval contains 0.5 (or is undefined: too few volumes to tell),
+    i.e. heatmaps from this classifier explain a classifier that has not been shown to work.
+    Plain JSON types.
+    """
+    logits = volume_logits(model, dataset, ids, n_slices, size, chunk, context)
+    labels = torch.tensor([dataset.label(i) for i in ids])
+    scores = validation_scores(labels, logits)
+    y, s = labels.numpy(), logits.numpy()
+    ci = {"n_resamples": n_resamples, "confidence": confidence, "seed": seed}
+    auc_low, auc_high = bootstrap_ci(_auc_or_nan, y, s, **ci)
+    ba_low = ba_high = math.nan
+    if not math.isnan(scores["balanced_accuracy"]):
+        predictions = cross_fitted_predictions(labels, logits).numpy()
+        ba_low, ba_high = bootstrap_ci(_balanced_accuracy_or_nan, y, predictions, **ci)
+    at_chance = not auc_low > 0.5 and not auc_high < 0.5  # NaN (undefined) counts as chance
+    return {
+        "auc": scores["auc"],
+        "auc_ci_low": auc_low,
+        "auc_ci_high": auc_high,
+        "balanced_accuracy": scores["balanced_accuracy"],
+        "balanced_accuracy_ci_low": ba_low,
+        "balanced_accuracy_ci_high": ba_high,
+        "n_volumes": len(ids),
+        "n_positive": int(labels.sum()),
+        "n_negative": int(len(ids) - labels.sum()),
+        "confidence": confidence,
+        "at_chance": bool(at_chance),
     }
 
 
@@ -271,7 +443,7 @@ def resolve_iterations(config: TrainConfig, dataset_name: str) -> TrainConfig:
     return dataclasses.replace(config, iterations=round(factor * PAPER_ITERATIONS[dataset_name]))
 
 
-def _check(config: TrainConfig) -> None:
+def _check(config: TrainConfig, world_size: int = 1) -> None:
     """Reject settings that cannot train (at the boundary, with the field's name)."""
     for field in (
         "batch_volumes",
@@ -287,25 +459,91 @@ def _check(config: TrainConfig) -> None:
     for field in ("slices_per_volume", "val_slices"):
         if getattr(config, field) < 2:
             raise ValueError(f"train config: {field} must be >= 2 (offsets span [-1, 1])")
-    for field in ("scale", "intensity"):
+    for field in ("scale", "intensity", "holdout"):
         if not 0 <= getattr(config, field) < 1:
-            raise ValueError(f"train config: {field} must be in [0, 1)")
+            raise ValueError(
+                f"train config: {field} must be in [0, 1), got {getattr(config, field)}"
+            )
+    if config.patience < 0 or config.min_delta < 0:
+        raise ValueError("train config: patience and min_delta must be >= 0")
+    if config.patience and not config.holdout:
+        raise ValueError(
+            "train config: early stopping (patience > 0) needs a holdout > 0 to validate on"
+        )
+    if config.batch_volumes % world_size:
+        raise ValueError(
+            f"train config: batch_volumes={config.batch_volumes} does not split evenly across "
+            f"{world_size} ranks: use a multiple of {world_size} (or another --nproc-per-node)"
+        )
 
 
-def _split_ids(dataset: Any) -> tuple[list[str], list[str], list[str]]:
-    """(train positives, train negatives, val ids); training needs both classes."""
-    train_ids = dataset.ids("train")
-    positives = [i for i in train_ids if dataset.label(i) == 1]
-    negatives = [i for i in train_ids if dataset.label(i) == 0]
+def holdout_split(
+    ids: Sequence[str], labels: Sequence[int], fraction: float, seed: int
+) -> tuple[list[str], list[str]]:
+    """(kept, held out): ``fraction`` of each class held out for early stopping, at least 2.
+
+    Stratified by label and seeded (numpy ``default_rng([seed, label])`` over the sorted
+    ids of the class), so the split depends on the ids, not on their listing order. Each
+    class keeps at least one training volume. ``fraction == 0``: nothing held out.
+    """
+    if fraction <= 0:
+        return list(ids), []
+    held: list[str] = []
+    for label in (0, 1):
+        members = sorted(i for i, y in zip(ids, labels, strict=True) if y == label)
+        n = max(2, round(fraction * len(members)))
+        if n >= len(members):
+            raise ValueError(
+                f"train: holdout={fraction} takes {n} of the {len(members)} training volumes "
+                f"of class {label} (at least 2 are held out, 1 must stay): lower holdout or "
+                "add training volumes"
+            )
+        order = np.random.default_rng([seed, label]).permutation(len(members))
+        held += [members[k] for k in order[:n]]
+    held_set = set(held)
+    return [i for i in ids if i not in held_set], sorted(held)
+
+
+def volume_fingerprints(dataset: Any, ids: Sequence[str]) -> dict[str, str]:
+    """``{id: "label:content digest"}`` of training volumes; the id stands for the content
+    when the data set offers no ``fingerprint(id)``."""
+    fingerprint = getattr(dataset, "fingerprint", None)
+    return {
+        i: f"{int(dataset.label(i))}:{fingerprint(i) if fingerprint is not None else i}"
+        for i in ids
+    }
+
+
+def data_digest(fingerprints: dict[str, str], holdout_ids: Sequence[str]) -> str:
+    """sha256 over the sorted (id, label, fingerprint) of the training split and the sorted
+    early-stopping holdout ids: what the classifier was trained on."""
+    text = json.dumps([sorted(fingerprints.items()), sorted(holdout_ids)])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _split_ids(dataset: Any, config: TrainConfig) -> dict[str, Any]:
+    """The training pools (positives, negatives), the early-stopping ``holdout``, the
+    evaluation split ``val`` and the content ``fingerprints`` of the training split."""
+    train_ids = list(dataset.ids("train"))
+    labels = [int(dataset.label(i)) for i in train_ids]
+    kept, holdout = holdout_split(train_ids, labels, config.holdout, config.seed)
+    positives = [i for i in kept if dataset.label(i) == 1]
+    negatives = [i for i in kept if dataset.label(i) == 0]
     if not positives or not negatives:
         raise ValueError(
             f"training needs positive and negative volumes, got {len(positives)} and "
             f"{len(negatives)} in the train split"
         )
-    val_ids = dataset.ids("val")
+    val_ids = list(dataset.ids("val"))
     if not val_ids:
         log.warning("no validation volumes: training without validation")
-    return positives, negatives, val_ids
+    return {
+        "positives": positives,
+        "negatives": negatives,
+        "holdout": holdout,
+        "val": val_ids,
+        "train": train_ids,
+    }
 
 
 def build_model(config: TrainConfig, in_chans: int, *, initial: bool = True) -> nn.Module:
@@ -336,24 +574,34 @@ def train(
     resume: bool = False,
     device: str | torch.device = "auto",
     progress: bool = True,
+    context: Context | None = None,
 ) -> Path:
     """Train the classifier of ``config`` on ``dataset``; the path of the final checkpoint.
 
     ``out_dir`` receives ``checkpoint.pt`` (every ``checkpoint_every`` steps and at the end),
     ``config.yaml`` and ``train_log.csv``. With ``resume``, an existing checkpoint of the
-    same config and data set is continued to the same result; without it, an existing
+    same config, data set and training data (content digest) is continued to the same
+    result, or reused when finished; one trained on other data is kept aside as
+    ``checkpoint.<digest[:8]>.pt`` and training restarts; without ``resume``, an existing
     checkpoint is an error (nothing is overwritten).
+
+    A non-finite input batch or loss stops training with a ValueError naming the step and
+    the batch's volumes; non-finite weights are never saved. With ``holdout``/``patience``
+    (beyond the paper) ``iterations`` is a cap: training stops once the holdout AUC has not
+    improved by ``min_delta`` for ``patience`` validations (``stopped_early`` in the
+    checkpoint). Under a distributed ``context`` (torchrun) the global batch of A.6 is split
+    across the ranks and the model wrapped in DistributedDataParallel; rank 0 writes.
     """
-    out_dir = Path(out_dir)
-    path = out_dir / CHECKPOINT
+    out_dir, context = Path(out_dir), context or Context(device=resolve_device(device))
+    path, device = out_dir / CHECKPOINT, context.device
     info = _dataset_info(dataset)
     config = resolve_iterations(config, info["name"])
-    _check(config)
-    device = resolve_device(device)
-    positives, negatives, val_ids = _split_ids(dataset)
+    _check(config, context.world_size)
+    split = _split_ids(dataset, config)
     in_chans = len(dataset.channels)
+    data = context.broadcast(_data_record(dataset, split) if context.is_main else None)
+    state = _on_main(context, lambda: _load_for_resume(path, config, info, data, resume))
 
-    state = _load_for_resume(path, config, info, resume)
     model = build_model(config, in_chans, initial=state is None).to(device)
     model.to(memory_format=memory_format(device))
     optimizer = torch.optim.Adam(
@@ -363,61 +611,259 @@ def train(
         optimizer, T_max=config.iterations, eta_min=config.lr_min
     )
     generator = torch.Generator().manual_seed(config.seed)
-    run = {"step": 0, "log": [], "val": [], "pending": []}
+    run = _new_run()
     if state is None:
-        _write_config(out_dir, config, info, in_chans)
+        if context.is_main:
+            _write_config(out_dir, config, info, in_chans)
     else:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         generator.set_state(state["rng"])
-        run = {key: state[key] for key in run}
+        finished = state["step"] >= config.iterations
+        run = {key: state.get(key, finished if key == "finished" else v) for key, v in run.items()}
+        if run["finished"]:
+            log.info("%s is finished (step %d): reusing it", path, run["step"])
+            return path
         log.info("resuming %s at step %d of %d", path, run["step"], config.iterations)
-
-    chunk = config.batch_volumes * config.slices_per_volume
+    if split["holdout"]:
+        log.info(
+            "early stopping on %d held-out training volumes (%s): validating every %d steps, "
+            "stopping after %s validations without an AUC gain >= %g, at most %d steps",
+            len(split["holdout"]),
+            ", ".join(split["holdout"]),
+            config.val_every,
+            config.patience or "no (patience 0)",
+            config.min_delta,
+            config.iterations,
+        )
+    meta = {"dataset": info, "in_chans": in_chans, **data}
+    net = _distributed_model(model, context)
+    loop = _Loop(dataset, config, split, context, model, run)
     bar = tqdm(
         total=config.iterations,
         initial=run["step"],
         desc=f"train {info['name']}",
-        disable=not progress,
+        disable=not (progress and context.is_main),
         dynamic_ncols=True,
     )
-    postfix: dict[str, str] = {}
     for step in range(run["step"] + 1, config.iterations + 1):
-        slices, labels = sample_batch(dataset, positives, negatives, config, generator, device)
+        plan = draw_batch(split["positives"], split["negatives"], config, generator)
+        positions = context.share(range(config.batch_volumes))
+        slices, labels = cut_batch(dataset, plan, positions, config.slice_size, device)
+        loop.check_inputs(step, plan, positions, slices)
         lr = scheduler.get_last_lr()[0]
-        loss = train_step(model, optimizer, scheduler, slices, labels)
-        run["step"] = step
-        run["pending"].append(loss)
-        last = step == config.iterations
-        if step % config.log_every == 0 or last:
-            mean_loss = sum(run["pending"]) / len(run["pending"])
-            run["log"].append({"step": step, "loss": mean_loss, "lr": lr})
-            run["pending"] = []
-            postfix.update(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
-        if val_ids and (step % config.val_every == 0 or last):
-            result = validate(model, dataset, val_ids, config.val_slices, config.slice_size, chunk)
-            scores = {k: result[k] for k in VAL_SCORES}
-            run["val"].append({"step": step, **scores})
-            log.info(
-                "step %d: validation (%d volumes) %s",
-                step,
-                len(val_ids),
-                ", ".join(f"{k} {v:.3f}" for k, v in scores.items()),
-            )
-            postfix.update(val_ba=f"{scores['balanced_accuracy']:.3f}")
-        bar.set_postfix(postfix, refresh=False)
-        if step % config.checkpoint_every == 0 or last:
-            _save(path, model, optimizer, scheduler, generator, run, config, info, in_chans)
+        loss = train_step(net, optimizer, scheduler, slices, labels, loop.loss_check(step, plan))
+        loop.record_loss(step, loss, lr)
+        finished = loop.validate(step)
+        if step % config.checkpoint_every == 0 or finished:
+            loop.check_weights(step, plan)
+            if context.is_main:
+                _save(path, model, optimizer, scheduler, generator, run, config, meta)
+            context.barrier()
+        bar.set_postfix(loop.postfix, refresh=False)
         bar.update()
+        if finished:
+            break
     bar.close()
     return path
 
 
+def _new_run() -> dict[str, Any]:
+    """The loop's state, saved in the checkpoint: logs, validations, early-stopping counters."""
+    return {
+        "step": 0,
+        "log": [],
+        "val": [],
+        "pending": [],
+        "holdout": [],
+        "best_auc": None,
+        "best_step": None,
+        "stale": 0,
+        "finished": False,
+        "stopped_early": None,
+    }
+
+
+def _distributed_model(model: nn.Module, context: Context) -> nn.Module:
+    """``model`` wrapped in DistributedDataParallel when there are several ranks.
+
+    DDP averages the gradients of the ranks' mean losses: with equal shares, the gradient
+    of the mean loss over the global batch, as in one process. Batch norm in training mode
+    (``*_bn``) would normalise each rank's share alone; the paper's variants freeze it or
+    use group norm, which do not depend on the batch.
+    """
+    if not context.distributed:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [context.device.index] if context.device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids)
+
+
+def _on_main(context: Context, decide: Callable[[], T]) -> T:
+    """``decide()`` on rank 0, its result (or its error) on every rank."""
+    if not context.distributed:
+        return decide()
+    outcome: tuple[str, Any] = ("ok", None)
+    if context.is_main:
+        try:
+            outcome = ("ok", decide())
+        except Exception as error:  # shared so that no rank waits for a dead rank 0
+            context.broadcast(("error", f"{type(error).__name__}: {error}"))
+            raise
+    kind, value = context.broadcast(outcome if context.is_main else None)
+    if kind == "error":
+        raise ValueError(f"rank 0: {value}")
+    return value
+
+
+class _Loop:
+    """Per-step checks, logging and validation of :func:`train` (the same on every rank)."""
+
+    def __init__(self, dataset, config, split, context, model, run):
+        self.dataset, self.config, self.split = dataset, config, split
+        self.context, self.model, self.run = context, model, run
+        self.chunk = config.batch_volumes * config.slices_per_volume
+        self.postfix: dict[str, str] = {}
+
+    def check_inputs(self, step: int, plan: BatchPlan, positions, slices: Tensor) -> None:
+        """Every rank's slices are finite, else a ValueError naming the step and volumes."""
+        per_volume = slices.reshape(len(positions), -1)
+        pairs = zip(positions, per_volume, strict=True)
+        bad = [plan.ids[b] for b, row in pairs if not row.isfinite().all()]
+        if not self.context.sum([len(bad)])[0]:
+            return
+        bad = sorted({i for part in self.context.gather(bad) for i in part})
+        raise ValueError(
+            f"training input at step {step}: non-finite slice values from volume(s) "
+            f"{', '.join(bad)} (NaN/inf voxels, or values beyond float32): fix their "
+            "preprocessing or leave them out of the train split"
+        )
+
+    def loss_check(self, step: int, plan: BatchPlan) -> Callable[[float], float]:
+        """``check`` for :func:`train_step`: the global mean loss, or a ValueError."""
+
+        def check(loss: float) -> float:
+            total = self.context.sum([loss])[0] / self.context.world_size
+            if not math.isfinite(total):
+                raise ValueError(self._diverged(step, plan, f"non-finite loss ({total})"))
+            return total
+
+        return check
+
+    def check_weights(self, step: int, plan: BatchPlan) -> None:
+        """Refuse to checkpoint non-finite weights (identical on every rank under DDP)."""
+        if not all(
+            bool(p.isfinite().all())
+            for p in self.model.state_dict().values()
+            if p.is_floating_point()
+        ):
+            raise ValueError(self._diverged(step, plan, "non-finite weights after the update"))
+
+    def _diverged(self, step: int, plan: BatchPlan, what: str) -> str:
+        """One line: the step, the batch's volumes, the one of largest magnitude, a hint."""
+        peaks = {i: float(np.abs(np.asarray(self.dataset[i].image)).max()) for i in plan.ids}
+        worst = max(peaks, key=peaks.get)
+        return (
+            f"training diverged at step {step}: {what} on a batch of volumes "
+            f"{', '.join(plan.ids)}; the largest |value| is {peaks[worst]:.3g} in {worst}: "
+            f"check that volume's preprocessing, or lower lr (now {self.config.lr:g})"
+        )
+
+    def record_loss(self, step: int, loss: float, lr: float) -> None:
+        """Mean loss over ``log_every`` steps into ``run["log"]``."""
+        run = self.run
+        run["step"] = step
+        run["pending"].append(loss)
+        if step % self.config.log_every == 0 or step == self.config.iterations:
+            mean_loss = sum(run["pending"]) / len(run["pending"])
+            run["log"].append({"step": step, "loss": mean_loss, "lr": lr})
+            run["pending"] = []
+            self.postfix.update(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
+
+    def validate(self, step: int) -> bool:
+        """Holdout and evaluation-split validations due at ``step``; whether training ends.
+
+        Without a holdout, the evaluation split is validated every ``val_every`` steps and
+        at the end (A.6, for the log only). With one, the holdout decides when to stop and
+        the evaluation split is scored once, at the end (never used for a decision).
+        """
+        config, run = self.config, self.run
+        due = step % config.val_every == 0 or step == config.iterations
+        stop = bool(self.split["holdout"]) and due and self._early_stopping(step)
+        finished = stop or step == config.iterations
+        if self.split["val"] and ((due and not self.split["holdout"]) or finished):
+            scores = self._scores(self.split["val"])
+            run["val"].append({"step": step, **scores})
+            log.info(
+                "step %d: validation (%d volumes) %s",
+                step,
+                len(self.split["val"]),
+                ", ".join(f"{k} {v:.3f}" for k, v in scores.items()),
+            )
+            self.postfix.update(val_ba=f"{scores['balanced_accuracy']:.3f}")
+        run["finished"] = finished
+        if stop:
+            run["stopped_early"] = step
+        elif finished and self.split["holdout"]:
+            log.info("step %d: reached the cap of %d iterations", step, config.iterations)
+        return finished
+
+    def _scores(self, ids: list[str]) -> dict[str, float]:
+        config = self.config
+        result = validate(
+            self.model,
+            self.dataset,
+            ids,
+            config.val_slices,
+            config.slice_size,
+            self.chunk,
+            self.context,
+        )
+        return {k: result[k] for k in VAL_SCORES}
+
+    def _early_stopping(self, step: int) -> bool:
+        """Score the holdout; whether its AUC went ``patience`` validations without a gain."""
+        config, run = self.config, self.run
+        scores = self._scores(self.split["holdout"])
+        run["holdout"].append({"step": step, **scores})
+        auc, best = scores["auc"], run["best_auc"]
+        if best is None or (auc > best and auc - best >= config.min_delta):
+            run["best_auc"], run["best_step"], run["stale"] = auc, step, 0
+            verdict = "improved"
+        else:
+            run["stale"] += 1
+            verdict = f"no gain >= {config.min_delta:g} ({run['stale']} of {config.patience})"
+        self.postfix.update(holdout_auc=f"{auc:.3f}")
+        stop = 0 < config.patience <= run["stale"] and step < config.iterations
+        log.info(
+            "step %d: holdout AUC %.4f, %s; best %.4f at step %d%s",
+            step,
+            auc,
+            verdict,
+            run["best_auc"],
+            run["best_step"],
+            f": stopping early at step {step} of at most {config.iterations}" if stop else "",
+        )
+        return stop
+
+
+def _data_record(dataset: Any, split: dict[str, Any]) -> dict[str, Any]:
+    """``data_digest`` and per-volume ``data_volumes`` of the training data (checkpointed)."""
+    fingerprints = volume_fingerprints(dataset, split["train"])
+    return {
+        "data_digest": data_digest(fingerprints, split["holdout"]),
+        "data_volumes": fingerprints,
+        "data_holdout": list(split["holdout"]),
+    }
+
+
 def _load_for_resume(
-    path: Path, config: TrainConfig, info: dict[str, Any], resume: bool
+    path: Path, config: TrainConfig, info: dict[str, Any], data: dict[str, Any], resume: bool
 ) -> dict[str, Any] | None:
-    """The checkpoint to continue, or None to start; refuses to overwrite or to mix configs."""
+    """The checkpoint to continue, or None to start; refuses to overwrite, to mix configs
+    and to reuse non-finite weights; sets aside one trained on other data."""
     if not path.exists():
         if resume:
             log.info("no checkpoint at %s: starting from step 0", path)
@@ -432,11 +878,45 @@ def _load_for_resume(
     if changed or state["dataset"] != info:
         what = changed or {"dataset": (state["dataset"], info)}
         raise ValueError(f"{path} was trained with other settings (saved, now): {what}")
+    if state.get("data_digest") != data["data_digest"]:
+        _set_aside(path, state, data)
+        return None
+    if not weights_finite(state):
+        raise ValueError(
+            f"{path} holds non-finite weights (step {state['step']}): it is not reused; "
+            "delete it to retrain (with a lower lr if training diverged)"
+        )
     return state
 
 
-def _save(path, model, optimizer, scheduler, generator, run, config, info, in_chans) -> None:
-    """Checkpoint (atomic, loadable with ``weights_only=True``) and ``train_log.csv``."""
+def _set_aside(path: Path, state: dict[str, Any], data: dict[str, Any]) -> None:
+    """Rename a checkpoint trained on other data to ``checkpoint.<digest[:8]>.pt``; warn."""
+    old_digest = state.get("data_digest")
+    tag = old_digest[:8] if old_digest else checkpoint_hash(path)[:8]
+    aside = path.with_name(f"checkpoint.{tag}.pt")
+    new = data["data_volumes"]
+    if "data_volumes" in state:
+        old = state["data_volumes"]
+        n_changed = sum(old.get(i) != v for i, v in new.items()) + len(set(old) - set(new))
+        what = f"{n_changed} of {len(new)} training volumes changed (added, removed or new content)"
+        if n_changed == 0:
+            what = "the early-stopping holdout changed"
+    else:
+        what = "it predates content digests"
+    path.replace(aside)
+    log.warning(
+        "%s was trained on other data (%s): kept aside as %s; retraining from step 0",
+        path,
+        what,
+        aside.name,
+    )
+
+
+def _save(path, model, optimizer, scheduler, generator, run, config, meta) -> None:
+    """Checkpoint (atomic, loadable with ``weights_only=True``) and ``train_log.csv``.
+
+    ``meta``: the data set's name and options, ``in_chans`` and the :func:`_data_record`.
+    """
     spec = model_spec(config.model)
     state = {
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
@@ -447,8 +927,7 @@ def _save(path, model, optimizer, scheduler, generator, run, config, info, in_ch
         "model_name": config.model,
         "arch": spec.arch,
         "norm": spec.norm,
-        "in_chans": in_chans,
-        "dataset": info,
+        **meta,
         **run,
     }
     save_checkpoint(path, state)
@@ -456,14 +935,16 @@ def _save(path, model, optimizer, scheduler, generator, run, config, info, in_ch
 
 
 def _write_log(path: Path, run: dict[str, Any]) -> None:
-    """``step, loss, lr, val_*`` rows, one per logged or validated step."""
+    """``step, loss, lr, val_*, holdout_*`` rows, one per logged or validated step."""
     rows: dict[int, dict[str, Any]] = {row["step"]: dict(row) for row in run["log"]}
-    for row in run["val"]:
-        rows.setdefault(row["step"], {"step": row["step"]}).update(
-            {f"val_{k}": row[k] for k in VAL_SCORES}
-        )
+    for prefix in ("val", "holdout"):
+        for row in run.get(prefix, []):
+            rows.setdefault(row["step"], {"step": row["step"]}).update(
+                {f"{prefix}_{k}": row[k] for k in VAL_SCORES}
+            )
     text = io.StringIO()
-    writer = csv.DictWriter(text, ["step", "loss", "lr", *(f"val_{k}" for k in VAL_SCORES)])
+    columns = [f"{p}_{k}" for p in ("val", "holdout") for k in VAL_SCORES]
+    writer = csv.DictWriter(text, ["step", "loss", "lr", *columns])
     writer.writeheader()
     writer.writerows(rows[step] for step in sorted(rows))
     with atomic_write(path, "w") as file:
