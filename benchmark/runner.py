@@ -684,7 +684,7 @@ def run_benchmark(
         if failures:
             raise RunError(f"{len(failures)} failure(s), the first: {failures[0]}")
     grids = job.grids()
-    absent = [(s, v) for s in specs if s not in grids for v in calibration]
+    absent = [(s, v) for s in specs if s not in grids for v in calibration if not job.record(s, v)]
     summaries, missing = collect_summaries(job, grids, progress) if not absent else ({}, [])
     missing = absent or missing
     if missing:
@@ -699,7 +699,7 @@ def run_benchmark(
     results = results.assign(
         checkpoint=key["checkpoint"],
         context=evaluation_context(job, config),
-        **{f"classifier_{k}": v for k, v in report.items()},
+        **{f"classifier_{k}": report[k] for k in sorted(report)},
     )
     timings = timings_table(job)
 

@@ -168,6 +168,13 @@ def test_shards_then_a_merge_equal_one_run(reference, config, tmp_path, monkeypa
     assert "leaderboards: " in capsys.readouterr().out
     expected = (reference / "run" / "results.csv").read_text()
     assert (out / "results.csv").read_text() == expected
+    # the cache keeps records and summaries, and full heatmaps of the figure's volumes only
+    cache = tmp_path / "cache"
+    assert len(heatmap_records(cache)) == len(SPECS) * 12
+    assert len(list(cache.glob("heatmaps/*/*/*/summaries/*/*.npz"))) == len(SPECS) * 12
+    kept = sorted(p.name.split("-")[0] for p in cache.glob("heatmaps/*/*/tonno/*.npy"))
+    dataset = tiny_dataset()
+    assert kept == [v for v in dataset.ids("val") if dataset.label(v) == 1][:3]
 
 
 def test_a_shard_needs_a_finished_classifier(config, tmp_path, monkeypatch, capsys):
@@ -239,16 +246,6 @@ def test_preset_exclusions_apply_to_all_and_wildcards_not_to_names():
     assert "tonno" in run and not any("scorecam" in s for s in run)
     assert len(left_out) == 16
     assert select_specs(["scorecam@1", "*cam@1"], ["*scorecam*"])[0][0] == "scorecam@1"
-
-
-def test_the_cache_keeps_summaries_and_only_the_figures_heatmaps(reference):
-    cache = reference / "cache"
-    assert len(heatmap_records(cache)) == len(SPECS) * 12
-    assert len(list(cache.glob("heatmaps/*/*/*/summaries/*/*.npz"))) == len(SPECS) * 12
-    kept = sorted(p.name.split("-")[0] for p in cache.glob("heatmaps/*/*/tonno/*.npy"))
-    dataset = tiny_dataset()
-    positives = [v for v in dataset.ids("val") if dataset.label(v) == 1][:3]
-    assert kept == positives  # the figure's volumes (save_heatmaps keeps all: another cache)
 
 
 def test_a_damaged_cache_is_recomputed_to_the_same_numbers(
