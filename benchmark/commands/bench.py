@@ -103,6 +103,7 @@ def _run_scale(args: argparse.Namespace, config, preset: str, device) -> int:
         args.model,
         args.batch_size,
         channels,
+        repeats=args.repeats,
     )
     c = config
     print(
