@@ -418,3 +418,39 @@ def format_plan(
         text += "\n\nleft out of all / wildcards (name a spec to run it anyway):\n"
         text += "\n".join(f"- {r}" for r in reasons)
     return text
+
+
+def named_outright(methods: Iterable[str]) -> list[str]:
+    """Specs that ``--methods`` tokens name outright (``NAME`` or ``NAME@LAYER``, not ``all``
+    nor a wildcard): :func:`within_budget` never leaves them out."""
+    from methods import expand_specs
+
+    tokens = [t.strip() for item in methods for t in item.split(",") if t.strip()]
+    broad = {t for t in tokens if t == "all" or any(c in t for c in "*?[")}
+    return expand_specs([t for t in tokens if t not in broad]) if len(broad) < len(tokens) else []
+
+
+def plan_run(
+    methods: Iterable[str],
+    shapes: Sequence[tuple[int, int, int]],
+    model: torch.nn.Module,
+    tomography: TomographyConfig,
+    batch_size: int,
+    device: torch.device,
+    budget_hours: float,
+    in_chans: int,
+) -> tuple[pd.DataFrame, Calibration, list[str], dict[str, str]]:
+    """Everything ``run --plan`` needs in one call: (plan, calibration, kept specs,
+    {left-out spec: reason}) for ``--methods`` tokens ``methods`` over the validation
+    volumes' ``shapes``; print ``format_plan(plan, calibration, left_out)``."""
+    from methods import expand_specs
+
+    methods = list(methods)
+    specs = expand_specs(methods)
+    mean_shape = tuple(int(round(float(np.mean([s[i] for s in shapes])))) for i in range(3))
+    calibration = calibrate(
+        model, in_chans, tomography.slice_size, batch_size, device, shape=mean_shape
+    )
+    frame = plan(specs, shapes, model, tomography, batch_size, calibration)
+    kept, left_out = within_budget(frame, budget_hours, named_outright(methods))
+    return frame, calibration, kept, left_out

@@ -18,7 +18,9 @@ from benchmark.plan import (
     family_passes,
     format_plan,
     layer_channels,
+    named_outright,
     plan,
+    plan_run,
     seconds,
     within_budget,
 )
@@ -211,3 +213,17 @@ def test_calibration_measures_positive_prices(tiny_model):
 
 def test_every_preset_has_a_budget():
     assert all(config.budget_hours > 0 for config in PRESETS[RunConfig].values())
+
+
+def test_named_outright_are_names_and_specs_not_all_or_wildcards():
+    assert named_outright(["all", "tomographic_scorecam@2", "*cam@1"]) == ["tomographic_scorecam@2"]
+    assert named_outright(["scorecam"]) == [f"scorecam@{k}" for k in (1, 2, 3, 4)]
+    assert named_outright(["all,tonno"]) == ["tonno"] and named_outright(["all"]) == []
+
+
+def test_plan_run_keeps_named_specs_and_prices_the_rest(tiny_model):
+    frame, prices, kept, left_out = plan_run(
+        ["layercam@1", "tonno"], [SHAPE], tiny_model, TINY, 8, torch.device("cpu"), 0.0, 2
+    )
+    assert kept == ["layercam@1", "tonno"] and not left_out  # named outright
+    assert prices.slice_size == TINY.slice_size and frame.iloc[-1]["family"] == "total"
