@@ -120,10 +120,11 @@ PRESETS: dict[type, dict[str, Any]] = {
     },
     RunConfig: {
         "paper": RunConfig(),
-        # benchmark.plan on 2 CPU cores, synthetic (24 val volumes of 32x64x64): the ScoreCAM
-        # families (one forward pass per channel, 64-512, per slice) estimate 2.3-120 h,
-        # every other family at most 0.3 h; 1 h leaves the former out with margin both ways
-        "quick": RunConfig(budget_hours=1.0),
+        # benchmark.plan on a shared 2-core CPU, synthetic (24 val volumes of 32x64x64),
+        # measured at two loads: the ScoreCAM families (one forward pass per channel, 64-512,
+        # per slice) estimate 1.2-3.2 h (slice-wise) to 58-165 h (tomographic), every other
+        # family at most 0.14-0.40 h (ToNNO); 45 min leaves ScoreCAM out with >= 1.6x margin
+        "quick": RunConfig(budget_hours=0.75),
     },
 }
 
