@@ -9,7 +9,13 @@ M = 100, 224 px) Tomographic ScoreCAM at stage 4 is 1000 x 102 slices x 513 forw
 per volume: the plan says so before the run starts.
 
 Cost model per volume: cut x t_cut + (forward - backward) x t_forward + backward x
-t_forward+backward + backprojected x t_read, each t measured by :func:`calibrate`.
+t_forward+backward + backprojected x t_read, each t measured by :func:`calibrate` (t_read
+is the map backprojection's, an upper bound for ToNNO's scalar one, ~3x cheaper on a CPU).
+
+Budgets (``RunConfig.budget_hours``, per family): ``quick`` 0.75 h, which on a 2-core CPU
+leaves every ScoreCAM family out of the synthetic run and keeps all else; ``paper`` 48 h,
+which on a GPU keeps every family the paper reports and leaves out Averaged / Tomographic
+ScoreCAM (hundreds of GPU-hours per data set). ``--set budget_hours=...`` changes it.
 """
 
 from __future__ import annotations
@@ -413,6 +419,10 @@ def format_plan(
             f" {c.cut_s * 1e6:.1f} us cut per slice; {c.read_s * 1e9:.2f} ns per"
             f" voxel-direction read\n" + text
         )
+    text += (
+        "\n\nEach family is estimated as run alone; families run together share slices, so"
+        " the total is an upper bound."
+    )
     reasons = sorted(set(left_out.values()))
     if reasons:
         text += "\n\nleft out of all / wildcards (name a spec to run it anyway):\n"
