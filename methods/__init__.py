@@ -6,6 +6,7 @@ Importing this package is cheap: torch and the built-in adapters load on first u
 from methods.registry import (
     METHODS,
     Method,
+    Passes,
     create_method,
     expand_specs,
     list_methods,
@@ -16,6 +17,7 @@ from methods.registry import (
 __all__ = [
     "METHODS",
     "Method",
+    "Passes",
     "create_method",
     "expand_specs",
     "list_methods",

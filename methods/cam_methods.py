@@ -12,11 +12,12 @@ all go through the tomography core:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Hashable, Sequence
 from typing import TYPE_CHECKING, ClassVar
 
 from benchmark.lazy import lazy_import
-from methods.registry import Method, register_method
+from methods.registry import Method, Passes, register_method
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -38,6 +39,8 @@ CAM_EQUATIONS = {
 }
 # more pytorch-grad-cam classes, run slice-wise through its own code: pgc_<name>
 PYTORCH_GRAD_CAM = ("EigenCAM", "HiResCAM", "XGradCAM")
+# equations that need no gradient: one forward pass per slice (ScoreCAM: 1 + channels)
+GRADIENT_FREE = ("ScoreCAM", "EigenCAM")
 
 
 class CAMMethod(Method):
@@ -49,6 +52,23 @@ class CAMMethod(Method):
     def maps_key(self) -> tuple[str, int]:
         """Methods with equal keys need the same maps of the same slices."""
         return self.equation, self.layer
+
+    @property
+    def pass_group(self) -> Hashable | None:
+        """Gradient CAMs of one geometry share their forward and backward passes in
+        :func:`methods.cam.multi_cam`, whatever their equations and layers."""
+        if self.equation in GRADIENT_FREE or self.equation not in CAM_EQUATIONS.values():
+            return None
+        return type(self).__mro__[1], self.config
+
+    def per_slice(self, channels: int | None) -> Passes:
+        """Classifier passes per slice: ScoreCAM one forward for the activations and one
+        per channel of its layer's masks; EigenCAM one forward; gradient CAMs one of each."""
+        if self.equation == "ScoreCAM":
+            if channels is None:
+                raise ValueError(f"{self.spec}: its cost needs layer {self.layer}'s channels")
+            return Passes(1 + channels)
+        return Passes(1) if self.equation in GRADIENT_FREE else Passes(1, 1)
 
     def make_cam(self) -> CAM:
         if self.equation in CAM_EQUATIONS.values():
@@ -73,6 +93,13 @@ class SliceWiseCAM(CAMMethod):
     def __call__(self, volume: Tensor, model: nn.Module) -> Tensor:
         return slice_wise_heatmaps([self], volume, model)[self.spec]
 
+    def passes(self, shape: tuple[int, int, int], channels: int | None = None) -> Passes:
+        """Every voxel plane along each axis is one slice (:func:`tomography.reslice`);
+        each axis's maps are read back at every voxel once."""
+        slices = sum(shape[axis] for axis in self.axes)
+        geometry = Passes(0, 0, slices, len(self.axes) * math.prod(shape))
+        return self.per_slice(channels) * slices + geometry
+
 
 class ThreeAxisCAM(SliceWiseCAM):
     """A.8's ★: the slice-wise CAM along the depth, height and width axes, averaged."""
@@ -88,6 +115,14 @@ class AveragedCAM(CAMMethod):
 
     def __call__(self, volume: Tensor, model: nn.Module) -> Tensor:
         return stacked_heatmaps([self], volume, model)[self.spec]
+
+    def passes(self, shape: tuple[int, int, int], channels: int | None = None) -> Passes:
+        """L_cam directions x M slices (Averaged) or M + 2 (Tomographic: the second
+        difference needs m = -1..M; both together cut M + 2); L_cam reads per voxel."""
+        c = self.config
+        slices = c.n_angles_cam * (c.n_slices + 2 * self.filtered)
+        geometry = Passes(0, 0, slices, c.n_angles_cam * math.prod(shape))
+        return self.per_slice(channels) * slices + geometry
 
 
 class TomographicCAM(AveragedCAM):

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import fnmatch
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from benchmark.config import TomographyConfig
@@ -21,6 +22,30 @@ if TYPE_CHECKING:
 BUILTIN_MODULES = ("methods.tonno", "methods.cam_methods")
 
 METHODS = Registry("method", BUILTIN_MODULES)
+
+
+@dataclass(frozen=True)
+class Passes:
+    """The work of one method on one volume, counted in slices (the plan's unit of cost).
+
+    ``forward``: slices pushed through the classifier (all of them); ``backward``: those of
+    them also back-propagated (gradient CAMs); ``cut``: slices cut from the volume (eq. 4);
+    ``backprojected``: voxel x direction reads of the backprojection (eqs. 11-13).
+    """
+
+    forward: int
+    backward: int = 0
+    cut: int = 0
+    backprojected: int = 0
+
+    def __add__(self, other: Passes) -> Passes:
+        return Passes(*(a + b for a, b in zip(self.astuple(), other.astuple(), strict=True)))
+
+    def __mul__(self, factor: int) -> Passes:
+        return Passes(*(a * factor for a in self.astuple()))
+
+    def astuple(self) -> tuple[int, int, int, int]:
+        return self.forward, self.backward, self.cut, self.backprojected
 
 
 class Method(ABC):
@@ -53,6 +78,21 @@ class Method(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.spec!r})"
+
+    def passes(self, shape: tuple[int, int, int], channels: int | None = None) -> Passes | None:
+        """Slices this method pushes through the classifier on one volume of ``shape``
+        (D, H, W); ``channels``: the channel count at its layer (ScoreCAM needs it).
+
+        None = unknown cost: the run plan shows it as unknown and never leaves it out.
+        Built-in methods override this with their closed form; a plugin may too.
+        """
+        return None
+
+    @property
+    def pass_group(self) -> Hashable | None:
+        """Methods with equal non-None groups share one classifier pass when computed
+        together (:func:`methods.heatmaps.compute_heatmaps`); None: no sharing."""
+        return None
 
 
 def register_method(name: str, layers: Sequence[int] = ()) -> Callable[[type], type]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from benchmark.lazy import lazy_import
-from methods.registry import Method, register_method
+from methods.registry import Method, Passes, register_method
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -28,3 +28,10 @@ class ToNNO(Method):
             chunk=c.chunk,
             seed=c.seed,
         )
+
+    def passes(self, shape: tuple[int, int, int], channels: int | None = None) -> Passes:
+        """L directions x (M + 2) slices (m = -1..M for eq. 9's second difference), one
+        forward pass each, no backward; the backprojection reads L values per voxel."""
+        c = self.config
+        slices = c.n_angles * (c.n_slices + 2)
+        return Passes(slices, 0, slices, c.n_angles * shape[0] * shape[1] * shape[2])

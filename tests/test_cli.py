@@ -117,3 +117,18 @@ def test_peak_memory_is_measured_in_a_fresh_process():
     small = _peak_memory_mb("import torch", torch.device("cpu"))
     large = _peak_memory_mb("import torch\nx = torch.ones(64, 2**20)", torch.device("cpu"))
     assert small > 10 and 200 < large - small < 320  # 256 MiB more
+
+
+def test_bench_scale_prints_slopes_and_writes_a_png(tmp_path, capsys):
+    png = tmp_path / "scale.png"
+    args = ["bench", "scale", "--device", "cpu", "--model", "test_resnet", "--sizes", "6", "8"]
+    args += ["--angles", "3", "4", "--angle-size", "6", "--out", str(png), "--set"]
+    settings = ["n_angles=3", "n_angles_cam=3", "n_slices=3", "slice_size=16", "chunk=2"]
+    assert main(args + settings) == 0
+    out = capsys.readouterr().out
+    for spec in ("tonno", "tomographic_layercam@2"):
+        for fit in ("seconds ~ voxels^b", "seconds ~ n_angles^b", "summary_bytes ~ voxels^b"):
+            row = next(line for line in out.splitlines() if f"| {spec} " in line and fit in line)
+            float(row.split("|")[3])  # a fitted slope, not n/a
+    assert "| tonno                  | angles  | 6^3      | 4 " in out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,4 +1,5 @@
-"""``bench tomography|methods``: throughput, overhead and speed-up ratios, side by side."""
+"""``bench tomography|methods|scale``: throughput, overhead and speed-up ratios, and how
+time, memory and bytes kept grow with the volume and with L, side by side."""
 
 from __future__ import annotations
 
@@ -9,14 +10,21 @@ from benchmark.commands import add_set_argument
 HELP = "measure throughput and overhead ratios (side by side, one run)"
 
 DEFAULT_SHAPES = {"quick": (1, 32, 96, 96), "paper": (1, 128, 128, 128)}
+# bench scale: cube edges, L values and the cube edge of the L sweep, per preset
+SCALE_SIZES = {"quick": (32, 48, 64, 96, 128), "paper": (64, 96, 128, 192, 256)}
+SCALE_ANGLES = {"quick": (8, 16, 32, 64), "paper": (250, 500, 1000, 2000)}
+SCALE_ANGLE_SIZE = {"quick": 48, "paper": 128}
+# on a CPU the quick preset at L = 16, M = 16, 32 px: the default run takes ~2 min on 2 cores
+SCALE_CPU = {"n_angles": "16", "n_angles_cam": "16", "n_slices": "16", "slice_size": "32"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "target",
-        choices=("tomography", "methods"),
+        choices=("tomography", "methods", "scale"),
         help="tomography: the core and ToNNO's overhead over its classifier; methods: "
-        "slice-wise CAMs vs pytorch-grad-cam, per-volume times, peak memory vs chunk",
+        "slice-wise CAMs vs pytorch-grad-cam, per-volume times, peak memory vs chunk; "
+        "scale: ToNNO and Tomographic LayerCAM@2 as the volume and L grow, log-log slopes",
     )
     parser.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda")
     parser.add_argument(
@@ -38,6 +46,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-memory", action="store_true", help="methods: skip the peak-memory runs"
     )
+    parser.add_argument(
+        "--sizes", type=int, nargs="+", help="scale: cube edges (default 32 48 64 96 128 on a CPU)"
+    )
+    parser.add_argument(
+        "--angles", type=int, nargs="+", help="scale: values of L (default 8 16 32 64 on a CPU)"
+    )
+    parser.add_argument("--angle-size", type=int, help="scale: cube edge of the L sweep")
+    parser.add_argument("--out", default="bench_scale.png", help="scale: log-log figure (PNG) path")
     add_set_argument(
         parser,
         "TomographyConfig overrides, e.g. n_angles=500 chunk=16",
@@ -53,8 +69,13 @@ def run(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     preset = args.preset or ("paper" if device.type == "cuda" else "quick")
-    config = resolve(TomographyConfig, preset, overrides=parse_overrides(args.overrides))
+    overrides = parse_overrides(args.overrides)
+    if args.target == "scale" and device.type == "cpu" and args.preset is None:
+        overrides = {**SCALE_CPU, **overrides}
+    config = resolve(TomographyConfig, preset, overrides=overrides)
     shape = tuple(args.shape or DEFAULT_SHAPES[preset])
+    if args.target == "scale":
+        return _run_scale(args, config, preset, device)
     if args.target == "tomography":
         rows = bench_tomography(config, shape, device, args.model, args.repeats).rows()
     else:
@@ -63,4 +84,53 @@ def run(args: argparse.Namespace) -> int:
         )
     print(f"bench {args.target} ({preset} preset, {args.model} with random weights)")
     print(tabulate(rows, tablefmt="github", headers=("measure", "value")))
+    return 0
+
+
+def _run_scale(args: argparse.Namespace, config, preset: str, device) -> int:
+    """``bench scale``: the figures per point, then the fitted log-log slopes, and a PNG."""
+    from tabulate import tabulate
+
+    from benchmark.bench import bench_scale, plot_scale, scale_slopes
+
+    channels = args.shape[0] if args.shape else 1
+    points = bench_scale(
+        config,
+        tuple(args.sizes or SCALE_SIZES[preset]),
+        tuple(args.angles or SCALE_ANGLES[preset]),
+        args.angle_size or SCALE_ANGLE_SIZE[preset],
+        device,
+        args.model,
+        args.batch_size,
+        channels,
+        repeats=args.repeats,
+    )
+    c = config
+    print(
+        f"bench scale ({preset} preset, {args.model} with random weights, {device.type}):"
+        f" M = {c.n_slices}, {c.slice_size} px, chunk {c.chunk}, batch {args.batch_size}"
+    )
+    rows = [
+        (
+            p.spec,
+            p.sweep,
+            f"{p.size}^3",
+            p.n_angles,
+            f"{p.seconds:.2f}",
+            "n/a" if p.peak_mb is None else f"{p.peak_mb:,.0f}",
+            f"{p.summary_bytes / 1024:,.1f}",
+            f"{p.heatmap_bytes / 1024:,.1f}",
+        )
+        for p in points
+    ]
+    headers = ("spec", "sweep", "volume", "L", "s", "peak MiB", "summary KiB", "float16 KiB")
+    print(tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True))
+    slopes = [
+        (spec, f"{quantity} ~ {x}^b", "n/a" if b is None else f"{b:.2f}")
+        for spec, x, quantity, b in scale_slopes(points)
+    ]
+    print()
+    print(tabulate(slopes, headers=("spec", "log-log fit", "slope b"), tablefmt="github"))
+    plot_scale(points, args.out)
+    print(f"\nfigure: {args.out}")
     return 0
