@@ -55,6 +55,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="compute nothing: evaluate the cached heatmaps of every shard",
     )
     parser.add_argument(
+        "--plan",
+        action="store_true",
+        help="print each method family's passes, estimated time, memory and disk on this "
+        "device, and what the budget (--set budget_hours=H) leaves out; compute nothing",
+    )
+    parser.add_argument(
         "--save-heatmaps",
         action="store_true",
         help="also write each heatmap as NIfTI with its volume's affine to <out>/heatmaps",
@@ -158,19 +164,20 @@ def _run(args: argparse.Namespace, context) -> int:
         raise ValueError(f"{args.checkpoint} is not a finished classifier with finite weights")
     checks = check_volumes(dataset, dataset.ids(), context)
     unscored = [c.id for c in checks if c.empty_truth and dataset.split(c.id) == "val"]
-    notes = []
+    specs, budget_note = _within_budget(
+        specs, config, tomography, train_config, dataset, context, args.plan
+    )
+    if args.plan:
+        return 0
+    notes = [budget_note] if budget_note else []
     if left_out:
         log.warning(
-            "leaving out %d specs that the preset excludes (exclude=%s): %s; "
-            "--set exclude= runs them",
+            "leaving out %d specs that exclude=%s matches: %s",
             len(left_out),
             ",".join(config.exclude),
             ", ".join(left_out),
         )
-        notes.append(
-            f"Left out by the preset (`exclude={','.join(config.exclude)}`; `--set exclude=` "
-            f"runs them): {', '.join(left_out)}."
-        )
+        notes.append(f"Left out by `exclude={','.join(config.exclude)}`: {', '.join(left_out)}.")
     if unscored:
         log.warning(
             "%d validation positive(s) have an empty annotation and are scored for "
@@ -209,6 +216,50 @@ def _run(args: argparse.Namespace, context) -> int:
     elif outputs is not None:
         _report(outputs, out)
     return 0
+
+
+def _within_budget(specs, config, tomography, train_config, dataset, context, show: bool):
+    """The specs the run's budget keeps (rank 0 measures, every rank follows) and the
+    leaderboard note on the families it leaves out; with ``show``, the plan is printed."""
+    from benchmark.plan import format_plan, plan_run
+    from benchmark.train import build_model
+
+    plan = None
+    if context.is_main:
+        shapes = [dataset.geometry(v)[0] for v in dataset.ids("val")]
+        in_chans = len(dataset.channels)
+        model = build_model(train_config, in_chans, initial=False).to(context.device)
+        frame, calibration, kept, left_out = plan_run(
+            config.methods,
+            shapes,
+            model,
+            tomography,
+            config.batch_size,
+            context.device,
+            config.budget_hours,
+            in_chans,
+        )
+        plan = (kept, left_out)
+        if show:
+            print(format_plan(frame, calibration, left_out))
+    kept, left_out = context.gather(plan)[0]
+    left_out = {s: why for s, why in left_out.items() if s in specs}
+    if not left_out:
+        return specs, None
+    reasons = sorted({why.split(" > ")[0] for why in left_out.values()})
+    log.warning(
+        "the budget (budget_hours=%g) leaves out %d specs: %s; --set budget_hours=H raises "
+        "it, and a method named in --methods always runs",
+        config.budget_hours,
+        len(left_out),
+        "; ".join(reasons),
+    )
+    note = (
+        f"Left out of `all` by the run's budget (`budget_hours={config.budget_hours:g}`, "
+        f"estimated on this device by `run --plan`): {'; '.join(reasons)}. "
+        "`--set budget_hours=H` raises it; a method named in `--methods` always runs."
+    )
+    return [s for s in specs if s in kept], note
 
 
 def _report(outputs, out: Path) -> None:
