@@ -6,11 +6,11 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 
 from benchmark.cli import main
 from datasets import load_dataset
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 CONFIG = """\
 run: {folds: 3}
 train: {model: test_resnet, pretrained: false, iterations: 8, slice_size: 16,
@@ -18,14 +18,6 @@ train: {model: test_resnet, pretrained: false, iterations: 8, slice_size: 16,
 tomography: {n_angles: 8, n_angles_cam: 4, n_slices: 6, slice_size: 16, chunk: 4}
 """
 AFFINE = np.diag([-1.5, -1.5, 2.0, 1.0])  # LPS-like voxel axes: stored flipped
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def write_folder(root, n_train: int = 6, n_val: int = 8):

@@ -25,6 +25,7 @@ from datasets import load_dataset
 from methods import Method, register_method
 from methods.registry import METHODS
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 REPO = Path(__file__).resolve().parents[1]
 SPECS = ["tonno", "layercam@1"]
 DATASET_OPTIONS = {"shape": "[12,16,16]", "n_train": "8", "n_val": "12"}  # 6 + 6 in val
@@ -67,15 +68,6 @@ def tiny_dataset():
 def heatmap_records(cache: Path) -> list[Path]:
     """The complete (spec, volume) entries: heatmaps/<dataset>/<key>/<spec>/<volume>.json."""
     return list(cache.glob("heatmaps/*/*/*/*.json"))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is faster, and immune to other processes on the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
