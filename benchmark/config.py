@@ -84,7 +84,7 @@ class RunConfig:
     batch_size: int = 64  # slices per classifier pass in the methods
     save_heatmaps: bool = False  # NIfTI heatmaps with the volume's affine in <out>/heatmaps
     keep_heatmaps: bool = False  # keep every full heatmap in the cache (re-evaluation)
-    calibration_volumes: int = 16  # label-free validation subset that sets the tau' grids
+    calibration_volumes: int = 32  # label-free validation subset that sets the tau' grids
     figure_volumes: int = 3  # validation positives shown in the Figure 6 layout
     figure_methods: tuple[str, ...] = (  # method families shown (fnmatch); the paper's five
         "gradcam",

@@ -664,8 +664,8 @@ def run_benchmark(
         first = [v for v in mine if v in calibration]
         failures += compute_missing_heatmaps(job, first, model, job.grids(), progress)
         context.barrier()
-        rest = [v for v in mine if v not in calibration]
-        failures += compute_missing_heatmaps(job, rest, model, job.grids(), progress)
+        # the calibration entries are summarised (their heatmaps dropped), then the rest
+        failures += compute_missing_heatmaps(job, mine, model, job.grids(), progress)
     failures = [
         f"rank {rank}: {line}" if context.distributed else line
         for rank, lines in enumerate(context.gather(failures))
