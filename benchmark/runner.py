@@ -171,7 +171,8 @@ class Job:
 
     ``images``/``truths`` are the volumes' content digests (cache addresses); ``keep`` the
     volumes whose full heatmaps stay on disk (the figure's; all with ``save_heatmaps``);
-    ``unscored`` the positives whose annotation is empty (no localisation score).
+    ``unscored`` the positives whose annotation is empty (no localisation score);
+    ``failed`` the specs and volumes that failed in this run (not tried again).
     """
 
     dataset: Any
@@ -185,6 +186,7 @@ class Job:
     unscored: set[str]
     images: dict[str, str] = dataclasses.field(default_factory=dict)
     truths: dict[str, str] = dataclasses.field(default_factory=dict)
+    failed: set[str] = dataclasses.field(default_factory=set)  # specs and volumes: not again
 
     def __post_init__(self):
         for v in self.volume_ids:
@@ -349,7 +351,11 @@ def compute_missing_heatmaps(
     and not run again: everything else is computed and stored. A heatmap's seconds run
     from the previous arrival: work that specs share counts for the first to arrive.
     """
-    todo = {v: [s for s in job.specs if not job.complete(s, v, grids)] for v in volume_ids}
+    todo = {
+        v: [s for s in job.specs if s not in job.failed and not job.complete(s, v, grids)]
+        for v in volume_ids
+        if v not in job.failed
+    }
     todo = {v: pending for v, pending in todo.items() if pending}
     total = sum(map(len, todo.values()))
     if not total:
@@ -357,17 +363,17 @@ def compute_missing_heatmaps(
     log.info("heatmaps: %d to compute in %s", total, job.store.root)
     device = next(model.parameters()).device
     failures: list[str] = []
-    failed: set[str] = set()
     with tqdm(total=total, desc="heatmaps", unit="map", disable=not progress) as bar:
         for volume_id, pending in todo.items():
-            bar.total -= sum(s in failed for s in pending)
-            pending = [s for s in pending if s not in failed]
+            bar.total -= sum(s in job.failed for s in pending)
+            pending = [s for s in pending if s not in job.failed]
             if not pending:
                 continue
             try:
                 volume = job.dataset[volume_id]
                 image = torch.from_numpy(np.array(volume.image, dtype=np.float32)).to(device)
             except (ValueError, OSError) as error:
+                job.failed.add(volume_id)
                 failures.append(f"volume {volume_id}: {error}")
                 log.error("%s", failures[-1])
                 bar.update(len(pending))
@@ -376,7 +382,7 @@ def compute_missing_heatmaps(
             run = functools.partial(_store_heatmaps, job, volume, image, model, grids, bar)
             done = functools.partial(job.record, volume_id=volume_id)
             for spec, error in _find_failures(run, pending, done):
-                failed.add(spec)
+                job.failed.add(spec)
                 failures.append(f"{spec} on {volume_id}: {type(error).__name__}: {error}")
                 log.error("%s (not run again in this run)", failures[-1])
                 log.debug("traceback of %s on %s", spec, volume_id, exc_info=error)
