@@ -191,27 +191,41 @@ def sample_batch(
     return cut_batch(dataset, plan, range(len(plan.ids)), config.slice_size, device)
 
 
+@dataclasses.dataclass(frozen=True)
+class StepCheck:
+    """Hooks of :func:`train_step` that stop a diverging step before it updates the model.
+
+    ``loss(value)`` sees the batch's mean loss before the backward pass and returns the loss
+    to report (the mean over every rank's slices under DDP); ``gradients(model)`` sees the
+    (DDP-averaged) gradients before the optimiser step. Either raises to stop.
+    """
+
+    loss: Callable[[float], float]
+    gradients: Callable[[nn.Module], None]
+
+
 def train_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     slices: Tensor,
     labels: Tensor,
-    check: Callable[[float], float] | None = None,
+    check: StepCheck | None = None,
 ) -> float:
     """One step (A.6): BCE of every slice's logit against its label, Adam, schedule; the loss.
 
-    ``check(loss)``, when given, sees the batch's mean loss before the backward pass and
-    returns the loss to report (the mean over every rank's slices under DDP) or raises
-    (a non-finite loss): no update is made from a diverged batch.
+    With ``check`` (:class:`StepCheck`), a non-finite loss or gradient raises before the
+    update: no weight is changed by a diverged batch.
     """
     model.train()
     with autocast(slices.device):
         logits = model(slices.contiguous(memory_format=memory_format(slices.device)))
     loss = F.binary_cross_entropy_with_logits(logits.float().squeeze(-1), labels)
-    reported = loss.item() if check is None else check(loss.item())
+    reported = loss.item() if check is None else check.loss(loss.item())
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if check is not None:
+        check.gradients(model)
     optimizer.step()
     scheduler.step()
     return reported
@@ -653,11 +667,11 @@ def train(
         slices, labels = cut_batch(dataset, plan, positions, config.slice_size, device)
         loop.check_inputs(step, plan, positions, slices)
         lr = scheduler.get_last_lr()[0]
-        loss = train_step(net, optimizer, scheduler, slices, labels, loop.loss_check(step, plan))
+        loss = train_step(net, optimizer, scheduler, slices, labels, loop.step_check(step, plan))
+        loop.check_weights(step, plan)  # e.g. batch-norm statistics overflowed
         loop.record_loss(step, loss, lr)
         finished = loop.validate(step)
         if step % config.checkpoint_every == 0 or finished:
-            loop.check_weights(step, plan)
             if context.is_main:
                 _save(path, model, optimizer, scheduler, generator, run, config, meta)
             context.barrier()
@@ -741,19 +755,25 @@ class _Loop:
             "preprocessing or leave them out of the train split"
         )
 
-    def loss_check(self, step: int, plan: BatchPlan) -> Callable[[float], float]:
-        """``check`` for :func:`train_step`: the global mean loss, or a ValueError."""
+    def step_check(self, step: int, plan: BatchPlan) -> StepCheck:
+        """The :class:`StepCheck` of ``step``: the global mean loss, or a ValueError."""
 
-        def check(loss: float) -> float:
-            total = self.context.sum([loss])[0] / self.context.world_size
+        def loss(value: float) -> float:
+            total = self.context.sum([value])[0] / self.context.world_size
             if not math.isfinite(total):
                 raise ValueError(self._diverged(step, plan, f"non-finite loss ({total})"))
             return total
 
-        return check
+        def gradients(model: nn.Module) -> None:
+            grads = [p.grad for p in model.parameters() if p.grad is not None]
+            if not all(bool(g.isfinite().all()) for g in grads):  # the same on every rank
+                raise ValueError(self._diverged(step, plan, "non-finite gradients"))
+
+        return StepCheck(loss, gradients)
 
     def check_weights(self, step: int, plan: BatchPlan) -> None:
-        """Refuse to checkpoint non-finite weights (identical on every rank under DDP)."""
+        """Stop on non-finite weights or buffers after the update (identical on every rank
+        under DDP), so that they are never checkpointed."""
         if not all(
             bool(p.isfinite().all())
             for p in self.model.state_dict().values()
