@@ -7,7 +7,14 @@ its volume's label. A volume's prediction is the max of its slice logits (A.6).
 
 All randomness comes from one CPU ``torch.Generator`` seeded by the config, whose state is
 checkpointed with the model, the optimiser and the schedule: resuming a killed run gives
-the same weights as an uninterrupted one (exactly on the CPU).
+the same weights as an uninterrupted one (exactly on the CPU). Under torchrun every rank
+draws the whole batch from that generator and cuts its share of the volumes (DDP).
+
+Trust (beyond the paper): a non-finite batch, loss, gradient or weight stops training
+with the step and the volumes; the checkpoint records a content digest of the training
+data and is set aside, not reused, when the data change; ``holdout``/``patience`` stop
+training once a held-out part of the train split is classified as well as it will be;
+:func:`classifier_report` says whether the classifier beats chance on the evaluation split.
 """
 
 from __future__ import annotations
@@ -613,7 +620,7 @@ def train(
     _check(config, context.world_size)
     split = _split_ids(dataset, config)
     in_chans = len(dataset.channels)
-    data = context.broadcast(_data_record(dataset, split) if context.is_main else None)
+    data = _on_main(context, lambda: _data_record(dataset, split))
     state = _on_main(context, lambda: _load_for_resume(path, config, info, data, resume))
 
     model = build_model(config, in_chans, initial=state is None).to(device)
