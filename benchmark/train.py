@@ -622,15 +622,13 @@ def train(
     in_chans = len(dataset.channels)
     data = _on_main(context, lambda: _data_record(dataset, split))
     state = _on_main(context, lambda: _load_for_resume(path, config, info, data, resume))
+    if state is not None and state.get("finished", state["step"] >= config.iterations):
+        log.info("%s is finished (step %d): reusing it", path, state["step"])
+        return path
 
     model = build_model(config, in_chans, initial=state is None).to(device)
     model.to(memory_format=memory_format(device))
-    optimizer = torch.optim.Adam(
-        model.parameters(), lr=config.lr, betas=config.betas, eps=config.eps
-    )
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-        optimizer, T_max=config.iterations, eta_min=config.lr_min
-    )
+    optimizer, scheduler = _optimiser(model, config)
     generator = torch.Generator().manual_seed(config.seed)
     run = _new_run()
     if state is None:
@@ -641,11 +639,7 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         generator.set_state(state["rng"])
-        finished = state["step"] >= config.iterations
-        run = {key: state.get(key, finished if key == "finished" else v) for key, v in run.items()}
-        if run["finished"]:
-            log.info("%s is finished (step %d): reusing it", path, run["step"])
-            return path
+        run = {key: state.get(key, default) for key, default in run.items()}
         log.info("resuming %s at step %d of %d", path, run["step"], config.iterations)
     if split["holdout"]:
         log.info(
@@ -688,6 +682,17 @@ def train(
             break
     bar.close()
     return path
+
+
+def _optimiser(model: nn.Module, config: TrainConfig) -> tuple[Any, Any]:
+    """Adam and the cosine schedule from lr to lr_min over ``iterations`` (A.6; the cap)."""
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=config.lr, betas=config.betas, eps=config.eps
+    )
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=config.iterations, eta_min=config.lr_min
+    )
+    return optimizer, scheduler
 
 
 def _new_run() -> dict[str, Any]:
