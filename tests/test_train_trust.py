@@ -231,6 +231,10 @@ def _ddp_worker(rank: int, port: int, out: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.skipif(
+    not dist.is_available() or not dist.is_gloo_available() or os.name != "posix",
+    reason="needs torch.distributed with gloo and fork",
+)
 def test_two_ranks_train_the_same_weights_as_one_process(tmp_path):
     single = read_checkpoint(train(TinySet(), DDP, tmp_path / "single", progress=False))
     # fork: the ranks inherit the imported modules (spawn re-imports torch and timm: ~10 s)
