@@ -843,8 +843,12 @@ class _Loop:
         return finished
 
     def _scores(self, ids: list[str]) -> dict[str, float]:
+        result = self._validate(ids)
+        return {k: result[k] for k in VAL_SCORES}
+
+    def _validate(self, ids: list[str]) -> dict[str, Any]:
         config = self.config
-        result = validate(
+        return validate(
             self.model,
             self.dataset,
             ids,
@@ -853,14 +857,18 @@ class _Loop:
             self.chunk,
             self.context,
         )
-        return {k: result[k] for k in VAL_SCORES}
 
     def _early_stopping(self, step: int) -> bool:
-        """Score the holdout; whether its AUC went ``patience`` validations without a gain."""
+        """Score the holdout; stop once its AUC went ``patience`` validations without a gain
+        of ``min_delta`` *and* is above chance (its 95 % bootstrap interval excludes 0.5).
+
+        The second condition keeps a classifier that has not learned yet (whose holdout AUC
+        only wanders around 0.5, and whose best is an early lucky draw) training to the cap.
+        """
         config, run = self.config, self.run
-        scores = self._scores(self.split["holdout"])
-        run["holdout"].append({"step": step, **scores})
-        auc, best = scores["auc"], run["best_auc"]
+        result = self._validate(self.split["holdout"])
+        auc, best = result["auc"], run["best_auc"]
+        run["holdout"].append({"step": step, **{k: result[k] for k in VAL_SCORES}})
         if best is None or (auc > best and auc - best >= config.min_delta):
             run["best_auc"], run["best_step"], run["stale"] = auc, step, 0
             verdict = "improved"
@@ -869,6 +877,15 @@ class _Loop:
             verdict = f"no gain >= {config.min_delta:g} ({run['stale']} of {config.patience})"
         self.postfix.update(holdout_auc=f"{auc:.3f}")
         stop = 0 < config.patience <= run["stale"] and step < config.iterations
+        if stop:
+            labels, logits = result["labels"].numpy(), result["logits"].numpy()
+            low, high = bootstrap_ci(_auc_or_nan, labels, logits, n_resamples=1000)
+            stop = low > 0.5
+            verdict += (
+                f", above chance (95 % interval {low:.3f}-{high:.3f})"
+                if stop
+                else f", but not above chance (95 % interval {low:.3f}-{high:.3f}): continuing"
+            )
         log.info(
             "step %d: holdout AUC %.4f, %s; best %.4f at step %d%s",
             step,

@@ -151,7 +151,10 @@ EARLY = dataclasses.replace(
 )
 
 
-def test_early_stopping_stops_sooner_on_an_easy_set_and_resumes_exactly(tmp_path, monkeypatch):
+def test_early_stopping_stops_sooner_on_an_easy_set_and_resumes_exactly(
+    tmp_path, monkeypatch, caplog
+):
+    caplog.set_level(logging.INFO, logger="benchmark.train")
     # 32 training volumes, 4 + 4 held out; the hard set's blob is half as bright
     easy = read_checkpoint(train(BlobSet(3.0), EARLY, tmp_path / "easy", progress=False))
     hard = read_checkpoint(train(BlobSet(1.5), EARLY, tmp_path / "hard", progress=False))
@@ -169,6 +172,8 @@ def test_early_stopping_stops_sooner_on_an_easy_set_and_resumes_exactly(tmp_path
     assert set(easy["data_holdout"]) < set(BlobSet(3.0).ids("train"))
 
     stop = easy["step"]
+    assert "holdout AUC 1.0000, no gain >= 0.01 (3 of 3), above chance" in caplog.text
+    assert f"stopping early at step {stop} of at most 60" in caplog.text
     _recording_train_step(monkeypatch, kill_at=stop - 1)  # dies after the last save before
     with pytest.raises(RuntimeError, match="killed"):
         train(BlobSet(3.0), EARLY, tmp_path / "killed", progress=False)
@@ -182,6 +187,15 @@ def test_early_stopping_stops_sooner_on_an_easy_set_and_resumes_exactly(tmp_path
     calls = _recording_train_step(monkeypatch)
     train(BlobSet(3.0), EARLY, tmp_path / "killed", resume=True, progress=False)
     assert calls == []  # finished early: reused, not continued to the cap
+
+
+def test_a_classifier_at_chance_is_not_stopped_early(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="benchmark.train")
+    config = dataclasses.replace(EARLY, iterations=32, patience=2)
+    state = read_checkpoint(train(BlobSet(0.0), config, tmp_path, progress=False))  # no signal
+    assert state["step"] == 32 and state["stopped_early"] is None and state["finished"]
+    # at step 24 the AUC rule alone would have stopped it
+    assert "no gain >= 0.01 (2 of 2), but not above chance" in caplog.text
 
 
 # --- distributed: 2 gloo ranks on the CPU ---------------------------------------------------
