@@ -21,14 +21,21 @@ def test_mean_interval_matches_scipy_percentile_bootstrap():
     assert ours == pytest.approx((theirs.low, theirs.high), abs=0.01)
 
 
+def _auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Mann-Whitney AUC in numpy (sklearn's roc_auc_score is ~10x slower per call)."""
+    pos, neg = scores[labels == 1][:, None], scores[labels == 0][None]
+    return float((pos > neg).mean() + 0.5 * (pos == neg).mean())
+
+
 def test_paired_auc_interval_matches_scipy():
     rng = np.random.default_rng(2)
     labels = np.arange(80) % 2
     scores = rng.normal(size=80) + 0.8 * labels
-    ours = bootstrap_ci(roc_auc_score, labels, scores, n_resamples=2000, confidence=0.9)
+    assert _auc(labels, scores) == pytest.approx(roc_auc_score(labels, scores))
+    ours = bootstrap_ci(_auc, labels, scores, n_resamples=2000, confidence=0.9)
     theirs = scipy_stats.bootstrap(
         (labels, scores),
-        roc_auc_score,
+        _auc,
         paired=True,
         vectorized=False,
         n_resamples=2000,
@@ -56,7 +63,7 @@ def test_undefined_resamples_are_skipped():
     def auc(y, s):
         if y.min() == y.max():
             raise ValueError("one class")
-        return roc_auc_score(y, s)
+        return _auc(y, s)
 
     low, high = bootstrap_ci(auc, labels, scores, n_resamples=500)
     assert (low, high) == (1.0, 1.0)
