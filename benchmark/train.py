@@ -744,6 +744,12 @@ def _on_main(context: Context, decide: Callable[[], T]) -> T:
     return value
 
 
+def _all_finite(tensors) -> bool:
+    """Whether every element of every tensor is finite (one device sync, not one a tensor)."""
+    flags = [t.isfinite().all() for t in tensors]
+    return not flags or bool(torch.stack(flags).all())
+
+
 class _Loop:
     """Per-step checks, logging and validation of :func:`train` (the same on every rank)."""
 
@@ -756,8 +762,8 @@ class _Loop:
     def check_inputs(self, step: int, plan: BatchPlan, positions, slices: Tensor) -> None:
         """Every rank's slices are finite, else a ValueError naming the step and volumes."""
         per_volume = slices.reshape(len(positions), -1)
-        pairs = zip(positions, per_volume, strict=True)
-        bad = [plan.ids[b] for b, row in pairs if not row.isfinite().all()]
+        finite = per_volume.isfinite().all(1).tolist()  # one device sync
+        bad = [plan.ids[b] for b, ok in zip(positions, finite, strict=True) if not ok]
         if not self.context.sum([len(bad)])[0]:
             return
         bad = sorted({i for part in self.context.gather(bad) for i in part})
@@ -778,7 +784,7 @@ class _Loop:
 
         def gradients(model: nn.Module) -> None:
             grads = [p.grad for p in model.parameters() if p.grad is not None]
-            if not all(bool(g.isfinite().all()) for g in grads):  # the same on every rank
+            if not _all_finite(grads):  # the same on every rank
                 raise ValueError(self._diverged(step, plan, "non-finite gradients"))
 
         return StepCheck(loss, gradients)
@@ -786,11 +792,7 @@ class _Loop:
     def check_weights(self, step: int, plan: BatchPlan) -> None:
         """Stop on non-finite weights or buffers after the update (identical on every rank
         under DDP), so that they are never checkpointed."""
-        if not all(
-            bool(p.isfinite().all())
-            for p in self.model.state_dict().values()
-            if p.is_floating_point()
-        ):
+        if not _all_finite(t for t in self.model.state_dict().values() if t.is_floating_point()):
             raise ValueError(self._diverged(step, plan, "non-finite weights after the update"))
 
     def _diverged(self, step: int, plan: BatchPlan, what: str) -> str:
