@@ -655,32 +655,32 @@ def train(
     meta = {"dataset": info, "in_chans": in_chans, **data}
     net = _distributed_model(model, context)
     loop = _Loop(dataset, config, split, context, model, run)
-    bar = tqdm(
+    with tqdm(
         total=config.iterations,
         initial=run["step"],
         desc=f"train {info['name']}",
         disable=not (progress and context.is_main),
         dynamic_ncols=True,
-    )
-    for step in range(run["step"] + 1, config.iterations + 1):
-        plan = draw_batch(split["positives"], split["negatives"], config, generator)
-        positions = context.share(range(config.batch_volumes))
-        slices, labels = cut_batch(dataset, plan, positions, config.slice_size, device)
-        loop.check_inputs(step, plan, positions, slices)
-        lr = scheduler.get_last_lr()[0]
-        loss = train_step(net, optimizer, scheduler, slices, labels, loop.step_check(step, plan))
-        loop.check_weights(step, plan)  # e.g. batch-norm statistics overflowed
-        loop.record_loss(step, loss, lr)
-        finished = loop.validate(step)
-        if step % config.checkpoint_every == 0 or finished:
-            if context.is_main:
-                _save(path, model, optimizer, scheduler, generator, run, config, meta)
-            context.barrier()
-        bar.set_postfix(loop.postfix, refresh=False)
-        bar.update()
-        if finished:
-            break
-    bar.close()
+    ) as bar:  # closed on an error too: the error line starts on a line of its own
+        for step in range(run["step"] + 1, config.iterations + 1):
+            plan = draw_batch(split["positives"], split["negatives"], config, generator)
+            positions = context.share(range(config.batch_volumes))
+            slices, labels = cut_batch(dataset, plan, positions, config.slice_size, device)
+            loop.check_inputs(step, plan, positions, slices)
+            lr = scheduler.get_last_lr()[0]
+            check = loop.step_check(step, plan)
+            loss = train_step(net, optimizer, scheduler, slices, labels, check)
+            loop.check_weights(step, plan)  # e.g. batch-norm statistics overflowed
+            loop.record_loss(step, loss, lr)
+            finished = loop.validate(step)
+            if step % config.checkpoint_every == 0 or finished:
+                if context.is_main:
+                    _save(path, model, optimizer, scheduler, generator, run, config, meta)
+                context.barrier()
+            bar.set_postfix(loop.postfix, refresh=False)
+            bar.update()
+            if finished:
+                break
     return path
 
 

@@ -322,3 +322,17 @@ def test_classifier_report_matches_sklearn_and_flags_chance():
     report = classifier_report(MeanOfSlice(), chance, chance.ids(), 4, 6, 16)
     assert report["auc"] == pytest.approx(roc_auc_score(random_labels, values.astype(np.float32)))
     assert report["auc_ci_low"] < 0.5 < report["auc_ci_high"] and report["at_chance"]
+
+
+def test_train_command_reports_a_diverged_run_in_one_line(tmp_path, monkeypatch, capsys):
+    from benchmark import cli
+    from benchmark.commands import train as command
+
+    monkeypatch.setattr(command, "open_dataset", lambda args: PoisonedSet("tiny_03", 1e30))
+    fields = {"model": "test_resnet", "pretrained": "false", "slices_per_volume": "8"}
+    fields |= {"slice_size": "32", "iterations": "20", "holdout": "0", "patience": "0"}
+    argv = ["train", "--dataset", "synthetic", "--device", "cpu", "--out", str(tmp_path)]
+    argv += ["--preset", "quick", *[a for k, v in fields.items() for a in ("--set", f"{k}={v}")]]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err  # the progress bar shares stderr
+    assert re.search(r"^error: training diverged at step \d+: [^\n]*tiny_03", err, re.M)
