@@ -876,7 +876,10 @@ class _Loop:
             verdict = "improved"
         else:
             run["stale"] += 1
-            verdict = f"no gain >= {config.min_delta:g} ({run['stale']} of {config.patience})"
+            verdict = (
+                f"no gain >= {config.min_delta:g} for {run['stale']} validations "
+                f"(patience {config.patience})"
+            )
         self.postfix.update(holdout_auc=f"{auc:.3f}")
         stop = 0 < config.patience <= run["stale"] and step < config.iterations
         if stop:

@@ -172,7 +172,8 @@ def test_early_stopping_stops_sooner_on_an_easy_set_and_resumes_exactly(
     assert set(easy["data_holdout"]) < set(BlobSet(3.0).ids("train"))
 
     stop = easy["step"]
-    assert "holdout AUC 1.0000, no gain >= 0.01 (3 of 3), above chance" in caplog.text
+    decision = "holdout AUC 1.0000, no gain >= 0.01 for 3 validations (patience 3), above chance"
+    assert decision in caplog.text
     assert f"stopping early at step {stop} of at most 60" in caplog.text
     _recording_train_step(monkeypatch, kill_at=stop - 1)  # dies after the last save before
     with pytest.raises(RuntimeError, match="killed"):
@@ -195,7 +196,7 @@ def test_a_classifier_at_chance_is_not_stopped_early(tmp_path, caplog):
     state = read_checkpoint(train(BlobSet(0.0), config, tmp_path, progress=False))  # no signal
     assert state["step"] == 32 and state["stopped_early"] is None and state["finished"]
     # at step 24 the AUC rule alone would have stopped it
-    assert "no gain >= 0.01 (2 of 2), but not above chance" in caplog.text
+    assert "no gain >= 0.01 for 2 validations (patience 2), but not above chance" in caplog.text
 
 
 # --- distributed: 2 gloo ranks on the CPU ---------------------------------------------------
