@@ -112,17 +112,22 @@ PRESETS: dict[type, dict[str, Any]] = {
     },
     TrainConfig: {
         "paper": TrainConfig(),
-        "quick": TrainConfig(  # synthetic on a 2-core CPU in minutes; 64 px as tomography's
+        # synthetic on a 2-core CPU in about two minutes; 64 px as tomography's. Trains
+        # until the holdout AUC stops improving (beyond the paper), at most `iterations`.
+        "quick": TrainConfig(
             model="resnet10t_gn_np",
             slices_per_volume=32,
             slice_size=64,
             lr=1e-3,
             lr_min=1e-5,
-            iterations=300,
-            val_every=100,
+            iterations=600,  # the cap; the cosine schedule spans it
+            val_every=25,
             val_slices=16,
-            checkpoint_every=50,
+            checkpoint_every=25,
             log_every=10,
+            holdout=0.25,  # synthetic: 6 + 6 of the 48 training volumes
+            patience=3,
+            min_delta=0.01,
         ),
     },
     RunConfig: {

@@ -7,7 +7,14 @@ its volume's label. A volume's prediction is the max of its slice logits (A.6).
 
 All randomness comes from one CPU ``torch.Generator`` seeded by the config, whose state is
 checkpointed with the model, the optimiser and the schedule: resuming a killed run gives
-the same weights as an uninterrupted one (exactly on the CPU).
+the same weights as an uninterrupted one (exactly on the CPU). Under torchrun every rank
+draws the whole batch from that generator and cuts its share of the volumes (DDP).
+
+Trust (beyond the paper): a non-finite batch, loss, gradient or weight stops training
+with the step and the volumes; the checkpoint records a content digest of the training
+data and is set aside, not reused, when the data change; ``holdout``/``patience`` stop
+training once a held-out part of the train split is classified as well as it will be;
+:func:`classifier_report` says whether the classifier beats chance on the evaluation split.
 """
 
 from __future__ import annotations
@@ -191,27 +198,41 @@ def sample_batch(
     return cut_batch(dataset, plan, range(len(plan.ids)), config.slice_size, device)
 
 
+@dataclasses.dataclass(frozen=True)
+class StepCheck:
+    """Hooks of :func:`train_step` that stop a diverging step before it updates the model.
+
+    ``loss(value)`` sees the batch's mean loss before the backward pass and returns the loss
+    to report (the mean over every rank's slices under DDP); ``gradients(model)`` sees the
+    (DDP-averaged) gradients before the optimiser step. Either raises to stop.
+    """
+
+    loss: Callable[[float], float]
+    gradients: Callable[[nn.Module], None]
+
+
 def train_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     slices: Tensor,
     labels: Tensor,
-    check: Callable[[float], float] | None = None,
+    check: StepCheck | None = None,
 ) -> float:
     """One step (A.6): BCE of every slice's logit against its label, Adam, schedule; the loss.
 
-    ``check(loss)``, when given, sees the batch's mean loss before the backward pass and
-    returns the loss to report (the mean over every rank's slices under DDP) or raises
-    (a non-finite loss): no update is made from a diverged batch.
+    With ``check`` (:class:`StepCheck`), a non-finite loss or gradient raises before the
+    update: no weight is changed by a diverged batch.
     """
     model.train()
     with autocast(slices.device):
         logits = model(slices.contiguous(memory_format=memory_format(slices.device)))
     loss = F.binary_cross_entropy_with_logits(logits.float().squeeze(-1), labels)
-    reported = loss.item() if check is None else check(loss.item())
+    reported = loss.item() if check is None else check.loss(loss.item())
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if check is not None:
+        check.gradients(model)
     optimizer.step()
     scheduler.step()
     return reported
@@ -599,17 +620,15 @@ def train(
     _check(config, context.world_size)
     split = _split_ids(dataset, config)
     in_chans = len(dataset.channels)
-    data = context.broadcast(_data_record(dataset, split) if context.is_main else None)
+    data = _on_main(context, lambda: _data_record(dataset, split))
     state = _on_main(context, lambda: _load_for_resume(path, config, info, data, resume))
+    if state is not None and state.get("finished", state["step"] >= config.iterations):
+        log.info("%s is finished (step %d): reusing it", path, state["step"])
+        return path
 
     model = build_model(config, in_chans, initial=state is None).to(device)
     model.to(memory_format=memory_format(device))
-    optimizer = torch.optim.Adam(
-        model.parameters(), lr=config.lr, betas=config.betas, eps=config.eps
-    )
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-        optimizer, T_max=config.iterations, eta_min=config.lr_min
-    )
+    optimizer, scheduler = _optimiser(model, config)
     generator = torch.Generator().manual_seed(config.seed)
     run = _new_run()
     if state is None:
@@ -620,11 +639,7 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         generator.set_state(state["rng"])
-        finished = state["step"] >= config.iterations
-        run = {key: state.get(key, finished if key == "finished" else v) for key, v in run.items()}
-        if run["finished"]:
-            log.info("%s is finished (step %d): reusing it", path, run["step"])
-            return path
+        run = {key: state.get(key, default) for key, default in run.items()}
         log.info("resuming %s at step %d of %d", path, run["step"], config.iterations)
     if split["holdout"]:
         log.info(
@@ -640,33 +655,44 @@ def train(
     meta = {"dataset": info, "in_chans": in_chans, **data}
     net = _distributed_model(model, context)
     loop = _Loop(dataset, config, split, context, model, run)
-    bar = tqdm(
+    with tqdm(
         total=config.iterations,
         initial=run["step"],
         desc=f"train {info['name']}",
         disable=not (progress and context.is_main),
         dynamic_ncols=True,
-    )
-    for step in range(run["step"] + 1, config.iterations + 1):
-        plan = draw_batch(split["positives"], split["negatives"], config, generator)
-        positions = context.share(range(config.batch_volumes))
-        slices, labels = cut_batch(dataset, plan, positions, config.slice_size, device)
-        loop.check_inputs(step, plan, positions, slices)
-        lr = scheduler.get_last_lr()[0]
-        loss = train_step(net, optimizer, scheduler, slices, labels, loop.loss_check(step, plan))
-        loop.record_loss(step, loss, lr)
-        finished = loop.validate(step)
-        if step % config.checkpoint_every == 0 or finished:
-            loop.check_weights(step, plan)
-            if context.is_main:
-                _save(path, model, optimizer, scheduler, generator, run, config, meta)
-            context.barrier()
-        bar.set_postfix(loop.postfix, refresh=False)
-        bar.update()
-        if finished:
-            break
-    bar.close()
+    ) as bar:  # closed on an error too: the error line starts on a line of its own
+        for step in range(run["step"] + 1, config.iterations + 1):
+            plan = draw_batch(split["positives"], split["negatives"], config, generator)
+            positions = context.share(range(config.batch_volumes))
+            slices, labels = cut_batch(dataset, plan, positions, config.slice_size, device)
+            loop.check_inputs(step, plan, positions, slices)
+            lr = scheduler.get_last_lr()[0]
+            check = loop.step_check(step, plan)
+            loss = train_step(net, optimizer, scheduler, slices, labels, check)
+            loop.check_weights(step, plan)  # e.g. batch-norm statistics overflowed
+            loop.record_loss(step, loss, lr)
+            finished = loop.validate(step)
+            if step % config.checkpoint_every == 0 or finished:
+                if context.is_main:
+                    _save(path, model, optimizer, scheduler, generator, run, config, meta)
+                context.barrier()
+            bar.set_postfix(loop.postfix, refresh=False)
+            bar.update()
+            if finished:
+                break
     return path
+
+
+def _optimiser(model: nn.Module, config: TrainConfig) -> tuple[Any, Any]:
+    """Adam and the cosine schedule from lr to lr_min over ``iterations`` (A.6; the cap)."""
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=config.lr, betas=config.betas, eps=config.eps
+    )
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=config.iterations, eta_min=config.lr_min
+    )
+    return optimizer, scheduler
 
 
 def _new_run() -> dict[str, Any]:
@@ -718,6 +744,12 @@ def _on_main(context: Context, decide: Callable[[], T]) -> T:
     return value
 
 
+def _all_finite(tensors) -> bool:
+    """Whether every element of every tensor is finite (one device sync, not one a tensor)."""
+    flags = [t.isfinite().all() for t in tensors]
+    return not flags or bool(torch.stack(flags).all())
+
+
 class _Loop:
     """Per-step checks, logging and validation of :func:`train` (the same on every rank)."""
 
@@ -730,8 +762,8 @@ class _Loop:
     def check_inputs(self, step: int, plan: BatchPlan, positions, slices: Tensor) -> None:
         """Every rank's slices are finite, else a ValueError naming the step and volumes."""
         per_volume = slices.reshape(len(positions), -1)
-        pairs = zip(positions, per_volume, strict=True)
-        bad = [plan.ids[b] for b, row in pairs if not row.isfinite().all()]
+        finite = per_volume.isfinite().all(1).tolist()  # one device sync
+        bad = [plan.ids[b] for b, ok in zip(positions, finite, strict=True) if not ok]
         if not self.context.sum([len(bad)])[0]:
             return
         bad = sorted({i for part in self.context.gather(bad) for i in part})
@@ -741,24 +773,26 @@ class _Loop:
             "preprocessing or leave them out of the train split"
         )
 
-    def loss_check(self, step: int, plan: BatchPlan) -> Callable[[float], float]:
-        """``check`` for :func:`train_step`: the global mean loss, or a ValueError."""
+    def step_check(self, step: int, plan: BatchPlan) -> StepCheck:
+        """The :class:`StepCheck` of ``step``: the global mean loss, or a ValueError."""
 
-        def check(loss: float) -> float:
-            total = self.context.sum([loss])[0] / self.context.world_size
+        def loss(value: float) -> float:
+            total = self.context.sum([value])[0] / self.context.world_size
             if not math.isfinite(total):
                 raise ValueError(self._diverged(step, plan, f"non-finite loss ({total})"))
             return total
 
-        return check
+        def gradients(model: nn.Module) -> None:
+            grads = [p.grad for p in model.parameters() if p.grad is not None]
+            if not _all_finite(grads):  # the same on every rank
+                raise ValueError(self._diverged(step, plan, "non-finite gradients"))
+
+        return StepCheck(loss, gradients)
 
     def check_weights(self, step: int, plan: BatchPlan) -> None:
-        """Refuse to checkpoint non-finite weights (identical on every rank under DDP)."""
-        if not all(
-            bool(p.isfinite().all())
-            for p in self.model.state_dict().values()
-            if p.is_floating_point()
-        ):
+        """Stop on non-finite weights or buffers after the update (identical on every rank
+        under DDP), so that they are never checkpointed."""
+        if not _all_finite(t for t in self.model.state_dict().values() if t.is_floating_point()):
             raise ValueError(self._diverged(step, plan, "non-finite weights after the update"))
 
     def _diverged(self, step: int, plan: BatchPlan, what: str) -> str:
@@ -811,8 +845,12 @@ class _Loop:
         return finished
 
     def _scores(self, ids: list[str]) -> dict[str, float]:
+        result = self._validate(ids)
+        return {k: result[k] for k in VAL_SCORES}
+
+    def _validate(self, ids: list[str]) -> dict[str, Any]:
         config = self.config
-        result = validate(
+        return validate(
             self.model,
             self.dataset,
             ids,
@@ -821,22 +859,38 @@ class _Loop:
             self.chunk,
             self.context,
         )
-        return {k: result[k] for k in VAL_SCORES}
 
     def _early_stopping(self, step: int) -> bool:
-        """Score the holdout; whether its AUC went ``patience`` validations without a gain."""
+        """Score the holdout; stop once its AUC went ``patience`` validations without a gain
+        of ``min_delta`` *and* is above chance (its 95 % bootstrap interval excludes 0.5).
+
+        The second condition keeps a classifier that has not learned yet (whose holdout AUC
+        only wanders around 0.5, and whose best is an early lucky draw) training to the cap.
+        """
         config, run = self.config, self.run
-        scores = self._scores(self.split["holdout"])
-        run["holdout"].append({"step": step, **scores})
-        auc, best = scores["auc"], run["best_auc"]
+        result = self._validate(self.split["holdout"])
+        auc, best = result["auc"], run["best_auc"]
+        run["holdout"].append({"step": step, **{k: result[k] for k in VAL_SCORES}})
         if best is None or (auc > best and auc - best >= config.min_delta):
             run["best_auc"], run["best_step"], run["stale"] = auc, step, 0
             verdict = "improved"
         else:
             run["stale"] += 1
-            verdict = f"no gain >= {config.min_delta:g} ({run['stale']} of {config.patience})"
+            verdict = (
+                f"no gain >= {config.min_delta:g} for {run['stale']} validations "
+                f"(patience {config.patience})"
+            )
         self.postfix.update(holdout_auc=f"{auc:.3f}")
         stop = 0 < config.patience <= run["stale"] and step < config.iterations
+        if stop:
+            labels, logits = result["labels"].numpy(), result["logits"].numpy()
+            low, high = bootstrap_ci(_auc_or_nan, labels, logits, n_resamples=1000)
+            stop = low > 0.5
+            verdict += (
+                f", above chance (95 % interval {low:.3f}-{high:.3f})"
+                if stop
+                else f", but not above chance (95 % interval {low:.3f}-{high:.3f}): continuing"
+            )
         log.info(
             "step %d: holdout AUC %.4f, %s; best %.4f at step %d%s",
             step,

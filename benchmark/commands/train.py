@@ -33,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from benchmark.config import TrainConfig, parse_overrides, resolve
+    from benchmark.distributed import init, shutdown
     from benchmark.train import train
 
     overrides = parse_overrides(args.overrides)
@@ -42,7 +43,13 @@ def run(args: argparse.Namespace) -> int:
     config = resolve(TrainConfig, args.preset, args.config, overrides)
     dataset = open_dataset(args)
     out = Path(args.out or Path("runs") / args.dataset / f"{config.model}-{args.preset}")
-    with logging_redirect_tqdm():
-        path = train(dataset, config, out, resume=args.resume, device=args.device)
-    print(f"checkpoint: {path}")
+    context = init(args.device)  # joins torchrun's ranks: DDP over the global batch
+    try:
+        with logging_redirect_tqdm():
+            # a diverged run raises a one-line ValueError (step, volumes): `error: ...`, exit 2
+            path = train(dataset, config, out, resume=args.resume, context=context)
+    finally:
+        shutdown()
+    if context.is_main:
+        print(f"checkpoint: {path}")
     return 0

@@ -1,0 +1,339 @@
+"""Can the trained classifier be trusted? Divergence, stale checkpoints, early stopping,
+distributed training and the classifier report (benchmark/train.py, paper A.6)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+import socket
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from sklearn.metrics import roc_auc_score
+from test_train import SHAPE, TINY, TinySet, _recording_train_step
+from torch import nn
+
+import benchmark.train as training
+from benchmark.checkpoint import is_finished, read_checkpoint, save_checkpoint
+from benchmark.distributed import Context
+from benchmark.train import classifier_report, draw_batch, holdout_split, train
+
+
+class PoisonedSet(TinySet):
+    """TinySet with one training volume replaced by ``value`` everywhere."""
+
+    def __init__(self, poisoned: str, value: float):
+        super().__init__()
+        self._image[poisoned] = np.full_like(self._image[poisoned], value)
+
+
+def _first_step_drawing(sample_id: str, data: TinySet, config) -> tuple[int, list[str]]:
+    """The first step whose batch holds ``sample_id``, and that batch (the loop's draws)."""
+    generator = torch.Generator().manual_seed(config.seed)
+    ids = data.ids("train")
+    pools = [i for i in ids if data.label(i)], [i for i in ids if not data.label(i)]
+    for step in range(1, config.iterations + 1):
+        batch = draw_batch(*pools, config, generator).ids
+        if sample_id in batch:
+            return step, batch
+    raise AssertionError(f"{sample_id} is never drawn")
+
+
+def test_absurd_volume_stops_training_naming_the_step_and_volume(tmp_path):
+    config = dataclasses.replace(TINY, iterations=20)
+    data = PoisonedSet("tiny_03", 1e30)
+    step, batch = _first_step_drawing("tiny_03", data, config)
+    assert step > 1  # a checkpoint was written before the bad batch
+    with pytest.raises(ValueError) as error:
+        train(data, config, tmp_path, progress=False)
+    message = str(error.value)
+    assert re.match(
+        f"training diverged at step {step}: non-finite (loss|gradients|weights)", message
+    )
+    assert f"volumes {', '.join(batch)};" in message and "1e+30 in tiny_03" in message
+    assert "\n" not in message
+    assert not is_finished(tmp_path / "checkpoint.pt")
+
+
+def test_nan_volume_is_named_before_the_step(tmp_path):
+    config = dataclasses.replace(TINY, iterations=20)
+    data = PoisonedSet("tiny_05", np.nan)
+    step, _ = _first_step_drawing("tiny_05", data, config)
+    with pytest.raises(ValueError, match=f"training input at step {step}: .* tiny_05 "):
+        train(data, config, tmp_path, progress=False)
+    assert not is_finished(tmp_path / "checkpoint.pt")
+
+
+def test_non_finite_checkpoint_is_not_reused(tmp_path):
+    data = TinySet()
+    path = train(data, dataclasses.replace(TINY, iterations=2), tmp_path, progress=False)
+    assert is_finished(path)
+    state = read_checkpoint(path)
+    name = next(k for k, v in state["model"].items() if v.is_floating_point())
+    state["model"][name] = torch.full_like(state["model"][name], float("nan"))
+    save_checkpoint(path, state)
+    assert not is_finished(path)
+    with pytest.raises(ValueError, match="non-finite weights.*not reused"):
+        train(data, dataclasses.replace(TINY, iterations=2), tmp_path, resume=True, progress=False)
+
+
+class EditedSet(TinySet):
+    """TinySet with the content of some training volumes changed (a fixed preprocessing)."""
+
+    def __init__(self, edited: tuple[str, ...]):
+        super().__init__()
+        for key in edited:
+            self._image[key] = self._image[key] + 0.5
+
+
+def test_changed_training_data_sets_the_old_checkpoint_aside(tmp_path, caplog):
+    config = dataclasses.replace(TINY, iterations=2)
+    old = read_checkpoint(train(TinySet(), config, tmp_path, progress=False))
+    same = train(TinySet(), config, tmp_path, resume=True, progress=False)  # reused
+    assert read_checkpoint(same)["data_digest"] == old["data_digest"]
+
+    with caplog.at_level(logging.WARNING, logger="benchmark.train"):
+        path = train(
+            EditedSet(("tiny_02", "tiny_05")), config, tmp_path, resume=True, progress=False
+        )
+    aside = tmp_path / f"checkpoint.{old['data_digest'][:8]}.pt"
+    assert read_checkpoint(aside)["data_digest"] == old["data_digest"]  # nothing lost
+    new = read_checkpoint(path)
+    assert new["data_digest"] != old["data_digest"] and new["step"] == 2
+    assert "2 of 8 training volumes changed" in caplog.text and aside.name in caplog.text
+    # retrained from step 0 on the new data: the same as a fresh run on it
+    fresh = read_checkpoint(
+        train(EditedSet(("tiny_02", "tiny_05")), config, tmp_path / "fresh", progress=False)
+    )
+    for key, value in fresh["model"].items():
+        assert torch.equal(new["model"][key], value), key
+    # validation volumes are not training data; config changes stay an error
+    with pytest.raises(ValueError, match="other settings.*lr"):
+        train(TinySet(), dataclasses.replace(config, lr=1.0), tmp_path, resume=True)
+
+
+def test_holdout_is_stratified_seeded_and_from_the_train_split():
+    ids = [f"v{i:02d}" for i in range(20)]
+    labels = [i % 2 for i in range(20)]
+    kept, held = holdout_split(ids, labels, 0.3, seed=0)
+    assert sorted(kept + held) == sorted(ids) and not set(kept) & set(held)
+    assert sorted(labels[ids.index(i)] for i in held) == [0, 0, 0, 1, 1, 1]  # 0.3 * 10 a class
+    assert holdout_split(ids[::-1], labels[::-1], 0.3, seed=0)[1] == held  # order-free
+    assert holdout_split(ids, labels, 0.3, seed=1)[1] != held
+    assert len(holdout_split(ids, labels, 0.01, seed=0)[1]) == 4  # at least 2 a class
+    with pytest.raises(ValueError, match="holdout=0.99"):
+        holdout_split(ids, labels, 0.99, seed=0)
+
+
+class BlobSet(TinySet):
+    """Noise; positives carry a Gaussian blob of ``amplitude`` (smaller: harder)."""
+
+    def __init__(self, amplitude: float, n_train: int = 32, seed: int = 0):
+        super().__init__(n_train=n_train, n_val=0, seed=seed)
+        rng = np.random.default_rng(seed + 1)
+        grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in SHAPE], indexing="ij"))
+        for key, label in self._label.items():
+            image = 0.3 * rng.standard_normal(SHAPE)
+            if label:
+                centre = rng.uniform(-0.4, 0.4, size=3)[:, None, None, None]
+                image += amplitude * np.exp(-((grid - centre) ** 2).sum(0) / (2 * 0.25**2))
+            self._image[key] = image[None].astype(np.float32)
+
+
+EARLY = dataclasses.replace(
+    TINY, holdout=0.25, patience=3, min_delta=0.01, iterations=60, val_every=4, checkpoint_every=3
+)
+
+
+def test_early_stopping_stops_sooner_on_an_easy_set_and_resumes_exactly(
+    tmp_path, monkeypatch, caplog
+):
+    caplog.set_level(logging.INFO, logger="benchmark.train")
+    # 32 training volumes, 4 + 4 held out; the hard set's blob is half as bright
+    easy = read_checkpoint(train(BlobSet(3.0), EARLY, tmp_path / "easy", progress=False))
+    hard = read_checkpoint(train(BlobSet(1.5), EARLY, tmp_path / "hard", progress=False))
+    assert easy["finished"] and easy["stopped_early"] == easy["step"] < EARLY.iterations
+    assert easy["holdout"][-1]["auc"] == 1.0
+    assert hard["step"] > easy["step"]
+    # the decision is the rule: stop once `patience` validations bring no gain >= min_delta
+    aucs = [row["auc"] for row in easy["holdout"]]
+    best = max(aucs[: -EARLY.patience])
+    assert all(a < best + EARLY.min_delta for a in aucs[-EARLY.patience :])
+    assert [row["step"] for row in easy["holdout"]] == list(range(4, easy["step"] + 1, 4))
+    assert is_finished(tmp_path / "easy" / "checkpoint.pt")
+    # the holdout comes from the train split (the evaluation split is never used)
+    assert len(easy["data_holdout"]) == 8
+    assert set(easy["data_holdout"]) < set(BlobSet(3.0).ids("train"))
+
+    stop = easy["step"]
+    decision = "holdout AUC 1.0000, no gain >= 0.01 for 3 validations (patience 3), above chance"
+    assert decision in caplog.text
+    assert f"stopping early at step {stop} of at most 60" in caplog.text
+    _recording_train_step(monkeypatch, kill_at=stop - 1)  # dies after the last save before
+    with pytest.raises(RuntimeError, match="killed"):
+        train(BlobSet(3.0), EARLY, tmp_path / "killed", progress=False)
+    _recording_train_step(monkeypatch)
+    resumed = read_checkpoint(
+        train(BlobSet(3.0), EARLY, tmp_path / "killed", resume=True, progress=False)
+    )
+    for key, value in easy["model"].items():
+        assert torch.equal(resumed["model"][key], value), key
+    assert resumed["holdout"] == easy["holdout"] and resumed["stopped_early"] == stop
+    calls = _recording_train_step(monkeypatch)
+    train(BlobSet(3.0), EARLY, tmp_path / "killed", resume=True, progress=False)
+    assert calls == []  # finished early: reused, not continued to the cap
+
+
+def test_a_classifier_at_chance_is_not_stopped_early(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="benchmark.train")
+    config = dataclasses.replace(EARLY, iterations=32, patience=2)
+    state = read_checkpoint(train(BlobSet(0.0), config, tmp_path, progress=False))  # no signal
+    assert state["step"] == 32 and state["stopped_early"] is None and state["finished"]
+    # at step 24 the AUC rule alone would have stopped it
+    assert "no gain >= 0.01 for 2 validations (patience 2), but not above chance" in caplog.text
+
+
+# --- distributed: 2 gloo ranks on the CPU ---------------------------------------------------
+
+# Group norm: no batch statistics, so each rank's share is normalised as in one process.
+# lr 1e-4: Adam divides by sqrt(v), so a gradient that is ~0 up to float rounding (summed in
+# another order across ranks) moves its weight by up to lr; 1e-4 keeps that below 1e-5.
+DDP = dataclasses.replace(
+    TINY,
+    model="resnet10t_gn_np",
+    pretrained=None,
+    lr=1e-4,
+    iterations=4,
+    val_every=2,
+    checkpoint_every=2,
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, port: int, out: str) -> None:
+    """One of 2 ranks: a whole run, then a run killed at step 3 and resumed."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    context = Context(rank, 2, torch.device("cpu"))
+    try:
+        train(TinySet(), DDP, f"{out}/whole", progress=False, context=context)
+        original, calls = training.train_step, []
+
+        def dying(model, *args):
+            calls.append(model)
+            if len(calls) == 3:
+                raise RuntimeError("killed")
+            return original(model, *args)
+
+        training.train_step = dying
+        with pytest.raises(RuntimeError, match="killed"):
+            train(TinySet(), DDP, f"{out}/killed", progress=False, context=context)
+        training.train_step = original
+        train(TinySet(), DDP, f"{out}/killed", resume=True, progress=False, context=context)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(
+    not dist.is_available() or not dist.is_gloo_available() or os.name != "posix",
+    reason="needs torch.distributed with gloo and fork",
+)
+def test_two_ranks_train_the_same_weights_as_one_process(tmp_path):
+    single = read_checkpoint(train(TinySet(), DDP, tmp_path / "single", progress=False))
+    # fork: the ranks inherit the imported modules (spawn re-imports torch and timm: ~10 s)
+    mp.start_processes(
+        _ddp_worker, args=(_free_port(), str(tmp_path)), nprocs=2, start_method="fork"
+    )
+    for run in ("whole", "killed"):
+        assert sorted(p.name for p in (tmp_path / run).iterdir()) == [
+            "checkpoint.pt",
+            "config.yaml",
+            "train_log.csv",
+        ]  # rank 0 writes, one checkpoint
+        state = read_checkpoint(tmp_path / run / "checkpoint.pt")
+        assert state["step"] == 4 and state["finished"]
+        for key, value in single["model"].items():
+            torch.testing.assert_close(state["model"][key], value, atol=1e-5, rtol=0)
+        assert [r["step"] for r in state["val"]] == [2, 4]
+        assert state["log"][0]["loss"] == pytest.approx(single["log"][0]["loss"], abs=1e-6)
+    with pytest.raises(ValueError, match="batch_volumes=2 does not split evenly across 4"):
+        train(TinySet(), DDP, tmp_path / "x", context=Context(0, 4))
+
+
+# --- classifier report --------------------------------------------------------------------
+
+
+class MeanOfSlice(nn.Module):
+    """Logit = a slice's mean intensity (one parameter, for the device)."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(()))
+
+    def forward(self, x):
+        return self.scale * x.mean((1, 2, 3))[:, None]
+
+
+class ConstantSet:
+    """Volumes of constant value: every validation slice, so the volume logit, is it."""
+
+    channels = ("image",)
+
+    def __init__(self, values, labels):
+        self.values, self.labels = list(values), [int(y) for y in labels]
+
+    def ids(self, split="val"):
+        return [f"c{i:03d}" for i in range(len(self.values))]
+
+    def label(self, key):
+        return self.labels[int(key[1:])]
+
+    def __getitem__(self, key):
+        value = self.values[int(key[1:])]
+        return SimpleNamespace(image=np.full((1, 6, 6, 6), value, dtype=np.float32))
+
+
+def test_classifier_report_matches_sklearn_and_flags_chance():
+    rng = np.random.default_rng(0)
+    labels = np.arange(40) % 2
+    values = rng.normal(size=40) + 1.5 * labels
+    data = ConstantSet(values, labels)
+    report = classifier_report(MeanOfSlice(), data, data.ids(), 4, 6, 16)
+    assert report["auc"] == pytest.approx(roc_auc_score(labels, values.astype(np.float32)))
+    assert report["auc_ci_low"] > 0.5 and not report["at_chance"]
+    assert report["auc_ci_low"] < report["auc"] < report["auc_ci_high"]
+    assert report["balanced_accuracy_ci_low"] <= report["balanced_accuracy"]
+    assert report["balanced_accuracy"] <= report["balanced_accuracy_ci_high"]
+    assert (report["n_volumes"], report["n_positive"], report["n_negative"]) == (40, 20, 20)
+
+    random_labels = rng.permutation(labels)  # a classifier unrelated to the labels
+    chance = ConstantSet(values, random_labels)
+    report = classifier_report(MeanOfSlice(), chance, chance.ids(), 4, 6, 16)
+    assert report["auc"] == pytest.approx(roc_auc_score(random_labels, values.astype(np.float32)))
+    assert report["auc_ci_low"] < 0.5 < report["auc_ci_high"] and report["at_chance"]
+
+
+def test_train_command_reports_a_diverged_run_in_one_line(tmp_path, monkeypatch, capsys):
+    from benchmark import cli
+    from benchmark.commands import train as command
+
+    monkeypatch.setattr(command, "open_dataset", lambda args: PoisonedSet("tiny_03", 1e30))
+    fields = {"model": "test_resnet", "pretrained": "false", "slices_per_volume": "8"}
+    fields |= {"slice_size": "32", "iterations": "20", "holdout": "0", "patience": "0"}
+    argv = ["train", "--dataset", "synthetic", "--device", "cpu", "--out", str(tmp_path)]
+    argv += ["--preset", "quick", *[a for k, v in fields.items() for a in ("--set", f"{k}={v}")]]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err  # the progress bar shares stderr
+    assert re.search(r"^error: training diverged at step \d+: [^\n]*tiny_03", err, re.M)
