@@ -34,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
 
     from benchmark.config import TrainConfig, parse_overrides, resolve
     from benchmark.distributed import init, shutdown
+    from benchmark.preflight import check_volumes, writable
     from benchmark.train import train
 
     overrides = parse_overrides(args.overrides)
@@ -42,10 +43,13 @@ def run(args: argparse.Namespace) -> int:
             overrides[field] = getattr(args, field)
     config = resolve(TrainConfig, args.preset, args.config, overrides)
     dataset = open_dataset(args)
-    out = Path(args.out or Path("runs") / args.dataset / f"{config.model}-{args.preset}")
+    out = writable(
+        args.out or Path("runs") / args.dataset / f"{config.model}-{args.preset}", "--out"
+    )
     context = init(args.device)  # joins torchrun's ranks: DDP over the global batch
     try:
         with logging_redirect_tqdm():
+            check_volumes(dataset, dataset.ids(), context)  # every voxel, before training
             # a diverged run raises a one-line ValueError (step, volumes): `error: ...`, exit 2
             path = train(dataset, config, out, resume=args.resume, context=context)
     finally:
