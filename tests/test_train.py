@@ -31,6 +31,7 @@ from benchmark.train import (
     train_step,
     validation_slices,
 )
+from datasets import SampleCheck
 
 SHAPE = (16, 24, 24)
 
@@ -55,8 +56,8 @@ class TinySet:
             self._label[key] = i % 2
             self._image[key] = image[None].astype(np.float32)
 
-    def ids(self, split: str) -> list[str]:
-        return [k for k, s in self._split.items() if s == split]
+    def ids(self, split: str | None = None) -> list[str]:
+        return [k for k, s in self._split.items() if split in (s, None)]
 
     def label(self, key: str) -> int:
         return self._label[key]
@@ -70,6 +71,11 @@ class TinySet:
     def fingerprint(self, key: str) -> str:
         """Content digest of the image, as the data set classes give."""
         return hashlib.sha256(self._image[key].tobytes()).hexdigest()[:16]
+
+    def verify(self, key: str) -> SampleCheck:
+        """The pre-training check passes: what training itself guards is under test."""
+        fingerprint = self.fingerprint(key)
+        return SampleCheck(key, self._image[key].shape, fingerprint, fingerprint, False)
 
 
 TINY = TrainConfig(
