@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fnmatch
 import functools
 import gzip
 import json
@@ -68,9 +67,9 @@ from benchmark.evaluation import (
 from benchmark.io import atomic_save_json, atomic_write
 from benchmark.leaderboard import METRICS, best_layers, method_name, write_leaderboards
 from benchmark.registry import natural_key
+from benchmark.specs import matches, shard_ids
 from benchmark.train import classifier_report, train
 from datasets.base import safe_stem
-from methods import expand_specs
 from methods.heatmaps import compute_heatmaps
 
 log = logging.getLogger(__name__)
@@ -78,46 +77,6 @@ log = logging.getLogger(__name__)
 
 class RunError(RuntimeError):
     """Heatmaps failed or are missing; every finished one is cached for the next run."""
-
-
-# --- plan -----------------------------------------------------------------------------------
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """``"2/4" -> (2, 4)``: shard 2 of 4, counted from 1."""
-    index, sep, count = text.partition("/")
-    if not (sep and index.isdigit() and count.isdigit() and 1 <= int(index) <= int(count)):
-        raise ValueError(f"shard {text!r}: expected i/n with 1 <= i <= n, e.g. 1/4")
-    return int(index), int(count)
-
-
-def shard_ids(ids: Sequence[str], shard: tuple[int, int] | None) -> list[str]:
-    """The volumes of shard (i, n): every n-th from the i-th (all of them without a shard).
-
-    Shards split volumes, not specs: the specs of one volume share its slices and passes.
-    """
-    if shard is None:
-        return list(ids)
-    index, count = shard
-    return list(ids[index - 1 :: count])
-
-
-def select_specs(methods: Sequence[str], exclude: Sequence[str]) -> tuple[list[str], list[str]]:
-    """(specs to run, specs left out) of ``methods`` (``expand_specs`` tokens).
-
-    ``exclude`` patterns (fnmatch) drop the specs that ``all`` or a wildcard brought in,
-    never those of a method named outright.
-    """
-    tokens = [t.strip() for item in methods for t in item.split(",") if t.strip()]
-    specs, left_out = [], []
-    for token in tokens:
-        broad = token == "all" or any(c in token for c in "*?[")
-        for spec in expand_specs(token):
-            if broad and _matches(spec, exclude):
-                left_out.append(spec)
-            elif spec not in specs:
-                specs.append(spec)
-    return specs, [s for s in dict.fromkeys(left_out) if s not in specs]
 
 
 # --- classifier -----------------------------------------------------------------------------
@@ -503,12 +462,8 @@ def figure_specs(results: pd.DataFrame, patterns: Sequence[str]) -> list[str]:
         layer=pd.array([n.layer for n in names], dtype="Int64"),
     )
     best = best_layers(frame)
-    chosen = [s for s, f in zip(best.method, best.family, strict=True) if _matches(f, patterns)]
+    chosen = [s for s, f in zip(best.method, best.family, strict=True) if matches(f, patterns)]
     return sorted(chosen or list(best.method), key=lambda spec: method_name(spec).order)
-
-
-def _matches(family: str, patterns: Sequence[str]) -> bool:
-    return any(fnmatch.fnmatchcase(family, p) for p in patterns)
 
 
 def figure_ids(job: Job, n: int) -> list[str]:

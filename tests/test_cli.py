@@ -132,3 +132,17 @@ def test_bench_scale_prints_slopes_and_writes_a_png(tmp_path, capsys):
             float(row.split("|")[3])  # a fitted slope, not n/a
     assert "| tonno                  | angles  | 6^3      | 4 " in out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("mistake", [["--set", "folds=0"], ["--methods", "nosuchmethod"]])
+def test_an_instant_mistake_is_answered_before_torch_is_imported(mistake):
+    probe = (
+        "import sys; from benchmark.cli import main; "
+        f"code = main(['run', '--dataset', 'synthetic', *{mistake!r}]); "
+        "print(code, 'torch' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.split() == ["2", "False"]
+    assert result.stderr.startswith("error: ")

@@ -20,7 +20,7 @@ import torch
 import yaml
 
 from benchmark.cli import main
-from benchmark.runner import parse_shard, select_specs
+from benchmark.specs import parse_shard, select_specs
 from datasets import load_dataset
 from methods import Method, register_method
 from methods.registry import METHODS

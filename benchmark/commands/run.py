@@ -70,8 +70,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _settings(config: str | None, overrides: list[str]) -> dict[str, dict]:
     """Per section, the YAML file's fields updated by the command line's (CLI > YAML).
 
-    The file's fields are checked here (names, types, ranges), so that an error names the
-    file; :func:`benchmark.config.resolve` checks the command line's.
+    Every field is checked here (names, types, ranges), so that an error names the file or
+    the ``--set`` that is wrong before anything heavy is imported.
     """
     from benchmark.config import check_fields, load_yaml, parse_overrides
 
@@ -91,6 +91,7 @@ def _settings(config: str | None, overrides: list[str]) -> dict[str, dict]:
         section, _, field = key.rpartition(".")
         if section not in ("", *SECTIONS):
             raise ValueError(f"--set {key}: expected FIELD, train.FIELD or tomography.FIELD")
+        check_fields(_section_class(section or "run"), {field: value}, "command line", section)
         settings[section or "run"][field] = value
     return settings
 
@@ -102,16 +103,21 @@ def _section_class(section: str) -> type:
 
 
 def run(args: argparse.Namespace) -> int:
+    settings, shard, specs, left_out = _requested(args)  # checked before torch is imported
+
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from benchmark import distributed
-    from benchmark.runner import RunError
 
     context = distributed.init(args.device)
     try:
         with logging_redirect_tqdm():
-            return _run(args, context)
-    except RunError as error:
+            return _run(args, context, settings, shard, specs, left_out)
+    except Exception as error:
+        from benchmark.runner import RunError
+
+        if not isinstance(error, RunError):
+            raise
         if context.is_main:
             print(f"error: {error}", file=sys.stderr)
         return 1
@@ -119,19 +125,12 @@ def run(args: argparse.Namespace) -> int:
         distributed.shutdown()
 
 
-def _run(args: argparse.Namespace, context) -> int:
-    """Everything that can fail in seconds first (settings, methods, folders, every
-    volume), then the classifier, then the heatmaps and the protocol."""
-    from benchmark.checkpoint import is_finished
-    from benchmark.config import RunConfig, TomographyConfig, TrainConfig, resolve
-    from benchmark.io import cache_root
-    from benchmark.preflight import check_volumes, writable
-    from benchmark.runner import parse_shard, prepare_classifier, run_benchmark, select_specs
+def _requested(args: argparse.Namespace):
+    """(settings per section, shard, specs, specs left out by ``exclude``): every setting
+    and method name checked, in a fraction of a second."""
+    from benchmark.config import RunConfig, check_fields
+    from benchmark.specs import parse_shard, select_specs
 
-    preset = args.preset or ("paper" if context.device.type == "cuda" else "quick")
-    how = "chosen" if args.preset else f"the default on {context.device.type}"
-    if context.is_main:
-        print(f"preset: {preset} ({how})")
     shard = parse_shard(args.shard) if args.shard else None
     if shard and args.merge:
         raise ValueError("--shard computes one shard and --merge computes nothing: pick one")
@@ -143,14 +142,34 @@ def _run(args: argparse.Namespace, context) -> int:
     ):
         if flag is not None:
             settings[section][field] = flag
+    run = check_fields(RunConfig, settings["run"], "command line")
+    defaults = RunConfig()
+    specs, left_out = select_specs(
+        run.get("methods", defaults.methods), run.get("exclude", defaults.exclude)
+    )
+    if not specs:
+        raise ValueError(f"no method to run: --methods {','.join(run['methods'])!r}")
+    return settings, shard, specs, left_out
+
+
+def _run(args: argparse.Namespace, context, settings, shard, specs, left_out) -> int:
+    """Everything that can fail in seconds first (settings, methods, folders, every
+    volume), then the classifier, then the heatmaps and the protocol."""
+    from benchmark.checkpoint import is_finished
+    from benchmark.config import RunConfig, TomographyConfig, TrainConfig, resolve
+    from benchmark.io import cache_root
+    from benchmark.preflight import check_volumes, writable
+    from benchmark.runner import prepare_classifier, run_benchmark
+
+    preset = args.preset or ("paper" if context.device.type == "cuda" else "quick")
+    how = "chosen" if args.preset else f"the default on {context.device.type}"
+    if context.is_main:
+        print(f"preset: {preset} ({how})")
     config = resolve(RunConfig, preset, overrides=settings["run"])
     train_config = resolve(TrainConfig, preset, overrides=settings["train"], section="train")
     tomography = resolve(
         TomographyConfig, preset, overrides=settings["tomography"], section="tomography"
     )
-    specs, left_out = select_specs(config.methods, config.exclude)
-    if not specs:
-        raise ValueError(f"no method to run: --methods {','.join(config.methods)!r}")
     dataset = open_dataset(args)
     if not dataset.ids("val"):
         raise ValueError(f"{dataset.name}: the validation split is empty: nothing to evaluate")
