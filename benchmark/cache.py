@@ -176,7 +176,3 @@ class HeatmapStore:
     ) -> None:
         with atomic_write(self._summary_path(spec, volume, image, truth, grid)) as file:
             np.savez(file, **summary.to_dict())
-
-    def disk_bytes(self) -> int:
-        """Bytes under the store (records, summaries and kept heatmaps)."""
-        return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())
