@@ -356,13 +356,14 @@ def collect_summaries(
     job: Job, grids: dict[str, np.ndarray], progress: bool = True
 ) -> tuple[dict[str, list[Summary]], list[tuple[str, str]]]:
     """Stage 3: every entry's summary (made from a kept heatmap where missing), per spec;
-    and the (spec, volume) entries that have neither (to compute again)."""
+    and the (spec, volume) entries that have neither, or whose kept heatmap is gone."""
     summaries: dict[str, list[Summary]] = {spec: [] for spec in job.specs}
     missing = []
     pairs = [(s, v) for s in job.specs for v in job.volume_ids]
     for spec, volume_id in tqdm(pairs, desc="summaries", unit="map", disable=not progress):
         summary = job.settle(spec, volume_id, grids[spec])
-        if summary is None:
+        lost = volume_id in job.keep and job.heatmap(spec, volume_id) is None
+        if summary is None or lost:
             missing.append((spec, volume_id))
         summaries[spec].append(summary)
     return summaries, missing
@@ -466,11 +467,10 @@ def figure_specs(results: pd.DataFrame, patterns: Sequence[str]) -> list[str]:
     return sorted(chosen or list(best.method), key=lambda spec: method_name(spec).order)
 
 
-def figure_ids(job: Job, n: int) -> list[str]:
+def figure_ids(dataset: Any, volume_ids: Sequence[str], unscored: set[str], n: int) -> list[str]:
     """The validation volumes the figure shows: the first ``n`` annotated positives."""
-    ds = job.dataset
-    shown = [v for v in job.volume_ids if ds.label(v) == 1 and ds.has_annotation(v)]
-    return [v for v in shown if v not in job.unscored][:n]
+    shown = [v for v in volume_ids if dataset.label(v) == 1 and dataset.has_annotation(v)]
+    return [v for v in shown if v not in unscored][:n]
 
 
 def write_figure(
@@ -484,7 +484,7 @@ def write_figure(
     best layer, binarised with fold 0's (tau, tau') (A.7). None when there is nothing to show.
     """
     dataset = job.dataset
-    positives = figure_ids(job, config.figure_volumes)
+    positives = figure_ids(dataset, job.volume_ids, job.unscored, config.figure_volumes)
     specs = figure_specs(results, config.figure_methods)
     if not positives or not specs:
         log.info("no annotated validation positive to show: no figure")
@@ -510,14 +510,13 @@ def write_figure(
 # --- the run --------------------------------------------------------------------------------
 
 
-def classifier_sanity(job: Job, model: torch.nn.Module, checkpoint: str | Path) -> dict:
+def classifier_sanity(job: Job, model: torch.nn.Module, train_config: dict) -> dict:
     """The classifier's validation AUC and balanced accuracy with 95% bootstrap intervals
     over the evaluation split's volumes (cached with the heatmaps, keyed by their content)."""
     volumes = [(v, job.dataset.label(v), job.images[v]) for v in job.volume_ids]
     path = job.store.root / f"classifier-{digest(json.dumps(volumes))}.json"
     with contextlib.suppress(FileNotFoundError, ValueError):
         return json.loads(path.read_text())
-    train_config = read_checkpoint(checkpoint)["config"]
     report = classifier_report(
         model,
         job.dataset,
@@ -597,6 +596,7 @@ def run_benchmark(
         context.device.type,
     )
     calibration = calibration_ids(volume_ids, config.calibration_volumes, config.seed)
+    keep = set(figure_ids(dataset, volume_ids, set(unscored), config.figure_volumes))
     job = Job(
         dataset,
         list(specs),
@@ -605,15 +605,14 @@ def run_benchmark(
         tomography,
         config.batch_size,
         calibration,
-        keep=set(),
+        keep=set(volume_ids) if config.save_heatmaps or config.keep_heatmaps else keep,
         unscored=set(unscored),
     )
-    everything = config.save_heatmaps or config.keep_heatmaps
-    job.keep = set(volume_ids) if everything else set(figure_ids(job, config.figure_volumes))
     model = load_classifier(checkpoint, context.device)
-    model_name = read_checkpoint(checkpoint)["model_name"]
+    trained = read_checkpoint(checkpoint)
+    model_name = trained["model_name"]
     if context.is_main:
-        report = classifier_sanity(job, model, checkpoint)
+        report = classifier_sanity(job, model, trained["config"])
         note, warning = sanity_lines(report, model_name)
         log.info("%s", note)
         if warning:
@@ -639,14 +638,18 @@ def run_benchmark(
         )
     if shard is not None or not context.is_main:
         return None
-    if compute:  # entries lost since (a damaged file): computed again here
-        failures = compute_missing_heatmaps(job, calibration, model, job.grids(), progress)
-        failures += compute_missing_heatmaps(job, volume_ids, model, job.grids(), progress)
-        if failures:
-            raise RunError(f"{len(failures)} failure(s), the first: {failures[0]}")
     grids = job.grids()
+    if compute and len(grids) < len(specs):  # calibration entries lost since: again
+        failures = compute_missing_heatmaps(job, calibration, model, grids, progress)
+        grids = job.grids()
     absent = [(s, v) for s in specs if s not in grids for v in calibration if not job.record(s, v)]
     summaries, missing = collect_summaries(job, grids, progress) if not absent else ({}, [])
+    if missing and compute:  # other entries lost since
+        lost = list(dict.fromkeys(v for _, v in missing))
+        failures += compute_missing_heatmaps(job, lost, model, grids, progress)
+        summaries, missing = collect_summaries(job, grids, progress)
+    if failures:
+        raise RunError(f"{len(failures)} failure(s), the first: {failures[0]}")
     missing = absent or missing
     if missing:
         spec, volume_id = missing[0]
