@@ -368,14 +368,29 @@ def monte_carlo_split(annotated: np.ndarray, fold: int, seed: int, n_tune: int =
 
 @dataclass(frozen=True)
 class EvaluationResult:
-    """Per-fold scores of one method on one data set; :meth:`row` gives mean and std."""
+    """Per-fold scores of one method on one data set; :meth:`row` gives mean and std,
+    :meth:`cases` each sample's scores averaged over the folds that scored it."""
 
     folds: pd.DataFrame  # one row per fold: tau, tau_low, metrics, sample counts
     overlap: str  # "dice" (masks) or "maxiou" (boxes)
+    scored: pd.DataFrame  # one row per (fold, scored sample): correct, segmentation metrics
+    labels: np.ndarray  # bool [n] per sample
+    maxima: np.ndarray  # [n] heatmap maximum per sample
 
     @property
     def metrics(self) -> list[str]:
         return ["precision", "recall", "f1", self.overlap, "balanced_accuracy"]
+
+    def cases(self) -> pd.DataFrame:
+        """One row per sample (index 0..n-1): ``label``, ``max``, ``n_scored`` (folds that
+        scored it), ``correct`` (the fraction of them that classified it right, tau of
+        each fold) and the segmentation metrics averaged over them (NaN: never scored, or
+        no ground truth). The per-case view of :meth:`row` (nnU-Net's ``metric_per_case``)."""
+        grouped = self.scored.groupby("sample")
+        means = grouped[["correct", *self.metrics[:4]]].mean()
+        frame = pd.DataFrame({"label": self.labels.astype(int), "max": self.maxima})
+        frame["n_scored"] = grouped.size().reindex(frame.index, fill_value=0)
+        return frame.join(means)
 
     def mean(self) -> pd.Series:
         return self.folds[self.metrics].mean()
@@ -419,7 +434,7 @@ def evaluate(
         raise ValueError(f"summaries mix ground-truth kinds {sorted(kinds)}")
     overlap = "maxiou" if kinds == {"boxes"} else "dice"
     maxima = np.array([s.max for s in summaries])
-    rows = []
+    rows, scored = [], []
     for fold in range(folds):
         split = monte_carlo_split(annotated, fold, seed, n_tune)
         tau = tune_tau(maxima[split.tune], labels[split.tune], levels)
@@ -433,13 +448,19 @@ def evaluate(
                     "fold %d: no annotated sample to tune tau'; using the level below tau", fold
                 )
             k = below[-1]
-        matches = [_match_at(summaries[i], tau, k) for i in split.score[annotated[split.score]]]
-        seg = pd.DataFrame(
+        with_truth = split.score[annotated[split.score]]
+        matches = [_match_at(summaries[i], tau, k) for i in with_truth]
+        cases = pd.DataFrame(
             [(m.precision, m.recall, m.f1, m.overlap) for m in matches],
             columns=["precision", "recall", "f1", overlap],
+            index=with_truth,
             dtype=float,
-        ).mean()
-        ba = weighted_balanced_accuracy(labels[split.score], maxima[split.score] > tau, weight=1)
+        )
+        seg = cases.mean()
+        predicted = maxima[split.score] > tau
+        ba = weighted_balanced_accuracy(labels[split.score], predicted, weight=1)
+        correct = pd.DataFrame({"correct": predicted == labels[split.score]}, index=split.score)
+        scored.append(correct.join(cases).assign(fold=fold).rename_axis("sample").reset_index())
         rows.append(
             {
                 "fold": fold,
@@ -451,7 +472,8 @@ def evaluate(
                 "n_annotated": len(matches),
             }
         )
-    return EvaluationResult(pd.DataFrame(rows), overlap)
+    scored = pd.concat(scored, ignore_index=True)[["fold", "sample", *scored[0].columns[1:-1]]]
+    return EvaluationResult(pd.DataFrame(rows), overlap, scored, labels, maxima)
 
 
 class Protocol:

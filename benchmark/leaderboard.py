@@ -19,8 +19,16 @@ with full precision and the matching paper numbers.
 A page only ever gains rows: :func:`write_leaderboards` merges ``results`` into the rows
 already in ``<dataset>.csv`` (a row of ``results`` replaces the one with its dataset, model
 and method), but only when both come from the same evaluation context (the optional
-``context`` and ``checkpoint`` columns, see :data:`CONTEXT_COLUMNS`); otherwise the page is
+``context`` and ``source`` columns, see :data:`CONTEXT_COLUMNS`); otherwise the page is
 left standing and the new tables go to a fallback folder, with a warning.
+
+Beyond the paper, every number gets a 95% percentile-bootstrap interval over volumes and
+each method a paired difference to a reference method (slice-wise LayerCAM at its best
+layer by default), computed from the per-case scores kept beside the page in
+``<dataset>.per_case.csv`` (:func:`with_intervals`). Heatmaps of other tools enter as
+*external* rows (model ``external``, shown beside every model's rows). ``intensity`` and
+``centre`` are the trivial baselines: the best-layer table states each method's gain over
+the better of the two.
 
 The best layer has the highest Dice (MaxIoU for boxes), then F1-score, then balanced
 accuracy, then the lowest layer: on the paper's Tables 6-9 this rule picks every layer of
@@ -42,6 +50,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from benchmark.io import atomic_write
+from benchmark.stats import case_intervals
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +72,9 @@ MODEL_NAMES = {  # benchmark.models names to the paper's Table 4 rows
     "resnet50_gn": "R-50, GN",
 }
 PAPER_MODEL = "resnet10t"  # the classifier of the paper's Tables 2 and 5-9
-BASELINE = "layercam"  # deltas versus slice-wise LayerCAM (Table 2)
+REFERENCE = "layercam"  # deltas versus slice-wise LayerCAM at its best layer (Table 2)
+EXTERNAL = "external"  # the model of rows scored from another tool's heatmaps
+TRIVIAL = ("intensity", "centre")  # the baselines every method must beat
 METRICS = ("precision", "recall", "f1", "dice", "maxiou", "balanced_accuracy")
 HEADERS = {
     "precision": "Precision",
@@ -77,11 +88,14 @@ PAPER_CSV = (
     Path(__file__).resolve().parent.parent / "leaderboards" / "paper" / "published_results.csv"
 )
 MISSING = "–"
-# Where a row's numbers come from, as opaque strings: ``context`` (a digest of the protocol
-# and tomography settings and the validation set) must be one value per page; ``checkpoint``
-# (the classifier checkpoint's hash) one value per model of the page.
-CONTEXT_COLUMNS = ("context", "checkpoint")
+# Where a row's numbers come from, as opaque strings: ``context`` (a digest of the protocol's
+# settings and the validation set's content) must be one value per page; ``source`` (what
+# made the heatmaps: the classifier checkpoint and tomography settings) one value per model
+# of the page, external rows aside (each states its own).
+CONTEXT_COLUMNS = ("context", "source")
 KEY = ["dataset", "model", "method"]
+CASE_COLUMNS = ["dataset", "model", "method", "volume", "label", "max", "n_scored", "correct"]
+SIGNIFICANT = "*"  # after a delta whose 95% interval excludes 0
 
 
 @dataclass(frozen=True)
@@ -164,10 +178,15 @@ def _prepare(results: pd.DataFrame) -> pd.DataFrame:
             f"results repeat {row.method!r} for model {row.model!r} on {row.dataset!r}"
         )
     names = [method_name(spec) for spec in frame.method]
+    titles = frame.get("display_name", pd.Series([None] * len(frame)))
+    shown = [
+        f"{t if isinstance(t, str) and t else n.display} (external)" if m == EXTERNAL else n.display
+        for n, t, m in zip(names, titles, frame.model, strict=True)
+    ]
     return frame.assign(
         family=[n.family for n in names],
         layer=pd.array([n.layer for n in names], dtype="Int64"),
-        name=[n.display for n in names],
+        name=shown,
         order=[n.order for n in names],
     )
 
@@ -191,16 +210,112 @@ def best_layers(frame: pd.DataFrame) -> pd.DataFrame:
 
 def _model_rank(model: str) -> tuple:
     return (
+        model == EXTERNAL,
         model not in MODEL_NAMES,
         list(MODEL_NAMES).index(model) if model in MODEL_NAMES else 0,
         model,
     )
 
 
+def reference_model(frame: pd.DataFrame) -> str:
+    """The model whose reference row external rows are compared with: the paper's
+    classifier when the page has it, else the first model."""
+    models = sorted(set(frame.model) - {EXTERNAL}, key=_model_rank)
+    return PAPER_MODEL if PAPER_MODEL in models else (models or [EXTERNAL])[0]
+
+
+def reference_spec(frame: pd.DataFrame, model: str, reference: str = REFERENCE) -> str | None:
+    """The spec of ``model``'s rows that the others are compared with: ``reference`` itself
+    when a row has it (``layercam@2``), else the best layer of the family ``reference``
+    names (``layercam``); None when the rows have neither."""
+    rows = frame[frame.model == model]
+    if reference in set(rows.method):
+        return reference
+    best = best_layers(rows[rows.family == reference])
+    return str(best.method.iloc[0]) if len(best) else None
+
+
+def _stat_columns(metric: str) -> list[str]:
+    """The columns of one metric in a results table, in order."""
+    tails = ("std", "ci_low", "ci_high", "delta", "delta_ci_low", "delta_ci_high")
+    return [metric, *(f"{metric}_{t}" for t in tails)]
+
+
+@dataclass(frozen=True)
+class Intervals:
+    """How a page's intervals and deltas are computed (:func:`with_intervals`)."""
+
+    reference: str = REFERENCE  # a spec, or a family at its best layer
+    n_resamples: int = 2000
+    confidence: float = 0.95
+    seed: int = 0
+
+
+def with_intervals(
+    results: pd.DataFrame, cases: pd.DataFrame, settings: Intervals = Intervals()
+) -> pd.DataFrame:
+    """``results`` with, per metric, ``_ci_low`` / ``_ci_high`` (percentile bootstrap over
+    the volumes of ``cases``, :func:`benchmark.stats.case_intervals`) and the difference to
+    the reference row of its model (:func:`reference_spec`; external rows: of
+    :func:`reference_model`): ``_delta`` (of the means) with its paired interval
+    ``_delta_ci_low`` / ``_delta_ci_high``. Rows without cases are left as they are."""
+    frame = _prepare(results)
+    out = results.reset_index(drop=True).copy()
+    groups = {key: rows for key, rows in cases.groupby(KEY, sort=False)}
+    for dataset, rows in frame.groupby("dataset", sort=False):
+        anchors = {}
+        for model in rows.model.unique():
+            ref_model = reference_model(rows) if model == EXTERNAL else model
+            spec = reference_spec(rows, ref_model, settings.reference)
+            anchors[model] = None if spec is None else (ref_model, spec)
+        for i, row in rows.iterrows():
+            mine = groups.get((dataset, row.model, row.method))
+            if mine is None:
+                continue
+            metrics = [
+                m for m in METRICS if pd.notna(row[m]) and (m == "balanced_accuracy" or m in mine)
+            ]
+            paired, anchor = None, anchors[row.model]
+            if anchor is not None and (dataset, *anchor) in groups:
+                theirs = groups[(dataset, *anchor)].set_index("volume").reindex(mine.volume)
+                if theirs.label.notna().all():
+                    paired = theirs.reset_index()
+                    base = rows[(rows.model == anchor[0]) & (rows.method == anchor[1])].iloc[0]
+                    for m in metrics:
+                        out.loc[i, f"{m}_delta"] = row[m] - base[m]
+                else:
+                    log.warning(
+                        "%s: %s and its reference %s were scored on different volumes: no delta",
+                        dataset,
+                        row.method,
+                        anchor[1],
+                    )
+            found = case_intervals(
+                mine,
+                metrics,
+                paired,
+                n_resamples=settings.n_resamples,
+                confidence=settings.confidence,
+                seed=settings.seed,
+            )
+            for column, value in found.items():
+                out.loc[i, column] = value
+    ordered = [c for m in METRICS for c in _stat_columns(m) if c in out]
+    rest = [c for c in out.columns if c not in ordered]
+    first = [c for c in rest if c in ("dataset", "model", "method", "display_name")]
+    return out[first + ordered + [c for c in rest if c not in first]]
+
+
 def _in_order(frame: pd.DataFrame, by_model: bool = False) -> pd.DataFrame:
-    """Rows in the paper's order (method, then layer; with ``by_model``, model before layer)."""
+    """Rows in the paper's order (method, then layer; with ``by_model``, model before layer);
+    external rows last."""
     keys = [
-        (order, _model_rank(model) if by_model else (), 0 if pd.isna(layer) else layer)
+        (
+            model == EXTERNAL,
+            order,
+            _model_rank(model) if by_model else (),
+            0 if pd.isna(layer) else layer,
+        )
         for order, model, layer in zip(frame.order, frame.model, frame.layer, strict=True)
     ]
     return frame.iloc[sorted(range(len(frame)), key=keys.__getitem__)].reset_index(drop=True)
@@ -216,16 +331,32 @@ def _shown(value: float) -> float:
     return float(f"{value:.2f}")
 
 
-def _cell(value: float, std: float = np.nan, base: float = np.nan) -> str:
-    """``"0.52"``, ``"0.52 ± 0.03"`` or ``"0.52 (+0.06)"`` / ``"0.52 (=)"``; NaN: a dash."""
+def _column(frame: pd.DataFrame, name: str) -> np.ndarray:
+    """``frame[name]`` as floats; NaN when the column is absent."""
+    if name not in frame:
+        return np.full(len(frame), np.nan)
+    return pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=float)
+
+
+def _cell(
+    value: float,
+    std: float = np.nan,
+    base: float = np.nan,
+    interval: tuple[float, float] = (np.nan, np.nan),
+    marked: bool = False,
+) -> str:
+    """``"0.52"``, ``"0.52 ± 0.03 [0.47, 0.58]"`` or ``"0.52 (+0.06)"`` / ``"0.52 (=)"``,
+    with :data:`SIGNIFICANT` after the delta when ``marked``; NaN: a dash."""
     if np.isnan(value):
         return MISSING
     text = f"{value:.2f}"
     if not np.isnan(std):
         text += f" ± {std:.2f}"
+    if not np.isnan(interval[0]):
+        text += f" [{interval[0]:.2f}, {interval[1]:.2f}]"
     if not np.isnan(base):
         delta = round(_shown(value) - _shown(base), 2)
-        text += f" ({delta:+.2f})" if delta else " (=)"
+        text += (f" ({delta:+.2f})" if delta else " (=)") + (SIGNIFICANT if marked else "")
     return text
 
 
@@ -236,29 +367,40 @@ def _table(
     labels: Sequence[str],
     *,
     std: bool = False,
-    delta: bool = False,
+    intervals: bool = False,
+    reference: np.ndarray | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(cells, bold) of our rows and, where published, the paper's aligned rows beside them.
 
-    With ``delta``, each value is followed by its difference to the BASELINE row of the
-    same source; bold marks our best value of each column, as shown.
+    With ``std`` and ``intervals``, our values carry the fold spread and the bootstrap
+    interval. With ``reference`` (a mask of the reference row), each value is followed by
+    its difference to that row of the same source, marked when our paired interval
+    excludes 0; bold marks our best value of each column, as shown.
     """
     cells, bold = {"Method": list(labels)}, {"Method": [False] * len(ours)}
-    baseline = (ours.family == BASELINE).to_numpy()
+    is_reference = np.zeros(len(ours), bool) if reference is None else reference
+    nan = np.full(len(ours), np.nan)
     for source, suffix in ((ours, ""), (paper, " (paper)")):
         if suffix and source[list(metrics)].isna().all().all():
             continue
         for metric in metrics:
-            values = source[metric].to_numpy(dtype=float)
-            spread = source.get(f"{metric}_std") if std and not suffix else None
-            spreads = np.full(len(values), np.nan) if spread is None else spread.to_numpy(float)
-            base = values[baseline][0] if delta and baseline.any() else np.nan
+            values = _column(source, metric)
+            mine = not suffix
+            spreads = _column(source, f"{metric}_std") if std and mine else nan
+            lows = _column(source, f"{metric}_ci_low") if intervals and mine else nan
+            highs = _column(source, f"{metric}_ci_high") if intervals and mine else nan
+            marked = (_column(ours, f"{metric}_delta_ci_low") > 0) | (
+                _column(ours, f"{metric}_delta_ci_high") < 0
+            )
+            base = values[is_reference][0] if is_reference.any() else np.nan
             cells[HEADERS[metric] + suffix] = [
-                _cell(v, s, np.nan if b else base)
-                for v, s, b in zip(values, spreads, baseline, strict=True)
+                _cell(v, s, np.nan if r else base, (lo, hi), k and mine)
+                for v, s, r, lo, hi, k in zip(
+                    values, spreads, is_reference, lows, highs, marked, strict=True
+                )
             ]
             shown = np.array([np.nan if np.isnan(v) else _shown(v) for v in values])
-            best = np.nanmax(shown) if not suffix and np.isfinite(shown).any() else np.nan
+            best = np.nanmax(shown) if mine and np.isfinite(shown).any() else np.nan
             bold[HEADERS[metric] + suffix] = list(shown == best)
     return pd.DataFrame(cells), pd.DataFrame(bold)
 
@@ -279,30 +421,62 @@ def render(table: pd.DataFrame, fmt: str, bold: pd.DataFrame | None = None) -> s
     )
 
 
-def _sections(
-    ours: pd.DataFrame, paper: pd.DataFrame
-) -> list[tuple[str, pd.DataFrame, pd.DataFrame]]:
-    """(title, cells, bold) of every table of one dataset: per model, then across models."""
+@dataclass(frozen=True)
+class Section:
+    """One table of a page: its title, the cells as shown, which are bold, and what each
+    row is (``method``, ``family``, ``layer``, ``model``: for filters and links)."""
+
+    title: str
+    cells: pd.DataFrame
+    bold: pd.DataFrame
+    rows: pd.DataFrame
+
+
+def _section(title: str, rows: pd.DataFrame, cells: pd.DataFrame, bold: pd.DataFrame) -> Section:
+    meta = rows[["method", "family", "layer", "model"]].reset_index(drop=True)
+    return Section(title, cells, bold, meta)
+
+
+def _gain(rows: pd.DataFrame, overlap: str) -> list[str] | None:
+    """Each row's overlap minus the better trivial baseline's, as shown; None without one."""
+    trivial = rows.family.isin(TRIVIAL).to_numpy()
+    values = np.array([np.nan if np.isnan(v) else _shown(v) for v in _column(rows, overlap)])
+    if not np.isfinite(values[trivial]).any():
+        return None
+    best = np.nanmax(values[trivial])
+    return [MISSING if np.isnan(v) else f"{v - best:+.2f}" for v in values]
+
+
+def _sections(ours: pd.DataFrame, paper: pd.DataFrame, reference: str = REFERENCE) -> list[Section]:
+    """Every table of one dataset: per model (external rows beside each), then across models."""
     overlap = overlap_metric(pd.concat([ours, paper]))
     metrics = ["precision", "recall", "f1", overlap, "balanced_accuracy"]
-    models = sorted(ours.model.unique(), key=_model_rank)
+    models = sorted(set(ours.model) - {EXTERNAL}, key=_model_rank) or [EXTERNAL]
     best, paper_best = best_layers(ours), best_layers(paper)
     sections = []
     for model in models:
-        rows = _in_order(best[best.model == model])
+        rows = _in_order(best[best.model.isin([model, EXTERNAL])])
         published = _aligned(rows, paper_best, ["model", "family"])
-        cells, bold = _table(rows, published, metrics, rows.name, delta=True)
+        spec = reference_spec(ours, model, reference)
+        marker = ((rows.method == spec) & (rows.model == model)).to_numpy()
+        cells, bold = _table(rows, published, metrics, rows.name, reference=marker)
+        gain = _gain(rows, overlap)
+        if gain is not None:
+            cells.insert(len(metrics) + 1, f"{HEADERS[overlap]} gain over baselines", gain)
+            bold.insert(len(metrics) + 1, f"{HEADERS[overlap]} gain over baselines", False)
         if published[metrics].notna().any().any():
             layer = [MISSING if pd.isna(v) else str(v) for v in published.layer]
             cells.insert(len(metrics) + 1, "Layer (paper)", layer)
             bold.insert(len(metrics) + 1, "Layer (paper)", False)
-        sections.append((f"Best layer per method: {model} (Table 2 layout)", cells, bold))
-        rows = _in_order(ours[ours.model == model])
+        title = f"Best layer per method: {model} (Table 2 layout)"
+        sections.append(_section(title, rows, cells, bold))
+        rows = _in_order(ours[ours.model.isin([model, EXTERNAL])])
         published = _aligned(rows, paper, ["model", "method"])
-        cells, bold = _table(rows, published, metrics, rows.name, std=True)
-        sections.append((f"Every method at every layer: {model} (Tables 6-9 layout)", cells, bold))
+        cells, bold = _table(rows, published, metrics, rows.name, std=True, intervals=True)
+        title = f"Every method at every layer: {model} (Tables 6-9 layout)"
+        sections.append(_section(title, rows, cells, bold))
     if len(models) > 1:
-        rows = _in_order(best, by_model=True)
+        rows = _in_order(best[best.model != EXTERNAL], by_model=True)
         labels = [
             f"{n}, {m} ({MODEL_NAMES[m]})" if m in MODEL_NAMES else f"{n}, {m}"
             for n, m in zip(rows.name, rows.model, strict=True)
@@ -311,7 +485,7 @@ def _sections(
         cells, bold = _table(
             rows, published, ["f1", overlap, "balanced_accuracy"], labels, std=True
         )
-        sections.append(("Model comparison (Tables 1 and 4 layout)", cells, bold))
+        sections.append(_section("Model comparison (Tables 1 and 4 layout)", rows, cells, bold))
     return sections
 
 
@@ -320,22 +494,31 @@ def _csv_table(ours: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
     rows = _in_order(ours, by_model=True)
     chosen = best_layers(rows).index
     published = _aligned(rows, paper, ["model", "method"])[list(METRICS)].add_prefix("paper_")
-    scores = [c for m in METRICS for c in (m, f"{m}_std") if c in rows and rows[c].notna().any()]
+    scores = [c for m in METRICS for c in _stat_columns(m) if c in rows and rows[c].notna().any()]
     table = rows[["dataset", "model", "method", "name", "layer"]].assign(
         best_layer=rows.index.isin(chosen)
     )
-    context = [c for c in CONTEXT_COLUMNS if c in rows]
-    parts = [table, rows[scores], rows[context], published.dropna(axis=1, how="all")]
+    kept = [c for c in ("display_name", *CONTEXT_COLUMNS) if c in rows]
+    parts = [table, rows[scores], rows[kept], published.dropna(axis=1, how="all")]
     return pd.concat(parts, axis=1)
 
 
-def _notes(overlap: str, with_paper: bool) -> list[str]:
+def _notes(overlap: str, with_paper: bool, reference: str, intervals: bool) -> list[str]:
     notes = [
         "Scores: mean ± standard deviation over the Monte-Carlo folds of the paper's protocol "
         "(A.7, `benchmark/evaluation.py`); bold: our best per column.",
         f"Best layer: highest {HEADERS[overlap]}, then F1-score, then balanced accuracy; "
-        "deltas versus slice-wise LayerCAM at its best layer, from the values as shown.",
+        f"deltas versus `{reference}` (at its best layer unless a layer is named), from the "
+        "values as shown.",
     ]
+    if intervals:
+        notes.append(
+            "[low, high]: 95% percentile bootstrap interval over the validation volumes (each "
+            "volume's scores averaged over the folds that scored it; `<dataset>.per_case.csv`). "
+            f"{SIGNIFICANT} after a delta: its paired bootstrap interval (same resampled "
+            "volumes for both methods) excludes 0. The fold spread holds the classifier fixed, "
+            "and so do these intervals."
+        )
     if with_paper:
         notes.append(
             "(paper): Schmidt-Mengin et al., CVPR 2024, CC BY-NC-SA 4.0 "
@@ -363,13 +546,13 @@ def _warning_block(warning: str | None, fmt: str) -> list[str]:
 
 
 def _document(
-    dataset: str, notes: list[str], sections: list, fmt: str, warning: str | None = None
+    dataset: str, notes: list[str], sections: list[Section], fmt: str, warning: str | None = None
 ) -> str:
     """A Markdown or HTML page: title, the warning, notes, then each section's table."""
     if fmt == "md":
         parts = [f"# Leaderboard: {dataset}", *_warning_block(warning, fmt)]
         parts.append("\n".join(f"- {n}" for n in notes))
-        parts += [f"## {title}\n\n{render(cells, 'md', bold)}" for title, cells, bold in sections]
+        parts += [f"## {x.title}\n\n{render(x.cells, 'md', x.bold)}" for x in sections]
         return "\n\n".join(parts) + "\n"
     code = [re.sub(r"`([^`]*)`", r"<code>\1</code>", html.escape(n)) for n in notes]
     items = "".join(f"<li>{n}</li>" for n in code)
@@ -381,8 +564,7 @@ def _document(
         f"<ul>{items}</ul>",
     ]
     parts += [
-        f"<h2>{html.escape(title)}</h2>\n{render(cells, 'html', bold)}"
-        for title, cells, bold in sections
+        f"<h2>{html.escape(x.title)}</h2>\n{render(x.cells, 'html', x.bold)}" for x in sections
     ]
     return "\n".join([*parts, "</body>\n</html>\n"])
 
@@ -432,8 +614,9 @@ def _one_value(rows: pd.DataFrame, column: str) -> str | None:
 def context_mismatch(existing: pd.DataFrame, new: pd.DataFrame) -> str | None:
     """Why the rows of one dataset's page and ``new`` rows cannot share it, or None.
 
-    They can when both state one and the same ``context``, and, for every model in both,
-    one and the same ``checkpoint``. Rows without these columns (older files) state none.
+    They can when both state one and the same ``context``, and, for every model in both
+    (external rows aside), one and the same ``source``. Rows without these columns (older
+    files) state none.
     """
     if _one_value(new, "context") is None:
         return "the new rows state no single evaluation context (column 'context')"
@@ -442,11 +625,11 @@ def context_mismatch(existing: pd.DataFrame, new: pd.DataFrame) -> str | None:
         return "its rows state no single evaluation context (an older file?)"
     if old != _one_value(new, "context"):
         return f"its evaluation context is {old}, the new rows' {_one_value(new, 'context')}"
-    for model in sorted(set(existing.model) & set(new.model)):
-        ours = _one_value(new[new.model == model], "checkpoint")
-        theirs = _one_value(existing[existing.model == model], "checkpoint")
+    for model in sorted(set(existing.model) & set(new.model) - {EXTERNAL}):
+        ours = _one_value(new[new.model == model], "source")
+        theirs = _one_value(existing[existing.model == model], "source")
         if ours is None or ours != theirs:
-            return f"its {model} rows come from checkpoint {theirs}, the new ones from {ours}"
+            return f"its {model} rows come from heatmap source {theirs}, the new ones from {ours}"
     return None
 
 
@@ -462,29 +645,54 @@ class _Plan:
 
     dataset: str
     rows: pd.DataFrame
+    cases: pd.DataFrame  # per-case scores of the rows that have them
     folder: Path
     merged: bool = False
     reason: str | None = None  # why the page in out_dir was left standing
 
 
-def _plan(dataset: str, new: pd.DataFrame, out_dir: Path, fallback_dir: Path | None) -> _Plan:
-    """Merge ``new`` into ``out_dir/<dataset>.csv`` when the contexts match, else fall back."""
-    path = out_dir / f"{dataset}.csv"
+def read_cases(path: str | Path) -> pd.DataFrame:
+    """The per-case scores of a page (``<dataset>.per_case.csv``); empty when absent."""
+    path = Path(path)
     if not path.is_file():
-        return _Plan(dataset, new, out_dir)
-    existing = read_rows(path)
+        return pd.DataFrame(columns=CASE_COLUMNS)
+    try:
+        cases = pd.read_csv(path, dtype={"volume": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: not a per-case CSV ({type(error).__name__})") from None
+    missing = set(CASE_COLUMNS) - set(cases.columns)
+    if missing:
+        raise ValueError(f"{path}: not a per-case CSV (lacks the columns {sorted(missing)})")
+    return cases
+
+
+def _plan(
+    dataset: str,
+    new: pd.DataFrame,
+    cases: pd.DataFrame,
+    out_dir: Path,
+    fallback_dir: Path | None,
+) -> _Plan:
+    """Merge ``new`` into ``out_dir/<dataset>.csv`` (and its cases into the page's
+    ``.per_case.csv``) when the contexts match, else fall back."""
+    path = out_dir / f"{dataset}.csv"
+    existing = read_rows(path) if path.is_file() else pd.DataFrame(columns=KEY)
     existing = existing[existing.dataset.astype(str) == dataset]
     if existing.empty:
-        return _Plan(dataset, new, out_dir)
+        return _Plan(dataset, new, cases, out_dir)
     reason = context_mismatch(existing, new)
     if reason is None:
-        return _Plan(dataset, merge_rows(existing, new), out_dir, merged=True)
+        old = read_cases(out_dir / f"{dataset}.per_case.csv")
+        old = old[old.dataset.astype(str) == dataset]
+        replaced = pd.MultiIndex.from_frame(old[KEY]).isin(pd.MultiIndex.from_frame(new[KEY]))
+        merged_cases = pd.concat([old[~replaced], cases], ignore_index=True)
+        return _Plan(dataset, merge_rows(existing, new), merged_cases, out_dir, merged=True)
     if fallback_dir is None:
         raise ValueError(
             f"{path} holds results of another evaluation context ({reason}): not overwriting "
             "them; pass a fallback folder for the new tables"
         )
-    return _Plan(dataset, new, fallback_dir, reason=reason)
+    return _Plan(dataset, new, cases, fallback_dir, reason=reason)
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -500,6 +708,8 @@ def write_leaderboards(
     *,
     fallback_dir: str | Path | None = None,
     warning: str | None = None,
+    cases: pd.DataFrame | None = None,
+    intervals: Intervals = Intervals(),
 ) -> Written:
     """Write ``<dataset>.md``, ``.csv`` and ``.html`` per dataset of ``results`` into ``out_dir``.
 
@@ -513,21 +723,25 @@ def write_leaderboards(
     ``paper``: the published numbers (``leaderboards/paper/published_results.csv``), shown
     beside ours where the dataset and model match; ``None`` leaves them out. ``notes``: more
     lines for the pages' header (e.g. the specs a preset left out). ``warning``: shown as the
-    pages' first block, prominently (e.g. a classifier at chance).
+    pages' first block, prominently (e.g. a classifier at chance). ``cases``: the rows'
+    per-case scores (:data:`CASE_COLUMNS` and the metrics), kept in
+    ``<dataset>.per_case.csv`` and merged like the rows; the page's intervals and deltas
+    are computed from them (:func:`with_intervals` with ``intervals``).
     """
     _prepare(results)  # validate before reading or writing anything
     out_dir = Path(out_dir)
     fallback = Path(fallback_dir) if fallback_dir is not None else None
     frame = results if "model" in results else results.assign(model=PAPER_MODEL)
+    cases = pd.DataFrame(columns=CASE_COLUMNS) if cases is None else cases
     plans = [
-        _plan(str(dataset), rows, out_dir, fallback)
+        _plan(str(dataset), rows, cases[cases.dataset == dataset], out_dir, fallback)
         for dataset, rows in frame.groupby("dataset", sort=True)
     ]
     empty = pd.DataFrame(columns=["dataset", "model", "method", *METRICS])
     published = _prepare(paper_results(paper) if paper is not None else empty)
     written = []
     for plan in plans:
-        written += _write_pages(plan, published, list(notes), warning)
+        written += _write_pages(plan, published, list(notes), warning, intervals)
         if plan.reason is not None:
             log.warning(
                 "%s left standing: %s; this run's tables are in %s",
@@ -543,16 +757,24 @@ def write_leaderboards(
 
 
 def _write_pages(
-    plan: _Plan, published: pd.DataFrame, notes: list[str], warning: str | None
+    plan: _Plan,
+    published: pd.DataFrame,
+    notes: list[str],
+    warning: str | None,
+    intervals: Intervals,
 ) -> list[Path]:
-    """The Markdown, HTML and CSV pages of one dataset, into ``plan.folder``."""
-    rows = _prepare(plan.rows)
+    """The Markdown, HTML and CSV pages (and per-case CSV) of one dataset, into ``plan.folder``."""
+    has_cases = not plan.cases.empty
+    rows = _prepare(with_intervals(plan.rows, plan.cases, intervals) if has_cases else plan.rows)
     theirs = published[published.dataset == plan.dataset]
-    sections = _sections(rows, theirs)
-    with_paper = any(" (paper)" in c for _, cells, _ in sections for c in cells.columns)
-    header = _notes(overlap_metric(pd.concat([rows, theirs])), with_paper) + notes
+    sections = _sections(rows, theirs, intervals.reference)
+    with_paper = any(" (paper)" in c for x in sections for c in x.cells.columns)
+    overlap = overlap_metric(pd.concat([rows, theirs]))
+    header = _notes(overlap, with_paper, intervals.reference, has_cases) + notes
     pages = {fmt: _document(plan.dataset, header, sections, fmt, warning) for fmt in ("md", "html")}
     pages["csv"] = render(_csv_table(rows, theirs), "csv")
+    if has_cases:
+        pages["per_case.csv"] = render(plan.cases, "csv")
     plan.folder.mkdir(parents=True, exist_ok=True)
     written = []
     for fmt, text in pages.items():

@@ -8,9 +8,10 @@ instance a classifier whose AUC interval contains 0.5.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
+import pandas as pd
 
 
 def bootstrap_ci(
@@ -56,3 +57,72 @@ def _defined(statistic: Callable[..., float], *arrays: np.ndarray) -> float:
         return float(statistic(*arrays))
     except (ValueError, ZeroDivisionError):
         return math.nan
+
+
+SEGMENTATION = ("precision", "recall", "f1", "dice", "maxiou")  # means over annotated cases
+
+
+def case_statistic(cases: pd.DataFrame, metric: str, rows: np.ndarray) -> np.ndarray:
+    """The leaderboard number ``metric`` from per-case scores, once per row of ``rows``
+    [B, n] (sample indices): a segmentation metric is the mean over the cases that have
+    it; ``balanced_accuracy`` the mean of the per-class means of ``correct`` (A.7)."""
+    if metric == "balanced_accuracy":
+        correct = cases["correct"].to_numpy(float)
+        positive = cases["label"].to_numpy(bool)
+        per_class = [_mean(correct, rows, np.isfinite(correct) & c) for c in (positive, ~positive)]
+        return np.nanmean(np.stack(per_class), axis=0)
+    values = cases[metric].to_numpy(float)
+    return _mean(values, rows, np.isfinite(values))
+
+
+def _mean(values: np.ndarray, rows: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Per resample: the mean of ``values`` over the drawn samples with ``weight``; NaN
+    where none is drawn."""
+    counts = weight[rows].sum(axis=1)
+    totals = np.where(weight, np.nan_to_num(values), 0.0)[rows].sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, totals / np.maximum(counts, 1), np.nan)
+
+
+def case_intervals(
+    cases: pd.DataFrame,
+    metrics: Sequence[str],
+    reference: pd.DataFrame | None = None,
+    *,
+    n_resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Percentile bootstrap over cases (volumes) of each leaderboard metric.
+
+    ``cases``: one method's per-case scores (``label``, ``correct`` and the segmentation
+    metrics, see :meth:`benchmark.evaluation.EvaluationResult.cases`). Returns
+    ``{m}_ci_low`` and ``{m}_ci_high`` per metric and, with ``reference`` (another method's
+    scores on the same cases, in the same order), ``{m}_delta_ci_low`` and
+    ``{m}_delta_ci_high``: the paired interval of (method - reference), both statistics
+    computed on the same resampled cases. The draws depend on ``seed`` and the number of
+    cases only, so every method of a page is resampled alike.
+    """
+    if reference is not None and len(reference) != len(cases):
+        raise ValueError(f"{len(cases)} cases paired with {len(reference)} reference cases")
+    rows = np.random.default_rng(seed).integers(0, len(cases), size=(n_resamples, len(cases)))
+    tails = 100 * (1 - confidence) / 2, 100 * (1 + confidence) / 2
+    out = {}
+    for metric in metrics:
+        values = case_statistic(cases, metric, rows)
+        out[f"{metric}_ci_low"], out[f"{metric}_ci_high"] = _percentiles(values, tails)
+        if reference is not None:
+            delta = values - case_statistic(reference, metric, rows)
+            out[f"{metric}_delta_ci_low"], out[f"{metric}_delta_ci_high"] = _percentiles(
+                delta, tails
+            )
+    return out
+
+
+def _percentiles(values: np.ndarray, tails: tuple[float, float]) -> tuple[float, float]:
+    """The percentiles ``tails`` of the finite ``values``; NaN when none is finite."""
+    values = values[np.isfinite(values)]
+    if not values.size:
+        return math.nan, math.nan
+    low, high = np.percentile(values, tails)
+    return float(low), float(high)

@@ -179,8 +179,8 @@ def test_notes_appear_in_the_pages_header(tmp_path):
         assert note in page.split("Best layer per method")[0]
 
 
-def with_context(frame: pd.DataFrame, context="protocol-1", checkpoint="ckpt-1") -> pd.DataFrame:
-    return frame.assign(context=context, checkpoint=checkpoint)
+def with_context(frame: pd.DataFrame, context="protocol-1", source="ckpt-1") -> pd.DataFrame:
+    return frame.assign(context=context, source=source)
 
 
 TWO = {"layercam@2": (0.123456789012345, 0.2, 0.3, 0.4, 0.5), "tonno": (0.6, 0.5, 0.4, 0.3, 0.7)}
@@ -201,7 +201,7 @@ def test_a_run_in_the_same_context_updates_its_rows_and_keeps_the_others(tmp_pat
     assert sorted(csv.index) == ["layercam@2", "tonno"]
     assert csv.loc["tonno", "f1"] == 0.7 and csv.loc["tonno", "f1_std"] == 0.02
     assert csv.loc["layercam@2", "precision"] == 0.123456789012345  # full precision kept
-    assert set(csv.context) == {"protocol-1"} and set(csv.checkpoint) == {"ckpt-1"}
+    assert set(csv.context) == {"protocol-1"} and set(csv.source) == {"ckpt-1"}
     every = md_table((tmp_path / "synthetic.md").read_text(), "Every method at every layer")
     assert every.loc["ToNNO", "F1-score"] == "**0.70 ± 0.02**"
     assert every.loc["LayerCAM (layer 2)", "F1-score"] == "0.30 ± 0.01"
@@ -211,7 +211,7 @@ def test_a_run_in_the_same_context_updates_its_rows_and_keeps_the_others(tmp_pat
 def test_a_new_model_with_its_own_checkpoint_joins_the_page(tmp_path):
     write_leaderboards(with_context(results(TWO, dataset="synthetic")), tmp_path)
     other = results(UPDATE, dataset="synthetic", model="resnet50_gn")
-    written = write_leaderboards(with_context(other, checkpoint="ckpt-2"), tmp_path)
+    written = write_leaderboards(with_context(other, source="ckpt-2"), tmp_path)
     assert written.merged == ("synthetic",)
     text = (tmp_path / "synthetic.md").read_text()
     assert "ToNNO, resnet50_gn (R-50, GN)" in md_table(text, "Model comparison").index
@@ -221,8 +221,8 @@ def test_a_new_model_with_its_own_checkpoint_joins_the_page(tmp_path):
     "old, new, why",
     [
         (dict(context="protocol-1"), dict(context="protocol-2"), "protocol-1, the new rows"),
-        (dict(checkpoint="ckpt-1"), dict(checkpoint="ckpt-2"), "checkpoint ckpt-1"),
-        (dict(), dict(checkpoint=None), "checkpoint ckpt-1, the new ones from None"),
+        (dict(source="ckpt-1"), dict(source="ckpt-2"), "heatmap source ckpt-1"),
+        (dict(), dict(source=None), "heatmap source ckpt-1, the new ones from None"),
         (None, dict(), "no single evaluation context (an older file?)"),
         (dict(), None, "the new rows state no single evaluation context"),
     ],
