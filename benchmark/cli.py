@@ -17,7 +17,7 @@ import yaml
 from benchmark import __version__
 from benchmark.registry import RegistryError
 
-COMMANDS = ("ls", "bench", "train", "inspect", "run")
+COMMANDS = ("ls", "bench", "train", "inspect", "run", "evaluate")
 
 # What a user can cause (a bad setting, name or file); anything else is a bug: traceback.
 USER_ERRORS = (

@@ -85,6 +85,9 @@ class RunConfig:
     save_heatmaps: bool = False  # NIfTI heatmaps with the volume's affine in <out>/heatmaps
     keep_heatmaps: bool = False  # keep every full heatmap in the cache (re-evaluation)
     calibration_volumes: int = 32  # label-free validation subset that sets the tau' grids
+    # beyond the paper: intervals over volumes and paired deltas (benchmark.leaderboard)
+    reference: str = "layercam"  # the spec (or family, at its best layer) deltas refer to
+    bootstrap_resamples: int = 2000  # percentile bootstrap over validation volumes, seeded
     figure_volumes: int = 3  # validation positives shown in the Figure 6 layout
     figure_methods: tuple[str, ...] = (  # method families shown (fnmatch); the paper's five
         "gradcam",
@@ -197,7 +200,13 @@ MINIMUM: dict[type, dict[str, int]] = {
         "slice_size": 2,  # eq. (4)'s pixel grid has pixels at both ends of [-1, 1]
         "chunk": 1,
     },
-    RunConfig: {"folds": 1, "n_tune": 1, "batch_size": 1, "figure_volumes": 0},
+    RunConfig: {
+        "folds": 1,
+        "n_tune": 1,
+        "batch_size": 1,
+        "figure_volumes": 0,
+        "bootstrap_resamples": 1,
+    },
 }
 
 

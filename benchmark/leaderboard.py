@@ -38,10 +38,11 @@ values as shown, rounded to two decimals like the paper.
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import logging
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -576,6 +577,7 @@ class Written:
     paths: tuple[Path, ...]
     merged: tuple[str, ...] = ()  # datasets whose page kept rows that this call did not compute
     fell_back: tuple[str, ...] = ()  # datasets whose page was left standing (tables: fallback)
+    tables: Mapping[str, pd.DataFrame] = dataclasses.field(default_factory=dict)  # rows shown
 
     def __iter__(self) -> Iterator[Path]:
         return iter(self.paths)
@@ -739,9 +741,10 @@ def write_leaderboards(
     ]
     empty = pd.DataFrame(columns=["dataset", "model", "method", *METRICS])
     published = _prepare(paper_results(paper) if paper is not None else empty)
-    written = []
+    written, tables = [], {}
     for plan in plans:
-        written += _write_pages(plan, published, list(notes), warning, intervals)
+        paths, tables[plan.dataset] = _write_pages(plan, published, list(notes), warning, intervals)
+        written += paths
         if plan.reason is not None:
             log.warning(
                 "%s left standing: %s; this run's tables are in %s",
@@ -753,6 +756,7 @@ def write_leaderboards(
         tuple(written),
         merged=tuple(p.dataset for p in plans if p.merged),
         fell_back=tuple(p.dataset for p in plans if p.reason is not None),
+        tables=tables,
     )
 
 
@@ -762,10 +766,12 @@ def _write_pages(
     notes: list[str],
     warning: str | None,
     intervals: Intervals,
-) -> list[Path]:
-    """The Markdown, HTML and CSV pages (and per-case CSV) of one dataset, into ``plan.folder``."""
+) -> tuple[list[Path], pd.DataFrame]:
+    """The Markdown, HTML and CSV pages (and per-case CSV) of one dataset, into
+    ``plan.folder``; and its rows with their intervals."""
     has_cases = not plan.cases.empty
-    rows = _prepare(with_intervals(plan.rows, plan.cases, intervals) if has_cases else plan.rows)
+    table = with_intervals(plan.rows, plan.cases, intervals) if has_cases else plan.rows
+    rows = _prepare(table)
     theirs = published[published.dataset == plan.dataset]
     sections = _sections(rows, theirs, intervals.reference)
     with_paper = any(" (paper)" in c for x in sections for c in x.cells.columns)
@@ -781,4 +787,4 @@ def _write_pages(
         path = plan.folder / f"{plan.dataset}.{fmt}"
         _write_text(path, text)
         written.append(path)
-    return written
+    return written, table

@@ -65,10 +65,25 @@ from benchmark.evaluation import (
     threshold_grid,
 )
 from benchmark.io import atomic_save_json, atomic_write
-from benchmark.leaderboard import METRICS, best_layers, method_name, write_leaderboards
+from benchmark.leaderboard import (
+    METRICS,
+    Intervals,
+    best_layers,
+    method_name,
+    with_intervals,
+    write_leaderboards,
+)
 from benchmark.registry import natural_key
+from benchmark.report import (
+    cases_table,
+    results_tables,
+    summary_document,
+    write_csv,
+    write_reports,
+)
 from benchmark.specs import matches, shard_ids
 from benchmark.train import classifier_report, train
+from benchmark.validation import calibration_ids, evaluation_context, ground_truth
 from datasets.base import safe_stem
 from methods.heatmaps import compute_heatmaps
 
@@ -115,15 +130,6 @@ def prepare_classifier(
 # --- the job: what a run computes, and where it keeps it -----------------------------------
 
 
-def calibration_ids(volume_ids: Sequence[str], n: int, seed: int) -> list[str]:
-    """The volumes whose heatmap sketches set each spec's tau' grid: ``n`` of them drawn
-    with ``seed``, labels unseen (all of them when there are no more than ``n``)."""
-    if len(volume_ids) <= n:
-        return list(volume_ids)
-    chosen = np.random.default_rng([seed, len(volume_ids)]).choice(len(volume_ids), n, False)
-    return [volume_ids[i] for i in sorted(chosen)]
-
-
 @dataclass
 class Job:
     """One run's heatmap work: specs x validation volumes, the store and its policies.
@@ -165,11 +171,8 @@ class Job:
         return self.store.summary(spec, volume_id, image, truth, grid)
 
     def ground_truth(self, volume: Any) -> GroundTruth:
-        """A.7's reference of a volume: its mask or boxes, None when not annotated or when
-        it is a positive with an empty annotation (scored for classification only)."""
-        if not self.dataset.has_annotation(volume.id) or volume.id in self.unscored:
-            return None
-        return volume.boxes if self.dataset.annotation == "boxes" else volume.mask
+        """A.7's reference of a volume (:func:`benchmark.validation.ground_truth`)."""
+        return ground_truth(self.dataset, volume, self.unscored)
 
     def grids(self) -> dict[str, np.ndarray]:
         """Stage 2: each spec's tau' grid from its calibration heatmaps' sketches; specs
@@ -394,22 +397,6 @@ class RunOutputs:
     nifti: list[Path]  # with save_heatmaps
 
 
-def results_tables(
-    dataset: str, model: str, evaluations: dict[str, EvaluationResult]
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(results, folds): the leaderboard rows of :func:`write_leaderboards`, per-fold rows."""
-    ident = {"dataset": dataset, "model": model}
-    results = pd.DataFrame(
-        [{**ident, "method": spec, **e.row()} for spec, e in evaluations.items()]
-    )
-    folds = pd.concat(
-        [e.folds.assign(**ident, method=spec) for spec, e in evaluations.items()],
-        ignore_index=True,
-    )
-    first = ["dataset", "model", "method"]
-    return results, folds[first + [c for c in folds.columns if c not in first]]
-
-
 def timings_table(job: Job) -> pd.DataFrame:
     """Seconds spent on each spec's heatmaps (when they were computed), with its family.
 
@@ -426,11 +413,6 @@ def timings_table(job: Job) -> pd.DataFrame:
         for spec in job.specs
     ]
     return pd.DataFrame(rows)
-
-
-def _write_csv(frame: pd.DataFrame, path: Path) -> None:
-    with atomic_write(path, "w") as file:
-        frame.to_csv(file, index=False)
 
 
 def export_nifti(job: Job, out_dir: Path) -> list[Path]:
@@ -550,17 +532,6 @@ def sanity_lines(report: dict, model_name: str) -> tuple[str, str | None]:
     return note, warning
 
 
-def evaluation_context(job: Job, config: RunConfig) -> str:
-    """A digest of everything a leaderboard row rests on besides its spec: the heatmap
-    key (classifier, tomography), the protocol's settings and the validation set's content."""
-    volumes = [
-        (v, job.dataset.label(v), job.images[v], job.truths[v], v in job.unscored)
-        for v in job.volume_ids
-    ]
-    protocol = [config.folds, config.seed, config.n_tune, job.calibration]
-    return digest(json.dumps([job.store.root.name, protocol, volumes]), 12)
-
-
 def run_benchmark(
     dataset: Any,
     checkpoint: str | Path,
@@ -660,17 +631,32 @@ def run_benchmark(
     labels = [dataset.label(v) for v in volume_ids]
     evaluations = evaluate_specs(summaries, labels, config)
     results, folds = results_tables(dataset.name, model_name, evaluations)
+    cases = cases_table(dataset.name, model_name, evaluations, volume_ids)
+    context_digest = evaluation_context(
+        dataset, volume_ids, job.images, job.truths, job.unscored, config
+    )
     results = results.assign(
+        source=job.store.root.name,
+        context=context_digest,
         checkpoint=key["checkpoint"],
-        context=evaluation_context(job, config),
         **{f"classifier_{k}": report[k] for k in sorted(report)},
     )
+    intervals = Intervals(config.reference, config.bootstrap_resamples, seed=config.seed)
+    results = with_intervals(results, cases, intervals)
     timings = timings_table(job)
 
     out_dir = Path(out_dir)
-    _write_csv(results, out_dir / "results.csv")
-    _write_csv(folds, out_dir / "folds.csv")
-    _write_csv(timings, out_dir / "timings.csv")
+    settings = {
+        "run": dataclasses.asdict(config),
+        "tomography": dataclasses.asdict(tomography),
+        "train": trained["config"],
+        "dataset": {"name": dataset.name, "options": dataset.options()},
+        "unscored": sorted(job.unscored, key=natural_key),
+    }
+    classifier = {"model": model_name, "checkpoint": key["checkpoint"], **report}
+    summary = summary_document(results, cases, folds, settings, classifier, context.device.type)
+    write_reports(out_dir, results, folds, cases, summary)
+    write_csv(timings, out_dir / "timings.csv")
     notes = [note, *notes]
     if job.unscored:
         notes.append(
@@ -679,7 +665,13 @@ def run_benchmark(
         )
     fallback = out_dir / "leaderboards"
     pages = write_leaderboards(
-        results, leaderboards, notes=notes, warning=warning, fallback_dir=fallback
+        results,
+        leaderboards,
+        notes=notes,
+        warning=warning,
+        fallback_dir=fallback,
+        cases=cases,
+        intervals=intervals,
     )
     folder = fallback if dataset.name in pages.fell_back else Path(leaderboards)
     figure = folder / f"{dataset.name}.png"

@@ -3,6 +3,7 @@ real kill, shards, NIfTI export, failing methods."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -271,7 +272,7 @@ def test_the_grid_comes_from_the_calibration_volumes(reference, config, tmp_path
     """With 4 calibration volumes, the numbers are A.7 on summaries made on the grid of
     those 4 volumes' heatmaps, computed here from the kept heatmaps."""
     from benchmark.evaluation import evaluate, heatmap_sketch, summarize, threshold_grid
-    from benchmark.runner import calibration_ids
+    from benchmark.validation import calibration_ids
 
     cache = use_cache(monkeypatch, tmp_path / "cache")
     checkpoint = ["--checkpoint", str(reference / "run" / "checkpoint.pt")]
@@ -356,3 +357,104 @@ def test_a_failing_rank_is_named_with_its_spec_and_volume(reference, config, tmp
     assert done.returncode != 0
     assert "rank 1: broken on synthetic_0009: RuntimeError: broken on purpose" in done.stderr
     assert len(heatmap_records(tmp_path / "cache")) == 12 + 6  # rank 0 finished its share
+
+
+def test_per_case_scores_are_each_volumes_direct_scores_averaged_over_its_folds(reference):
+    """Oracle: the direct path (binarize + match on the exported NIfTI heatmap) in every
+    fold that scored the volume, with that fold's tau and tau' from folds.csv."""
+    from benchmark.evaluation import binarize, match, monte_carlo_split
+
+    run = reference / "run"
+    cases = pd.read_csv(run / "per_case.csv", dtype={"volume": str})
+    folds = pd.read_csv(run / "folds.csv")
+    dataset = tiny_dataset()
+    ids = dataset.ids("val")
+    assert len(cases) == len(SPECS) * len(ids)
+    annotated = np.array([dataset.label(v) == 1 for v in ids])  # synthetic: positives have masks
+    for spec in SPECS:
+        mine = cases[cases.method == spec].set_index("volume").loc[ids]
+        scores = {v: [] for v in ids}
+        for fold in range(3):
+            split = monte_carlo_split(annotated, fold, seed=0)
+            tau, tau_low = folds[(folds.method == spec) & (folds.fold == fold)][
+                ["tau", "tau_low"]
+            ].iloc[0]
+            for i in split.score:
+                volume = dataset[ids[i]]
+                heatmap = np.asarray(nib.load(run / "heatmaps" / spec / f"{ids[i]}.nii.gz").dataobj)
+                correct = (heatmap.max() > tau) == bool(volume.label)
+                m = match(binarize(heatmap, tau, tau_low), volume.mask) if volume.label else None
+                scores[ids[i]].append((correct, *(m and (m.f1, m.overlap) or (np.nan, np.nan))))
+        for v in ids:
+            expected = np.array(scores[v], dtype=float).mean(0) if scores[v] else [np.nan] * 3
+            got = mine.loc[v, ["correct", "f1", "dice"]].to_numpy(float)
+            np.testing.assert_allclose(got, expected, atol=1e-9)
+            assert mine.loc[v, "n_scored"] == len(scores[v])
+    results = pd.read_csv(run / "results.csv")
+    for column in ("dice_ci_low", "dice_ci_high", "dice_delta", "dice_delta_ci_low"):
+        assert column in results and results[column].notna().all()
+    tonno = results.set_index("method").loc["tonno"]
+    assert tonno.dice_ci_low <= tonno.dice_ci_high
+    assert results.set_index("method").loc["layercam@1", "dice_delta"] == 0  # the reference
+    summary = json.loads((run / "summary.json").read_text())
+    assert len(summary["metric_per_case"]) == len(cases)
+    assert summary["aggregates"]["test_resnet/tonno"]["dice"] == pytest.approx(tonno.dice)
+    assert len(summary["aggregates"]["test_resnet/tonno"]["folds"]) == 3
+    assert summary["settings"]["run"]["folds"] == 3 and summary["provenance"]["code"]
+
+
+def evaluate_args(board: Path, heatmaps: Path, name: str, out: Path) -> list[str]:
+    options = [a for k, v in DATASET_OPTIONS.items() for a in ("--dataset-option", f"{k}={v}")]
+    return [
+        "evaluate",
+        "--dataset",
+        "synthetic",
+        *options,
+        "--set",
+        "folds=3",
+        "--heatmaps",
+        str(heatmaps),
+        "--name",
+        name,
+        "--out",
+        str(out),
+        "--leaderboards",
+        str(board),
+    ]
+
+
+def test_external_heatmaps_join_the_runs_page(reference, tmp_path, monkeypatch, capsys):
+    """The run's own exported ToNNO heatmaps, evaluated as an external method, score exactly
+    the run's ToNNO row; masks score Dice > 0.9 and noise < 0.1, all on the run's page."""
+    use_cache(monkeypatch, reference / "cache")
+    board = tmp_path / "leaderboards"
+    shutil.copytree(reference / "run" / "leaderboards", board)
+    dataset = tiny_dataset()
+    masks, noise = tmp_path / "masks", tmp_path / "noise"
+    rng = np.random.default_rng(0)
+    for v in dataset.ids("val"):
+        volume = dataset[v]
+        for folder, heatmap in ((masks, volume.mask), (noise, rng.random(volume.mask.shape))):
+            folder.mkdir(exist_ok=True)
+            np.save(folder / f"{v}.npy", heatmap.astype(np.float32))
+    runs = {
+        "ToNNO again": reference / "run" / "heatmaps" / "tonno",
+        "Masks": masks,
+        "Noise": noise,
+    }
+    for name, folder in runs.items():
+        assert main(evaluate_args(board, folder, name, tmp_path / name)) == 0
+    page = pd.read_csv(board / "synthetic.csv").set_index(["model", "method"])
+    ours = pd.read_csv(reference / "run" / "results.csv").set_index("method").loc["tonno"]
+    again = page.loc[("external", "tonno-again")]
+    for metric in ("precision", "recall", "f1", "dice", "balanced_accuracy"):
+        assert again[metric] == pytest.approx(ours[metric], abs=1e-12)
+    assert page.loc[("external", "masks"), "dice"] > 0.9
+    assert page.loc[("external", "noise"), "dice"] < 0.1
+    assert ("test_resnet", "tonno") in page.index and len(page) == len(SPECS) + 3
+    assert page.loc[("external", "masks"), "dice_delta_ci_low"] > 0  # paired vs LayerCAM
+    text = (board / "synthetic.md").read_text()
+    assert "| Masks (external) " in text and "| ToNNO " in text
+    cases = pd.read_csv(tmp_path / "Masks" / "per_case.csv")
+    assert len(cases) == 12 and set(cases.method) == {"masks"}
+    assert "Masks:" in capsys.readouterr().out
