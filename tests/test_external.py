@@ -313,3 +313,67 @@ def test_digest_follows_the_heatmaps_content_only(ds, tmp_path):
     data[0, 0, 0] = 0.5
     save(tmp_path / "s3.nii.gz", data)
     assert ExternalHeatmaps(ds, tmp_path, VAL).digest() != before
+
+
+def ball(k: int, shape=(10, 12, 14)) -> np.ndarray:
+    """A ball lesion at a seeded place (sample ``k``), as stored."""
+    rng = np.random.default_rng(k)
+    centre = [rng.uniform(3, n - 3) for n in shape]
+    grid = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
+    return (sum((g - c) ** 2 for g, c in zip(grid, centre, strict=True)) <= 6.5).astype(np.uint8)
+
+
+def test_evaluate_scores_source_space_heatmaps_of_a_reoriented_folder_set(
+    tmp_path, monkeypatch, capsys
+):
+    """End to end through ``python -m benchmark evaluate``: the ground-truth masks written
+    in the source space (axes permuted and flipped) score Dice > 0.9, noise < 0.1, and a
+    missing file is one error line naming it, before anything is scored or written."""
+    from benchmark.cli import main
+
+    monkeypatch.setenv("TONNO_CACHE", str(tmp_path / "cache"))
+    root, rows = tmp_path / "data", ["id,label,image,mask,split"]
+    for k in range(20):
+        label, split = k % 2, "train" if k < 4 else "val"
+        image = np.random.default_rng(k).normal(0, 1, (10, 12, 14)).astype(np.float32)
+        save(root / f"c{k}.nii.gz", image + 3 * ball(k) * label)
+        save(root / f"c{k}_mask.nii.gz", ball(k) * label)
+        rows.append(f"c{k},{label},c{k}.nii.gz,c{k}_mask.nii.gz,{split}")
+    (root / "dataset.csv").write_text("\n".join(rows) + "\n")
+    masks, noise = tmp_path / "masks", tmp_path / "noise"
+    rng = np.random.default_rng(0)
+    for k in range(4, 20):
+        save(masks / f"c{k}.nii.gz", (ball(k) * (k % 2)).astype(np.float32))
+        save(noise / f"c{k}.nii.gz", rng.random((10, 12, 14)).astype(np.float32))
+    board = tmp_path / "leaderboards"
+
+    def evaluate(folder, name):
+        args = ["evaluate", "--dataset", "folder", "--root", str(root), "--heatmaps"]
+        return main(
+            [
+                *args,
+                str(folder),
+                "--name",
+                name,
+                "--leaderboards",
+                str(board),
+                "--out",
+                str(tmp_path / name),
+                "--set",
+                "folds=4",
+            ]
+        )
+
+    (masks / "c7.nii.gz").rename(tmp_path / "c7.nii.gz")
+    assert evaluate(masks, "Masks") == 2
+    [error] = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert error.startswith("error: ") and "c7" in error and "no heatmap" in error
+    assert not board.exists() or not any(board.iterdir())
+    (tmp_path / "c7.nii.gz").rename(masks / "c7.nii.gz")
+    assert evaluate(masks, "Masks") == 0 and evaluate(noise, "Noise") == 0
+    import pandas as pd
+
+    page = pd.read_csv(board / "folder.csv").set_index("method")
+    assert page.loc["masks", "dice"] > 0.9 and page.loc["noise", "dice"] < 0.1
+    assert set(page.model) == {"external"}
+    assert page.loc["masks", "dice_ci_low"] > 0.8
