@@ -96,7 +96,7 @@ MISSING = "–"
 CONTEXT_COLUMNS = ("context", "source")
 KEY = ["dataset", "model", "method"]
 CASE_COLUMNS = ["dataset", "model", "method", "volume", "label", "max", "n_scored", "correct"]
-SIGNIFICANT = "*"  # after a delta whose 95% interval excludes 0
+SIGNIFICANT = "†"  # after a delta whose 95% interval excludes 0
 
 
 @dataclass(frozen=True)
@@ -278,15 +278,16 @@ def with_intervals(
             ]
             paired, anchor = None, anchors[row.model]
             if anchor is not None and (dataset, *anchor) in groups:
-                theirs = groups[(dataset, *anchor)].set_index("volume").reindex(mine.volume)
-                if theirs.label.notna().all():
-                    paired = theirs.reset_index()
+                aligned = _aligned_cases(mine, groups[(dataset, *anchor)])
+                if aligned is not None:
+                    mine, paired = aligned
                     base = rows[(rows.model == anchor[0]) & (rows.method == anchor[1])].iloc[0]
                     for m in metrics:
                         out.loc[i, f"{m}_delta"] = row[m] - base[m]
                 else:
                     log.warning(
-                        "%s: %s and its reference %s were scored on different volumes: no delta",
+                        "%s: %s and its reference %s were not scored on the same volumes and "
+                        "seeds: no delta",
                         dataset,
                         row.method,
                         anchor[1],
@@ -305,6 +306,25 @@ def with_intervals(
     rest = [c for c in out.columns if c not in ordered]
     first = [c for c in rest if c in ("dataset", "model", "method", "display_name")]
     return out[first + ordered + [c for c in rest if c not in first]]
+
+
+def _aligned_cases(
+    mine: pd.DataFrame, theirs: pd.DataFrame
+) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """``mine`` and ``theirs`` row by row on the same (seed, volume), in ``mine``'s order; a
+    side without seeds (external heatmaps: one per volume) stands for every seed of the
+    other. None when they do not cover the same volumes and seeds."""
+    if "seed" in theirs and "seed" not in mine:
+        mine = pd.concat([mine.assign(seed=k) for k in theirs.seed.unique()], ignore_index=True)
+    if "seed" in mine and "seed" not in theirs:
+        theirs = pd.concat([theirs.assign(seed=k) for k in mine.seed.unique()], ignore_index=True)
+    key = ["seed", "volume"] if "seed" in mine else ["volume"]
+    if len(mine) != len(theirs):
+        return None
+    theirs = theirs.set_index(key).reindex(mine.set_index(key).index)
+    if theirs.label.isna().any():
+        return None
+    return mine.reset_index(drop=True), theirs.reset_index()
 
 
 def _in_order(frame: pd.DataFrame, by_model: bool = False) -> pd.DataFrame:

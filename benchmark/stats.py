@@ -93,30 +93,58 @@ def case_intervals(
     confidence: float = 0.95,
     seed: int = 0,
 ) -> dict[str, float]:
-    """Percentile bootstrap over cases (volumes) of each leaderboard metric.
+    """Percentile bootstrap over cases (volumes), and over classifier seeds, of each
+    leaderboard metric.
 
     ``cases``: one method's per-case scores (``label``, ``correct`` and the segmentation
-    metrics, see :meth:`benchmark.evaluation.EvaluationResult.cases`). Returns
+    metrics, see :meth:`benchmark.evaluation.EvaluationResult.cases`); with a ``seed``
+    column, one block of the same volumes in the same order per classifier seed. Returns
     ``{m}_ci_low`` and ``{m}_ci_high`` per metric and, with ``reference`` (another method's
-    scores on the same cases, in the same order), ``{m}_delta_ci_low`` and
-    ``{m}_delta_ci_high``: the paired interval of (method - reference), both statistics
-    computed on the same resampled cases. The draws depend on ``seed`` and the number of
-    cases only, so every method of a page is resampled alike.
+    scores on the same volumes and seeds, in the same order), ``{m}_delta_ci_low`` and
+    ``{m}_delta_ci_high``: the paired interval of (method - reference).
+
+    Each resample draws volumes (with replacement, the same for every seed) and, with
+    several seeds, seeds (with replacement), and averages the statistic over the drawn
+    seeds: an interval that accounts for both the volumes and the classifier's training
+    noise. The draws depend on ``seed`` and the numbers of volumes and seeds only, so
+    every method of a page is resampled alike.
     """
-    if reference is not None and len(reference) != len(cases):
+    blocks = _seed_blocks(cases)
+    theirs = None if reference is None else _seed_blocks(reference)
+    n = len(blocks[0])
+    if theirs is not None and [len(b) for b in theirs] != [len(b) for b in blocks]:
         raise ValueError(f"{len(cases)} cases paired with {len(reference)} reference cases")
-    rows = np.random.default_rng(seed).integers(0, len(cases), size=(n_resamples, len(cases)))
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, n, size=(n_resamples, n))
+    seeds = rng.integers(0, len(blocks), size=(n_resamples, len(blocks)))
+
+    def statistic(frames: list[pd.DataFrame], metric: str) -> np.ndarray:
+        per_seed = np.stack([case_statistic(f, metric, rows) for f in frames])  # [S, B]
+        if len(frames) == 1:
+            return per_seed[0]
+        return per_seed[seeds, np.arange(n_resamples)[:, None]].mean(axis=1)
+
     tails = 100 * (1 - confidence) / 2, 100 * (1 + confidence) / 2
     out = {}
     for metric in metrics:
-        values = case_statistic(cases, metric, rows)
+        values = statistic(blocks, metric)
         out[f"{metric}_ci_low"], out[f"{metric}_ci_high"] = _percentiles(values, tails)
-        if reference is not None:
-            delta = values - case_statistic(reference, metric, rows)
+        if theirs is not None:
+            delta = values - statistic(theirs, metric)
             out[f"{metric}_delta_ci_low"], out[f"{metric}_delta_ci_high"] = _percentiles(
                 delta, tails
             )
     return out
+
+
+def _seed_blocks(cases: pd.DataFrame) -> list[pd.DataFrame]:
+    """The per-case rows of each classifier seed (one block without a ``seed`` column)."""
+    if "seed" not in cases:
+        return [cases]
+    blocks = [block for _, block in cases.groupby("seed", sort=True)]
+    if len({len(b) for b in blocks}) > 1:
+        raise ValueError("every seed must score the same volumes")
+    return blocks
 
 
 def _percentiles(values: np.ndarray, tails: tuple[float, float]) -> tuple[float, float]:
