@@ -238,7 +238,7 @@ def reference_spec(frame: pd.DataFrame, model: str, reference: str = REFERENCE) 
 
 def _stat_columns(metric: str) -> list[str]:
     """The columns of one metric in a results table, in order."""
-    tails = ("std", "ci_low", "ci_high", "delta", "delta_ci_low", "delta_ci_high")
+    tails = ("std", "seed_sd", "ci_low", "ci_high", "delta", "delta_ci_low", "delta_ci_high")
     return [metric, *(f"{metric}_{t}" for t in tails)]
 
 
@@ -365,14 +365,18 @@ def _cell(
     base: float = np.nan,
     interval: tuple[float, float] = (np.nan, np.nan),
     marked: bool = False,
+    seed_sd: float = np.nan,
 ) -> str:
-    """``"0.52"``, ``"0.52 ± 0.03 [0.47, 0.58]"`` or ``"0.52 (+0.06)"`` / ``"0.52 (=)"``,
-    with :data:`SIGNIFICANT` after the delta when ``marked``; NaN: a dash."""
+    """``"0.52"``, ``"0.52 ± 0.03 [0.47, 0.58]"``, ``"0.52 ± 0.03 (seeds ± 0.05) [...]"`` or
+    ``"0.52 (+0.06)"`` / ``"0.52 (=)"``, with :data:`SIGNIFICANT` after the delta when
+    ``marked``; NaN: a dash."""
     if np.isnan(value):
         return MISSING
     text = f"{value:.2f}"
     if not np.isnan(std):
         text += f" ± {std:.2f}"
+    if not np.isnan(seed_sd):
+        text += f" (seeds ± {seed_sd:.2f})"
     if not np.isnan(interval[0]):
         text += f" [{interval[0]:.2f}, {interval[1]:.2f}]"
     if not np.isnan(base):
@@ -408,6 +412,7 @@ def _table(
             values = _column(source, metric)
             mine = not suffix
             spreads = _column(source, f"{metric}_std") if std and mine else nan
+            seed_sds = _column(source, f"{metric}_seed_sd") if std and mine else nan
             lows = _column(source, f"{metric}_ci_low") if intervals and mine else nan
             highs = _column(source, f"{metric}_ci_high") if intervals and mine else nan
             marked = (_column(ours, f"{metric}_delta_ci_low") > 0) | (
@@ -415,9 +420,9 @@ def _table(
             )
             base = values[is_reference][0] if is_reference.any() else np.nan
             cells[HEADERS[metric] + suffix] = [
-                _cell(v, s, np.nan if r else base, (lo, hi), k and mine)
-                for v, s, r, lo, hi, k in zip(
-                    values, spreads, is_reference, lows, highs, marked, strict=True
+                _cell(v, s, np.nan if r else base, (lo, hi), k and mine, sd)
+                for v, s, r, lo, hi, k, sd in zip(
+                    values, spreads, is_reference, lows, highs, marked, seed_sds, strict=True
                 )
             ]
             shown = np.array([np.nan if np.isnan(v) else _shown(v) for v in values])

@@ -97,6 +97,36 @@ def provenance(device: str | None = None) -> dict[str, Any]:
     }
 
 
+def provenance_columns(
+    environment: Mapping[str, Any], preset: str | None, seeds: Sequence[int]
+) -> dict[str, Any]:
+    """The columns of ``results.csv`` that say what produced each row."""
+    packages = environment["packages"]
+    return {
+        "code": environment["code"],
+        "torch": packages.get("torch"),
+        "timm": packages.get("timm"),
+        "device": environment["device"],
+        "threads": environment["threads"],
+        "preset": preset,
+        "seeds": " ".join(str(s) for s in seeds),
+    }
+
+
+def environment_note(
+    environment: Mapping[str, Any], preset: str | None, seeds: Sequence[int]
+) -> str:
+    """One line for the pages: what produced this run's rows."""
+    packages = environment["packages"]
+    threads = environment["threads"]
+    return (
+        f"Produced by benchmark {environment['code']}, torch {packages.get('torch')}, "
+        f"timm {packages.get('timm')} on {environment['device']}"
+        + (f" with {threads} threads" if threads else "")
+        + f"; preset `{preset}`; classifier seeds {', '.join(str(s) for s in seeds)}."
+    )
+
+
 def _plain(value: Any) -> Any:
     """JSON-ready: NaN and NA to None, numpy scalars to Python numbers."""
     if isinstance(value, dict):
@@ -117,37 +147,34 @@ def summary_document(
     cases: pd.DataFrame,
     folds: pd.DataFrame,
     settings: Mapping[str, Any],
-    classifier: Mapping[str, Any] | None,
-    device: str | None = None,
+    classifiers: Sequence[Mapping[str, Any]],
+    environment: Mapping[str, Any],
 ) -> dict[str, Any]:
     """``summary.json``: per-case entries, aggregates per method (every results column,
-    and tau / tau' per fold), then the settings, classifier and provenance behind them."""
-    metrics = [c for c in cases.columns if c not in (*KEY, "volume", "label", "max")]
+    and tau / tau' per fold), then the settings, classifiers (one per seed; none for
+    external heatmaps) and the environment (:func:`provenance`) behind them."""
+    entry = [c for c in (*KEY[1:], "seed", "volume", "label", "max") if c in cases]
+    metrics = [c for c in cases.columns if c not in (*entry, "dataset")]
     per_case = [
-        {
-            "volume": row.volume,
-            "label": int(row.label),
-            "model": row.model,
-            "method": row.method,
-            "max": float(row.max),
-            "metrics": {m: getattr(row, m) for m in metrics},
-        }
-        for row in cases.itertuples(index=False)
+        {**{c: row[c] for c in entry}, "metrics": {m: row[m] for m in metrics}}
+        for row in cases.to_dict("records")
     ]
     aggregates = {}
     for row in results.to_dict("records"):
         spec_folds = folds[(folds.model == row["model"]) & (folds.method == row["method"])]
         aggregates[f"{row['model']}/{row['method']}"] = {
             **{k: v for k, v in row.items() if k not in ("dataset",)},
-            "folds": spec_folds[["fold", "tau", "tau_low"]].to_dict("records"),
+            "folds": spec_folds[
+                [c for c in ("seed", "fold", "tau", "tau_low") if c in folds]
+            ].to_dict("records"),
         }
     document = {
         "dataset": str(results.dataset.iloc[0]) if len(results) else None,
         "metric_per_case": per_case,
         "aggregates": aggregates,
         "settings": dict(settings),
-        "classifier": dict(classifier) if classifier is not None else None,
-        "provenance": provenance(device),
+        "classifiers": [dict(c) for c in classifiers],
+        "provenance": dict(environment),
     }
     return _plain(document)
 

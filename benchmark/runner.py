@@ -76,6 +76,9 @@ from benchmark.leaderboard import (
 from benchmark.registry import natural_key
 from benchmark.report import (
     cases_table,
+    environment_note,
+    provenance,
+    provenance_columns,
     results_tables,
     summary_document,
     write_csv,
@@ -532,32 +535,35 @@ def sanity_lines(report: dict, model_name: str) -> tuple[str, str | None]:
     return note, warning
 
 
-def run_benchmark(
+@dataclass(frozen=True)
+class Seeded:
+    """Stages 1-4 for one classifier (one training seed): its job, report and evaluations."""
+
+    seed: int  # the classifier's training seed
+    job: Job
+    model_name: str
+    checkpoint: str  # the checkpoint file's hash
+    train_config: dict[str, Any]
+    report: dict[str, Any]  # classifier_sanity
+    evaluations: dict[str, EvaluationResult]
+
+
+def evaluate_checkpoint(
     dataset: Any,
     checkpoint: str | Path,
     config: RunConfig,
     tomography: TomographyConfig,
     *,
     specs: Sequence[str],
-    out_dir: str | Path,
-    leaderboards: str | Path = "leaderboards",
-    context: Context | None = None,
+    context: Context,
     shard: tuple[int, int] | None = None,
     compute: bool = True,
     unscored: Sequence[str] = (),
-    notes: Sequence[str] = (),
     progress: bool = True,
-) -> RunOutputs | None:
-    """Heatmaps of ``specs`` on the validation split, A.7 protocol, leaderboards.
-
-    The volumes (of ``shard=(i, n)``, if given) are split across the ranks of ``context``:
-    first the calibration volumes, whose sketches set each spec's tau' grid, then the
-    others, each summarised as it arrives. Rank 0 then evaluates and writes; other ranks
-    and shards return None. ``compute=False`` (a merge) computes nothing and fails if an
-    entry is missing. Failing heatmaps raise a :class:`RunError` naming the rank, spec and
-    volume after every other heatmap is computed and stored.
-    """
-    context = context or Context(device=resolve_device("auto"))
+) -> Seeded | None:
+    """Stages 1-4 for the classifier of ``checkpoint``: heatmaps (this shard's volumes,
+    split across the ranks), grids, summaries, the A.7 protocol. Rank 0 of a run without a
+    shard returns the evaluations; other ranks and shards return None."""
     volume_ids = dataset.ids("val")
     key = heatmap_key(
         dataset.name,
@@ -581,10 +587,10 @@ def run_benchmark(
     )
     model = load_classifier(checkpoint, context.device)
     trained = read_checkpoint(checkpoint)
-    model_name = trained["model_name"]
+    report = {}
     if context.is_main:
         report = classifier_sanity(job, model, trained["config"])
-        note, warning = sanity_lines(report, model_name)
+        note, warning = sanity_lines(report, trained["model_name"])
         log.info("%s", note)
         if warning:
             log.warning("%s", warning)
@@ -629,37 +635,164 @@ def run_benchmark(
             "run the missing shards, or run without --merge"
         )
     labels = [dataset.label(v) for v in volume_ids]
-    evaluations = evaluate_specs(summaries, labels, config)
-    results, folds = results_tables(dataset.name, model_name, evaluations)
-    cases = cases_table(dataset.name, model_name, evaluations, volume_ids)
-    context_digest = evaluation_context(
-        dataset, volume_ids, job.images, job.truths, job.unscored, config
-    )
-    results = results.assign(
-        source=job.store.root.name,
-        context=context_digest,
+    return Seeded(
+        seed=int(trained["config"].get("seed", 0)),
+        job=job,
+        model_name=trained["model_name"],
         checkpoint=key["checkpoint"],
-        **{f"classifier_{k}": report[k] for k in sorted(report)},
+        train_config=trained["config"],
+        report=report,
+        evaluations=evaluate_specs(summaries, labels, config),
+    )
+
+
+def combine_seeds(seeded: Sequence[Seeded]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(results, folds, cases) over the classifiers of ``seeded``: each metric and its fold
+    spread averaged over seeds, ``{m}_seed_sd`` their standard deviation over seeds (with
+    several); folds and cases keep a ``seed`` column when there are several seeds."""
+    parts = []
+    for s in seeded:
+        dataset, volume_ids = s.job.dataset.name, s.job.volume_ids
+        results, folds = results_tables(dataset, s.model_name, s.evaluations)
+        cases = cases_table(dataset, s.model_name, s.evaluations, volume_ids)
+        parts.append((results, folds, cases))
+    if len(seeded) == 1:
+        return parts[0]
+    seeds = [s.seed for s in seeded]
+    results, folds, cases = (
+        pd.concat(
+            [part[i].assign(seed=k) for k, part in zip(seeds, parts, strict=True)]
+        ).reset_index(drop=True)
+        for i in range(3)
+    )
+    key = ["dataset", "model", "method"]
+    grouped = results.drop(columns="seed").groupby(key, sort=False)
+    combined = grouped.mean()
+    scores = [m for m in METRICS if m in combined]
+    spread = grouped[scores].std().add_suffix("_seed_sd")
+    columns = [
+        c for m in scores for c in (m, f"{m}_std", f"{m}_seed_sd") if c in combined or c in spread
+    ]
+    combined = combined.join(spread)[columns].reset_index()
+    return combined, folds, cases
+
+
+def _classifier_columns(seeded: Sequence[Seeded]) -> dict[str, Any]:
+    """``classifier_*`` columns: each report value, averaged over seeds (at chance: any)."""
+    reports = pd.DataFrame([s.report for s in seeded])
+    columns = {f"classifier_{k}": reports[k].mean() for k in sorted(reports) if k != "at_chance"}
+    columns["classifier_at_chance"] = bool(reports["at_chance"].any())
+    if len(seeded) == 1:
+        columns = {k: seeded[0].report[k.removeprefix("classifier_")] for k in columns}
+    return columns
+
+
+def run_benchmark(
+    dataset: Any,
+    checkpoints: str | Path | Sequence[str | Path],
+    config: RunConfig,
+    tomography: TomographyConfig,
+    *,
+    specs: Sequence[str],
+    out_dir: str | Path,
+    leaderboards: str | Path = "leaderboards",
+    context: Context | None = None,
+    shard: tuple[int, int] | None = None,
+    compute: bool = True,
+    unscored: Sequence[str] = (),
+    notes: Sequence[str] = (),
+    preset: str | None = None,
+    progress: bool = True,
+) -> RunOutputs | None:
+    """Heatmaps of ``specs`` on the validation split for the classifier of each checkpoint
+    (one per training seed), A.7 protocol, leaderboards.
+
+    Per checkpoint (:func:`evaluate_checkpoint`), the volumes (of ``shard=(i, n)``, if
+    given) are split across the ranks of ``context``: first the calibration volumes, whose
+    sketches set each spec's tau' grid, then the others, each summarised as it arrives.
+    Rank 0 then combines the seeds (:func:`combine_seeds`) and writes; other ranks and
+    shards return None. ``compute=False`` (a merge) computes nothing and fails if an entry
+    is missing. Failing heatmaps raise a :class:`RunError` naming the rank, spec and volume
+    after every other heatmap is computed and stored.
+    """
+    context = context or Context(device=resolve_device("auto"))
+    if isinstance(checkpoints, (str, Path)):
+        checkpoints = [checkpoints]
+    seeded = [
+        evaluate_checkpoint(
+            dataset,
+            checkpoint,
+            config,
+            tomography,
+            specs=specs,
+            context=context,
+            shard=shard,
+            compute=compute,
+            unscored=unscored,
+            progress=progress,
+        )
+        for checkpoint in checkpoints
+    ]
+    if shard is not None or not context.is_main:
+        return None
+    return write_outputs(seeded, config, tomography, out_dir, leaderboards, context, notes, preset)
+
+
+def write_outputs(
+    seeded: Sequence[Seeded],
+    config: RunConfig,
+    tomography: TomographyConfig,
+    out_dir: str | Path,
+    leaderboards: str | Path,
+    context: Context,
+    notes: Sequence[str],
+    preset: str | None,
+) -> RunOutputs:
+    """Stage 5: results (with intervals over volumes and seeds), folds, per-case and
+    timing CSVs, summary.json, leaderboards, the Figure 6 layout, NIfTI on request."""
+    first = seeded[0]
+    job, dataset = first.job, first.job.dataset
+    results, folds, cases = combine_seeds(seeded)
+    seeds = [s.seed for s in seeded]
+    environment = provenance(context.device.type)
+    results = results.assign(
+        source="+".join(s.job.store.root.name for s in seeded),
+        context=evaluation_context(
+            dataset, job.volume_ids, job.images, job.truths, job.unscored, config
+        ),
+        checkpoint="+".join(s.checkpoint for s in seeded),
+        **_classifier_columns(seeded),
+        **provenance_columns(environment, preset, seeds),
     )
     intervals = Intervals(config.reference, config.bootstrap_resamples, seed=config.seed)
     results = with_intervals(results, cases, intervals)
-    timings = timings_table(job)
+    timings = pd.concat([timings_table(s.job) for s in seeded])
+    timings = timings.groupby(["method", "family"], sort=False, as_index=False).sum()
 
     out_dir = Path(out_dir)
     settings = {
+        "preset": preset,
+        "seeds": seeds,
         "run": dataclasses.asdict(config),
         "tomography": dataclasses.asdict(tomography),
-        "train": trained["config"],
+        "train": first.train_config,
         "dataset": {"name": dataset.name, "options": dataset.options()},
         "unscored": sorted(job.unscored, key=natural_key),
     }
-    classifier = {"model": model_name, "checkpoint": key["checkpoint"], **report}
-    summary = summary_document(results, cases, folds, settings, classifier, context.device.type)
+    classifiers = [
+        {"seed": s.seed, "model": s.model_name, "checkpoint": s.checkpoint, **s.report}
+        for s in seeded
+    ]
+    summary = summary_document(results, cases, folds, settings, classifiers, environment)
     write_reports(out_dir, results, folds, cases, summary)
     write_csv(timings, out_dir / "timings.csv")
-    notes = [note, *notes]
+    lines = [sanity_lines(s.report, s.model_name) for s in seeded]
+    prefix = [f"Seed {s.seed}: " if len(seeded) > 1 else "" for s in seeded]
+    page_notes = [p + note for p, (note, _) in zip(prefix, lines, strict=True)]
+    warnings = [p + w for p, (_, w) in zip(prefix, lines, strict=True) if w]
+    page_notes += [environment_note(environment, preset, seeds), *notes]
     if job.unscored:
-        notes.append(
+        page_notes.append(
             f"{len(job.unscored)} positive(s) with an empty annotation are scored for "
             f"classification only: {', '.join(sorted(job.unscored, key=natural_key))}."
         )
@@ -667,8 +800,8 @@ def run_benchmark(
     pages = write_leaderboards(
         results,
         leaderboards,
-        notes=notes,
-        warning=warning,
+        notes=page_notes,
+        warning="\n".join(warnings) or None,
         fallback_dir=fallback,
         cases=cases,
         intervals=intervals,
@@ -679,6 +812,7 @@ def run_benchmark(
         log.info("%s left standing: it shows methods this run did not compute", figure)
         figure = None
     else:
-        figure = write_figure(job, results, folds, config, figure)
+        shown = folds[folds.seed == first.seed] if "seed" in folds else folds
+        figure = write_figure(job, results, shown, config, figure)
     nifti = export_nifti(job, out_dir / "heatmaps") if config.save_heatmaps else []
     return RunOutputs(results, folds, timings, [*pages, *([figure] if figure else [])], nifti)

@@ -458,3 +458,40 @@ def test_external_heatmaps_join_the_runs_page(reference, tmp_path, monkeypatch, 
     cases = pd.read_csv(tmp_path / "Masks" / "per_case.csv")
     assert len(cases) == 12 and set(cases.method) == {"masks"}
     assert "Masks:" in capsys.readouterr().out
+
+
+def test_seeds_average_classifiers_and_a_rerun_is_byte_identical(
+    reference, config, tmp_path, monkeypatch
+):
+    """``--seeds 2`` reuses the run folder's classifier (seed 0), trains seed 1 in
+    ``seed-1/``, and reports their mean and spread; the seed-1 classifier alone (its folder
+    as the run folder, train.seed=1) gives the other half. The same command again writes
+    byte-identical tables."""
+    use_cache(monkeypatch, reference / "cache")
+    run = tmp_path / "run"
+    shutil.copytree(reference / "run", run, ignore=shutil.ignore_patterns("heatmaps"))
+    board = run / "leaderboards"
+    assert main(tiny_args(config, run, "--seeds", "2")) == 0
+    assert (run / "seed-1" / "checkpoint.pt").exists()
+    tables = {p: p.read_bytes() for p in [*run.glob("*.csv"), *board.glob("synthetic.*")]}
+    tables[run / "summary.json"] = (run / "summary.json").read_bytes()
+    assert main(tiny_args(config, run, "--seeds", "2")) == 0
+    for path, data in tables.items():
+        assert path.read_bytes() == data, path
+    alone = tmp_path / "seed-1"
+    shutil.copytree(run / "seed-1", alone)
+    assert main(tiny_args(config, alone, "--set", "train.seed=1")) == 0
+    both, first, second = (
+        pd.read_csv(folder / "results.csv", dtype={"seeds": str}).set_index("method")
+        for folder in (run, reference / "run", alone)
+    )
+    for metric in ("f1", "dice", "balanced_accuracy"):
+        pair = np.stack([first[metric], second[metric]])
+        np.testing.assert_allclose(both[metric], pair.mean(0), atol=1e-12)
+        np.testing.assert_allclose(both[f"{metric}_seed_sd"], pair.std(0, ddof=1), atol=1e-12)
+    assert set(both.seeds) == {"0 1"} and set(second.seeds) == {"1"}
+    assert set(pd.read_csv(run / "per_case.csv").seed) == {0, 1}
+    summary = json.loads((run / "summary.json").read_text())
+    assert [c["seed"] for c in summary["classifiers"]] == [0, 1]
+    page = (board / "synthetic.md").read_text()
+    assert "(seeds ± " in page and "classifier seeds 0, 1" in page

@@ -74,7 +74,13 @@ def run(args: argparse.Namespace) -> int:
     from benchmark.external import ExternalHeatmaps
     from benchmark.leaderboard import EXTERNAL, Intervals, write_leaderboards
     from benchmark.preflight import check_volumes, writable
-    from benchmark.report import cases_table, results_tables, summary_document, write_reports
+    from benchmark.report import (
+        cases_table,
+        provenance,
+        results_tables,
+        summary_document,
+        write_reports,
+    )
     from benchmark.validation import evaluation_context, score_heatmaps
 
     config = _protocol(args)
@@ -118,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
         "heatmaps": {"folder": str(Path(args.heatmaps).resolve()), "digest": heatmaps.digest()},
         "unscored": sorted(unscored),
     }
-    summary = summary_document(results, cases, folds, settings, None)
+    summary = summary_document(results, cases, folds, settings, [], provenance(None))
     written = write_reports(out, results, folds, cases, summary)
     overlap = result.overlap
     line = results.iloc[0]

@@ -37,6 +37,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--model", help="classifier to train (train.model), e.g. resnet10t")
     parser.add_argument("--checkpoint", help="use this trained classifier instead of training")
+    parser.add_argument(
+        "--seeds",
+        metavar="N|S,S,...",
+        help="train N classifiers that differ only in their seed (train.seed, +1, ...), or the "
+        "listed seeds, and report the mean, the spread over seeds and intervals over volumes "
+        "and seeds (default: 1, the classifier of train.seed)",
+    )
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument(
         "--out", help="run folder (checkpoint, CSVs); default runs/<dataset>/<model>-<preset>"
@@ -96,6 +103,29 @@ def _settings(config: str | None, overrides: list[str]) -> dict[str, dict]:
     return settings
 
 
+def parse_seeds(text: str | None, base: int) -> list[int]:
+    """``--seeds``: ``"3"`` -> base, base + 1, base + 2; ``"0,4,7"`` -> those; None -> base."""
+    if text is None:
+        return [base]
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items or not all(t.lstrip("-").isdigit() for t in items):
+        raise ValueError(f"--seeds {text!r}: give a count (3) or comma-separated seeds (0,4,7)")
+    if len(items) == 1 and "," not in text:
+        if int(items[0]) < 1:
+            raise ValueError(f"--seeds {text!r}: the count must be >= 1")
+        return [base + i for i in range(int(items[0]))]
+    seeds = [int(t) for t in items]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds {text!r}: a seed is repeated")
+    return seeds
+
+
+def seed_folder(out: Path, seed: int, base: int) -> Path:
+    """Where the classifier of ``seed`` lives: the run folder for ``train.seed`` (today's
+    layout, so ``--seeds 1`` reuses it), ``<out>/seed-<seed>`` for the others."""
+    return out if seed == base else out / f"seed-{seed}"
+
+
 def _section_class(section: str) -> type:
     from benchmark.config import RunConfig, TomographyConfig, TrainConfig
 
@@ -134,6 +164,9 @@ def _requested(args: argparse.Namespace):
     shard = parse_shard(args.shard) if args.shard else None
     if shard and args.merge:
         raise ValueError("--shard computes one shard and --merge computes nothing: pick one")
+    if args.seeds and args.checkpoint:
+        raise ValueError("--seeds trains one classifier per seed and --checkpoint is one: pick one")
+    parse_seeds(args.seeds, 0)  # checked now, resolved against train.seed later
     settings = _settings(args.config, args.overrides)
     for flag, section, field in (
         (args.methods, "run", "methods"),
@@ -154,7 +187,9 @@ def _requested(args: argparse.Namespace):
 
 def _run(args: argparse.Namespace, context, settings, shard, specs, left_out) -> int:
     """Everything that can fail in seconds first (settings, methods, folders, every
-    volume), then the classifier, then the heatmaps and the protocol."""
+    volume), then the classifiers (one per seed), then the heatmaps and the protocol."""
+    import dataclasses
+
     from benchmark.checkpoint import is_finished
     from benchmark.config import RunConfig, TomographyConfig, TrainConfig, resolve
     from benchmark.io import cache_root
@@ -205,17 +240,21 @@ def _run(args: argparse.Namespace, context, settings, shard, specs, left_out) ->
             ", ".join(unscored),
         )
 
-    checkpoint = prepare_classifier(
-        dataset,
-        train_config,
-        out,
-        checkpoint=args.checkpoint,
-        context=context,
-        finished_only=bool(shard or args.merge),
-    )
+    seeds = parse_seeds(args.seeds, train_config.seed)
+    checkpoints = [
+        prepare_classifier(
+            dataset,
+            dataclasses.replace(train_config, seed=seed),
+            seed_folder(out, seed, train_config.seed),
+            checkpoint=args.checkpoint,
+            context=context,
+            finished_only=bool(shard or args.merge),
+        )
+        for seed in seeds
+    ]
     outputs = run_benchmark(
         dataset,
-        checkpoint,
+        checkpoints,
         config,
         tomography,
         specs=specs,
@@ -226,6 +265,7 @@ def _run(args: argparse.Namespace, context, settings, shard, specs, left_out) ->
         compute=not args.merge,
         unscored=unscored,
         notes=notes,
+        preset=preset,
     )
     if shard is not None:
         print(
