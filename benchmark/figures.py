@@ -4,11 +4,13 @@ One row per validation volume, shown on its axial slice (``image[:, d]``) with t
 ground-truth voxels; columns: the input, the ground truth over it, then for each method
 its heatmap (blue negative, red positive, colours symmetric about 0 and scaled to the
 volume's largest absolute value) and its binarised mask over the input (A.7 hysteresis).
+The same panels also come as one strip per method for the HTML page (:func:`method_strips`).
 matplotlib's object API on the Agg canvas: no display and no pyplot state.
 """
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,8 @@ from benchmark.io import atomic_write
 TRUTH_COLOUR = (0.1, 0.8, 0.2)
 MASK_COLOUR = (1.0, 0.15, 0.1)
 PANEL_INCHES = 1.5
+STRIP_INCHES = 1.2  # a strip's panel, at STRIP_DPI
+STRIP_DPI = 80
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,11 @@ def _show(ax, image: np.ndarray, overlay: np.ndarray | None = None) -> None:
         ax.imshow(overlay, interpolation="nearest")
 
 
+def _heatmap(ax, heatmap: np.ndarray, limit: float) -> None:
+    """``heatmap`` blue to red, symmetric about 0 up to ``limit``."""
+    ax.imshow(heatmap, cmap="bwr", vmin=-limit, vmax=limit, interpolation="nearest")
+
+
 def draw(rows: Sequence[FigureRow], title: str) -> Figure:
     """The figure: one row per volume, input | truth | (heatmap | mask) per method."""
     n_cols = 2 + 2 * len(rows[0].maps)
@@ -101,9 +110,7 @@ def draw(rows: Sequence[FigureRow], title: str) -> Figure:
         _show(ax[0], row.image)
         _show(ax[1], row.image, _overlay(row.truth, TRUTH_COLOUR))
         for k, (_, heatmap, limit, mask) in enumerate(row.maps):
-            ax[2 + 2 * k].imshow(
-                heatmap, cmap="bwr", vmin=-limit, vmax=limit, interpolation="nearest"
-            )
+            _heatmap(ax[2 + 2 * k], heatmap, limit)
             _show(ax[3 + 2 * k], row.image, _overlay(mask, MASK_COLOUR))
         ax[0].set_ylabel(f"{row.volume_id}\nslice {row.index}", fontsize=7)
     fig.suptitle(title, fontsize=9)
@@ -116,3 +123,38 @@ def save_png(fig: Figure, path: str | Path, dpi: int = 100) -> Path:
     with atomic_write(path) as file:
         fig.savefig(file, format="png", dpi=dpi)
     return path
+
+
+def method_strips(rows: Sequence[FigureRow], specs: Sequence[str]) -> dict[str, bytes]:
+    """PNG strips for the HTML page, by family: ``"input"`` (input | ground truth per
+    volume), then per method (``specs``, one per column of ``rows[i].maps``) its heatmap |
+    mask per volume; one row of equal panels each, so that the strips line up."""
+    strips = {"input": _strip(rows, None)}
+    for k, spec in enumerate(specs):
+        strips[spec.partition("@")[0]] = _strip(rows, k)
+    return strips
+
+
+def _strip(rows: Sequence[FigureRow], column: int | None) -> bytes:
+    """One strip: two panels per volume, of the input (``column`` None) or of a method."""
+    fig = Figure(figsize=(STRIP_INCHES * 2 * len(rows), STRIP_INCHES * 1.3))
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.02, top=0.8, wspace=0.06)
+    axes = fig.subplots(1, 2 * len(rows), squeeze=False)[0]
+    for i, row in enumerate(rows):
+        first, second = axes[2 * i], axes[2 * i + 1]
+        if column is None:
+            _show(first, row.image)
+            _show(second, row.image, _overlay(row.truth, TRUTH_COLOUR))
+            titles = (f"{row.volume_id}\nslice {row.index}", "ground truth")
+        else:
+            _, heatmap, limit, mask = row.maps[column]
+            _heatmap(first, heatmap, limit)
+            _show(second, row.image, _overlay(mask, MASK_COLOUR))
+            titles = ("heatmap", "mask")
+        for ax, title in zip((first, second), titles, strict=True):
+            ax.set_title(title, fontsize=7)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=STRIP_DPI)
+    return buffer.getvalue()

@@ -39,7 +39,6 @@ values as shown, rounded to two decimals like the paper.
 from __future__ import annotations
 
 import dataclasses
-import html
 import logging
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -51,6 +50,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from benchmark.io import atomic_write
+from benchmark.page import html_page
 from benchmark.stats import case_intervals
 
 log = logging.getLogger(__name__)
@@ -97,6 +97,7 @@ CONTEXT_COLUMNS = ("context", "source")
 KEY = ["dataset", "model", "method"]
 CASE_COLUMNS = ["dataset", "model", "method", "volume", "label", "max", "n_scored", "correct"]
 SIGNIFICANT = "†"  # after a delta whose 95% interval excludes 0
+STRIP_NAME = re.compile(r"\w[\w.+-]*")  # a family or "input": a file name in <dataset>.figure/
 
 
 @dataclass(frozen=True)
@@ -432,25 +433,23 @@ def _table(
 
 
 def render(table: pd.DataFrame, fmt: str, bold: pd.DataFrame | None = None) -> str:
-    """The one table formatter: ``"md"`` (GitHub Markdown), ``"html"`` or ``"csv"``."""
+    """The one table formatter: ``"md"`` (GitHub Markdown) or ``"csv"``; the HTML page lays
+    out the same cells (:func:`benchmark.page.html_page`)."""
     if fmt == "csv":
         return table.to_csv(index=False)
     cells = table.map(str)
-    if fmt == "html":
-        cells = cells.map(html.escape)
     if bold is not None:
-        wrap = "**{}**" if fmt == "md" else "<b>{}</b>"
-        cells = cells.where(~bold.to_numpy(bool), cells.map(wrap.format))
-    tablefmt = {"md": "github", "html": "unsafehtml"}[fmt]
+        cells = cells.where(~bold.to_numpy(bool), cells.map("**{}**".format))
     return tabulate(
-        cells, headers="keys", tablefmt=tablefmt, showindex=False, disable_numparse=True
+        cells, headers="keys", tablefmt="github", showindex=False, disable_numparse=True
     )
 
 
 @dataclass(frozen=True)
 class Section:
     """One table of a page: its title, the cells as shown, which are bold, and what each
-    row is (``method``, ``family``, ``layer``, ``model``: for filters and links)."""
+    row is (``method``, ``family``, ``family_name``, ``layer``, ``model``: for filters and
+    links)."""
 
     title: str
     cells: pd.DataFrame
@@ -460,6 +459,7 @@ class Section:
 
 def _section(title: str, rows: pd.DataFrame, cells: pd.DataFrame, bold: pd.DataFrame) -> Section:
     meta = rows[["method", "family", "layer", "model"]].reset_index(drop=True)
+    meta.insert(2, "family_name", [method_name(f).display for f in meta.family])
     return Section(title, cells, bold, meta)
 
 
@@ -554,45 +554,22 @@ def _notes(overlap: str, with_paper: bool, reference: str, intervals: bool) -> l
     return notes
 
 
-WARNING_STYLE = (
-    "border: 2px solid #b00; background: #fdd; color: #600; padding: 0.6em 1em; "
-    "margin: 1em 0; font-weight: bold"
-)
-
-
-def _warning_block(warning: str | None, fmt: str) -> list[str]:
-    """The page's first block: a Markdown quote or an HTML box; nothing without a warning."""
+def _warning_block(warning: str | None) -> list[str]:
+    """The page's first block, a Markdown quote; nothing without a warning."""
     if not warning:
         return []
-    if fmt == "md":
-        lines = warning.strip().splitlines() or [""]
-        return ["\n".join(["> **Warning:** " + lines[0], *(f"> {line}" for line in lines[1:])])]
-    text = html.escape(warning.strip()).replace("\n", "<br>")
-    return [f'<div class="warning" style="{WARNING_STYLE}">Warning: {text}</div>']
+    lines = warning.strip().splitlines() or [""]
+    return ["\n".join(["> **Warning:** " + lines[0], *(f"> {line}" for line in lines[1:])])]
 
 
 def _document(
-    dataset: str, notes: list[str], sections: list[Section], fmt: str, warning: str | None = None
+    dataset: str, notes: list[str], sections: list[Section], warning: str | None = None
 ) -> str:
-    """A Markdown or HTML page: title, the warning, notes, then each section's table."""
-    if fmt == "md":
-        parts = [f"# Leaderboard: {dataset}", *_warning_block(warning, fmt)]
-        parts.append("\n".join(f"- {n}" for n in notes))
-        parts += [f"## {x.title}\n\n{render(x.cells, 'md', x.bold)}" for x in sections]
-        return "\n\n".join(parts) + "\n"
-    code = [re.sub(r"`([^`]*)`", r"<code>\1</code>", html.escape(n)) for n in notes]
-    items = "".join(f"<li>{n}</li>" for n in code)
-    parts = [
-        '<!DOCTYPE html>\n<html>\n<head><meta charset="utf-8">'
-        f"<title>Leaderboard: {html.escape(dataset)}</title></head>\n<body>",
-        f"<h1>Leaderboard: {html.escape(dataset)}</h1>",
-        *_warning_block(warning, fmt),
-        f"<ul>{items}</ul>",
-    ]
-    parts += [
-        f"<h2>{html.escape(x.title)}</h2>\n{render(x.cells, 'html', x.bold)}" for x in sections
-    ]
-    return "\n".join([*parts, "</body>\n</html>\n"])
+    """The Markdown page: title, the warning, notes, then each section's table."""
+    parts = [f"# Leaderboard: {dataset}", *_warning_block(warning)]
+    parts.append("\n".join(f"- {n}" for n in notes))
+    parts += [f"## {x.title}\n\n{render(x.cells, 'md', x.bold)}" for x in sections]
+    return "\n\n".join(parts) + "\n"
 
 
 @dataclass(frozen=True)
@@ -722,9 +699,14 @@ def _plan(
     return _Plan(dataset, new, cases, fallback_dir, reason=reason)
 
 
-def _write_text(path: Path, text: str) -> None:
+def _write_bytes(path: Path, data: bytes) -> None:
     with atomic_write(path) as file:
-        file.write(text.encode("utf-8"))
+        file.write(data)
+
+
+def _stored_strips(folder: Path) -> dict[str, bytes]:
+    """The Figure 6 strips kept in ``folder`` (``<family>.png``), by family."""
+    return {p.stem: p.read_bytes() for p in sorted(folder.glob("*.png"))}
 
 
 def write_leaderboards(
@@ -737,6 +719,7 @@ def write_leaderboards(
     warning: str | None = None,
     cases: pd.DataFrame | None = None,
     intervals: Intervals = Intervals(),
+    strips: Mapping[str, bytes] | None = None,
 ) -> Written:
     """Write ``<dataset>.md``, ``.csv`` and ``.html`` per dataset of ``results`` into ``out_dir``.
 
@@ -753,9 +736,18 @@ def write_leaderboards(
     pages' first block, prominently (e.g. a classifier at chance). ``cases``: the rows'
     per-case scores (:data:`CASE_COLUMNS` and the metrics), kept in
     ``<dataset>.per_case.csv`` and merged like the rows; the page's intervals and deltas
-    are computed from them (:func:`with_intervals` with ``intervals``).
+    are computed from them (:func:`with_intervals` with ``intervals``). ``strips``: the
+    Figure 6 strips of one dataset's page (family, or ``"input"``, to PNG bytes,
+    :func:`benchmark.figures.method_strips`), kept in ``<dataset>.figure/<family>.png``
+    beside the page like its rows; the HTML page embeds those of its families.
     """
     _prepare(results)  # validate before reading or writing anything
+    strips = strips or {}
+    if strips and results.dataset.nunique() > 1:
+        raise ValueError("strips belong to one dataset's page; results hold several datasets")
+    for name in strips:
+        if not STRIP_NAME.fullmatch(name):
+            raise ValueError(f"strip {name!r}: expected a method family or 'input'")
     out_dir = Path(out_dir)
     fallback = Path(fallback_dir) if fallback_dir is not None else None
     frame = results if "model" in results else results.assign(model=PAPER_MODEL)
@@ -768,7 +760,9 @@ def write_leaderboards(
     published = _prepare(paper_results(paper) if paper is not None else empty)
     written, tables = [], {}
     for plan in plans:
-        paths, tables[plan.dataset] = _write_pages(plan, published, list(notes), warning, intervals)
+        paths, tables[plan.dataset] = _write_pages(
+            plan, published, list(notes), warning, intervals, strips
+        )
         written += paths
         if plan.reason is not None:
             log.warning(
@@ -791,9 +785,10 @@ def _write_pages(
     notes: list[str],
     warning: str | None,
     intervals: Intervals,
+    strips: Mapping[str, bytes],
 ) -> tuple[list[Path], pd.DataFrame]:
-    """The Markdown, HTML and CSV pages (and per-case CSV) of one dataset, into
-    ``plan.folder``; and its rows with their intervals."""
+    """The Markdown, HTML and CSV pages (and per-case CSV, Figure 6 strips) of one dataset,
+    into ``plan.folder``; and its rows with their intervals."""
     has_cases = not plan.cases.empty
     table = with_intervals(plan.rows, plan.cases, intervals) if has_cases else plan.rows
     rows = _prepare(table)
@@ -802,14 +797,19 @@ def _write_pages(
     with_paper = any(" (paper)" in c for x in sections for c in x.cells.columns)
     overlap = overlap_metric(pd.concat([rows, theirs]))
     header = _notes(overlap, with_paper, intervals.reference, has_cases) + notes
-    pages = {fmt: _document(plan.dataset, header, sections, fmt, warning) for fmt in ("md", "html")}
-    pages["csv"] = render(_csv_table(rows, theirs), "csv")
+    figure = plan.folder / f"{plan.dataset}.figure"
+    written = []
+    for name, png in strips.items():
+        written.append(figure / f"{name}.png")
+        _write_bytes(written[-1], png)
+    pages = {
+        "md": _document(plan.dataset, header, sections, warning),
+        "html": html_page(plan.dataset, header, sections, warning, _stored_strips(figure)),
+        "csv": render(_csv_table(rows, theirs), "csv"),
+    }
     if has_cases:
         pages["per_case.csv"] = render(plan.cases, "csv")
-    plan.folder.mkdir(parents=True, exist_ok=True)
-    written = []
     for fmt, text in pages.items():
-        path = plan.folder / f"{plan.dataset}.{fmt}"
-        _write_text(path, text)
-        written.append(path)
+        written.append(plan.folder / f"{plan.dataset}.{fmt}")
+        _write_bytes(written[-1], text.encode("utf-8"))
     return written, table
