@@ -70,6 +70,7 @@ from benchmark.registry import natural_key
 from benchmark.specs import matches, shard_ids
 from benchmark.train import classifier_report, train
 from datasets.base import safe_stem
+from methods import method_class
 from methods.heatmaps import compute_heatmaps
 
 log = logging.getLogger(__name__)
@@ -124,14 +125,34 @@ def calibration_ids(volume_ids: Sequence[str], n: int, seed: int) -> list[str]:
     return [volume_ids[i] for i in sorted(chosen)]
 
 
+def fitted_options(dataset: Any, specs: Sequence[str], context: Context) -> dict[str, dict]:
+    """Each spec's :meth:`~methods.Method.fit_options` on ``dataset`` as JSON values, fitted
+    once per method on rank 0 and the same on every rank."""
+    fitted = None
+    if context.is_main:
+        classes = {spec: method_class(spec) for spec in specs}
+        fits = {}
+        for cls in dict.fromkeys(classes.values()):
+            try:
+                fits[cls] = json.loads(json.dumps(cls.fit_options(dataset), sort_keys=True))
+            except TypeError as error:
+                raise TypeError(f"{cls.name}.fit_options: not JSON values ({error})") from None
+            if fits[cls]:
+                log.info("%s: options fitted to %s: %s", cls.name, dataset.name, fits[cls])
+        fitted = {spec: fits[cls] for spec, cls in classes.items()}
+    return context.broadcast(fitted)
+
+
 @dataclass
 class Job:
     """One run's heatmap work: specs x validation volumes, the store and its policies.
 
-    ``images``/``truths`` are the volumes' content digests (cache addresses); ``keep`` the
-    volumes whose full heatmaps stay on disk (the figure's; all with ``save_heatmaps``);
-    ``unscored`` the positives whose annotation is empty (no localisation score);
-    ``failed`` the specs and volumes that failed in this run (not tried again).
+    ``images``/``truths`` are the volumes' content digests (cache addresses); ``options``
+    the specs' fitted options (:func:`fitted_options`), folded into their entries'
+    addresses (:meth:`image`); ``keep`` the volumes whose full heatmaps stay on disk (the
+    figure's; all with ``save_heatmaps``); ``unscored`` the positives whose annotation is
+    empty (no localisation score); ``failed`` the specs and volumes that failed in this
+    run (not tried again).
     """
 
     dataset: Any
@@ -143,6 +164,7 @@ class Job:
     calibration: list[str]
     keep: set[str]
     unscored: set[str]
+    options: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     images: dict[str, str] = dataclasses.field(default_factory=dict)
     truths: dict[str, str] = dataclasses.field(default_factory=dict)
     failed: set[str] = dataclasses.field(default_factory=set)  # specs and volumes: not again
@@ -151,17 +173,30 @@ class Job:
         for v in self.volume_ids:
             self.images[v] = self.dataset.fingerprint(v)
             self.truths[v] = self.dataset.truth_fingerprint(v)
+        self._fitted = {
+            spec: json.dumps(options, sort_keys=True)
+            for spec, options in self.options.items()
+            if options
+        }
+
+    def image(self, spec: str, volume_id: str) -> str:
+        """The entry's image digest in the store: the volume's, folded with the spec's
+        fitted options when it has any (they change its heatmaps: edited training masks
+        move the ``centre`` prior, and recompute its entries only)."""
+        image = self.images[volume_id]
+        fitted = self._fitted.get(spec)
+        return digest(f"{image}:{fitted}") if fitted else image
 
     def record(self, spec: str, volume_id: str) -> dict[str, Any] | None:
-        return self.store.record(spec, volume_id, self.images[volume_id])
+        return self.store.record(spec, volume_id, self.image(spec, volume_id))
 
     def heatmap(self, spec: str, volume_id: str) -> np.ndarray | None:
         record = self.record(spec, volume_id)
         sha = record.get("heatmap") if record else None
-        return self.store.heatmap(spec, volume_id, self.images[volume_id], sha)
+        return self.store.heatmap(spec, volume_id, self.image(spec, volume_id), sha)
 
     def summary(self, spec: str, volume_id: str, grid: np.ndarray) -> Summary | None:
-        image, truth = self.images[volume_id], self.truths[volume_id]
+        image, truth = self.image(spec, volume_id), self.truths[volume_id]
         return self.store.summary(spec, volume_id, image, truth, grid)
 
     def ground_truth(self, volume: Any) -> GroundTruth:
@@ -202,7 +237,7 @@ class Job:
     ) -> None:
         """Keep one fresh heatmap's record, its summary when its grid is known, and the
         heatmap itself when the grid is not or the volume is kept; the record goes last."""
-        v, image = volume.id, self.images[volume.id]
+        v, image = volume.id, self.image(spec, volume.id)
         record = {
             "spec": spec,
             "volume": v,
@@ -232,7 +267,7 @@ class Job:
             return None
         volume = self.dataset[volume_id]
         summary = summarize(heatmap, self.ground_truth(volume), grid)
-        image, truth = self.images[volume_id], self.truths[volume_id]
+        image, truth = self.image(spec, volume_id), self.truths[volume_id]
         self.store.save_summary(spec, volume_id, image, truth, grid, summary)
         if volume_id not in self.keep:
             record = {**self.record(spec, volume_id), "heatmap": None}
@@ -267,7 +302,8 @@ def _store_heatmaps(
     """Compute ``specs`` on one volume in one call, keeping each heatmap as it arrives
     (:meth:`Job.save`); its seconds run from the previous arrival."""
     start = time.perf_counter()
-    for spec, heatmap in compute_heatmaps(specs, image, model, job.tomography, job.batch_size):
+    heatmaps = compute_heatmaps(specs, image, model, job.tomography, job.batch_size, job.options)
+    for spec, heatmap in heatmaps:
         array = _checked_array(heatmap, image.shape[1:])
         job.save(spec, volume, array, time.perf_counter() - start, grids)
         bar.set_postfix_str(f"{volume.id} {spec}", refresh=False)
@@ -607,6 +643,7 @@ def run_benchmark(
         calibration,
         keep=set(volume_ids) if config.save_heatmaps or config.keep_heatmaps else keep,
         unscored=set(unscored),
+        options=fitted_options(dataset, specs, context),
     )
     model = load_classifier(checkpoint, context.device)
     trained = read_checkpoint(checkpoint)
