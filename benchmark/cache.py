@@ -14,11 +14,13 @@ Layout under ``<cache_root>/heatmaps/<dataset>/<digest of the key>/``::
     <spec>/summaries/<grid>/<volume>-<image>-<truth>.npz   summary on tau' grid <grid>
 
 ``<image>`` and ``<truth>`` are the first 16 hex digits of the volume's content digests
-(``dataset.fingerprint`` and ``dataset.truth_fingerprint``), so an edited image or mask
-gets new entries and never an old one. ``<grid>`` hashes the grid's levels and the
-protocol's settings (connectivity, matching IoU). Every file is written atomically and
-verified when read: a record that does not parse, a heatmap whose sha256 differs from its
-record's, a summary whose zip CRC fails. A damaged file is logged, deleted and recomputed.
+(``dataset.fingerprint`` and ``dataset.truth_fingerprint``; for a spec with options fitted
+to the data set, ``<image>`` digests the image's and the options: ``Job.image`` in
+:mod:`benchmark.runner`), so an edited image or mask gets new entries and never an old
+one. ``<grid>`` hashes the grid's levels and the protocol's settings (connectivity,
+matching IoU). Every file is written atomically and verified when read: a record that
+does not parse, a heatmap whose sha256 differs from its record's, a summary whose zip CRC
+fails. A damaged file is logged, deleted and recomputed.
 """
 
 from __future__ import annotations

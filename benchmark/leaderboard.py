@@ -64,6 +64,7 @@ METHOD_NAMES = {
     "tonno": "ToNNO",
 }
 PREFIXES = {"averaged": "Averaged", "tomographic": "Tomographic"}
+TRIVIAL_BASELINES = {"intensity": "Intensity", "centre": "Centre prior"}  # methods.baselines: last
 VARIANTS = {"3axis": "★"}  # CAM averaged over axial, coronal and sagittal slicing (Table 5)
 MODEL_NAMES = {  # benchmark.models names to the paper's Table 4 rows
     "resnet10t": "R-10-T, FBN",
@@ -108,7 +109,7 @@ class MethodName:
     layer: int | None
     paper: str  # "Tomographic LayerCAM" (the paper's ``method`` column); else the family
     variant: str  # "3axis" or ""
-    order: tuple  # the paper's row order: slice-wise CAMs, ToNNO, Averaged, Tomographic
+    order: tuple  # the paper's: slice-wise CAMs, ToNNO, Averaged, Tomographic; plugins, baselines
 
     @property
     def display(self) -> str:
@@ -128,6 +129,9 @@ def method_name(spec: str) -> MethodName:
     for head in PREFIXES:
         if base.startswith(f"{head}_") and base[len(head) + 1 :] in METHOD_NAMES:
             base, prefix = base[len(head) + 1 :], head
+    if family in TRIVIAL_BASELINES:
+        order = (len(PREFIXES) + 3, list(TRIVIAL_BASELINES).index(family), False, family)
+        return MethodName(family, _layer(layer), TRIVIAL_BASELINES[family], "", order)
     if base not in METHOD_NAMES:
         return MethodName(family, _layer(layer), family, "", (len(PREFIXES) + 2, 0, False, family))
     group = 2 + list(PREFIXES).index(prefix) if prefix else int(base == "tonno")

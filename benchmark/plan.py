@@ -283,7 +283,8 @@ def plan(
     Columns: ``family``, ``specs`` (tuple), ``forward`` and ``backward`` (slices through the
     classifier per volume, mean over ``shapes``, the validation volumes' (D, H, W)),
     ``s_per_volume``, ``hours`` (all its specs and volumes), ``peak_mb`` (one batch,
-    measured, plus slicing and backprojection buffers, modelled), ``summary_kb`` (kept per
+    measured, plus slicing and backprojection buffers, modelled; without classifier
+    passes, as the baselines: a float32 heatmap), ``summary_kb`` (kept per
     volume and spec: the A.7 summary) and ``heatmap_mb`` (a float16 heatmap, kept only on
     request). Each family is estimated as run alone through ``compute_heatmaps`` (sharing
     inside the family only); a run of several families shares slices between them too, so
@@ -308,8 +309,11 @@ def plan(
         work = [family_passes(methods, shape, channels) for shape in shapes]
         known = all(w is not None for w in work)
         per_volume = [seconds(w, calibration) for w in work] if known else [math.nan]
-        peak = calibration.peak_memory_mb or 0.0
-        geometry = _geometry_mb(methods[0], mean_shape, calibration.in_chans)
+        if known and not any(w.forward for w in work):  # no classifier: the heatmap alone
+            peak = math.prod(mean_shape) * 4 / 2**20
+        else:
+            peak = calibration.peak_memory_mb or 0.0
+            peak += _geometry_mb(methods[0], mean_shape, calibration.in_chans)
         rows.append(
             {
                 "family": family,
@@ -318,7 +322,7 @@ def plan(
                 "backward": float(np.mean([w.backward for w in work])) if known else math.nan,
                 "s_per_volume": float(np.mean(per_volume)),
                 "hours": float(np.sum(per_volume)) / HOUR if known else math.nan,
-                "peak_mb": peak + geometry if known else math.nan,
+                "peak_mb": peak if known else math.nan,
                 "summary_kb": kept,
                 "heatmap_mb": heatmap_mb,
             }

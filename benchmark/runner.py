@@ -33,7 +33,7 @@ import gzip
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,6 +88,7 @@ from benchmark.specs import matches, shard_ids
 from benchmark.train import classifier_report, train
 from benchmark.validation import calibration_ids, evaluation_context, ground_truth
 from datasets.base import safe_stem
+from methods import method_class
 from methods.heatmaps import compute_heatmaps
 
 log = logging.getLogger(__name__)
@@ -133,14 +134,34 @@ def prepare_classifier(
 # --- the job: what a run computes, and where it keeps it -----------------------------------
 
 
+def fitted_options(dataset: Any, specs: Sequence[str], context: Context) -> dict[str, dict]:
+    """Each spec's :meth:`~methods.Method.fit_options` on ``dataset`` as JSON values, fitted
+    once per method on rank 0 and the same on every rank."""
+    fitted = None
+    if context.is_main:
+        classes = {spec: method_class(spec) for spec in specs}
+        fits = {}
+        for cls in dict.fromkeys(classes.values()):
+            try:
+                fits[cls] = json.loads(json.dumps(cls.fit_options(dataset), sort_keys=True))
+            except TypeError as error:
+                raise TypeError(f"{cls.name}.fit_options: not JSON values ({error})") from None
+            if fits[cls]:
+                log.info("%s: options fitted to %s: %s", cls.name, dataset.name, fits[cls])
+        fitted = {spec: fits[cls] for spec, cls in classes.items()}
+    return context.broadcast(fitted)
+
+
 @dataclass
 class Job:
     """One run's heatmap work: specs x validation volumes, the store and its policies.
 
-    ``images``/``truths`` are the volumes' content digests (cache addresses); ``keep`` the
-    volumes whose full heatmaps stay on disk (the figure's; all with ``save_heatmaps``);
-    ``unscored`` the positives whose annotation is empty (no localisation score);
-    ``failed`` the specs and volumes that failed in this run (not tried again).
+    ``images``/``truths`` are the volumes' content digests (cache addresses); ``options``
+    the specs' fitted options (:func:`fitted_options`), folded into their entries'
+    addresses (:meth:`image`); ``keep`` the volumes whose full heatmaps stay on disk (the
+    figure's; all with ``save_heatmaps``); ``unscored`` the positives whose annotation is
+    empty (no localisation score); ``failed`` the specs and volumes that failed in this
+    run (not tried again).
     """
 
     dataset: Any
@@ -152,6 +173,7 @@ class Job:
     calibration: list[str]
     keep: set[str]
     unscored: set[str]
+    options: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     images: dict[str, str] = dataclasses.field(default_factory=dict)
     truths: dict[str, str] = dataclasses.field(default_factory=dict)
     failed: set[str] = dataclasses.field(default_factory=set)  # specs and volumes: not again
@@ -160,17 +182,30 @@ class Job:
         for v in self.volume_ids:
             self.images[v] = self.dataset.fingerprint(v)
             self.truths[v] = self.dataset.truth_fingerprint(v)
+        self._fitted = {
+            spec: json.dumps(options, sort_keys=True)
+            for spec, options in self.options.items()
+            if options
+        }
+
+    def image(self, spec: str, volume_id: str) -> str:
+        """The entry's image digest in the store: the volume's, folded with the spec's
+        fitted options when it has any (they change its heatmaps: edited training masks
+        move the ``centre`` prior, and recompute its entries only)."""
+        image = self.images[volume_id]
+        fitted = self._fitted.get(spec)
+        return digest(f"{image}:{fitted}") if fitted else image
 
     def record(self, spec: str, volume_id: str) -> dict[str, Any] | None:
-        return self.store.record(spec, volume_id, self.images[volume_id])
+        return self.store.record(spec, volume_id, self.image(spec, volume_id))
 
     def heatmap(self, spec: str, volume_id: str) -> np.ndarray | None:
         record = self.record(spec, volume_id)
         sha = record.get("heatmap") if record else None
-        return self.store.heatmap(spec, volume_id, self.images[volume_id], sha)
+        return self.store.heatmap(spec, volume_id, self.image(spec, volume_id), sha)
 
     def summary(self, spec: str, volume_id: str, grid: np.ndarray) -> Summary | None:
-        image, truth = self.images[volume_id], self.truths[volume_id]
+        image, truth = self.image(spec, volume_id), self.truths[volume_id]
         return self.store.summary(spec, volume_id, image, truth, grid)
 
     def ground_truth(self, volume: Any) -> GroundTruth:
@@ -208,7 +243,7 @@ class Job:
     ) -> None:
         """Keep one fresh heatmap's record, its summary when its grid is known, and the
         heatmap itself when the grid is not or the volume is kept; the record goes last."""
-        v, image = volume.id, self.images[volume.id]
+        v, image = volume.id, self.image(spec, volume.id)
         record = {
             "spec": spec,
             "volume": v,
@@ -238,7 +273,7 @@ class Job:
             return None
         volume = self.dataset[volume_id]
         summary = summarize(heatmap, self.ground_truth(volume), grid)
-        image, truth = self.images[volume_id], self.truths[volume_id]
+        image, truth = self.image(spec, volume_id), self.truths[volume_id]
         self.store.save_summary(spec, volume_id, image, truth, grid, summary)
         if volume_id not in self.keep:
             record = {**self.record(spec, volume_id), "heatmap": None}
@@ -273,7 +308,8 @@ def _store_heatmaps(
     """Compute ``specs`` on one volume in one call, keeping each heatmap as it arrives
     (:meth:`Job.save`); its seconds run from the previous arrival."""
     start = time.perf_counter()
-    for spec, heatmap in compute_heatmaps(specs, image, model, job.tomography, job.batch_size):
+    heatmaps = compute_heatmaps(specs, image, model, job.tomography, job.batch_size, job.options)
+    for spec, heatmap in heatmaps:
         array = _checked_array(heatmap, image.shape[1:])
         job.save(spec, volume, array, time.perf_counter() - start, grids)
         bar.set_postfix_str(f"{volume.id} {spec}", refresh=False)
@@ -458,22 +494,21 @@ def figure_ids(dataset: Any, volume_ids: Sequence[str], unscored: set[str], n: i
     return [v for v in shown if v not in unscored][:n]
 
 
-def write_figure(
+def figure_rows(
     job: Job,
     results: pd.DataFrame,
     folds: pd.DataFrame,
     config: RunConfig,
-    path: Path,
-) -> Path | None:
-    """Figure 6 layout: a few annotated validation positives, each method family at its
-    best layer, binarised with fold 0's (tau, tau') (A.7). None when there is nothing to show.
-    """
+    patterns: Sequence[str],
+) -> tuple[list[str], list[figures.FigureRow]]:
+    """(specs, rows) of the Figure 6 layout: a few annotated validation positives, each
+    method family matching ``patterns`` at its best layer, binarised with fold 0's
+    (tau, tau') (A.7). Empty when there is nothing to show."""
     dataset = job.dataset
     positives = figure_ids(dataset, job.volume_ids, job.unscored, config.figure_volumes)
-    specs = figure_specs(results, config.figure_methods)
+    specs = figure_specs(results, patterns)
     if not positives or not specs:
-        log.info("no annotated validation positive to show: no figure")
-        return None
+        return [], []
     first_fold = folds[folds.fold == 0].set_index("method")
     rows = []
     for volume_id in positives:
@@ -489,7 +524,7 @@ def write_figure(
             )
         truth = figures.truth_mask(job.ground_truth(volume), volume.image.shape[1:])
         rows.append(figures.figure_row(volume_id, volume.image[0], truth, columns))
-    return figures.save_png(figures.draw(rows, title=f"{dataset.name}: heatmaps and masks"), path)
+    return specs, rows
 
 
 # --- the run --------------------------------------------------------------------------------
@@ -559,11 +594,14 @@ def evaluate_checkpoint(
     shard: tuple[int, int] | None = None,
     compute: bool = True,
     unscored: Sequence[str] = (),
+    options: Mapping[str, dict[str, Any]] | None = None,
     progress: bool = True,
 ) -> Seeded | None:
     """Stages 1-4 for the classifier of ``checkpoint``: heatmaps (this shard's volumes,
-    split across the ranks), grids, summaries, the A.7 protocol. Rank 0 of a run without a
-    shard returns the evaluations; other ranks and shards return None."""
+    split across the ranks), grids, summaries, the A.7 protocol. ``options``: the specs'
+    fitted options (:func:`fitted_options`). Rank 0 of a run without a shard returns the
+    evaluations; other ranks and shards return None."""
+    options = options or {}
     volume_ids = dataset.ids("val")
     key = heatmap_key(
         dataset.name,
@@ -584,6 +622,7 @@ def evaluate_checkpoint(
         calibration,
         keep=set(volume_ids) if config.save_heatmaps or config.keep_heatmaps else keep,
         unscored=set(unscored),
+        options=dict(options),
     )
     model = load_classifier(checkpoint, context.device)
     trained = read_checkpoint(checkpoint)
@@ -718,6 +757,7 @@ def run_benchmark(
     context = context or Context(device=resolve_device("auto"))
     if isinstance(checkpoints, (str, Path)):
         checkpoints = [checkpoints]
+    options = fitted_options(dataset, specs, context)
     seeded = [
         evaluate_checkpoint(
             dataset,
@@ -729,6 +769,7 @@ def run_benchmark(
             shard=shard,
             compute=compute,
             unscored=unscored,
+            options=options,
             progress=progress,
         )
         for checkpoint in checkpoints
@@ -797,9 +838,12 @@ def write_outputs(
             f"classification only: {', '.join(sorted(job.unscored, key=natural_key))}."
         )
     fallback = out_dir / "leaderboards"
+    shown = folds[folds.seed == first.seed] if "seed" in folds else folds
+    specs, rows = figure_rows(job, results, shown, config, ["*"])  # a strip per family
     pages = write_leaderboards(
         results,
         leaderboards,
+        strips=figures.method_strips(rows, specs) if rows else None,
         notes=page_notes,
         warning="\n".join(warnings) or None,
         fallback_dir=fallback,
@@ -812,7 +856,10 @@ def write_outputs(
         log.info("%s left standing: it shows methods this run did not compute", figure)
         figure = None
     else:
-        shown = folds[folds.seed == first.seed] if "seed" in folds else folds
-        figure = write_figure(job, results, shown, config, figure)
+        specs, rows = figure_rows(job, results, shown, config, config.figure_methods)
+        title = f"{dataset.name}: heatmaps and masks"
+        figure = figures.save_png(figures.draw(rows, title=title), figure) if rows else None
+        if not rows:
+            log.info("no annotated validation positive to show: no figure")
     nifti = export_nifti(job, out_dir / "heatmaps") if config.save_heatmaps else []
     return RunOutputs(results, folds, timings, [*pages, *([figure] if figure else [])], nifti)

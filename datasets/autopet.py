@@ -58,6 +58,7 @@ class AutoPET(VolumeDataset):
 
     version = "1"
     channels = ("ct", "suv")
+    intensity_channel = "suv"  # thresholding SUV: the classic PET lesion baseline
     scales = {"ct": 1000.0, "suv": 10.0}  # A.4: CT / 1000, SUV / 10
 
     def __init__(

@@ -147,6 +147,7 @@ class VolumeDataset(ABC):
     name: str = ""  # set by register_dataset
     version: str = "1"  # bump when preprocessing changes: part of the cache key
     channels: tuple[str, ...] = ("image",)
+    intensity_channel: str | None = None  # the ``intensity`` baseline's; None: the first
     annotation: str = "mask"  # "mask" or "boxes"
     cached: bool = True  # False: _load is cheap enough to run every time
     needs_root: bool = True  # False: generated in code

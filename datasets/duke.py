@@ -133,6 +133,7 @@ class Duke(VolumeDataset):
 
     version = "1"
     channels = SEQUENCES
+    intensity_channel = "post_1"  # tumours enhance after contrast
     annotation = "boxes"
 
     def __init__(

@@ -10,6 +10,7 @@ from methods.registry import (
     create_method,
     expand_specs,
     list_methods,
+    method_class,
     parse_spec,
     register_method,
 )
@@ -21,6 +22,7 @@ __all__ = [
     "create_method",
     "expand_specs",
     "list_methods",
+    "method_class",
     "parse_spec",
     "register_method",
 ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from benchmark.config import TomographyConfig
@@ -21,14 +21,20 @@ def compute_heatmaps(
     model: nn.Module,
     config: TomographyConfig | None = None,
     batch_size: int = 64,
+    options: Mapping[str, Mapping] | None = None,
 ) -> Iterator[tuple[str, Tensor]]:
-    """(spec, heatmap [D,H,W]) for every spec on ``volume`` [C,D,H,W], group by group.
+    """(spec, heatmap [D,H,W]) for every spec on ``volume`` [C,D,H,W], group by group;
+    ``options``: {spec: options of :func:`create_method`} (e.g. ``Method.fit_options``).
 
     Slice-wise and 3-axis CAMs share their slices and one forward/backward pass for all
     gradient CAMs and layers; Averaged and Tomographic CAMs likewise, and share their maps.
     The heatmaps equal those of each method called alone. Other methods run one by one.
     """
-    methods = [create_method(spec, config=config, batch_size=batch_size) for spec in specs]
+    options = options or {}
+    methods = [
+        create_method(spec, config=config, batch_size=batch_size, **options.get(spec, {}))
+        for spec in specs
+    ]
     for base, compute in GROUPS:
         group = [m for m in methods if isinstance(m, base)]
         if group:

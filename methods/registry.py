@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from torch import Tensor, nn
 
 # Modules that register the built-in methods; imported on the first registry query.
-BUILTIN_MODULES = ("methods.tonno", "methods.cam_methods")
+BUILTIN_MODULES = ("methods.tonno", "methods.cam_methods", "methods.baselines")
 
 METHODS = Registry("method", BUILTIN_MODULES)
 
@@ -88,6 +88,14 @@ class Method(ABC):
         """
         return None
 
+    @classmethod
+    def fit_options(cls, dataset: Any) -> dict[str, Any]:
+        """Options fitted to ``dataset`` (a :class:`datasets.VolumeDataset`: its class
+        attributes and training split, never the validation split), which the run passes
+        to the constructor; JSON values, part of the heatmap cache address. Default: none.
+        """
+        return {}
+
     @property
     def pass_group(self) -> Hashable | None:
         """Methods with equal non-None groups share one classifier pass when computed
@@ -125,6 +133,11 @@ def parse_spec(spec: str) -> tuple[str, int | None]:
     if not layer_text.isdigit() or int(layer_text) not in layers:
         raise RegistryError(f"method {name!r} has layers {list(layers)}, got {spec!r}")
     return name, int(layer_text)
+
+
+def method_class(spec: str) -> type[Method]:
+    """The class registered under the name of ``spec`` (``NAME`` or ``NAME@LAYER``)."""
+    return METHODS.entry(parse_spec(spec)[0]).obj
 
 
 def create_method(spec: str, **options: Any) -> Method:

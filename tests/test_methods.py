@@ -74,16 +74,17 @@ def test_every_spec_gives_a_finite_float32_heatmap_of_the_input_shape(spec, tiny
     assert torch.isfinite(heatmap).all() and heatmap.abs().max() > 0
 
 
-def test_the_registry_holds_every_method_of_the_paper():
+def test_the_registry_holds_every_method_of_the_paper_and_the_baselines():
     cams = ("gradcam", "gradcampp", "scorecam", "layercam")
-    expected = {"tonno"} | {
+    layerless = {"tonno", "intensity", "centre"}
+    expected = layerless | {
         f"{p}{c}{s}"
         for c in cams
         for p, s in (("", ""), ("", "_3axis"), ("averaged_", ""), ("tomographic_", ""))
     }
     expected |= {f"pgc_{name.lower()}" for name in PYTORCH_GRAD_CAM}
     assert set(list_methods()) == expected
-    assert len(expand_specs("all")) == 1 + 4 * len(expected - {"tonno"})
+    assert len(expand_specs("all")) == len(layerless) + 4 * len(expected - layerless)
     assert expand_specs("tomographic_*@2") == [f"tomographic_{c}@2" for c in sorted(cams)]
 
 

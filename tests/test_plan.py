@@ -123,11 +123,25 @@ def test_scorecam_layers_add_up(tiny_model):
     assert work.forward == D * (4 + sum(CHANNELS)) and work.backward == 0
 
 
-@pytest.mark.parametrize("spec", list_methods(specs=True))
+BASELINES = ("intensity", "centre")  # no classifier pass
+
+
+@pytest.mark.parametrize("spec", sorted(set(list_methods(specs=True)) - set(BASELINES)))
 def test_every_registered_spec_states_a_positive_cost(spec):
     passes = create_method(spec).passes((30, 40, 50), channels=64)
     assert isinstance(passes, Passes)
     assert passes.forward > 0 and 0 <= passes.backward <= passes.forward
+
+
+def test_baselines_cost_nothing_and_the_budget_never_leaves_them_out(tiny_model):
+    frame = plan([*BASELINES, "tonno"], [SHAPE], tiny_model, TINY, 16, PRICES)
+    baselines = frame[frame.family.isin(BASELINES)]
+    assert (baselines.forward == 0).all() and (baselines.hours == 0).all()
+    heatmap_mb = math.prod(SHAPE) * 4 / 2**20  # their peak: one float32 heatmap
+    assert baselines.peak_mb.to_list() == pytest.approx([heatmap_mb] * 2)
+    assert frame.iloc[-1]["hours"] == frame[frame.family == "tonno"].hours.item()
+    kept, left_out = within_budget(frame, budget_hours=0.0)
+    assert kept == list(BASELINES) and list(left_out) == ["tonno"]
 
 
 def test_paper_settings_tomographic_scorecam_at_layer_4():
