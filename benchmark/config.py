@@ -141,8 +141,10 @@ PRESETS: dict[type, dict[str, Any]] = {
         # benchmark.plan on a shared 2-core CPU, synthetic (24 val volumes of 32x64x64),
         # measured at two loads: the ScoreCAM families (one forward pass per channel, 64-512,
         # per slice) estimate 1.2-3.2 h (slice-wise) to 58-165 h (tomographic), every other
-        # family at most 0.14-0.40 h (ToNNO); 45 min leaves ScoreCAM out with >= 1.6x margin
-        "quick": RunConfig(budget_hours=0.75),
+        # family at most 0.14-0.40 h (ToNNO); on the idle machine slice-wise ScoreCAM
+        # estimates 0.61 h and ToNNO 0.08 h. 30 min per classifier (seed) leaves ScoreCAM
+        # out and keeps ToNNO at every load measured
+        "quick": RunConfig(budget_hours=0.5),
     },
 }
 

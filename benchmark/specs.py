@@ -8,7 +8,7 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Sequence
 
-from methods import expand_specs
+from methods import METHODS, expand_specs, parse_spec
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -51,3 +51,13 @@ def select_specs(methods: Sequence[str], exclude: Sequence[str]) -> tuple[list[s
 def matches(name: str, patterns: Sequence[str]) -> bool:
     """Whether ``name`` (a spec or a family) matches one of the fnmatch ``patterns``."""
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def check_reference(reference: str) -> str:
+    """``--reference``: a registered method (``layercam``: its best layer on the page) or
+    one of its specs (``layercam@2``); otherwise the registry's error, with close matches."""
+    if "@" in reference:
+        parse_spec(reference)
+    else:
+        METHODS.entry(reference)
+    return reference

@@ -54,6 +54,12 @@ CASES = {
     "methods-unknown": ([], ["--methods", "nosuchmethod"], "nosuchmethod"),
     "methods-empty": ([], ["--methods", ""], "no method"),
     "shard-out-of-range": ([], ["--shard", "3/2"], "3/2"),
+    "reference-unknown": ([], ["--reference", "layercm"], "layercm"),
+    "reference-bad-layer": ([], ["--set", "reference=layercam@9"], "layercam@9"),
+    "seeds-zero": ([], ["--seeds", "0"], "--seeds '0'"),
+    "seeds-repeated": ([], ["--seeds", "1,1"], "repeated"),
+    "seeds-and-checkpoint": ([], ["--seeds", "2", "--checkpoint", "{text}"], "pick one"),
+    "bootstrap-0": ([], ["--set", "bootstrap_resamples=0"], "bootstrap_resamples"),
     "plugin-missing": (["--plugins", "nosuchmodule"], [], "nosuchmodule"),
     "cache-under-a-file": ([], ["--set", "TONNO_CACHE={file}/cache"], "a_file"),
 }

@@ -57,6 +57,7 @@ def method_key(name: str) -> str:
 def _protocol(args: argparse.Namespace):
     """The run settings that the protocol and the page's statistics read, checked."""
     from benchmark.config import RunConfig, parse_overrides, resolve
+    from benchmark.specs import check_reference
 
     overrides = parse_overrides(args.overrides)
     if args.reference:
@@ -64,7 +65,9 @@ def _protocol(args: argparse.Namespace):
     unknown = sorted(set(overrides) - set(PROTOCOL_FIELDS))
     if unknown:
         raise ValueError(f"--set {unknown[0]}: evaluate takes {', '.join(PROTOCOL_FIELDS)}")
-    return resolve(RunConfig, "paper", overrides=overrides)
+    config = resolve(RunConfig, "paper", overrides=overrides)
+    check_reference(config.reference)
+    return config
 
 
 def run(args: argparse.Namespace) -> int:

@@ -36,6 +36,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(train.iterations=100, tomography.n_angles=500)",
     )
     parser.add_argument("--model", help="classifier to train (train.model), e.g. resnet10t")
+    parser.add_argument(
+        "--reference",
+        help="the spec (or family, at its best layer) that deltas refer to (default: layercam)",
+    )
     parser.add_argument("--checkpoint", help="use this trained classifier instead of training")
     parser.add_argument(
         "--seeds",
@@ -159,7 +163,7 @@ def _requested(args: argparse.Namespace):
     """(settings per section, shard, specs, specs left out by ``exclude``): every setting
     and method name checked, in a fraction of a second."""
     from benchmark.config import RunConfig, check_fields
-    from benchmark.specs import parse_shard, select_specs
+    from benchmark.specs import check_reference, parse_shard, select_specs
 
     shard = parse_shard(args.shard) if args.shard else None
     if shard and args.merge:
@@ -172,10 +176,12 @@ def _requested(args: argparse.Namespace):
         (args.methods, "run", "methods"),
         (args.save_heatmaps or None, "run", "save_heatmaps"),
         (args.model, "train", "model"),
+        (args.reference, "run", "reference"),
     ):
         if flag is not None:
             settings[section][field] = flag
     run = check_fields(RunConfig, settings["run"], "command line")
+    check_reference(run.get("reference", RunConfig.reference))
     defaults = RunConfig()
     specs, left_out = select_specs(
         run.get("methods", defaults.methods), run.get("exclude", defaults.exclude)
