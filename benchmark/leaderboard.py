@@ -477,6 +477,14 @@ def _gain(rows: pd.DataFrame, overlap: str) -> list[str] | None:
     return [MISSING if np.isnan(v) else f"{v - best:+.2f}" for v in values]
 
 
+def _spread(rows: pd.DataFrame, metric: str) -> list[str] | None:
+    """Each row's standard deviation of ``metric`` over classifier seeds; None without."""
+    spread = _column(rows, f"{metric}_seed_sd")
+    if not np.isfinite(spread).any():
+        return None
+    return [MISSING if np.isnan(v) else f"{v:.2f}" for v in spread]
+
+
 def _sections(ours: pd.DataFrame, paper: pd.DataFrame, reference: str = REFERENCE) -> list[Section]:
     """Every table of one dataset: per model (external rows beside each), then across models."""
     overlap = overlap_metric(pd.concat([ours, paper]))
@@ -490,10 +498,14 @@ def _sections(ours: pd.DataFrame, paper: pd.DataFrame, reference: str = REFERENC
         spec = reference_spec(ours, model, reference)
         marker = ((rows.method == spec) & (rows.model == model)).to_numpy()
         cells, bold = _table(rows, published, metrics, rows.name, reference=marker)
-        gain = _gain(rows, overlap)
-        if gain is not None:
-            cells.insert(len(metrics) + 1, f"{HEADERS[overlap]} gain over baselines", gain)
-            bold.insert(len(metrics) + 1, f"{HEADERS[overlap]} gain over baselines", False)
+        extra = {
+            f"{HEADERS[overlap]} gain over baselines": _gain(rows, overlap),
+            f"{HEADERS[overlap]} sd over seeds": _spread(rows, overlap),
+        }
+        for header, column in reversed(extra.items()):
+            if column is not None:
+                cells.insert(len(metrics) + 1, header, column)
+                bold.insert(len(metrics) + 1, header, False)
         if published[metrics].notna().any().any():
             layer = [MISSING if pd.isna(v) else str(v) for v in published.layer]
             cells.insert(len(metrics) + 1, "Layer (paper)", layer)
@@ -513,7 +525,7 @@ def _sections(ours: pd.DataFrame, paper: pd.DataFrame, reference: str = REFERENC
         ]
         published = _aligned(rows, paper_best, ["model", "family"])
         cells, bold = _table(
-            rows, published, ["f1", overlap, "balanced_accuracy"], labels, std=True
+            rows, published, ["f1", overlap, "balanced_accuracy"], labels, std=True, intervals=True
         )
         sections.append(_section("Model comparison (Tables 1 and 4 layout)", rows, cells, bold))
     return sections

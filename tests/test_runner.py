@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from test_leaderboard import md_table
 
 from benchmark.cli import main
 from benchmark.specs import parse_shard, select_specs
@@ -39,13 +40,15 @@ tomography: {n_angles: 8, n_angles_cam: 4, n_slices: 6, slice_size: 16, chunk: 4
 FAILING = {"mean": None}  # the toy method fails on the volume with this mean
 
 
+TINY_DATASET = ["--dataset", "synthetic"] + [
+    a for k, v in DATASET_OPTIONS.items() for a in ("--dataset-option", f"{k}={v}")
+]
+
+
 def tiny_args(config: Path, out: Path, *extra: str, methods: str = ",".join(SPECS)) -> list[str]:
-    options = [a for k, v in DATASET_OPTIONS.items() for a in ("--dataset-option", f"{k}={v}")]
     return [
         "run",
-        "--dataset",
-        "synthetic",
-        *options,
+        *TINY_DATASET,
         "--preset",
         "quick",
         "--device",
@@ -404,12 +407,9 @@ def test_per_case_scores_are_each_volumes_direct_scores_averaged_over_its_folds(
 
 
 def evaluate_args(board: Path, heatmaps: Path, name: str, out: Path) -> list[str]:
-    options = [a for k, v in DATASET_OPTIONS.items() for a in ("--dataset-option", f"{k}={v}")]
     return [
         "evaluate",
-        "--dataset",
-        "synthetic",
-        *options,
+        *TINY_DATASET,
         "--set",
         "folds=3",
         "--heatmaps",
@@ -496,3 +496,5 @@ def test_seeds_average_classifiers_and_a_rerun_is_byte_identical(
     assert [c["seed"] for c in summary["classifiers"]] == [0, 1]
     page = (board / "synthetic.md").read_text()
     assert "(seeds ± " in page and "classifier seeds 0, 1" in page
+    sd = md_table(page, "Best layer per method")["Dice sd over seeds"]
+    assert sd["ToNNO"] == f"{both.loc['tonno', 'dice_seed_sd']:.2f}"
