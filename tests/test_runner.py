@@ -498,3 +498,25 @@ def test_seeds_average_classifiers_and_a_rerun_is_byte_identical(
     assert "(seeds ± " in page and "classifier seeds 0, 1" in page
     sd = md_table(page, "Best layer per method")["Dice sd over seeds"]
     assert sd["ToNNO"] == f"{both.loc['tonno', 'dice_seed_sd']:.2f}"
+
+
+def test_the_methods_explain_the_classifier_at_its_training_slice_size(
+    reference, config, tmp_path, monkeypatch, caplog
+):
+    """The quick preset's 64-pixel slices give way to the checkpoint's 16 (same numbers as
+    the reference run); a slice size set on purpose is kept, with a warning."""
+    use_cache(monkeypatch, reference / "cache")
+    unset = tmp_path / "unset.yaml"
+    unset.write_text(CONFIG.replace("slice_size: 16, chunk", "chunk"))
+    checkpoint = ["--checkpoint", str(reference / "run" / "checkpoint.pt")]
+    with caplog.at_level("INFO", logger="benchmark.commands.run"):
+        assert main(tiny_args(unset, tmp_path / "a", *checkpoint)) == 0
+    assert "tomography.slice_size=16: the classifier's training size" in caplog.text
+    ours = pd.read_csv(tmp_path / "a" / "results.csv")
+    theirs = pd.read_csv(reference / "run" / "results.csv")
+    assert ours.dice.tolist() == theirs.dice.tolist() and ours.source.equals(theirs.source)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="benchmark.commands.run"):
+        args = tiny_args(unset, tmp_path / "b", *checkpoint, "--set", "tomography.slice_size=24")
+        assert main(args) == 0
+    assert "trained on 16-pixel slices: explaining it off its training size" in caplog.text

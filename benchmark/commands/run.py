@@ -258,6 +258,7 @@ def _run(args: argparse.Namespace, context, settings, shard, specs, left_out) ->
         )
         for seed in seeds
     ]
+    tomography = _slice_size(tomography, "slice_size" in settings["tomography"], checkpoints)
     outputs = run_benchmark(
         dataset,
         checkpoints,
@@ -281,6 +282,35 @@ def _run(args: argparse.Namespace, context, settings, shard, specs, left_out) ->
     elif outputs is not None:
         _report(outputs, out)
     return 0
+
+
+def _slice_size(tomography, explicit: bool, checkpoints):
+    """The tomography settings with the classifier's training slice size (from its
+    checkpoint): a classifier explained on slices of another size is off its training
+    distribution, so that happens only when ``tomography.slice_size`` is set (a warning)."""
+    import dataclasses
+
+    from benchmark.checkpoint import read_checkpoint
+
+    sizes = {read_checkpoint(c)["config"].get("slice_size") for c in checkpoints} - {None}
+    if len(sizes) != 1 or tomography.slice_size in sizes:
+        return tomography
+    trained = sizes.pop()
+    if explicit:
+        log.warning(
+            "tomography.slice_size=%d but the classifier was trained on %d-pixel slices: "
+            "explaining it off its training size, as set",
+            tomography.slice_size,
+            trained,
+        )
+        return tomography
+    log.info(
+        "tomography.slice_size=%d: the classifier's training size, from %s (set "
+        "tomography.slice_size to explain it at another)",
+        trained,
+        checkpoints[0],
+    )
+    return dataclasses.replace(tomography, slice_size=trained)
 
 
 def _within_budget(specs, config, tomography, train_config, dataset, context, show: bool):
