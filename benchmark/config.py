@@ -142,9 +142,9 @@ PRESETS: dict[type, dict[str, Any]] = {
         # measured at two loads: the ScoreCAM families (one forward pass per channel, 64-512,
         # per slice) estimate 1.2-3.2 h (slice-wise) to 58-165 h (tomographic), every other
         # family at most 0.14-0.40 h (ToNNO); on the idle machine slice-wise ScoreCAM
-        # estimates 0.61 h and ToNNO 0.08 h. 30 min per classifier (seed) leaves ScoreCAM
-        # out and keeps ToNNO at every load measured
-        "quick": RunConfig(budget_hours=0.5),
+        # estimates 0.42-0.61 h and ToNNO 0.06-0.08 h. 12 min per classifier (seed), near
+        # their geometric mean, leaves ScoreCAM out and keeps ToNNO with >= 2x margins idle
+        "quick": RunConfig(budget_hours=0.2),
     },
 }
 
