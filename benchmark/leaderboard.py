@@ -545,7 +545,9 @@ def _csv_table(ours: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(parts, axis=1)
 
 
-def _notes(overlap: str, with_paper: bool, reference: str, intervals: bool) -> list[str]:
+def _notes(
+    overlap: str, with_paper: bool, reference: str, intervals: bool, seeds: int = 1
+) -> list[str]:
     notes = [
         "Scores: mean ± standard deviation over the Monte-Carlo folds of the paper's protocol "
         "(A.7, `benchmark/evaluation.py`); bold: our best per column.",
@@ -553,13 +555,22 @@ def _notes(overlap: str, with_paper: bool, reference: str, intervals: bool) -> l
         f"deltas versus `{reference}` (at its best layer unless a layer is named), from the "
         "values as shown.",
     ]
-    if intervals:
+    if intervals and seeds > 1:
+        notes.append(
+            f"Means over {seeds} classifiers that differ only in their training seed; "
+            "(seeds ± s): their standard deviation. [low, high]: 95% percentile bootstrap "
+            "interval over the validation volumes and the seeds (each volume's scores "
+            "averaged over the folds that scored it; `<dataset>.per_case.csv`). "
+            f"{SIGNIFICANT} after a delta: its paired bootstrap interval (same resampled "
+            "volumes and seeds for both methods) excludes 0, a difference that survives both."
+        )
+    elif intervals:
         notes.append(
             "[low, high]: 95% percentile bootstrap interval over the validation volumes (each "
             "volume's scores averaged over the folds that scored it; `<dataset>.per_case.csv`). "
             f"{SIGNIFICANT} after a delta: its paired bootstrap interval (same resampled "
             "volumes for both methods) excludes 0. The fold spread holds the classifier fixed, "
-            "and so do these intervals."
+            "and so do these intervals: `run --seeds N` varies it."
         )
     if with_paper:
         notes.append(
@@ -812,7 +823,8 @@ def _write_pages(
     sections = _sections(rows, theirs, intervals.reference)
     with_paper = any(" (paper)" in c for x in sections for c in x.cells.columns)
     overlap = overlap_metric(pd.concat([rows, theirs]))
-    header = _notes(overlap, with_paper, intervals.reference, has_cases) + notes
+    seeds = plan.cases.seed.nunique() if "seed" in plan.cases else 1
+    header = _notes(overlap, with_paper, intervals.reference, has_cases, seeds) + notes
     figure = plan.folder / f"{plan.dataset}.figure"
     written = []
     for name, png in strips.items():

@@ -807,8 +807,8 @@ def write_outputs(
     )
     intervals = Intervals(config.reference, config.bootstrap_resamples, seed=config.seed)
     results = with_intervals(results, cases, intervals)
-    timings = pd.concat([timings_table(s.job) for s in seeded])
-    timings = timings.groupby(["method", "family"], sort=False, as_index=False).sum()
+    timings = pd.concat([timings_table(s.job) for s in seeded])  # summed over classifiers
+    timings = timings.groupby(["method", "family", "volumes"], sort=False, as_index=False).sum()
 
     out_dir = Path(out_dir)
     settings = {

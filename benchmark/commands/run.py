@@ -359,10 +359,12 @@ def _within_budget(specs, config, tomography, train_config, dataset, context, sh
 
 def _report(outputs, out: Path) -> None:
     """The final summary: what was evaluated, the heatmap compute time, where the tables are."""
-    timings = outputs.timings
+    timings, seeds = outputs.timings, str(outputs.results.seeds.iloc[0]).split()
+    classifiers = f" x {len(seeds)} classifiers" if len(seeds) > 1 else ""
     print(
-        f"{len(outputs.results)} methods on {timings.volumes.iloc[0]} validation volumes; "
-        f"heatmaps took {timings.seconds.sum():.0f} s (per method: {out / 'timings.csv'})"
+        f"{len(outputs.results)} methods on {timings.volumes.iloc[0]} validation "
+        f"volumes{classifiers}; heatmaps took {timings.seconds.sum():.0f} s (per method: "
+        f"{out / 'timings.csv'})"
     )
     print(f"results: {out / 'results.csv'}, per fold: {out / 'folds.csv'}")
     if outputs.nifti:
