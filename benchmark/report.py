@@ -23,8 +23,7 @@ import pandas as pd
 from benchmark import __version__
 from benchmark.evaluation import EvaluationResult
 from benchmark.io import atomic_save_json, atomic_write
-
-KEY = ["dataset", "model", "method"]
+from benchmark.leaderboard import KEY
 
 
 def results_tables(

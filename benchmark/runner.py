@@ -66,6 +66,7 @@ from benchmark.evaluation import (
 )
 from benchmark.io import atomic_save_json, atomic_write
 from benchmark.leaderboard import (
+    KEY,
     METRICS,
     Intervals,
     best_layers,
@@ -704,8 +705,7 @@ def combine_seeds(seeded: Sequence[Seeded]) -> tuple[pd.DataFrame, pd.DataFrame,
         ).reset_index(drop=True)
         for i in range(3)
     )
-    key = ["dataset", "model", "method"]
-    grouped = results.drop(columns="seed").groupby(key, sort=False)
+    grouped = results.drop(columns="seed").groupby(KEY, sort=False)
     combined = grouped.mean()
     scores = [m for m in METRICS if m in combined]
     spread = grouped[scores].std().add_suffix("_seed_sd")

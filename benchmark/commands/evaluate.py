@@ -106,9 +106,10 @@ def run(args: argparse.Namespace) -> int:
     cases = cases_table(dataset.name, EXTERNAL, evaluations, volume_ids)
     images = {v: dataset.fingerprint(v) for v in volume_ids}
     truths = {v: dataset.truth_fingerprint(v) for v in volume_ids}
+    files = heatmaps.digest()  # reads every file once more
     results = results.assign(
         display_name=args.name,
-        source=f"external-{heatmaps.digest()[:16]}",
+        source=f"external-{files[:16]}",
         context=evaluation_context(dataset, volume_ids, images, truths, unscored, config),
     )
     intervals = Intervals(config.reference, config.bootstrap_resamples, seed=config.seed)
@@ -124,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     settings = {
         "run": {f: getattr(config, f) for f in PROTOCOL_FIELDS},
         "dataset": {"name": dataset.name, "options": dataset.options()},
-        "heatmaps": {"folder": str(Path(args.heatmaps).resolve()), "digest": heatmaps.digest()},
+        "heatmaps": {"folder": str(Path(args.heatmaps).resolve()), "digest": files},
         "unscored": sorted(unscored),
     }
     summary = summary_document(results, cases, folds, settings, [], provenance(None))
