@@ -452,8 +452,8 @@ def render(table: pd.DataFrame, fmt: str, bold: pd.DataFrame | None = None) -> s
 @dataclass(frozen=True)
 class Section:
     """One table of a page: its title, the cells as shown, which are bold, and what each
-    row is (``method``, ``family``, ``family_name``, ``layer``, ``model``: for filters and
-    links)."""
+    row is (``method``, ``family``, ``family_name``, ``layer``, ``model``, ``external``:
+    for filters and links)."""
 
     title: str
     cells: pd.DataFrame
@@ -464,7 +464,7 @@ class Section:
 def _section(title: str, rows: pd.DataFrame, cells: pd.DataFrame, bold: pd.DataFrame) -> Section:
     meta = rows[["method", "family", "layer", "model"]].reset_index(drop=True)
     meta.insert(2, "family_name", [method_name(f).display for f in meta.family])
-    return Section(title, cells, bold, meta)
+    return Section(title, cells, bold, meta.assign(external=meta.model == EXTERNAL))
 
 
 def _gain(rows: pd.DataFrame, overlap: str) -> list[str] | None:

@@ -22,7 +22,6 @@ if TYPE_CHECKING:
     from benchmark.leaderboard import Section
 
 INPUT = "input"  # the strip of the input and its ground truth
-EXTERNAL = "external"  # leaderboard.EXTERNAL: rows of another tool's heatmaps, not our strips
 WARNING_STYLE = (
     "border: 2px solid #b00; background: #fdd; color: #600; padding: 0.6em 1em; "
     "margin: 1em 0; font-weight: bold"
@@ -211,7 +210,7 @@ def _table(section: Section, linked: set[str]) -> str:
             strict=True,
         )
     ):
-        link = row.family if row.family in linked and row.model != EXTERNAL else None
+        link = row.family if row.family in linked and not row.external else None  # our strips
         shown = [_name(str(cells[0]), link), *(_score(str(text)) for text in cells[1:])]
         tds = "".join(
             f"<td><b>{text}</b></td>" if b else f"<td>{text}</td>"

@@ -43,12 +43,7 @@ def bootstrap_ci(
         return math.nan, math.nan
     rows = np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))
     values = np.array([_defined(statistic, *(a[r] for a in arrays)) for r in rows])
-    values = values[np.isfinite(values)]
-    if not len(values):
-        return math.nan, math.nan
-    alpha = 1.0 - confidence
-    low, high = np.percentile(values, [100 * alpha / 2, 100 * (1 - alpha / 2)])
-    return float(low), float(high)
+    return _percentiles(values, (100 * (1 - confidence) / 2, 100 * (1 + confidence) / 2))
 
 
 def _defined(statistic: Callable[..., float], *arrays: np.ndarray) -> float:

@@ -140,6 +140,7 @@ def test_intervals_are_set_apart_and_bold_kept():
             "family_name": ["ToNNO"],
             "layer": pd.array([None], dtype="Int64"),
             "model": ["resnet10t"],
+            "external": [False],
         }
     )
     page = html_page("x", [], [Section("Scores", cells, bold, rows)])
