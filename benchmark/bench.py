@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from benchmark.config import TomographyConfig
 from methods import tomography
+from methods.config import TomographyConfig
 
 log = logging.getLogger(__name__)
 
@@ -234,9 +234,9 @@ def bench_methods(
     per-volume times of ToNNO and Tomographic LayerCAM, and peak memory against ``chunk``."""
     import pytorch_grad_cam
 
-    from benchmark.models import stage_modules
     from methods import create_method
     from methods.heatmaps import compute_heatmaps
+    from methods.stages import stage_modules
 
     volume = torch.rand(shape, generator=torch.Generator().manual_seed(0)).to(device)
     model = random_classifier(model_name, shape[0], device)

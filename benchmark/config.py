@@ -8,7 +8,6 @@ Each config class has named presets (``paper`` = the defaults, ``quick`` for a C
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,19 +16,10 @@ from typing import Any, TypeVar
 
 import yaml
 
+from benchmark.registry import convert_value
+from methods.config import TomographyConfig
+
 C = TypeVar("C")
-
-
-@dataclass(frozen=True)
-class TomographyConfig:
-    """Settings of the tomographic reconstruction (paper 3.6)."""
-
-    n_angles: int = 2000  # L, eq. (8), for ToNNO
-    n_angles_cam: int = 1000  # L for Averaged / Tomographic CAM (paper 3.6)
-    n_slices: int = 100  # M, eq. (9)
-    slice_size: int = 224  # h_S = w_S, eq. (4)
-    chunk: int = 32  # directions per batch; sets peak memory, not the result
-    seed: int = 0  # random in-plane frames (A.1)
 
 
 @dataclass(frozen=True)
@@ -147,38 +137,6 @@ PRESETS: dict[type, dict[str, Any]] = {
         "quick": RunConfig(budget_hours=0.2),
     },
 }
-
-
-def convert_value(value: Any, annotation: Any, where: str) -> Any:
-    """Convert ``value`` (from YAML or a ``key=value`` string) to the field's type."""
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if value is None or annotation is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        if isinstance(value, str) and value.lower() in ("none", "null") and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return convert_value(value, inner[0], where) if len(inner) == 1 else value
-    if origin in (tuple, list):
-        items = value.split(",") if isinstance(value, str) else value
-        items = list(items) if isinstance(items, (list, tuple)) else [items]
-        fixed = origin is tuple and len(args) > 1 and args[-1] is not Ellipsis
-        if fixed and len(items) != len(args):
-            raise ValueError(f"{where}: expected {len(args)} comma-separated values")
-        item_type = args[0] if args else Any
-        return origin(convert_value(v, item_type, where) for v in items)
-    if annotation is bool:
-        if isinstance(value, str):
-            lowered = value.lower()
-            if lowered not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(f"{where}: expected true/false, got {value!r}")
-            return lowered in ("true", "1", "yes")
-        return bool(value)
-    try:
-        return annotation(value)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"{where}: cannot read {value!r} as {annotation.__name__}") from error
 
 
 def parse_overrides(items: list[str] | None) -> dict[str, str]:

@@ -49,23 +49,14 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
+from benchmark.config import RunConfig
 from benchmark.io import atomic_write
 from benchmark.page import html_page
 from benchmark.stats import case_intervals
+from methods.registry import method_name, paper_families
 
 log = logging.getLogger(__name__)
 
-# Spec names to the paper's names: the one place.
-METHOD_NAMES = {
-    "gradcam": "GradCAM",
-    "gradcampp": "GradCAM++",
-    "layercam": "LayerCAM",
-    "scorecam": "ScoreCAM",
-    "tonno": "ToNNO",
-}
-PREFIXES = {"averaged": "Averaged", "tomographic": "Tomographic"}
-TRIVIAL_BASELINES = {"intensity": "Intensity", "centre": "Centre prior"}  # methods.baselines: last
-VARIANTS = {"3axis": "★"}  # CAM averaged over axial, coronal and sagittal slicing (Table 5)
 MODEL_NAMES = {  # benchmark.models names to the paper's Table 4 rows
     "resnet10t": "R-10-T, FBN",
     "resnet10t_bn": "R-10-T, BN",
@@ -74,9 +65,8 @@ MODEL_NAMES = {  # benchmark.models names to the paper's Table 4 rows
     "resnet50_gn": "R-50, GN",
 }
 PAPER_MODEL = "resnet10t"  # the classifier of the paper's Tables 2 and 5-9
-REFERENCE = "layercam"  # deltas versus slice-wise LayerCAM at its best layer (Table 2)
+REFERENCE = RunConfig.reference  # deltas versus slice-wise LayerCAM at its best layer
 EXTERNAL = "external"  # the model of rows scored from another tool's heatmaps
-TRIVIAL = ("intensity", "centre")  # the baselines every method must beat
 METRICS = ("precision", "recall", "f1", "dice", "maxiou", "balanced_accuracy")
 HEADERS = {
     "precision": "Precision",
@@ -101,49 +91,6 @@ SIGNIFICANT = "†"  # after a delta whose 95% interval excludes 0
 STRIP_NAME = re.compile(r"\w[\w.+-]*")  # a family or "input": a file name in <dataset>.figure/
 
 
-@dataclass(frozen=True)
-class MethodName:
-    """A method spec read as the paper names it: ``tomographic_layercam@3``."""
-
-    family: str  # the spec without its layer: "tomographic_layercam", "gradcam_3axis"
-    layer: int | None
-    paper: str  # "Tomographic LayerCAM" (the paper's ``method`` column); else the family
-    variant: str  # "3axis" or ""
-    order: tuple  # the paper's: slice-wise CAMs, ToNNO, Averaged, Tomographic; plugins, baselines
-
-    @property
-    def display(self) -> str:
-        """``"LayerCAM ★ (layer 2)"``: the paper's row label."""
-        star = f" {VARIANTS[self.variant]}" if self.variant else ""
-        layer = f" (layer {self.layer})" if self.layer is not None else ""
-        return f"{self.paper}{star}{layer}"
-
-
-def method_name(spec: str) -> MethodName:
-    """Parse ``NAME[@LAYER]`` into the paper's name, variant and row order."""
-    family, _, layer = spec.partition("@")
-    base, variant, prefix = family, "", ""
-    for suffix in VARIANTS:
-        if base.endswith(f"_{suffix}"):
-            base, variant = base[: -len(suffix) - 1], suffix
-    for head in PREFIXES:
-        if base.startswith(f"{head}_") and base[len(head) + 1 :] in METHOD_NAMES:
-            base, prefix = base[len(head) + 1 :], head
-    if family in TRIVIAL_BASELINES:
-        order = (len(PREFIXES) + 3, list(TRIVIAL_BASELINES).index(family), False, family)
-        return MethodName(family, _layer(layer), TRIVIAL_BASELINES[family], "", order)
-    if base not in METHOD_NAMES:
-        return MethodName(family, _layer(layer), family, "", (len(PREFIXES) + 2, 0, False, family))
-    group = 2 + list(PREFIXES).index(prefix) if prefix else int(base == "tonno")
-    paper = f"{PREFIXES[prefix]} {METHOD_NAMES[base]}" if prefix else METHOD_NAMES[base]
-    order = (group, list(METHOD_NAMES).index(base), bool(variant), family)
-    return MethodName(family, _layer(layer), paper, variant, order)
-
-
-def _layer(text: str) -> int | None:
-    return int(text) if text.isdigit() else None
-
-
 def paper_results(path: str | Path = PAPER_CSV) -> pd.DataFrame:
     """The published numbers as a results table (``dataset``, ``model``, ``method``, metrics).
 
@@ -152,9 +99,13 @@ def paper_results(path: str | Path = PAPER_CSV) -> pd.DataFrame:
     """
     raw = pd.read_csv(path, dtype={"layer": str, "variant": str})
     raw = raw.fillna({"layer": "", "variant": ""})
-    families = {method_name(f"{p}_{b}").paper: f"{p}_{b}" for p in PREFIXES for b in METHOD_NAMES}
-    families.update({name: base for base, name in METHOD_NAMES.items()})
-    family = raw.method.map(families) + raw.variant.map(lambda v: f"_{v}" if v in VARIANTS else "")
+    families = paper_families()
+    family = pd.Series(
+        [
+            families.get((m, v if v == "3axis" else ""), m)
+            for m, v in zip(raw.method, raw.variant, strict=True)
+        ]
+    )
     per_layer = raw.table >= 6
     covered = set(zip(raw.dataset[per_layer], family[per_layer], strict=True))
     uncovered = np.array([key not in covered for key in zip(raw.dataset, family, strict=True)])
@@ -469,7 +420,7 @@ def _section(title: str, rows: pd.DataFrame, cells: pd.DataFrame, bold: pd.DataF
 
 def _gain(rows: pd.DataFrame, overlap: str) -> list[str] | None:
     """Each row's overlap minus the better trivial baseline's, as shown; None without one."""
-    trivial = rows.family.isin(TRIVIAL).to_numpy()
+    trivial = np.array([method_name(f).kind == "baseline" for f in rows.family], dtype=bool)
     values = np.array([np.nan if np.isnan(v) else _shown(v) for v in _column(rows, overlap)])
     if not np.isfinite(values[trivial]).any():
         return None

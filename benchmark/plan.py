@@ -32,8 +32,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from benchmark.config import TomographyConfig
 from methods import Method, Passes, create_method
+from methods.config import TomographyConfig
 from methods.registry import parse_spec
 
 log = logging.getLogger(__name__)
@@ -80,8 +80,8 @@ def _rss_peak_mb() -> float:
 def _gradient_step(model: torch.nn.Module) -> Callable[[torch.Tensor], object]:
     """What a gradient CAM does per batch: forward, and backward down to stage 1 (the
     deepest backward of any layer); the input's gradient for models without stages."""
-    from benchmark.models import stage_modules
     from methods.cam import activations_and_gradients
+    from methods.stages import stage_modules
 
     try:
         layer = stage_modules(model)[1]
@@ -167,8 +167,8 @@ def calibrate(
 def layer_channels(model: torch.nn.Module, in_chans: int, slice_size: int) -> dict[int, int]:
     """{stage: channels} of ``model``'s stages 1-4, from hooks on a one-slice forward
     ({} for a model without ResNet-like stages: ScoreCAM's cost is then unknown)."""
-    from benchmark.models import stage_modules
     from methods.cam import captured_output
+    from methods.stages import stage_modules
 
     try:
         stages = stage_modules(model)

@@ -1,4 +1,5 @@
-"""Name -> class registries: wildcards, natural sort, close-match errors, lazy built-ins.
+"""Name -> class registries: wildcards, natural sort, close-match errors, lazy built-ins;
+and :func:`convert_value`, which reads a registered class's options from text.
 
 Modelled on timm's ``register_model`` / ``list_models`` and lm-evaluation-harness's
 lazy registry: built-in modules are imported the first time a registry is queried, so
@@ -11,6 +12,8 @@ import difflib
 import fnmatch
 import importlib
 import re
+import types
+import typing
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -88,6 +91,11 @@ class Registry:
         found = {n for n in self._entries for p in patterns if fnmatch.fnmatchcase(n, p)}
         return sorted(found, key=natural_key)
 
+    def position(self, name: str) -> int:
+        """``name``'s place in the order of registration (built-ins first, in module order)."""
+        self.entry(name)
+        return list(self._entries).index(name)
+
     def __contains__(self, name: str) -> bool:
         self._load_builtins()
         return name in self._entries
@@ -101,3 +109,35 @@ class Registry:
             f"unknown {self.kind} {name!r}{hint} "
             f"(`python -m benchmark ls {self.kind}s` lists all {len(known)})"
         )
+
+
+def convert_value(value: Any, annotation: Any, where: str) -> Any:
+    """Convert ``value`` (from YAML or a ``key=value`` string) to the field's type."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if value is None or annotation is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if isinstance(value, str) and value.lower() in ("none", "null") and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return convert_value(value, inner[0], where) if len(inner) == 1 else value
+    if origin in (tuple, list):
+        items = value.split(",") if isinstance(value, str) else value
+        items = list(items) if isinstance(items, (list, tuple)) else [items]
+        fixed = origin is tuple and len(args) > 1 and args[-1] is not Ellipsis
+        if fixed and len(items) != len(args):
+            raise ValueError(f"{where}: expected {len(args)} comma-separated values")
+        item_type = args[0] if args else Any
+        return origin(convert_value(v, item_type, where) for v in items)
+    if annotation is bool:
+        if isinstance(value, str):
+            lowered = value.lower()
+            if lowered not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(f"{where}: expected true/false, got {value!r}")
+            return lowered in ("true", "1", "yes")
+        return bool(value)
+    try:
+        return annotation(value)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{where}: cannot read {value!r} as {annotation.__name__}") from error

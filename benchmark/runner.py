@@ -52,7 +52,7 @@ from benchmark.checkpoint import (
     load_classifier,
     read_checkpoint,
 )
-from benchmark.config import RunConfig, TomographyConfig, TrainConfig
+from benchmark.config import RunConfig, TrainConfig
 from benchmark.distributed import Context, resolve_device
 from benchmark.evaluation import (
     EvaluationResult,
@@ -70,7 +70,6 @@ from benchmark.leaderboard import (
     METRICS,
     Intervals,
     best_layers,
-    method_name,
     with_intervals,
     write_leaderboards,
 )
@@ -90,7 +89,9 @@ from benchmark.train import classifier_report, train
 from benchmark.validation import calibration_ids, evaluation_context, ground_truth
 from datasets.base import safe_stem
 from methods import method_class
+from methods.config import TomographyConfig
 from methods.heatmaps import compute_heatmaps
+from methods.registry import method_name
 
 log = logging.getLogger(__name__)
 

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from benchmark.io import cache_root
-from benchmark.registry import natural_key
+from benchmark.registry import convert_value, natural_key
 from datasets.cache import FORMAT, CacheEntry, DamagedEntry, changed_source, stamp
 from datasets.checks import SampleCheck, check_truth, check_values, empty_truth
 from datasets.content import image_fingerprint, truth_fingerprint
@@ -104,8 +104,6 @@ def check_options(cls: type, options: dict[str, Any]) -> dict[str, Any]:
     Raise a DatasetError naming the options ``cls`` does not take (and those it does),
     or an option whose value cannot be read as its type.
     """
-    from benchmark.config import convert_value
-
     parameters = inspect.signature(cls).parameters
     unknown = sorted(set(options) - set(parameters) - {"root"})
     if unknown:

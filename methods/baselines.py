@@ -27,9 +27,11 @@ MIN_SIGMA = 0.05  # floor of a fitted width (~ a voxel of a 40-voxel axis)
 DIGITS = 6  # fitted values are rounded: the same cache address on any machine
 
 
-@register_method("intensity")
+@register_method("intensity", title="Intensity")
 class Intensity(Method):
     """Channel ``channel`` (an index, or a name of ``channels``) of the volume, raw values."""
+
+    kind = "baseline"
 
     def __init__(
         self, channel: int | str = 0, channels: Sequence[str] | None = None, **kwargs: Any
@@ -70,10 +72,12 @@ def channel_index(channel: int | str, channels: Sequence[str] | None) -> int:
     return int(channel)
 
 
-@register_method("centre")
+@register_method("centre", title="Centre prior")
 class CentrePrior(Method):
     """exp(-sum_a (x_a - mean_a)^2 / (2 sigma_a^2)) on the volume's [-1, 1]^3 grid, whatever
     the volume shows: where lesions are expected, not where they are."""
+
+    kind = "baseline"
 
     def __init__(
         self,

@@ -135,10 +135,10 @@ class LayerCAM(GradientCAM):
 
 class ScoreCAM(CAM):
     """ScoreCAM (Wang et al., CVPRW 2020), gradient-free: channel weights are the softmax
-    over channels of the logit of the input masked by each min-max scaled, upsampled A_k."""
+    over channels of the logit of the input masked by each min-max scaled, upsampled A_k.
 
-    def __init__(self, batch_size: int = 64):
-        self.batch_size = batch_size
+    The masked copies of each input go through the classifier as many at a time as the
+    inputs it was given (the caller's batch size bounds the memory of both)."""
 
     def __call__(self, model: nn.Module, layer: nn.Module, inputs: Tensor) -> Tensor:
         with torch.no_grad(), autocast(inputs.device):
@@ -146,17 +146,18 @@ class ScoreCAM(CAM):
                 model(inputs)
             acts = outputs[0].float()
             pairs = zip(inputs, acts, strict=True)
-            scores = torch.stack([self._scores(model, x, a) for x, a in pairs])
+            scores = torch.stack([self._scores(model, x, a, len(inputs)) for x, a in pairs])
         weights = scores.softmax(-1).view(*scores.shape, *([1] * (acts.dim() - 2)))
         return (weights * acts).sum(1).clamp(min=0)
 
-    def _scores(self, model: nn.Module, image: Tensor, acts: Tensor) -> Tensor:
+    @staticmethod
+    def _scores(model: nn.Module, image: Tensor, acts: Tensor, batch_size: int) -> Tensor:
         """[K] logits of ``image`` [C, *S_in] masked by each channel of ``acts`` [K, *S]."""
         masks = F.interpolate(acts[None], size=image.shape[1:], mode="bilinear", align_corners=True)
         masks = masks[0].flatten(1)
         low, high = masks.amin(-1, keepdim=True), masks.amax(-1, keepdim=True)
         masks = ((masks - low) / (high - low + 1e-8)).view(len(acts), 1, *image.shape[1:])
-        logits = [model(image * m)[:, 0] for m in masks.split(self.batch_size)]
+        logits = [model(image * m)[:, 0] for m in masks.split(batch_size)]
         return torch.cat(logits).float()
 
 

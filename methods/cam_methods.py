@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from benchmark.lazy import lazy_import
 from methods.registry import Method, Passes, register_method
+from methods.stages import stage_modules
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -25,20 +26,10 @@ if TYPE_CHECKING:
     from methods.cam import CAM
 
 cams = lazy_import("methods.cam")
-models = lazy_import("benchmark.models")
 tomography = lazy_import("methods.tomography")
 
 LAYERS = (1, 2, 3, 4)
 
-# name -> CAM class in methods.cam (looked up lazily)
-CAM_EQUATIONS = {
-    "gradcam": "GradCAM",
-    "gradcampp": "GradCAMPlusPlus",
-    "scorecam": "ScoreCAM",
-    "layercam": "LayerCAM",
-}
-# more pytorch-grad-cam classes, run slice-wise through its own code: pgc_<name>
-PYTORCH_GRAD_CAM = ("EigenCAM", "HiResCAM", "XGradCAM")
 # equations that need no gradient: one forward pass per slice (ScoreCAM: 1 + channels)
 GRADIENT_FREE = ("ScoreCAM", "EigenCAM")
 
@@ -46,7 +37,7 @@ GRADIENT_FREE = ("ScoreCAM", "EigenCAM")
 class CAMMethod(Method):
     """A CAM at classifier stage ``layer``; subclasses choose the slicing geometry."""
 
-    equation: ClassVar[str]  # class name in methods.cam, or a pytorch-grad-cam class
+    equation: ClassVar[str]  # a CAM class of methods.cam, else of pytorch-grad-cam
 
     @property
     def maps_key(self) -> tuple[str, int]:
@@ -57,9 +48,9 @@ class CAMMethod(Method):
     def pass_group(self) -> Hashable | None:
         """Gradient CAMs of one geometry share their forward and backward passes in
         :func:`methods.cam.multi_cam`, whatever their equations and layers."""
-        if self.equation in GRADIENT_FREE or self.equation not in CAM_EQUATIONS.values():
+        if self.equation in GRADIENT_FREE or not hasattr(cams, self.equation):
             return None
-        return type(self).__mro__[1], self.config
+        return self.kind, self.config
 
     def per_slice(self, channels: int | None) -> Passes:
         """Classifier passes per slice: ScoreCAM one forward for the activations and one
@@ -71,15 +62,13 @@ class CAMMethod(Method):
         return Passes(1) if self.equation in GRADIENT_FREE else Passes(1, 1)
 
     def make_cam(self) -> CAM:
-        if self.equation in CAM_EQUATIONS.values():
-            cam_class = getattr(cams, self.equation)
-            return cam_class(self.batch_size) if cam_class is cams.ScoreCAM else cam_class()
-        return cams.PytorchGradCAM(self.equation)
+        own = getattr(cams, self.equation, None)
+        return own() if own is not None else cams.PytorchGradCAM(self.equation)
 
 
 def _slice_maps(methods: Sequence[CAMMethod], model: nn.Module):
     """One slice function for every method's maps: {maps_key: [N, a, b]}."""
-    stages = models.stage_modules(model)
+    stages = stage_modules(model)
     requests = {m.maps_key: (m.make_cam(), stages[m.layer]) for m in methods}
     return cams.multi_cam(model, requests, methods[0].batch_size)
 
@@ -88,6 +77,7 @@ class SliceWiseCAM(CAMMethod):
     """Paper 4.3: the CAM of each slice along ``axes``, read back at its voxels, averaged
     over the axes (axial only: the paper's baselines; all three: the ★ variants of A.8)."""
 
+    kind = "slice-wise"
     axes: ClassVar[tuple[int, ...]] = (0,)
 
     def __call__(self, volume: Tensor, model: nn.Module) -> Tensor:
@@ -111,6 +101,7 @@ class AveragedCAM(CAMMethod):
     """Eq. (12): the maps of L Fibonacci-direction stacks, interpolated at (x.n, x.u, x.v)
     and averaged; ``filtered`` takes the second difference along each stack first (eq. 13)."""
 
+    kind = "averaged"
     filtered: ClassVar[bool] = False
 
     def __call__(self, volume: Tensor, model: nn.Module) -> Tensor:
@@ -128,6 +119,7 @@ class AveragedCAM(CAMMethod):
 class TomographicCAM(AveragedCAM):
     """Eq. (13): Averaged CAM of the second differences of the maps along each stack."""
 
+    kind = "tomographic"
     filtered = True
 
 
@@ -161,23 +153,170 @@ def stacked_heatmaps(
     return {m.spec: results[(m.maps_key, m.filtered)] for m in methods}
 
 
-GEOMETRIES = {
-    "{}": SliceWiseCAM,
-    "{}_3axis": ThreeAxisCAM,
-    "averaged_{}": AveragedCAM,
-    "tomographic_{}": TomographicCAM,
-}
+# --- the registered CAMs: (equation, geometry), in the paper's row order ---
 
 
-def _register(name: str, base: type[CAMMethod], equation: str) -> None:
-    doc = f"{equation}: {base.__doc__.splitlines()[0]}"
-    cls = type(f"{base.__name__}_{equation}", (base,), {"equation": equation, "__doc__": doc})
-    cls.__module__ = __name__
-    register_method(name, layers=LAYERS)(cls)
+@register_method("gradcam", layers=LAYERS, title="GradCAM", paper=("GradCAM", ""))
+class SliceWiseGradCAM(SliceWiseCAM):
+    """GradCAM, slice-wise (paper 4.3)."""
+
+    equation = "GradCAM"
 
 
-for _name, _equation in CAM_EQUATIONS.items():
-    for _pattern, _base in GEOMETRIES.items():
-        _register(_pattern.format(_name), _base, _equation)
-for _equation in PYTORCH_GRAD_CAM:
-    _register(f"pgc_{_equation.lower()}", SliceWiseCAM, _equation)
+@register_method("gradcam_3axis", layers=LAYERS, title="GradCAM ★", paper=("GradCAM", "3axis"))
+class ThreeAxisGradCAM(ThreeAxisCAM):
+    """GradCAM along the three axes, averaged (A.8's ★)."""
+
+    equation = "GradCAM"
+
+
+@register_method("gradcampp", layers=LAYERS, title="GradCAM++", paper=("GradCAM++", ""))
+class SliceWiseGradCAMPlusPlus(SliceWiseCAM):
+    """GradCAM++, slice-wise (paper 4.3)."""
+
+    equation = "GradCAMPlusPlus"
+
+
+@register_method(
+    "gradcampp_3axis", layers=LAYERS, title="GradCAM++ ★", paper=("GradCAM++", "3axis")
+)
+class ThreeAxisGradCAMPlusPlus(ThreeAxisCAM):
+    """GradCAM++ along the three axes, averaged (A.8's ★)."""
+
+    equation = "GradCAMPlusPlus"
+
+
+@register_method("layercam", layers=LAYERS, title="LayerCAM", paper=("LayerCAM", ""))
+class SliceWiseLayerCAM(SliceWiseCAM):
+    """LayerCAM, slice-wise (paper 4.3)."""
+
+    equation = "LayerCAM"
+
+
+@register_method("layercam_3axis", layers=LAYERS, title="LayerCAM ★", paper=("LayerCAM", "3axis"))
+class ThreeAxisLayerCAM(ThreeAxisCAM):
+    """LayerCAM along the three axes, averaged (A.8's ★)."""
+
+    equation = "LayerCAM"
+
+
+@register_method("scorecam", layers=LAYERS, title="ScoreCAM", paper=("ScoreCAM", ""))
+class SliceWiseScoreCAM(SliceWiseCAM):
+    """ScoreCAM, slice-wise (paper 4.3)."""
+
+    equation = "ScoreCAM"
+
+
+@register_method("scorecam_3axis", layers=LAYERS, title="ScoreCAM ★", paper=("ScoreCAM", "3axis"))
+class ThreeAxisScoreCAM(ThreeAxisCAM):
+    """ScoreCAM along the three axes, averaged (A.8's ★)."""
+
+    equation = "ScoreCAM"
+
+
+@register_method(
+    "averaged_gradcam", layers=LAYERS, title="Averaged GradCAM", paper=("Averaged GradCAM", "")
+)
+class AveragedGradCAM(AveragedCAM):
+    """Eq. (12) with GradCAM."""
+
+    equation = "GradCAM"
+
+
+@register_method(
+    "averaged_gradcampp",
+    layers=LAYERS,
+    title="Averaged GradCAM++",
+    paper=("Averaged GradCAM++", ""),
+)
+class AveragedGradCAMPlusPlus(AveragedCAM):
+    """Eq. (12) with GradCAM++."""
+
+    equation = "GradCAMPlusPlus"
+
+
+@register_method(
+    "averaged_layercam", layers=LAYERS, title="Averaged LayerCAM", paper=("Averaged LayerCAM", "")
+)
+class AveragedLayerCAM(AveragedCAM):
+    """Eq. (12) with LayerCAM."""
+
+    equation = "LayerCAM"
+
+
+@register_method(
+    "averaged_scorecam", layers=LAYERS, title="Averaged ScoreCAM", paper=("Averaged ScoreCAM", "")
+)
+class AveragedScoreCAM(AveragedCAM):
+    """Eq. (12) with ScoreCAM."""
+
+    equation = "ScoreCAM"
+
+
+@register_method(
+    "tomographic_gradcam",
+    layers=LAYERS,
+    title="Tomographic GradCAM",
+    paper=("Tomographic GradCAM", ""),
+)
+class TomographicGradCAM(TomographicCAM):
+    """Eq. (13) with GradCAM."""
+
+    equation = "GradCAM"
+
+
+@register_method(
+    "tomographic_gradcampp",
+    layers=LAYERS,
+    title="Tomographic GradCAM++",
+    paper=("Tomographic GradCAM++", ""),
+)
+class TomographicGradCAMPlusPlus(TomographicCAM):
+    """Eq. (13) with GradCAM++."""
+
+    equation = "GradCAMPlusPlus"
+
+
+@register_method(
+    "tomographic_layercam",
+    layers=LAYERS,
+    title="Tomographic LayerCAM",
+    paper=("Tomographic LayerCAM", ""),
+)
+class TomographicLayerCAM(TomographicCAM):
+    """Eq. (13) with LayerCAM."""
+
+    equation = "LayerCAM"
+
+
+@register_method(
+    "tomographic_scorecam",
+    layers=LAYERS,
+    title="Tomographic ScoreCAM",
+    paper=("Tomographic ScoreCAM", ""),
+)
+class TomographicScoreCAM(TomographicCAM):
+    """Eq. (13) with ScoreCAM."""
+
+    equation = "ScoreCAM"
+
+
+@register_method("pgc_eigencam", layers=LAYERS, title="EigenCAM (pytorch-grad-cam)")
+class PytorchGradCAMEigenCAM(SliceWiseCAM):
+    """pytorch-grad-cam's own EigenCAM, slice-wise."""
+
+    equation = "EigenCAM"
+
+
+@register_method("pgc_hirescam", layers=LAYERS, title="HiResCAM (pytorch-grad-cam)")
+class PytorchGradCAMHiResCAM(SliceWiseCAM):
+    """pytorch-grad-cam's own HiResCAM, slice-wise."""
+
+    equation = "HiResCAM"
+
+
+@register_method("pgc_xgradcam", layers=LAYERS, title="XGradCAM (pytorch-grad-cam)")
+class PytorchGradCAMXGradCAM(SliceWiseCAM):
+    """pytorch-grad-cam's own XGradCAM, slice-wise."""
+
+    equation = "XGradCAM"

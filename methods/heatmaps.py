@@ -5,14 +5,15 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from benchmark.config import TomographyConfig
 from methods.cam_methods import AveragedCAM, SliceWiseCAM, slice_wise_heatmaps, stacked_heatmaps
+from methods.config import TomographyConfig
 from methods.registry import create_method
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
 
-GROUPS = ((SliceWiseCAM, slice_wise_heatmaps), (AveragedCAM, stacked_heatmaps))
+# geometries whose methods are computed together, sharing slices and classifier passes
+SHARED_GEOMETRIES = ((SliceWiseCAM, slice_wise_heatmaps), (AveragedCAM, stacked_heatmaps))
 
 
 def compute_heatmaps(
@@ -35,10 +36,10 @@ def compute_heatmaps(
         create_method(spec, config=config, batch_size=batch_size, **options.get(spec, {}))
         for spec in specs
     ]
-    for base, compute in GROUPS:
+    for base, compute in SHARED_GEOMETRIES:
         group = [m for m in methods if isinstance(m, base)]
         if group:
             yield from compute(group, volume, model).items()
     for method in methods:
-        if not any(isinstance(method, base) for base, _ in GROUPS):
+        if not any(isinstance(method, base) for base, _ in SHARED_GEOMETRIES):
             yield method.spec, method(volume, model)

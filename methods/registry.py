@@ -12,8 +12,8 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from benchmark.config import TomographyConfig
 from benchmark.registry import Registry, RegistryError, natural_key
+from methods.config import TomographyConfig
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -48,15 +48,28 @@ class Passes:
         return self.forward, self.backward, self.cut, self.backprojected
 
 
+# Kinds of methods in the paper's row order (Tables 2 and 5): slice-wise CAMs (and their
+# 3-axis variants), ToNNO, Averaged CAM, Tomographic CAM; then ours, plugins, baselines.
+KINDS = ("slice-wise", "tonno", "averaged", "tomographic", "iterative", "plugin", "baseline")
+
+
 class Method(ABC):
     """A heatmap method: ``method(volume[C,D,H,W], model) -> heatmap[D,H,W]``.
 
     The heatmap is float32, has the volume's spatial shape and holds raw values (no
     per-slice min-max): the evaluation thresholds compare values across slices and volumes.
+
+    What the tables show is declared with :func:`register_method`: ``title`` (the row
+    label, e.g. "Tomographic LayerCAM"), ``paper`` (its (method, variant) in the paper's
+    published tables, if the paper reports it); ``kind`` (one of :data:`KINDS`, the row
+    order) is a class attribute of the kind's base class.
     """
 
     name: ClassVar[str] = ""
     layers: ClassVar[tuple[int, ...]] = ()
+    title: ClassVar[str] = ""
+    paper: ClassVar[tuple[str, str] | None] = None
+    kind: ClassVar[str] = "plugin"
 
     def __init__(
         self,
@@ -103,20 +116,67 @@ class Method(ABC):
         return None
 
 
-def register_method(name: str, layers: Sequence[int] = ()) -> Callable[[type], type]:
+def register_method(
+    name: str,
+    layers: Sequence[int] = (),
+    *,
+    title: str | None = None,
+    paper: tuple[str, str] | None = None,
+) -> Callable[[type], type]:
     """Class decorator registering a :class:`Method` subclass under ``name``.
 
-    ``layers`` lists the classifier stages a layer-wise method accepts (``NAME@LAYER``).
+    ``layers`` lists the classifier stages a layer-wise method accepts (``NAME@LAYER``);
+    ``title`` is its row label in the tables (default: ``name``); ``paper`` its
+    ``(method, variant)`` in the paper's published tables, when the paper reports it.
     """
     add = METHODS.register(name, layers=tuple(layers))
 
     def decorator(cls: type) -> type:
         if not (isinstance(cls, type) and issubclass(cls, Method)):
             raise TypeError(f"@register_method({name!r}) expects a Method subclass, got {cls!r}")
-        cls.name, cls.layers = name, tuple(layers)
+        if cls.kind not in KINDS:
+            raise TypeError(f"{cls.__qualname__}.kind = {cls.kind!r} is not one of {KINDS}")
+        cls.name, cls.layers, cls.title, cls.paper = name, tuple(layers), title or name, paper
         return add(cls)
 
     return decorator
+
+
+@dataclass(frozen=True)
+class MethodName:
+    """A method spec as the tables show it: ``tomographic_layercam@3``."""
+
+    family: str  # the spec without its layer: the registered name
+    layer: int | None
+    title: str  # "Tomographic LayerCAM": the registered title (the family if unregistered)
+    kind: str  # one of KINDS ("" if unregistered)
+    order: tuple[int, int]  # (kind, registration): the paper's row order; unknown names last
+
+    @property
+    def display(self) -> str:
+        """``"LayerCAM ★ (layer 2)"``: the row label."""
+        return f"{self.title} (layer {self.layer})" if self.layer is not None else self.title
+
+
+def method_name(spec: str) -> MethodName:
+    """``NAME[@LAYER]`` read through the registry; a name no longer (or not yet) registered,
+    e.g. a plugin's row on a merged page, keeps its name and sorts last."""
+    family, _, text = spec.partition("@")
+    layer = int(text) if text.isdigit() else None
+    if family not in METHODS:
+        return MethodName(family, layer, family, "", (len(KINDS), 0))
+    cls = METHODS.entry(family).obj
+    order = (KINDS.index(cls.kind), METHODS.position(family))
+    return MethodName(family, layer, cls.title, cls.kind, order)
+
+
+def paper_families() -> dict[tuple[str, str], str]:
+    """{(method, variant) of the paper's published tables: registered name}."""
+    return {
+        cls.paper: name
+        for name in METHODS.names()
+        if (cls := METHODS.entry(name).obj).paper is not None
+    }
 
 
 def parse_spec(spec: str) -> tuple[str, int | None]:

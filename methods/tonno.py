@@ -13,9 +13,11 @@ if TYPE_CHECKING:
 tomography = lazy_import("methods.tomography")
 
 
-@register_method("tonno")
+@register_method("tonno", title="ToNNO", paper=("ToNNO", ""))
 class ToNNO(Method):
     """G of eq. (11) with R_g(s, n) = g(S_V(s, n, u, v)), the logit of each slice (eq. 6)."""
+
+    kind = "tonno"
 
     def __call__(self, volume: Tensor, model: nn.Module) -> Tensor:
         c = self.config

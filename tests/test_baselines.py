@@ -14,12 +14,12 @@ from test_datasets_autopet import release as release  # the fixture: a tiny Auto
 from test_run_trust import AFFINE, CONFIG, records, run_args, write_folder
 
 from benchmark.cli import main
-from benchmark.leaderboard import method_name
 from datasets import load_dataset
 from datasets.base import Record, VolumeDataset
 from datasets.volume import Volume
 from methods import create_method, method_class
 from methods.baselines import DEFAULT_SIGMA, MIN_SIGMA
+from methods.registry import method_name
 
 VOLUME = torch.rand(3, 4, 5, 6, generator=torch.Generator().manual_seed(0))
 

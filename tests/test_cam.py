@@ -37,7 +37,7 @@ OURS = {
     "GradCAM": cams.GradCAM(),
     "GradCAMPlusPlus": cams.GradCAMPlusPlus(),
     "LayerCAM": cams.LayerCAM(),
-    "ScoreCAM": cams.ScoreCAM(batch_size=40),
+    "ScoreCAM": cams.ScoreCAM(),
     "HiResCAM": cams.PytorchGradCAM("HiResCAM"),
     "XGradCAM": cams.PytorchGradCAM("XGradCAM"),
     "EigenCAM": cams.PytorchGradCAM("EigenCAM"),

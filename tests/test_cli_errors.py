@@ -14,7 +14,8 @@ import pytest
 import yaml
 
 from benchmark.cli import main, user_message
-from benchmark.config import PRESETS, RunConfig, TomographyConfig, check_fields, resolve
+from benchmark.config import PRESETS, RunConfig, check_fields, resolve
+from methods.config import TomographyConfig
 
 # Cases checked where the methods, the run folder and the caches are first used
 # (benchmark/runner.py, benchmark/commands/run.py): they pass once those check up front.

@@ -9,10 +9,10 @@ import pytest
 from benchmark.leaderboard import (
     PAPER_CSV,
     best_layers,
-    method_name,
     paper_results,
     write_leaderboards,
 )
+from methods.registry import method_name
 
 METRICS = ["precision", "recall", "f1", "dice", "balanced_accuracy"]
 

@@ -3,6 +3,8 @@ heatmaps are known in closed form give them back."""
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -11,10 +13,10 @@ from scipy import ndimage
 from timm.models.resnet import BasicBlock, ResNet
 from torch import nn
 
-from benchmark.config import TomographyConfig
 from benchmark.registry import RegistryError
-from methods import create_method, expand_specs, list_methods
-from methods.cam_methods import PYTORCH_GRAD_CAM
+from methods import create_method, expand_specs, list_methods, method_class, register_method
+from methods.config import TomographyConfig
+from methods.registry import KINDS, METHODS, Method, MethodName, method_name
 
 
 class ThresholdSum(nn.Module):
@@ -82,10 +84,55 @@ def test_the_registry_holds_every_method_of_the_paper_and_the_baselines():
         for c in cams
         for p, s in (("", ""), ("", "_3axis"), ("averaged_", ""), ("tomographic_", ""))
     }
-    expected |= {f"pgc_{name.lower()}" for name in PYTORCH_GRAD_CAM}
+    expected |= {"pgc_eigencam", "pgc_hirescam", "pgc_xgradcam"}
     assert set(list_methods()) == expected
     assert len(expand_specs("all")) == len(layerless) + 4 * len(expected - layerless)
     assert expand_specs("tomographic_*@2") == [f"tomographic_{c}@2" for c in sorted(cams)]
+
+
+def test_every_builtin_is_a_class_named_in_its_module_with_its_title_declared():
+    import methods.cam_methods as module
+
+    titles = {}
+    for name in list_methods():
+        cls = METHODS.entry(name).obj
+        assert getattr(sys.modules[cls.__module__], cls.__name__) is cls  # findable by name
+        assert cls.title and cls.title != name or cls.kind == "plugin"
+        titles[name] = cls.title
+    assert titles["tomographic_gradcampp"] == "Tomographic GradCAM++"
+    assert titles["layercam_3axis"] == "LayerCAM ★"
+    assert module.SliceWiseLayerCAM.paper == ("LayerCAM", "")
+    assert method_class("scorecam_3axis@1").paper == ("ScoreCAM", "3axis")
+    assert len(set(titles.values())) == len(titles)
+
+
+def test_the_papers_published_rows_name_registered_methods():
+    from benchmark.leaderboard import paper_results
+
+    names = {spec.partition("@")[0] for spec in paper_results().method}
+    assert names <= set(list_methods())
+    assert {"layercam_3axis", "averaged_layercam", "tomographic_layercam", "tonno"} <= names
+
+
+def test_a_plugin_declares_its_title_and_sorts_after_the_papers_methods():
+    @register_method("test_plugin_title", layers=(1, 2), title="My plugin")
+    class Plugin(Method):
+        def __call__(self, volume, model):
+            return volume[0]
+
+    try:
+        assert method_name("test_plugin_title@2").display == "My plugin (layer 2)"
+        specs = ["test_plugin_title@1", "intensity", "tomographic_layercam@1", "gradcam@1"]
+        ordered = sorted(specs, key=lambda s: method_name(s).order)
+        assert ordered == [
+            "gradcam@1",
+            "tomographic_layercam@1",
+            "test_plugin_title@1",
+            "intensity",
+        ]
+        assert method_name("gone@3") == MethodName("gone", 3, "gone", "", (len(KINDS), 0))
+    finally:
+        METHODS._entries.pop("test_plugin_title")
 
 
 def test_tonno_of_the_threshold_sum_classifier_is_relu_of_v_minus_t():

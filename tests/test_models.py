@@ -17,10 +17,9 @@ from benchmark.models import (
     batch_norm_to_group_norm,
     create_classifier,
     model_spec,
-    stage_modules,
-    stage_names,
 )
 from benchmark.train import train_step
+from methods.stages import stage_modules, stage_names
 
 
 def batch_norms(model: nn.Module) -> list[nn.Module]:

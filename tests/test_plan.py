@@ -11,7 +11,7 @@ import pytest
 import torch
 from timm.models.resnet import BasicBlock, ResNet
 
-from benchmark.config import PRESETS, RunConfig, TomographyConfig
+from benchmark.config import PRESETS, RunConfig
 from benchmark.plan import (
     Calibration,
     calibrate,
@@ -25,6 +25,7 @@ from benchmark.plan import (
     within_budget,
 )
 from methods import Method, Passes, create_method, list_methods, register_method
+from methods.config import TomographyConfig
 from methods.heatmaps import compute_heatmaps
 from methods.registry import METHODS
 

@@ -64,8 +64,9 @@ def run(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
     from benchmark.bench import bench_methods, bench_tomography
-    from benchmark.config import TomographyConfig, parse_overrides, resolve
+    from benchmark.config import parse_overrides, resolve
     from benchmark.distributed import resolve_device
+    from methods.config import TomographyConfig
 
     device = resolve_device(args.device)
     preset = args.preset or ("paper" if device.type == "cuda" else "quick")

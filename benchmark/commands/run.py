@@ -131,7 +131,8 @@ def seed_folder(out: Path, seed: int, base: int) -> Path:
 
 
 def _section_class(section: str) -> type:
-    from benchmark.config import RunConfig, TomographyConfig, TrainConfig
+    from benchmark.config import RunConfig, TrainConfig
+    from methods.config import TomographyConfig
 
     return {"run": RunConfig, "train": TrainConfig, "tomography": TomographyConfig}[section]
 
@@ -197,10 +198,11 @@ def _run(args: argparse.Namespace, context, settings, shard, specs, left_out) ->
     import dataclasses
 
     from benchmark.checkpoint import is_finished
-    from benchmark.config import RunConfig, TomographyConfig, TrainConfig, resolve
+    from benchmark.config import RunConfig, TrainConfig, resolve
     from benchmark.io import cache_root
     from benchmark.preflight import check_volumes, writable
     from benchmark.runner import prepare_classifier, run_benchmark
+    from methods.config import TomographyConfig
 
     preset = args.preset or ("paper" if context.device.type == "cuda" else "quick")
     how = "chosen" if args.preset else f"the default on {context.device.type}"
