@@ -96,6 +96,10 @@ class Registry:
         self.entry(name)
         return list(self._entries).index(name)
 
+    def __len__(self) -> int:
+        self._load_builtins()
+        return len(self._entries)
+
     def __contains__(self, name: str) -> bool:
         self._load_builtins()
         return name in self._entries

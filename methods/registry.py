@@ -150,7 +150,7 @@ class MethodName:
     layer: int | None
     title: str  # "Tomographic LayerCAM": the registered title (the family if unregistered)
     kind: str  # one of KINDS ("" if unregistered)
-    order: tuple[int, int]  # (kind, registration): the paper's row order; unknown names last
+    order: tuple[int, int, str]  # (kind, registration, family): the paper's row order
 
     @property
     def display(self) -> str:
@@ -160,13 +160,14 @@ class MethodName:
 
 def method_name(spec: str) -> MethodName:
     """``NAME[@LAYER]`` read through the registry; a name no longer (or not yet) registered,
-    e.g. a plugin's row on a merged page, keeps its name and sorts last."""
+    e.g. a plugin's row on a merged page, keeps its name and sorts after the registered
+    plugins, before the baselines."""
     family, _, text = spec.partition("@")
     layer = int(text) if text.isdigit() else None
     if family not in METHODS:
-        return MethodName(family, layer, family, "", (len(KINDS), 0))
+        return MethodName(family, layer, family, "", (KINDS.index("plugin"), len(METHODS), family))
     cls = METHODS.entry(family).obj
-    order = (KINDS.index(cls.kind), METHODS.position(family))
+    order = (KINDS.index(cls.kind), METHODS.position(family), family)
     return MethodName(family, layer, cls.title, cls.kind, order)
 
 
