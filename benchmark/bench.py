@@ -341,8 +341,8 @@ class ScalePoint:
     n_angles: int  # L of the method (n_angles for ToNNO, n_angles_cam for the CAM)
     seconds: float
     peak_mb: float | None  # above the memory in use before the call
-    summary_bytes: int  # np.savez of the A.7 summary (31 tau' levels)
-    heatmap_bytes: int  # np.savez of the float16 heatmap
+    summary_bytes: int  # np.savez of the A.7 summary (default tau' grid)
+    heatmap_bytes: int  # np.save of the float32 heatmap (as the cache keeps it)
 
     @property
     def voxels(self) -> int:
@@ -390,21 +390,21 @@ def _phantom(size: int, channels: int) -> torch.Tensor:
 
 
 def _kept_bytes(heatmap: torch.Tensor) -> tuple[int, int]:
-    """(A.7 summary, float16 heatmap) sizes of ``np.savez``, against the phantom's blob."""
+    """(A.7 summary, float32 heatmap) sizes of ``np.savez``, against the phantom's blob."""
     import io
 
     import numpy as np
 
-    from benchmark.evaluation import heatmap_sketch, summarize, threshold_grid
+    from benchmark.evaluation import summarize, tail_quantiles, threshold_grid
 
     values = heatmap.float().cpu().numpy()
     size = values.shape[0]
     axis = np.linspace(-1.0, 1.0, size)
     z, y, x = np.meshgrid(axis, axis, axis, indexing="ij")
     mask = (z - 0.2) ** 2 + (y + 0.1) ** 2 + (x - 0.3) ** 2 < 0.15**2
-    grid = threshold_grid([heatmap_sketch(values)])
+    grid = threshold_grid([tail_quantiles(values)])
     sizes = []
-    for arrays in (summarize(values, mask, grid).to_dict(), {"heatmap": values.astype(np.float16)}):
+    for arrays in (summarize(values, mask, grid).to_dict(), {"heatmap": values.astype(np.float32)}):
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
         sizes.append(buffer.getbuffer().nbytes)

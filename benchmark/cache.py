@@ -1,7 +1,7 @@
 """The heatmap cache: what a run keeps per (method spec, validation volume).
 
 A run keeps what the A.7 protocol needs, not the heatmap: a *record* (the heatmap's
-maximum, its :func:`~benchmark.evaluation.heatmap_sketch` and the seconds it took) and a
+maximum, its :func:`~benchmark.evaluation.tail_quantiles` and the seconds it took) and a
 *summary* (its component tables on the spec's tau' grid). Full heatmaps are kept only
 while a spec's grid is unknown, for the figure's volumes and on request, so that disk
 grows with the number of results, not with voxels.
@@ -18,9 +18,9 @@ Layout under ``<cache_root>/heatmaps/<dataset>/<digest of the key>/``::
 to the data set, ``<image>`` digests the image's and the options: ``Job.image`` in
 :mod:`benchmark.runner`), so an edited image or mask gets new entries and never an old
 one. ``<grid>`` hashes the grid's levels and the protocol's settings (connectivity,
-matching IoU). Every file is written atomically and verified when read: a record that
-does not parse, a heatmap whose sha256 differs from its record's, a summary whose zip CRC
-fails. A damaged file is logged, deleted and recomputed.
+matching IoU, tail fractions). Every file is written atomically and verified when read: a
+record that does not parse, a heatmap whose sha256 differs from its record's, a summary
+whose zip CRC fails. A damaged file is logged, deleted and recomputed.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from benchmark import __version__
-from benchmark.evaluation import MATCH_IOU, STRUCTURE, TAILS, Summary
+from benchmark.evaluation import GRID_LEVELS, MATCH_IOU, STRUCTURE, Summary, tail_fractions
 from benchmark.io import atomic_save_json, atomic_write, cache_root
 from datasets.base import safe_stem
 
@@ -71,9 +71,11 @@ def heatmap_key(
     return json.loads(json.dumps(key, sort_keys=True, default=str))
 
 
-def grid_id(grid: np.ndarray) -> str:
-    """A name for a tau' grid under this protocol: its levels and the protocol's settings."""
-    protocol = np.concatenate([STRUCTURE.ravel(), [MATCH_IOU], TAILS]).astype(np.float64)
+def grid_id(grid: np.ndarray, levels: int) -> str:
+    """A name for a tau' grid under this protocol: its levels and the protocol's settings
+    (connectivity, matching IoU, the ``levels`` tail fractions the grid was made from)."""
+    settings = [STRUCTURE.ravel(), [MATCH_IOU], tail_fractions(levels)]
+    protocol = np.concatenate(settings).astype(np.float64)
     return digest(np.ascontiguousarray(grid, np.float64).tobytes() + protocol.tobytes(), 12)
 
 
@@ -87,15 +89,19 @@ class HeatmapStore:
     (spec, volume id, image digest); summaries also by truth digest and grid."""
 
     root: Path
+    levels: int = GRID_LEVELS  # tail fractions of the run's tau' grids
 
     @classmethod
-    def open(cls, key: dict[str, Any], base: str | Path | None = None) -> HeatmapStore:
-        """The store of ``key`` under ``base`` (default :func:`cache_root`)."""
+    def open(
+        cls, key: dict[str, Any], base: str | Path | None = None, levels: int = GRID_LEVELS
+    ) -> HeatmapStore:
+        """The store of ``key`` under ``base`` (default :func:`cache_root`), for a run whose
+        tau' grids have ``levels`` tail fractions."""
         text = json.dumps(key, sort_keys=True)
         root = Path(base or cache_root()) / "heatmaps" / key["dataset"] / digest(text)
         if not (root / "key.json").exists():
             atomic_save_json(root / "key.json", key)
-        return cls(root)
+        return cls(root, levels)
 
     def _stem(self, spec: str, volume: str, image: str) -> Path:
         return self.root / spec / f"{safe_stem(volume)}-{image[:16]}"
@@ -107,11 +113,14 @@ class HeatmapStore:
     # -- records ------------------------------------------------------------------------
 
     def record(self, spec: str, volume: str, image: str) -> dict[str, Any] | None:
-        """The entry's record, or None when missing or damaged (then it is deleted)."""
+        """The entry's record, or None when missing, damaged (then it is deleted) or made
+        for tau' grids of another number of levels (then it is recomputed).
+
+        Its ``sketch`` holds the heatmap's :func:`~benchmark.evaluation.tail_quantiles`."""
         path = self._stem(spec, volume, image).with_suffix(".json")
         try:
             record = json.loads(path.read_text())
-            if not (isinstance(record, dict) and len(record["sketch"]) == len(TAILS) + 1):
+            if not (isinstance(record, dict) and isinstance(record["sketch"], list)):
                 raise ValueError("not a heatmap record")
             float(record["max"]), float(record["seconds"])
         except FileNotFoundError:
@@ -119,7 +128,7 @@ class HeatmapStore:
         except _DAMAGED as error:
             self._damaged(path, error)
             return None
-        return record
+        return record if len(record["sketch"]) == self.levels + 1 else None
 
     def save_record(self, spec: str, volume: str, image: str, record: dict[str, Any]) -> None:
         atomic_save_json(self._stem(spec, volume, image).with_suffix(".json"), record)
@@ -154,7 +163,7 @@ class HeatmapStore:
 
     def _summary_path(self, spec: str, volume: str, image: str, truth: str, grid) -> Path:
         name = f"{self._stem(spec, volume, image).name}-{truth[:16]}.npz"
-        return self.root / spec / "summaries" / grid_id(grid) / name
+        return self.root / spec / "summaries" / grid_id(grid, self.levels) / name
 
     def summary(
         self, spec: str, volume: str, image: str, truth: str, grid: np.ndarray

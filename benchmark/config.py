@@ -75,6 +75,7 @@ class RunConfig:
     save_heatmaps: bool = False  # NIfTI heatmaps with the volume's affine in <out>/heatmaps
     keep_heatmaps: bool = False  # keep every full heatmap in the cache (re-evaluation)
     calibration_volumes: int = 32  # label-free validation subset that sets the tau' grids
+    grid_levels: int = 30  # tau' grid: tail fractions 0.5 .. 1e-5 (ours; A.7: "grid-search")
     # beyond the paper: intervals over volumes and paired deltas (benchmark.leaderboard)
     reference: str = "layercam"  # the spec (or family, at its best layer) deltas refer to
     bootstrap_resamples: int = 2000  # percentile bootstrap over validation volumes, seeded
@@ -166,6 +167,7 @@ MINIMUM: dict[type, dict[str, int]] = {
         "batch_size": 1,
         "figure_volumes": 0,
         "bootstrap_resamples": 1,
+        "grid_levels": 2,
     },
 }
 

@@ -38,13 +38,17 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
+from benchmark.config import RunConfig
+from benchmark.metrics import overlap_key, reported, weighted_balanced_accuracy
+
 log = logging.getLogger(__name__)
 
 STRUCTURE = np.ones((3, 3, 3), dtype=bool)  # full 26-connectivity
 MATCH_IOU = 0.125  # 1/8, a power of two: ``inter > MATCH_IOU * union`` is exact in floats
 WBA_WEIGHT = 5  # weight of sensitivity when choosing tau (A.7)
-TAILS = np.geomspace(0.5, 1e-5, 30)  # fractions of voxels above the tau' grid levels
-FOLDS, SEED, N_TUNE = 10, 0, 5  # A.7: 10 Monte-Carlo folds, tau' tuned on 5 annotated samples
+# A.7: 10 Monte-Carlo folds, tau' tuned on 5 annotated samples; the defaults are the run's
+FOLDS, SEED, N_TUNE = RunConfig.folds, RunConfig.seed, RunConfig.n_tune
+GRID_LEVELS = RunConfig.grid_levels  # tail fractions of the tau' grid (:func:`tail_fractions`)
 
 Box = tuple[int, int, int, int, int, int]  # half-open (d0, d1, h0, h1, w0, w1)
 GroundTruth = np.ndarray | Sequence[Box] | None  # bool mask [D,H,W], boxes, or not annotated
@@ -169,21 +173,37 @@ def match(pred_mask: np.ndarray, gt: np.ndarray | Sequence[Box]) -> Match:
 # --- summaries (fast path) ------------------------------------------------------------------
 
 
-def heatmap_sketch(heatmap: np.ndarray) -> np.ndarray:
-    """[1 + len(TAILS)]: the heatmap's minimum, then the value exceeded by each TAILS fraction."""
-    return np.concatenate([[heatmap.min()], np.quantile(heatmap, 1 - TAILS)]).astype(np.float64)
+def tail_fractions(levels: int = GRID_LEVELS) -> np.ndarray:
+    """``levels`` fractions of voxels, 0.5 down to 1e-5, geometric: the tau' grid's levels
+    are the values these fractions of a heatmap exceed (:func:`threshold_grid`).
 
-
-def threshold_grid(sketches: Sequence[np.ndarray]) -> np.ndarray:
-    """The fixed tau' grid of one (method, dataset), from every heatmap's :func:`heatmap_sketch`.
-
-    Levels: the smallest heatmap minimum, then for each tail fraction in TAILS (0.5 down to
-    1e-5, geometric) the median over heatmaps of the value that fraction of voxels exceeds;
-    sorted, duplicates dropped (at most 31 levels). tau is always chosen above the lowest
-    level, so some tau' < tau exists.
+    A choice of ours: A.7 says only that tau' is found by "grid-search". From the median
+    voxel to the top 1e-5 (a few voxels of a 512 x 512 x 300 CT) covers every component
+    size that can match a lesion at IoU > 1/8; the default 30 levels are 1.4x apart. On the
+    synthetic set (ToNNO, LayerCAM, Averaged and Tomographic LayerCAM, layer 4), 120 levels
+    change Dice by at most the figures in the README's "The tau' grid" section.
     """
-    sketches = np.asarray(sketches, dtype=np.float64)
-    return np.unique(np.append(sketches[:, 0].min(), np.median(sketches[:, 1:], axis=0)))
+    return np.geomspace(0.5, 1e-5, levels)
+
+
+def tail_quantiles(heatmap: np.ndarray, levels: int = GRID_LEVELS) -> np.ndarray:
+    """[1 + levels]: the heatmap's minimum, then the value exceeded by each of
+    :func:`tail_fractions`; a spec's tau' grid is made from these (:func:`threshold_grid`)."""
+    fractions = tail_fractions(levels)
+    return np.concatenate([[heatmap.min()], np.quantile(heatmap, 1 - fractions)]).astype(np.float64)
+
+
+def threshold_grid(quantiles: Sequence[np.ndarray]) -> np.ndarray:
+    """The fixed tau' grid of one (method, dataset), from its calibration heatmaps'
+    :func:`tail_quantiles`.
+
+    Levels: the smallest heatmap minimum, then for each tail fraction the median over
+    heatmaps of the value that fraction of voxels exceeds; sorted, duplicates dropped (at
+    most 1 + the number of fractions). tau is always chosen above the lowest level, so some
+    tau' < tau exists.
+    """
+    quantiles = np.asarray(quantiles, dtype=np.float64)
+    return np.unique(np.append(quantiles[:, 0].min(), np.median(quantiles[:, 1:], axis=0)))
 
 
 _DTYPES = {
@@ -308,22 +328,6 @@ def _match_at(summary: Summary, tau: float, k: int) -> Match:
 # --- the protocol ---------------------------------------------------------------------------
 
 
-def weighted_balanced_accuracy(
-    labels: np.ndarray, predicted: np.ndarray, weight: float = WBA_WEIGHT
-) -> np.ndarray:
-    """(weight * sensitivity + specificity) / (weight + 1) over the last axis (A.7).
-
-    ``predicted`` may carry leading axes (one row per threshold). Computed as one exact
-    integer numerator over a shared denominator, so equal scores compare equal.
-    """
-    labels, predicted = np.asarray(labels, dtype=bool), np.asarray(predicted, dtype=bool)
-    n_pos, n_neg = np.count_nonzero(labels), np.count_nonzero(~labels)
-    tp = np.count_nonzero(predicted & labels, axis=-1)
-    tn = np.count_nonzero(~predicted & ~labels, axis=-1)
-    a, b = max(n_pos, 1), max(n_neg, 1)
-    return (weight * tp * b + tn * a) / ((weight * (n_pos > 0) + (n_neg > 0)) * a * b)
-
-
 def tune_tau(maxima: np.ndarray, labels: np.ndarray, levels: np.ndarray) -> float:
     """A.7: the threshold on heatmap maxima that maximises (5 sens + spec) / 6.
 
@@ -340,7 +344,7 @@ def tune_tau(maxima: np.ndarray, labels: np.ndarray, levels: np.ndarray) -> floa
     candidates = candidates[candidates > levels[0]]
     if not candidates.size:  # every maximum is at or below the lowest level
         return float(np.nextafter(levels[0], np.inf))
-    scores = weighted_balanced_accuracy(labels, maxima[None, :] > candidates[:, None])
+    scores = weighted_balanced_accuracy(labels, maxima[None, :] > candidates[:, None], WBA_WEIGHT)
     return float(candidates[np.argmax(scores)])
 
 
@@ -372,14 +376,19 @@ class EvaluationResult:
     :meth:`cases` each sample's scores averaged over the folds that scored it."""
 
     folds: pd.DataFrame  # one row per fold: tau, tau_low, metrics, sample counts
-    overlap: str  # "dice" (masks) or "maxiou" (boxes)
+    truth: str  # the ground truth's kind: "mask" or "boxes"
     scored: pd.DataFrame  # one row per (fold, scored sample): correct, segmentation metrics
     labels: np.ndarray  # bool [n] per sample
     maxima: np.ndarray  # [n] heatmap maximum per sample
 
     @property
     def metrics(self) -> list[str]:
-        return ["precision", "recall", "f1", self.overlap, "balanced_accuracy"]
+        return reported(self.truth)
+
+    @property
+    def overlap(self) -> str:
+        """``"dice"`` (masks) or ``"maxiou"`` (boxes)."""
+        return overlap_key(self.truth)
 
     def cases(self) -> pd.DataFrame:
         """One row per sample (index 0..n-1): ``label``, ``max``, ``n_scored`` (folds that
@@ -432,7 +441,7 @@ def evaluate(
     kinds = {s.kind for s in summaries if s.gt_sizes.size}
     if len(kinds) > 1:
         raise ValueError(f"summaries mix ground-truth kinds {sorted(kinds)}")
-    overlap = "maxiou" if kinds == {"boxes"} else "dice"
+    truth = "boxes" if kinds == {"boxes"} else "mask"
     maxima = np.array([s.max for s in summaries])
     rows, scored = [], []
     for fold in range(folds):
@@ -452,13 +461,13 @@ def evaluate(
         matches = [_match_at(summaries[i], tau, k) for i in with_truth]
         cases = pd.DataFrame(
             [(m.precision, m.recall, m.f1, m.overlap) for m in matches],
-            columns=["precision", "recall", "f1", overlap],
+            columns=reported(truth)[:4],
             index=with_truth,
             dtype=float,
         )
         seg = cases.mean()
         predicted = maxima[split.score] > tau
-        ba = weighted_balanced_accuracy(labels[split.score], predicted, weight=1)
+        ba = weighted_balanced_accuracy(labels[split.score], predicted)
         correct = pd.DataFrame({"correct": predicted == labels[split.score]}, index=split.score)
         scored.append(correct.join(cases).assign(fold=fold).rename_axis("sample").reset_index())
         rows.append(
@@ -473,7 +482,7 @@ def evaluate(
             }
         )
     scored = pd.concat(scored, ignore_index=True)[["fold", "sample", *scored[0].columns[1:-1]]]
-    return EvaluationResult(pd.DataFrame(rows), overlap, scored, labels, maxima)
+    return EvaluationResult(pd.DataFrame(rows), truth, scored, labels, maxima)
 
 
 class Protocol:

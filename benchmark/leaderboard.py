@@ -51,6 +51,7 @@ from tabulate import tabulate
 
 from benchmark.config import RunConfig
 from benchmark.io import atomic_write
+from benchmark.metrics import HEADERS, KEYS, overlap_key, reported
 from benchmark.page import html_page
 from benchmark.stats import case_intervals
 from methods.registry import method_name, paper_families
@@ -67,15 +68,6 @@ MODEL_NAMES = {  # benchmark.models names to the paper's Table 4 rows
 PAPER_MODEL = "resnet10t"  # the classifier of the paper's Tables 2 and 5-9
 REFERENCE = RunConfig.reference  # deltas versus slice-wise LayerCAM at its best layer
 EXTERNAL = "external"  # the model of rows scored from another tool's heatmaps
-METRICS = ("precision", "recall", "f1", "dice", "maxiou", "balanced_accuracy")
-HEADERS = {
-    "precision": "Precision",
-    "recall": "Recall",
-    "f1": "F1-score",
-    "dice": "Dice",
-    "maxiou": "MaxIoU",
-    "balanced_accuracy": "Balanced accuracy",
-}
 PAPER_CSV = (
     Path(__file__).resolve().parent.parent / "leaderboards" / "paper" / "published_results.csv"
 )
@@ -116,7 +108,7 @@ def paper_results(path: str | Path = PAPER_CSV) -> pd.DataFrame:
         method=family + raw.layer.map(lambda v: f"@{v}" if v.isdigit() else ""),
         model=raw.variant.map(models).where(raw.table == 4, PAPER_MODEL),
     )
-    return out.loc[keep, ["dataset", "model", "method", *METRICS]].reset_index(drop=True)
+    return out.loc[keep, ["dataset", "model", "method", *KEYS]].reset_index(drop=True)
 
 
 def _prepare(results: pd.DataFrame) -> pd.DataFrame:
@@ -125,7 +117,7 @@ def _prepare(results: pd.DataFrame) -> pd.DataFrame:
     if missing:
         raise ValueError(f"results lack the columns {sorted(missing)}")
     frame = results.reset_index(drop=True)
-    frame = frame.assign(**{c: np.nan for c in METRICS if c not in frame})
+    frame = frame.assign(**{c: np.nan for c in KEYS if c not in frame})
     if "model" not in frame:
         frame["model"] = PAPER_MODEL
     repeated = frame[frame.duplicated(["dataset", "model", "method"])]
@@ -148,9 +140,9 @@ def _prepare(results: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def overlap_metric(frame: pd.DataFrame) -> str:
-    """``"maxiou"`` when the rows score boxes (MaxIoU and no Dice), else ``"dice"``."""
-    return "maxiou" if frame.dice.isna().all() and frame.maxiou.notna().any() else "dice"
+def table_truth(frame: pd.DataFrame) -> str:
+    """``"boxes"`` when the rows score boxes (MaxIoU and no Dice), else ``"mask"``."""
+    return "boxes" if frame.dice.isna().all() and frame.maxiou.notna().any() else "mask"
 
 
 def best_layers(frame: pd.DataFrame) -> pd.DataFrame:
@@ -230,7 +222,7 @@ def with_intervals(
             if mine is None:
                 continue
             metrics = [
-                m for m in METRICS if pd.notna(row[m]) and (m == "balanced_accuracy" or m in mine)
+                m for m in KEYS if pd.notna(row[m]) and (m == "balanced_accuracy" or m in mine)
             ]
             paired, anchor = None, anchors[row.model]
             if anchor is not None and (dataset, *anchor) in groups:
@@ -258,7 +250,7 @@ def with_intervals(
             )
             for column, value in found.items():
                 out.loc[i, column] = value
-    ordered = [c for m in METRICS for c in _stat_columns(m) if c in out]
+    ordered = [c for m in KEYS for c in _stat_columns(m) if c in out]
     rest = [c for c in out.columns if c not in ordered]
     first = [c for c in rest if c in ("dataset", "model", "method", "display_name")]
     return out[first + ordered + [c for c in rest if c not in first]]
@@ -438,8 +430,8 @@ def _spread(rows: pd.DataFrame, metric: str) -> list[str] | None:
 
 def _sections(ours: pd.DataFrame, paper: pd.DataFrame, reference: str = REFERENCE) -> list[Section]:
     """Every table of one dataset: per model (external rows beside each), then across models."""
-    overlap = overlap_metric(pd.concat([ours, paper]))
-    metrics = ["precision", "recall", "f1", overlap, "balanced_accuracy"]
+    truth = table_truth(pd.concat([ours, paper]))
+    overlap, metrics = overlap_key(truth), reported(truth)
     models = sorted(set(ours.model) - {EXTERNAL}, key=_model_rank) or [EXTERNAL]
     best, paper_best = best_layers(ours), best_layers(paper)
     sections = []
@@ -486,8 +478,8 @@ def _csv_table(ours: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
     """Our rows at full precision, their best-layer flag and the paper's numbers beside."""
     rows = _in_order(ours, by_model=True)
     chosen = best_layers(rows).index
-    published = _aligned(rows, paper, ["model", "method"])[list(METRICS)].add_prefix("paper_")
-    scores = [c for m in METRICS for c in _stat_columns(m) if c in rows and rows[c].notna().any()]
+    published = _aligned(rows, paper, ["model", "method"])[list(KEYS)].add_prefix("paper_")
+    scores = [c for m in KEYS for c in _stat_columns(m) if c in rows and rows[c].notna().any()]
     table = rows[["dataset", "model", "method", "name", "layer"]].assign(
         best_layer=rows.index.isin(chosen)
     )
@@ -734,7 +726,7 @@ def write_leaderboards(
         _plan(str(dataset), rows, cases[cases.dataset == dataset], out_dir, fallback)
         for dataset, rows in frame.groupby("dataset", sort=True)
     ]
-    empty = pd.DataFrame(columns=["dataset", "model", "method", *METRICS])
+    empty = pd.DataFrame(columns=["dataset", "model", "method", *KEYS])
     published = _prepare(paper_results(paper) if paper is not None else empty)
     written, tables = [], {}
     for plan in plans:
@@ -773,7 +765,7 @@ def _write_pages(
     theirs = published[published.dataset == plan.dataset]
     sections = _sections(rows, theirs, intervals.reference)
     with_paper = any(" (paper)" in c for x in sections for c in x.cells.columns)
-    overlap = overlap_metric(pd.concat([rows, theirs]))
+    overlap = overlap_key(table_truth(pd.concat([rows, theirs])))
     seeds = plan.cases.seed.nunique() if "seed" in plan.cases else 1
     header = _notes(overlap, with_paper, intervals.reference, has_cases, seeds) + notes
     figure = plan.folder / f"{plan.dataset}.figure"

@@ -32,13 +32,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from benchmark.config import RunConfig
 from methods import Method, Passes, create_method
 from methods.config import TomographyConfig
 from methods.registry import parse_spec
 
 log = logging.getLogger(__name__)
 
-SUMMARY_LEVELS = 31  # the tau' grid of A.7's summaries (benchmark.evaluation.threshold_grid)
 SUMMARY_MAX_VOXELS = 2**21  # summaries are measured on at most this many voxels (see below)
 GEOMETRY_BYTES_PER_READ = 20  # backprojection buffers per voxel-direction of a chunk (float32)
 HOUR = 3600.0
@@ -231,9 +231,12 @@ def seconds(passes: Passes, calibration: Calibration) -> float:
     )
 
 
-def summary_bytes(shape: tuple[int, int, int], levels: int = SUMMARY_LEVELS, seed: int = 0) -> int:
+def summary_bytes(
+    shape: tuple[int, int, int], levels: int = RunConfig.grid_levels, seed: int = 0
+) -> int:
     """Bytes of ``np.savez`` of one A.7 summary (``summarize(heatmap, mask, grid).to_dict()``)
-    of a smooth random heatmap of ``shape`` against a ball mask, on ``levels`` grid levels.
+    of a smooth random heatmap of ``shape`` against a ball mask, on a tau' grid of
+    ``levels`` tail fractions (:func:`~benchmark.evaluation.tail_fractions`).
 
     A summary holds component tables, so its size follows the number of components, not
     of voxels; shapes above SUMMARY_MAX_VOXELS are measured at that many voxels (same
@@ -241,13 +244,13 @@ def summary_bytes(shape: tuple[int, int, int], levels: int = SUMMARY_LEVELS, see
     """
     from scipy import ndimage
 
-    from benchmark.evaluation import heatmap_sketch, summarize, threshold_grid
+    from benchmark.evaluation import summarize, tail_quantiles, threshold_grid
 
     scale = min(1.0, (SUMMARY_MAX_VOXELS / math.prod(shape)) ** (1 / 3))
     small = tuple(max(4, round(n * scale)) for n in shape)
     rng = np.random.default_rng(seed)
     heatmap = ndimage.gaussian_filter(rng.standard_normal(small), [n / 16 for n in small])
-    grid = np.unique(threshold_grid([heatmap_sketch(heatmap)]))[:levels]
+    grid = threshold_grid([tail_quantiles(heatmap, levels)])
     axes = np.meshgrid(*(np.linspace(-1, 1, n) for n in small), indexing="ij")
     mask = sum((a - 0.2) ** 2 for a in axes) < 0.3**2
     buffer = io.BytesIO()
@@ -285,7 +288,7 @@ def plan(
     ``s_per_volume``, ``hours`` (all its specs and volumes), ``peak_mb`` (one batch,
     measured, plus slicing and backprojection buffers, modelled; without classifier
     passes, as the baselines: a float32 heatmap), ``summary_kb`` (kept per
-    volume and spec: the A.7 summary) and ``heatmap_mb`` (a float16 heatmap, kept only on
+    volume and spec: the A.7 summary) and ``heatmap_mb`` (a float32 heatmap, kept only on
     request). Each family is estimated as run alone through ``compute_heatmaps`` (sharing
     inside the family only); a run of several families shares slices between them too, so
     the total is an upper bound. Unknown costs (a plugin that states none) are NaN.
@@ -298,7 +301,7 @@ def plan(
         channels = layer_channels(model, calibration.in_chans, calibration.slice_size)
     mean_shape = tuple(int(round(float(np.mean([s[i] for s in shapes])))) for i in range(3))
     kept = summary_bytes(mean_shape) / 1024
-    heatmap_mb = float(np.mean([math.prod(s) for s in shapes])) * 2 / 2**20
+    heatmap_mb = float(np.mean([math.prod(s) for s in shapes])) * 4 / 2**20
     families: dict[str, list[str]] = {}
     for spec in specs:
         parse_spec(spec)
@@ -411,7 +414,7 @@ def format_plan(
         "hours",
         "peak MiB",
         "kept KiB / vol / spec",
-        "float16 heatmap MiB",
+        "float32 heatmap MiB",
         "budget",
     )
     text = tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)

@@ -6,7 +6,7 @@ stages each resume where a killed run stopped:
 1. heatmaps: every method spec on every validation volume, one
    :func:`~methods.heatmaps.compute_heatmaps` call per volume (so that specs share slices
    and classifier passes), the *calibration* volumes first;
-2. grids: one tau' grid per spec from the :func:`~benchmark.evaluation.heatmap_sketch` of
+2. grids: one tau' grid per spec from the :func:`~benchmark.evaluation.tail_quantiles` of
    its calibration heatmaps (:func:`~benchmark.evaluation.threshold_grid`): a seeded,
    label-free subset of ``calibration_volumes`` validation volumes (all of them on a
    small set), so that every other heatmap is summarised the moment it is computed and
@@ -60,19 +60,19 @@ from benchmark.evaluation import (
     Summary,
     binarize,
     evaluate,
-    heatmap_sketch,
     summarize,
+    tail_quantiles,
     threshold_grid,
 )
 from benchmark.io import atomic_save_json, atomic_write
 from benchmark.leaderboard import (
     KEY,
-    METRICS,
     Intervals,
     best_layers,
     with_intervals,
     write_leaderboards,
 )
+from benchmark.metrics import KEYS
 from benchmark.registry import natural_key
 from benchmark.report import (
     cases_table,
@@ -215,7 +215,7 @@ class Job:
         return ground_truth(self.dataset, volume, self.unscored)
 
     def grids(self) -> dict[str, np.ndarray]:
-        """Stage 2: each spec's tau' grid from its calibration heatmaps' sketches; specs
+        """Stage 2: each spec's tau' grid from its calibration heatmaps' tail quantiles; specs
         whose calibration is not complete yet are absent."""
         grids = {}
         for spec in self.specs:
@@ -251,7 +251,7 @@ class Job:
             "volume": v,
             "image": image,
             "max": float(heatmap.max()),
-            "sketch": heatmap_sketch(heatmap).tolist(),
+            "sketch": tail_quantiles(heatmap, self.store.levels).tolist(),
             "seconds": seconds,
             "heatmap": None,
         }
@@ -479,7 +479,7 @@ def figure_specs(results: pd.DataFrame, patterns: Sequence[str]) -> list[str]:
     Families are specs without their layer (``layercam``, ``tomographic_layercam``); when
     no family matches, every family is shown.
     """
-    frame = results.assign(**{m: np.nan for m in METRICS if m not in results})
+    frame = results.assign(**{m: np.nan for m in KEYS if m not in results})
     names = [method_name(spec) for spec in frame.method]
     frame = frame.assign(
         family=[n.family for n in names],
@@ -618,7 +618,7 @@ def evaluate_checkpoint(
         dataset,
         list(specs),
         volume_ids,
-        HeatmapStore.open(key),
+        HeatmapStore.open(key, levels=config.grid_levels),
         tomography,
         config.batch_size,
         calibration,
@@ -708,7 +708,7 @@ def combine_seeds(seeded: Sequence[Seeded]) -> tuple[pd.DataFrame, pd.DataFrame,
     )
     grouped = results.drop(columns="seed").groupby(KEY, sort=False)
     combined = grouped.mean()
-    scores = [m for m in METRICS if m in combined]
+    scores = [m for m in KEYS if m in combined]
     spread = grouped[scores].std().add_suffix("_seed_sd")
     columns = [
         c for m in scores for c in (m, f"{m}_std", f"{m}_seed_sd") if c in combined or c in spread
@@ -749,7 +749,7 @@ def run_benchmark(
 
     Per checkpoint (:func:`evaluate_checkpoint`), the volumes (of ``shard=(i, n)``, if
     given) are split across the ranks of ``context``: first the calibration volumes, whose
-    sketches set each spec's tau' grid, then the others, each summarised as it arrives.
+    tail quantiles set each spec's tau' grid, then the others, each summarised as it arrives.
     Rank 0 then combines the seeds (:func:`combine_seeds`) and writes; other ranks and
     shards return None. ``compute=False`` (a merge) computes nothing and fails if an entry
     is missing. Failing heatmaps raise a :class:`RunError` naming the rank, spec and volume

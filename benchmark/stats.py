@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from benchmark.metrics import SEGMENTATION
+
 
 def bootstrap_ci(
     statistic: Callable[..., float],
@@ -54,14 +56,11 @@ def _defined(statistic: Callable[..., float], *arrays: np.ndarray) -> float:
         return math.nan
 
 
-SEGMENTATION = ("precision", "recall", "f1", "dice", "maxiou")  # means over annotated cases
-
-
 def case_statistic(cases: pd.DataFrame, metric: str, rows: np.ndarray) -> np.ndarray:
     """The leaderboard number ``metric`` from per-case scores, once per row of ``rows``
     [B, n] (sample indices): a segmentation metric is the mean over the cases that have
     it; ``balanced_accuracy`` the mean of the per-class means of ``correct`` (A.7)."""
-    if metric == "balanced_accuracy":
+    if metric not in SEGMENTATION:
         correct = cases["correct"].to_numpy(float)
         positive = cases["label"].to_numpy(bool)
         per_class = [_mean(correct, rows, np.isfinite(correct) & c) for c in (positive, ~positive)]

@@ -46,6 +46,7 @@ from benchmark.checkpoint import (
 from benchmark.config import PAPER_ITERATION_FACTOR, PAPER_ITERATIONS, TrainConfig
 from benchmark.distributed import Context, memory_format, resolve_device
 from benchmark.io import atomic_write
+from benchmark.metrics import weighted_balanced_accuracy
 from benchmark.models import create_classifier, model_spec
 from benchmark.stats import bootstrap_ci
 from methods.tomography import autocast, extract_slices, orthonormal_frames, slice_offsets
@@ -263,14 +264,9 @@ def slice_logits(model: nn.Module, slices: Tensor, chunk: int) -> Tensor:
 
 
 def balanced_accuracy(labels: Tensor, predictions: Tensor) -> float:
-    """Mean of the per-class recalls, (sensitivity + specificity) / 2, over the classes present."""
-    labels, predictions = labels.bool(), predictions.bool()
-    recalls = [
-        (predictions[labels == c] == c).double().mean()
-        for c in (True, False)
-        if (labels == c).any()
-    ]
-    return float(sum(recalls) / len(recalls))
+    """(sensitivity + specificity) / 2 over the classes present, as the protocol reports it
+    (:func:`benchmark.metrics.weighted_balanced_accuracy`, weight 1)."""
+    return float(weighted_balanced_accuracy(labels.cpu().numpy(), predictions.cpu().numpy()))
 
 
 def roc_auc(labels: Tensor, scores: Tensor) -> float:
@@ -284,9 +280,8 @@ def best_threshold(labels: Tensor, scores: Tensor) -> float:
     values = scores.double().sort().values
     candidates = torch.cat([values[:1] - 1, (values[1:] + values[:-1]) / 2, values[-1:] + 1])
     above = scores.double()[None] > candidates[:, None]  # [candidates, volumes]
-    positive = labels.bool()
-    accuracy = (above[:, positive].double().mean(1) + (~above[:, ~positive]).double().mean(1)) / 2
-    best = candidates[accuracy == accuracy.max()]
+    accuracy = weighted_balanced_accuracy(labels.cpu().numpy(), above.cpu().numpy())
+    best = candidates[torch.from_numpy(accuracy == accuracy.max()).to(candidates.device)]
     return float(best[len(best) // 2])
 
 

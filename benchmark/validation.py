@@ -21,8 +21,8 @@ from benchmark.evaluation import (
     EvaluationResult,
     GroundTruth,
     evaluate,
-    heatmap_sketch,
     summarize,
+    tail_quantiles,
     threshold_grid,
 )
 
@@ -36,7 +36,7 @@ def ground_truth(dataset: Any, volume: Any, unscored: Collection[str] = ()) -> G
 
 
 def calibration_ids(volume_ids: Sequence[str], n: int, seed: int) -> list[str]:
-    """The volumes whose heatmap sketches set each spec's tau' grid: ``n`` of them drawn
+    """The volumes whose heatmaps' tail quantiles set each spec's tau' grid: ``n`` of them drawn
     with ``seed``, labels unseen (all of them when there are no more than ``n``)."""
     if len(volume_ids) <= n:
         return list(volume_ids)
@@ -57,7 +57,7 @@ def evaluation_context(
     content (ids, labels, image and truth digests, which positives are unscored)."""
     volumes = [(v, dataset.label(v), images[v], truths[v], v in unscored) for v in volume_ids]
     calibration = calibration_ids(volume_ids, config.calibration_volumes, config.seed)
-    protocol = [config.folds, config.seed, config.n_tune, calibration]
+    protocol = [config.folds, config.seed, config.n_tune, config.grid_levels, calibration]
     return digest(json.dumps([dataset.name, protocol, volumes]), 12)
 
 
@@ -70,12 +70,14 @@ def score_heatmaps(
     progress: bool = True,
 ) -> EvaluationResult:
     """A.7 on heatmaps given by ``heatmap(volume_id)`` [D,H,W] (e.g. another tool's): the
-    tau' grid from the calibration volumes' sketches, then each volume's summary, then the
+    tau' grid from the calibration volumes' tail quantiles, then each volume's summary, then the
     Monte-Carlo folds; one heatmap in memory at a time."""
     calibration = calibration_ids(volume_ids, config.calibration_volumes, config.seed)
     bar = functools.partial(tqdm, unit="volume", disable=not progress)
-    sketches = [heatmap_sketch(heatmap(v)) for v in bar(calibration, desc="tau' grid")]
-    grid = threshold_grid(sketches)
+    quantiles = [
+        tail_quantiles(heatmap(v), config.grid_levels) for v in bar(calibration, desc="tau' grid")
+    ]
+    grid = threshold_grid(quantiles)
     summaries = [
         summarize(heatmap(v), ground_truth(dataset, dataset[v], unscored), grid)
         for v in bar(volume_ids, desc="summaries")

@@ -19,14 +19,14 @@ from benchmark.evaluation import (
     binarize,
     components,
     evaluate,
-    heatmap_sketch,
     match,
     monte_carlo_split,
     summarize,
+    tail_quantiles,
     threshold_grid,
     tune_tau,
-    weighted_balanced_accuracy,
 )
+from benchmark.metrics import weighted_balanced_accuracy
 
 
 def smooth_field(rng: np.random.Generator, shape=(10, 14, 14), sigma=1.2) -> np.ndarray:
@@ -142,7 +142,7 @@ def test_box_iou_is_computed_from_bounding_boxes():
 def test_table_scores_equal_full_mask_scores_for_every_threshold_pair(kind):
     rng = np.random.default_rng(1)
     cases = [random_case(rng) for _ in range(6)]
-    grid = threshold_grid([heatmap_sketch(h) for h, _, _ in cases])
+    grid = threshold_grid([tail_quantiles(h) for h, _, _ in cases])
     compared = 0
     for heatmap, mask, boxes in cases:
         gt = mask if kind == "mask" else boxes
@@ -161,7 +161,7 @@ def test_table_scores_equal_full_mask_scores_for_every_threshold_pair(kind):
 def test_summary_round_trips_through_npz_and_json_and_stays_small(tmp_path):
     rng = np.random.default_rng(2)
     heatmap, mask, _ = random_case(rng)
-    grid = threshold_grid([heatmap_sketch(heatmap)])
+    grid = threshold_grid([tail_quantiles(heatmap)])
     summary = summarize(heatmap, mask, grid)
     np.savez(tmp_path / "s.npz", **summary.to_dict())
     from_npz = Summary.from_dict(np.load(tmp_path / "s.npz"))
@@ -187,7 +187,7 @@ def test_samples_without_ground_truth_keep_only_their_maximum():
 
 def test_threshold_grid_is_the_median_of_tail_quantiles_above_the_lowest_minimum():
     a = np.arange(100, dtype=np.float32).reshape(1, 10, 10)
-    grid = threshold_grid([heatmap_sketch(a), heatmap_sketch(a + 10)])
+    grid = threshold_grid([tail_quantiles(a), tail_quantiles(a + 10)])
     assert grid[0] == 0.0  # the smallest minimum
     assert grid[1] == pytest.approx(np.quantile(a, 0.5) + 5)  # median of the two medians
     assert np.all(np.diff(grid) > 0) and 20 <= grid.size <= 31
@@ -255,7 +255,7 @@ def make_dataset(n=24, seed=6, kind="mask"):
     rng = np.random.default_rng(seed)
     cases = [random_case(rng, positive=i % 2 == 0) for i in range(n)]
     labels = [i % 2 == 0 for i in range(n)]
-    grid = threshold_grid([heatmap_sketch(h) for h, _, _ in cases])
+    grid = threshold_grid([tail_quantiles(h) for h, _, _ in cases])
     gts = [m if kind == "mask" else b for _, m, b in cases]
     return [summarize(h, g, grid) for (h, _, _), g in zip(cases, gts, strict=True)], labels
 
@@ -306,7 +306,7 @@ def test_perfect_heatmaps_score_one():
         _, mask, _ = random_case(rng, positive=i % 2 == 0)
         summaries.append((mask.astype(np.float32), mask))
         labels.append(i % 2 == 0)
-    grid = threshold_grid([heatmap_sketch(h) for h, _ in summaries])
+    grid = threshold_grid([tail_quantiles(h) for h, _ in summaries])
     result = evaluate([summarize(h, m, grid) for h, m in summaries], labels)
     assert result.mean().tolist() == [1.0, 1.0, 1.0, 1.0, 1.0]
 
@@ -349,7 +349,7 @@ def test_evaluate_rejects_inconsistent_inputs():
 def test_protocol_class_accumulates_then_evaluates():
     rng = np.random.default_rng(8)
     cases = [random_case(rng, positive=i % 2 == 0) for i in range(10)]
-    grid = threshold_grid([heatmap_sketch(h) for h, _, _ in cases])
+    grid = threshold_grid([tail_quantiles(h) for h, _, _ in cases])
     protocol = Protocol(grid, folds=3)
     for i, (heatmap, mask, _) in enumerate(cases):
         protocol.update(heatmap, mask, i % 2 == 0)

@@ -274,7 +274,7 @@ def test_a_damaged_cache_is_recomputed_to_the_same_numbers(
 def test_the_grid_comes_from_the_calibration_volumes(reference, config, tmp_path, monkeypatch):
     """With 4 calibration volumes, the numbers are A.7 on summaries made on the grid of
     those 4 volumes' heatmaps, computed here from the kept heatmaps."""
-    from benchmark.evaluation import evaluate, heatmap_sketch, summarize, threshold_grid
+    from benchmark.evaluation import evaluate, summarize, tail_quantiles, threshold_grid
     from benchmark.validation import calibration_ids
 
     cache = use_cache(monkeypatch, tmp_path / "cache")
@@ -288,7 +288,7 @@ def test_the_grid_comes_from_the_calibration_volumes(reference, config, tmp_path
     results = pd.read_csv(tmp_path / "run" / "results.csv").set_index("method")
     for spec in SPECS:
         heatmaps = {v: np.load(next(cache.glob(f"heatmaps/*/*/{spec}/{v}-*.npy"))) for v in ids}
-        grid = threshold_grid([heatmap_sketch(heatmaps[v]) for v in chosen])
+        grid = threshold_grid([tail_quantiles(heatmaps[v]) for v in chosen])
         summaries = [summarize(heatmaps[v], dataset[v].mask, grid) for v in ids]
         expected = evaluate(summaries, [dataset.label(v) for v in ids], folds=3).row()
         for metric in ("f1", "dice", "balanced_accuracy"):

@@ -124,7 +124,7 @@ def _run_scale(args: argparse.Namespace, config, preset: str, device) -> int:
         )
         for p in points
     ]
-    headers = ("spec", "sweep", "volume", "L", "s", "peak MiB", "summary KiB", "float16 KiB")
+    headers = ("spec", "sweep", "volume", "L", "s", "peak MiB", "summary KiB", "float32 KiB")
     print(tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True))
     slopes = [
         (spec, f"{quantity} ~ {x}^b", "n/a" if b is None else f"{b:.2f}")
