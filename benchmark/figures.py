@@ -5,7 +5,9 @@ ground-truth voxels; columns: the input, the ground truth over it, then for each
 its heatmap (blue negative, red positive, colours symmetric about 0 and scaled to the
 volume's largest absolute value) and its binarised mask over the input (A.7 hysteresis).
 The same panels also come as one strip per method for the HTML page (:func:`method_strips`).
-matplotlib's object API on the Agg canvas: no display and no pyplot state.
+:func:`figure_rows` assembles a run's rows: which volumes, which methods at which layer,
+binarised with which thresholds. matplotlib's object API on the Agg canvas: no display and
+no pyplot state.
 """
 
 from __future__ import annotations
@@ -14,12 +16,22 @@ import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
 from matplotlib.figure import Figure
 
-from benchmark.evaluation import GroundTruth
+from benchmark.config import RunConfig
+from benchmark.evaluation import GroundTruth, binarize
 from benchmark.io import atomic_write
+from benchmark.leaderboard import best_layers
+from benchmark.metrics import KEYS
+from benchmark.specs import matches
+from methods.registry import method_name
+
+if TYPE_CHECKING:
+    from benchmark.runner import Job
 
 TRUTH_COLOUR = (0.1, 0.8, 0.2)
 MASK_COLOUR = (1.0, 0.15, 0.1)
@@ -158,3 +170,60 @@ def _strip(rows: Sequence[FigureRow], column: int | None) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=STRIP_DPI)
     return buffer.getvalue()
+
+
+# --- the figure of a run -----------------------------------------------------------------
+
+
+def figure_specs(results: pd.DataFrame, patterns: Sequence[str]) -> list[str]:
+    """The best layer of each method family matching ``patterns``, in the paper's order.
+
+    Families are specs without their layer (``layercam``, ``tomographic_layercam``); when
+    no family matches, every family is shown.
+    """
+    frame = results.assign(**{m: np.nan for m in KEYS if m not in results})
+    names = [method_name(spec) for spec in frame.method]
+    frame = frame.assign(
+        family=[n.family for n in names],
+        layer=pd.array([n.layer for n in names], dtype="Int64"),
+    )
+    best = best_layers(frame)
+    chosen = [s for s, f in zip(best.method, best.family, strict=True) if matches(f, patterns)]
+    return sorted(chosen or list(best.method), key=lambda spec: method_name(spec).order)
+
+
+def figure_ids(dataset: Any, volume_ids: Sequence[str], unscored: set[str], n: int) -> list[str]:
+    """The validation volumes the figure shows: the first ``n`` annotated positives."""
+    shown = [v for v in volume_ids if dataset.label(v) == 1 and dataset.has_annotation(v)]
+    return [v for v in shown if v not in unscored][:n]
+
+
+def figure_rows(
+    job: Job,
+    results: pd.DataFrame,
+    folds: pd.DataFrame,
+    config: RunConfig,
+    patterns: Sequence[str],
+) -> tuple[list[str], list[FigureRow]]:
+    """(specs, rows) of the Figure 6 layout: a few annotated validation positives, each
+    method family matching ``patterns`` at its best layer, binarised with fold 0's
+    (tau, tau') (A.7). Empty when there is nothing to show."""
+    dataset = job.dataset
+    positives = figure_ids(dataset, job.volume_ids, job.unscored, config.figure_volumes)
+    specs = figure_specs(results, patterns)
+    if not positives or not specs:
+        return [], []
+    first_fold = folds[folds.fold == 0].set_index("method")
+    rows = []
+    for volume_id in positives:
+        volume = dataset[volume_id]
+        columns = []
+        for spec in specs:
+            heatmap = job.heatmap(spec, volume_id)
+            tau, tau_low = first_fold.loc[spec, ["tau", "tau_low"]]
+            columns.append(
+                MethodMaps(method_name(spec).display, heatmap, binarize(heatmap, tau, tau_low))
+            )
+        truth = truth_mask(job.ground_truth(volume), volume.image.shape[1:])
+        rows.append(figure_row(volume_id, volume.image[0], truth, columns))
+    return specs, rows

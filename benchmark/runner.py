@@ -58,7 +58,6 @@ from benchmark.evaluation import (
     EvaluationResult,
     GroundTruth,
     Summary,
-    binarize,
     evaluate,
     summarize,
     tail_quantiles,
@@ -68,7 +67,6 @@ from benchmark.io import atomic_save_json, atomic_write
 from benchmark.leaderboard import (
     KEY,
     Intervals,
-    best_layers,
     with_intervals,
     write_leaderboards,
 )
@@ -84,7 +82,7 @@ from benchmark.report import (
     write_csv,
     write_reports,
 )
-from benchmark.specs import matches, shard_ids
+from benchmark.specs import shard_ids
 from benchmark.train import classifier_report, train
 from benchmark.validation import calibration_ids, evaluation_context, ground_truth
 from datasets.base import safe_stem
@@ -473,62 +471,6 @@ def export_nifti(job: Job, out_dir: Path) -> list[Path]:
     return written
 
 
-def figure_specs(results: pd.DataFrame, patterns: Sequence[str]) -> list[str]:
-    """The best layer of each method family matching ``patterns``, in the paper's order.
-
-    Families are specs without their layer (``layercam``, ``tomographic_layercam``); when
-    no family matches, every family is shown.
-    """
-    frame = results.assign(**{m: np.nan for m in KEYS if m not in results})
-    names = [method_name(spec) for spec in frame.method]
-    frame = frame.assign(
-        family=[n.family for n in names],
-        layer=pd.array([n.layer for n in names], dtype="Int64"),
-    )
-    best = best_layers(frame)
-    chosen = [s for s, f in zip(best.method, best.family, strict=True) if matches(f, patterns)]
-    return sorted(chosen or list(best.method), key=lambda spec: method_name(spec).order)
-
-
-def figure_ids(dataset: Any, volume_ids: Sequence[str], unscored: set[str], n: int) -> list[str]:
-    """The validation volumes the figure shows: the first ``n`` annotated positives."""
-    shown = [v for v in volume_ids if dataset.label(v) == 1 and dataset.has_annotation(v)]
-    return [v for v in shown if v not in unscored][:n]
-
-
-def figure_rows(
-    job: Job,
-    results: pd.DataFrame,
-    folds: pd.DataFrame,
-    config: RunConfig,
-    patterns: Sequence[str],
-) -> tuple[list[str], list[figures.FigureRow]]:
-    """(specs, rows) of the Figure 6 layout: a few annotated validation positives, each
-    method family matching ``patterns`` at its best layer, binarised with fold 0's
-    (tau, tau') (A.7). Empty when there is nothing to show."""
-    dataset = job.dataset
-    positives = figure_ids(dataset, job.volume_ids, job.unscored, config.figure_volumes)
-    specs = figure_specs(results, patterns)
-    if not positives or not specs:
-        return [], []
-    first_fold = folds[folds.fold == 0].set_index("method")
-    rows = []
-    for volume_id in positives:
-        volume = dataset[volume_id]
-        columns = []
-        for spec in specs:
-            heatmap = job.heatmap(spec, volume_id)
-            tau, tau_low = first_fold.loc[spec, ["tau", "tau_low"]]
-            columns.append(
-                figures.MethodMaps(
-                    method_name(spec).display, heatmap, binarize(heatmap, tau, tau_low)
-                )
-            )
-        truth = figures.truth_mask(job.ground_truth(volume), volume.image.shape[1:])
-        rows.append(figures.figure_row(volume_id, volume.image[0], truth, columns))
-    return specs, rows
-
-
 # --- the run --------------------------------------------------------------------------------
 
 
@@ -613,7 +555,7 @@ def evaluate_checkpoint(
         context.device.type,
     )
     calibration = calibration_ids(volume_ids, config.calibration_volumes, config.seed)
-    keep = set(figure_ids(dataset, volume_ids, set(unscored), config.figure_volumes))
+    keep = set(figures.figure_ids(dataset, volume_ids, set(unscored), config.figure_volumes))
     job = Job(
         dataset,
         list(specs),
@@ -840,7 +782,7 @@ def write_outputs(
         )
     fallback = out_dir / "leaderboards"
     shown = folds[folds.seed == first.seed] if "seed" in folds else folds
-    specs, rows = figure_rows(job, results, shown, config, ["*"])  # a strip per family
+    specs, rows = figures.figure_rows(job, results, shown, config, ["*"])  # a strip per family
     pages = write_leaderboards(
         results,
         leaderboards,
@@ -857,7 +799,7 @@ def write_outputs(
         log.info("%s left standing: it shows methods this run did not compute", figure)
         figure = None
     else:
-        specs, rows = figure_rows(job, results, shown, config, config.figure_methods)
+        specs, rows = figures.figure_rows(job, results, shown, config, config.figure_methods)
         title = f"{dataset.name}: heatmaps and masks"
         figure = figures.save_png(figures.draw(rows, title=title), figure) if rows else None
         if not rows:
