@@ -285,7 +285,7 @@ class Job:
 # --- stage 1: heatmaps ----------------------------------------------------------------------
 
 
-def _checked_array(heatmap: torch.Tensor, shape: tuple[int, ...]) -> np.ndarray:
+def _valid_heatmap(heatmap: torch.Tensor, shape: tuple[int, ...]) -> np.ndarray:
     """The heatmap as float32 numpy, or a ValueError if its shape or values are wrong."""
     array = heatmap.detach().float().cpu().numpy()
     if array.shape != tuple(shape):
@@ -310,7 +310,7 @@ def _store_heatmaps(
     start = time.perf_counter()
     heatmaps = compute_heatmaps(specs, image, model, job.tomography, job.batch_size, job.options)
     for spec, heatmap in heatmaps:
-        array = _checked_array(heatmap, image.shape[1:])
+        array = _valid_heatmap(heatmap, image.shape[1:])
         job.save(spec, volume, array, time.perf_counter() - start, grids)
         bar.set_postfix_str(f"{volume.id} {spec}", refresh=False)
         bar.update()
