@@ -43,6 +43,7 @@ import logging
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -86,9 +87,9 @@ HEADERS = {
     "maxiou": "MaxIoU",
     "balanced_accuracy": "Balanced accuracy",
 }
-PAPER_CSV = (
-    Path(__file__).resolve().parent.parent / "leaderboards" / "paper" / "published_results.csv"
-)
+# The paper's numbers, shipped as package data (benchmark/data/, with its README): read
+# them only through published_numbers(), which finds them in a wheel, a zip or a checkout.
+PAPER_CSV = "data/published_results.csv"
 MISSING = "–"
 # Where a row's numbers come from, as opaque strings: ``context`` (a digest of the protocol's
 # settings and the validation set's content) must be one value per page; ``source`` (what
@@ -144,14 +145,21 @@ def _layer(text: str) -> int | None:
     return int(text) if text.isdigit() else None
 
 
-def paper_results(path: str | Path = PAPER_CSV) -> pd.DataFrame:
+def published_numbers() -> pd.DataFrame:
+    """The paper's result tables as stored, one row per method x dataset (x layer):
+    ``table``, ``dataset``, ``method``, ``layer``, ``variant`` and the metrics
+    (``benchmark/data/README.md``; read with :mod:`importlib.resources`, installed or not)."""
+    with resources.files("benchmark").joinpath(PAPER_CSV).open("rb") as stream:
+        return pd.read_csv(stream, dtype={"layer": str, "variant": str})
+
+
+def paper_results() -> pd.DataFrame:
     """The published numbers as a results table (``dataset``, ``model``, ``method``, metrics).
 
     Tables 6-9 give every layer for the paper's classifier; Table 5 adds, without their
     layer, the methods Tables 6-9 lack; Table 4 adds ToNNO with the other classifiers.
     """
-    raw = pd.read_csv(path, dtype={"layer": str, "variant": str})
-    raw = raw.fillna({"layer": "", "variant": ""})
+    raw = published_numbers().fillna({"layer": "", "variant": ""})
     families = {method_name(f"{p}_{b}").paper: f"{p}_{b}" for p in PREFIXES for b in METHOD_NAMES}
     families.update({name: base for base, name in METHOD_NAMES.items()})
     family = raw.method.map(families) + raw.variant.map(lambda v: f"_{v}" if v in VARIANTS else "")
@@ -575,7 +583,7 @@ def _notes(
     if with_paper:
         notes.append(
             "(paper): Schmidt-Mengin et al., CVPR 2024, CC BY-NC-SA 4.0 "
-            "(`leaderboards/paper/README.md`): Tables 2 and 5-9 with R-10-T and frozen batch "
+            "(`benchmark/data/README.md`): Tables 2 and 5-9 with R-10-T and frozen batch "
             "norm (our `resnet10t`), Table 4 for ToNNO with the other classifiers."
         )
     return notes
@@ -739,7 +747,7 @@ def _stored_strips(folder: Path) -> dict[str, bytes]:
 def write_leaderboards(
     results: pd.DataFrame,
     out_dir: str | Path = "leaderboards",
-    paper: str | Path | None = PAPER_CSV,
+    paper: bool = True,
     notes: Sequence[str] = (),
     *,
     fallback_dir: str | Path | None = None,
@@ -757,8 +765,8 @@ def write_leaderboards(
     tables are written to ``fallback_dir`` instead, with a WARNING saying why and where
     (without ``fallback_dir``: a ValueError, before anything is written).
 
-    ``paper``: the published numbers (``leaderboards/paper/published_results.csv``), shown
-    beside ours where the dataset and model match; ``None`` leaves them out. ``notes``: more
+    ``paper``: show the published numbers (:func:`paper_results`) beside ours where the
+    dataset and model match; ``False`` leaves them out. ``notes``: more
     lines for the pages' header (e.g. the specs a preset left out). ``warning``: shown as the
     pages' first block, prominently (e.g. a classifier at chance). ``cases``: the rows'
     per-case scores (:data:`CASE_COLUMNS` and the metrics), kept in
@@ -784,7 +792,7 @@ def write_leaderboards(
         for dataset, rows in frame.groupby("dataset", sort=True)
     ]
     empty = pd.DataFrame(columns=["dataset", "model", "method", *METRICS])
-    published = _prepare(paper_results(paper) if paper is not None else empty)
+    published = _prepare(paper_results() if paper else empty)
     written, tables = [], {}
     for plan in plans:
         paths, tables[plan.dataset] = _write_pages(
