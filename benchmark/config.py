@@ -1,8 +1,11 @@
 """Configuration is data: frozen dataclasses whose defaults are the paper's values.
 
-Each config class has named presets (``paper`` = the defaults, ``quick`` for a CPU);
-:func:`resolve` applies, in order, the preset, a YAML file and command-line overrides
-(CLI > YAML > preset), checking every field name and converting values to the field's type.
+Each config class has named presets (``paper`` = the defaults, ``quick`` for a CPU).
+One schema serves every command: a YAML file of sections (:data:`SECTIONS`: ``run:``,
+``train:``, ``tomography:``) and ``--set`` fields spelled ``FIELD`` (run),
+``train.FIELD`` and ``tomography.FIELD``, read by :func:`load_settings`; :func:`resolve`
+then applies, in order, the preset and those settings (CLI > YAML > preset), checking
+every field name and converting values to the field's type.
 """
 
 from __future__ import annotations
@@ -88,6 +91,9 @@ class RunConfig:
         "tomographic_layercam",
     )
 
+
+# The sections of a config file and the prefixes of ``--set`` (run's fields take none).
+SECTIONS: dict[str, type] = {"run": RunConfig, "train": TrainConfig, "tomography": TomographyConfig}
 
 PAPER_ITERATIONS: dict[str, int] = {  # A.6, for the ResNet-10-T
     "ms": 250_000,
@@ -236,15 +242,82 @@ def load_yaml(path: str | Path) -> Any:
         raise ValueError(f"{path}{line}: not valid YAML ({problem})") from None
 
 
+def load_settings(
+    path: str | Path | None, overrides: list[str], settable: tuple[str, ...] = tuple(SECTIONS)
+) -> dict[str, dict[str, Any]]:
+    """Per section of :data:`SECTIONS`, the config file's fields updated by the command
+    line's (``--set KEY=VALUE`` items; CLI > YAML): the one reader of ``--config`` and
+    ``--set`` for ``train`` and ``run``, so that one file configures both alike.
+
+    The file may hold every section whatever the command uses; ``settable`` are those the
+    command's ``--set`` takes (``train``: only ``train.FIELD``). Every field is checked here
+    (names, types, ranges) and an error names the file or the ``--set`` and the key, with
+    the spelling that works when the key belongs to another section
+    (``--set iterations=5: ... did you mean --set train.iterations=5?``).
+    """
+    settings: dict[str, dict[str, Any]] = {section: {} for section in SECTIONS}
+    if path is not None:
+        loaded = load_yaml(path)
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: expected sections {', '.join(SECTIONS)} of field: value")
+        for section, fields in loaded.items():
+            if section not in SECTIONS:
+                homes = _homes(str(section), tuple(SECTIONS))
+                hint = f"; put {section} under {' or '.join(f'{h}:' for h in homes)}"
+                raise ValueError(
+                    f"{path}: {section!r} is not a section (expected {', '.join(SECTIONS)})"
+                    + (hint if homes else "")
+                )
+            fields = fields or {}
+            if not isinstance(fields, dict):
+                raise ValueError(f"{path}: section {section!r} is not a mapping of fields")
+            check_fields(SECTIONS[section], fields, str(path), section)
+            settings[section].update(fields)
+    for key, value in parse_overrides(overrides).items():
+        section, _, field = key.rpartition(".")
+        setting = f"--set {key}={value}"
+        if section and section not in SECTIONS:
+            raise ValueError(f"{setting}: no section {section!r} (expected {_spellings(settable)})")
+        section = section or "run"
+        if section not in settable or field not in _field_names(SECTIONS[section]):
+            homes = _homes(field, settable)
+            meant = " or ".join(f"--set {_spelled(h, field)}={value}" for h in homes)
+            if homes or section not in settable:
+                hint = f"; did you mean {meant}?" if homes else ""
+                raise ValueError(f"{setting}: this command takes {_spellings(settable)}{hint}")
+        prefix = "" if section == "run" else section
+        check_fields(SECTIONS[section], {field: value}, "command line", prefix)
+        settings[section][field] = value
+    return settings
+
+
+def _field_names(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def _spelled(section: str, field: str) -> str:
+    """How ``--set`` spells ``field`` of ``section``: ``folds``, ``train.iterations``."""
+    return field if section == "run" else f"{section}.{field}"
+
+
+def _spellings(sections: tuple[str, ...] = tuple(SECTIONS)) -> str:
+    return ", ".join(_spelled(s, "FIELD") + (" (run)" if s == "run" else "") for s in sections)
+
+
+def _homes(field: str, sections: tuple[str, ...]) -> list[str]:
+    """The ``sections`` whose config class has ``field``."""
+    return [s for s in sections if field in _field_names(SECTIONS[s])]
+
+
 def resolve(
     cls: type[C],
     preset: str = "paper",
-    yaml_path: str | Path | None = None,
     overrides: Mapping[str, Any] | None = None,
     *,
     section: str = "",
 ) -> C:
-    """Config ``cls`` from ``preset``, then the YAML file, then ``overrides``.
+    """Config ``cls`` from ``preset``, then ``overrides`` (e.g. a section of
+    :func:`load_settings`).
 
     Every value is checked (:func:`check_fields`); ``section`` is how ``--set`` spells the
     fields of ``cls`` (``tomography`` for ``--set tomography.chunk=8``), for the errors.
@@ -252,15 +325,5 @@ def resolve(
     presets = PRESETS.get(cls, {"paper": cls()})
     if preset not in presets:
         raise ValueError(f"unknown preset {preset!r} for {cls.__name__}: {sorted(presets)}")
-    config = presets[preset]
-    layers: list[tuple[str, Mapping[str, Any]]] = []
-    if yaml_path is not None:
-        loaded = load_yaml(yaml_path)
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{yaml_path}: expected a mapping of field: value")
-        layers.append((str(yaml_path), loaded))
-    layers.append(("command line", overrides or {}))
-    for where, values in layers:
-        changes = check_fields(cls, values, where, section)
-        config = dataclasses.replace(config, **changes)
-    return config
+    changes = check_fields(cls, overrides or {}, "command line", section)
+    return dataclasses.replace(presets[preset], **changes)

@@ -43,6 +43,7 @@ import logging
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -68,9 +69,9 @@ MODEL_NAMES = {  # benchmark.models names to the paper's Table 4 rows
 PAPER_MODEL = "resnet10t"  # the classifier of the paper's Tables 2 and 5-9
 REFERENCE = RunConfig.reference  # deltas versus slice-wise LayerCAM at its best layer
 EXTERNAL = "external"  # the model of rows scored from another tool's heatmaps
-PAPER_CSV = (
-    Path(__file__).resolve().parent.parent / "leaderboards" / "paper" / "published_results.csv"
-)
+# The paper's numbers, shipped as package data (benchmark/data/, with its README): read
+# them only through published_numbers(), which finds them in a wheel, a zip or a checkout.
+PAPER_CSV = "data/published_results.csv"
 MISSING = "–"
 # Where a row's numbers come from, as opaque strings: ``context`` (a digest of the protocol's
 # settings and the validation set's content) must be one value per page; ``source`` (what
@@ -83,14 +84,21 @@ SIGNIFICANT = "†"  # after a delta whose 95% interval excludes 0
 STRIP_NAME = re.compile(r"\w[\w.+-]*")  # a family or "input": a file name in <dataset>.figure/
 
 
-def paper_results(path: str | Path = PAPER_CSV) -> pd.DataFrame:
+def published_numbers() -> pd.DataFrame:
+    """The paper's result tables as stored, one row per method x dataset (x layer):
+    ``table``, ``dataset``, ``method``, ``layer``, ``variant`` and the metrics
+    (``benchmark/data/README.md``; read with :mod:`importlib.resources`, installed or not)."""
+    with resources.files("benchmark").joinpath(PAPER_CSV).open("rb") as stream:
+        return pd.read_csv(stream, dtype={"layer": str, "variant": str})
+
+
+def paper_results() -> pd.DataFrame:
     """The published numbers as a results table (``dataset``, ``model``, ``method``, metrics).
 
     Tables 6-9 give every layer for the paper's classifier; Table 5 adds, without their
     layer, the methods Tables 6-9 lack; Table 4 adds ToNNO with the other classifiers.
     """
-    raw = pd.read_csv(path, dtype={"layer": str, "variant": str})
-    raw = raw.fillna({"layer": "", "variant": ""})
+    raw = published_numbers().fillna({"layer": "", "variant": ""})
     families = paper_families()
     family = pd.Series(
         [
@@ -518,7 +526,7 @@ def _notes(
     if with_paper:
         notes.append(
             "(paper): Schmidt-Mengin et al., CVPR 2024, CC BY-NC-SA 4.0 "
-            "(`leaderboards/paper/README.md`): Tables 2 and 5-9 with R-10-T and frozen batch "
+            "(`benchmark/data/README.md`): Tables 2 and 5-9 with R-10-T and frozen batch "
             "norm (our `resnet10t`), Table 4 for ToNNO with the other classifiers."
         )
     return notes
@@ -682,7 +690,7 @@ def _stored_strips(folder: Path) -> dict[str, bytes]:
 def write_leaderboards(
     results: pd.DataFrame,
     out_dir: str | Path = "leaderboards",
-    paper: str | Path | None = PAPER_CSV,
+    paper: bool = True,
     notes: Sequence[str] = (),
     *,
     fallback_dir: str | Path | None = None,
@@ -700,8 +708,8 @@ def write_leaderboards(
     tables are written to ``fallback_dir`` instead, with a WARNING saying why and where
     (without ``fallback_dir``: a ValueError, before anything is written).
 
-    ``paper``: the published numbers (``leaderboards/paper/published_results.csv``), shown
-    beside ours where the dataset and model match; ``None`` leaves them out. ``notes``: more
+    ``paper``: show the published numbers (:func:`paper_results`) beside ours where the
+    dataset and model match; ``False`` leaves them out. ``notes``: more
     lines for the pages' header (e.g. the specs a preset left out). ``warning``: shown as the
     pages' first block, prominently (e.g. a classifier at chance). ``cases``: the rows'
     per-case scores (:data:`CASE_COLUMNS` and the metrics), kept in
@@ -727,7 +735,7 @@ def write_leaderboards(
         for dataset, rows in frame.groupby("dataset", sort=True)
     ]
     empty = pd.DataFrame(columns=["dataset", "model", "method", *KEYS])
-    published = _prepare(paper_results(paper) if paper is not None else empty)
+    published = _prepare(paper_results() if paper else empty)
     written, tables = [], {}
     for plan in plans:
         paths, tables[plan.dataset] = _write_pages(

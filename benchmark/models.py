@@ -124,7 +124,7 @@ def _create_from_hub(arch: str, name: str, kwargs: dict) -> nn.Module:
         raise FileNotFoundError(
             f"cannot load ImageNet weights for {name!r}: no network and no local weights "
             f"({type(error).__name__}: {error}); pass --weights PATH (a timm state-dict file) "
-            "or --set pretrained=false"
+            "or --set train.pretrained=false"
         ) from error
 
 

@@ -104,6 +104,17 @@ class Registry:
         self._load_builtins()
         return name in self._entries
 
+    def no_match(self, pattern: str) -> RegistryError:
+        """The error for a pattern that matches nothing: the close names of a plain name,
+        the pattern and where to see every name for a wildcard."""
+        if not any(c in pattern for c in "*?["):
+            return RegistryError(self._unknown_message(pattern))
+        self._load_builtins()
+        return RegistryError(
+            f"no {self.kind} matches {pattern!r} "
+            f"(`python -m benchmark ls {self.kind}s` lists all {len(self._entries)})"
+        )
+
     def _unknown_message(self, name: str) -> str:
         known = sorted(self._entries, key=natural_key)
         close = difflib.get_close_matches(name, known, n=5, cutoff=0.6)

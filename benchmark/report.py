@@ -61,8 +61,14 @@ def cases_table(
 
 
 def code_version() -> str:
-    """The package version, with the git commit (``+dirty`` when changed) of a checkout."""
+    """The package version, with the git commit (``+dirty`` when changed) of a checkout.
+
+    Installed from a wheel, the package is not in a checkout of its own: the version alone
+    (never the commit of a repository that happens to hold the environment).
+    """
     root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return __version__
     try:
         commit = subprocess.run(
             ["git", "-C", str(root), "describe", "--always", "--dirty=+dirty"],

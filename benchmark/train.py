@@ -453,7 +453,7 @@ def resolve_iterations(config: TrainConfig, dataset_name: str) -> TrainConfig:
     if dataset_name not in PAPER_ITERATIONS:
         raise ValueError(
             f"the paper gives no iteration count for {dataset_name!r} (only for "
-            f"{sorted(PAPER_ITERATIONS)}): set iterations=N (--set iterations=N)"
+            f"{sorted(PAPER_ITERATIONS)}): set iterations=N (--set train.iterations=N)"
         )
     factor = PAPER_ITERATION_FACTOR.get(model_spec(config.model).arch, 1.0)
     return dataclasses.replace(config, iterations=round(factor * PAPER_ITERATIONS[dataset_name]))

@@ -241,7 +241,7 @@ def expand_specs(requested: str | Iterable[str]) -> list[str]:
             else:
                 found = list_methods(token, specs=True)
             if not found:
-                raise RegistryError(f"no method matches {token!r}")
+                raise METHODS.no_match(token)
         elif "@" in token:
             name, layer = parse_spec(token)
             found = [f"{name}@{layer}" if layer is not None else name]

@@ -42,9 +42,39 @@ def test_help_lists_every_command():
         assert command in result.stdout
 
 
-def test_ls_lists_matches_or_says_none(capsys):
-    assert main(["ls", "methods", "no_such_method_*"]) == 0
-    assert "no methods match 'no_such_method_*'" in capsys.readouterr().out
+@pytest.mark.parametrize(
+    "argv, found",
+    [
+        (["methods", "tonno"], "tonno\n"),
+        (["methods", "layercam", "--specs"], "".join(f"layercam@{k}\n" for k in range(1, 5))),
+        (
+            ["methods", "tomographic_layercam@[23]"],
+            "tomographic_layercam@2\ntomographic_layercam@3\n",
+        ),
+        (["datasets", "synth*"], "synthetic\n"),
+    ],
+)
+def test_ls_lists_the_matches(argv, found, capsys):
+    assert main(["ls", *argv]) == 0
+    assert capsys.readouterr().out == found
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["methods", "xyz*"], "error: no method matches 'xyz*' (`python -m benchmark ls methods`"),
+        (["methods", "xyz*", "--specs"], "error: no method matches 'xyz*'"),
+        (["methods", "*cam@9"], "error: no method matches '*cam@9'"),
+        (["methods", "layercm"], "error: unknown method 'layercm'; did you mean layercam"),
+        (["datasets", "xyz*"], "error: no dataset matches 'xyz*' (`python -m benchmark ls datas"),
+        (["datasets", "synthetc"], "error: unknown dataset 'synthetc'; did you mean synthetic"),
+    ],
+)
+def test_ls_says_when_nothing_matches(argv, message, capsys):
+    """As ``run --methods xyz*`` does: one line on stderr, exit code 2, nothing listed."""
+    assert main(["ls", *argv]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and err.startswith(message), err
 
 
 def test_bad_override_is_a_one_line_error(capsys):

@@ -9,12 +9,13 @@ from __future__ import annotations
 import io
 import re
 import zipfile
+from pathlib import Path
 
 import pytest
 import yaml
 
 from benchmark.cli import main, user_message
-from benchmark.config import PRESETS, RunConfig, check_fields, resolve
+from benchmark.config import PRESETS, RunConfig, check_fields, load_settings, resolve
 from methods.config import TomographyConfig
 
 # Cases checked where the methods, the run folder and the caches are first used
@@ -156,13 +157,14 @@ def test_every_preset_passes_the_checks():
 
 
 def test_range_checks_name_the_yaml_file(tmp_path):
-    path = tmp_path / "tomography.yaml"
-    path.write_text(yaml.safe_dump({"n_angles_cam": 0}))
-    with pytest.raises(ValueError, match=r"tomography.yaml: n_angles_cam=0: .* must be >= 1"):
-        resolve(TomographyConfig, "quick", path)
-    path.write_text("n_angles: [\n")
-    with pytest.raises(ValueError, match=r"tomography.yaml, line 2: not valid YAML"):
-        resolve(TomographyConfig, "quick", path)
+    path = tmp_path / "settings.yaml"
+    path.write_text(yaml.safe_dump({"tomography": {"n_angles_cam": 0}}))
+    message = r"settings.yaml: tomography.n_angles_cam=0: .* must be >= 1"
+    with pytest.raises(ValueError, match=message):
+        load_settings(path, [])
+    path.write_text("tomography:\n  n_angles: [\n")
+    with pytest.raises(ValueError, match=r"settings.yaml, line 3: not valid YAML"):
+        load_settings(path, [])
     assert resolve(TomographyConfig, "quick", overrides={"n_slices": "2"}).n_slices == 2
 
 
@@ -213,3 +215,100 @@ def test_a_damaged_zip_is_a_user_error(monkeypatch, capsys):
     assert capsys.readouterr().err == (
         "error: a damaged zip-based file (.xlsx, .pt, .npz): File is not a zip file\n"
     )
+
+
+# --- one settings schema for `train` and `run`: the same file, the same `--set` spellings ---
+
+SETTINGS = {  # every section, as `run --config` reads it; `train` uses the train: section
+    "run": {"folds": 2, "methods": ["tonno"]},
+    "train": {"iterations": 3, "slices_per_volume": 8, "lr": 0.01, "betas": [0.8, 0.99]},
+    "tomography": {"n_angles": 8, "n_slices": 4},
+}
+TINY = ["--dataset", "synthetic", "--device", "cpu", "--dataset-option", "n_train=4"]
+TINY += ["--dataset-option", "n_val=4", "--dataset-option", "shape=[8,16,16]"]
+
+
+class Trained(Exception):
+    """Raised by the stand-in for training: the configuration it was given, and where."""
+
+
+def test_train_and_run_read_one_config_file_alike(tmp_path, monkeypatch, capsys):
+    import benchmark.commands.run as run_command
+    import benchmark.runner
+    import benchmark.train
+    from benchmark.config import TrainConfig
+
+    def record(dataset, config, out, **options):
+        raise Trained(config, Path(out).resolve())
+
+    monkeypatch.setattr(benchmark.train, "train", record)  # what `train` calls
+    monkeypatch.setattr(benchmark.runner, "train", record)  # what `run` calls
+    monkeypatch.setattr(run_command, "_within_budget", lambda specs, *rest: (specs, None))
+    monkeypatch.setenv("TONNO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)  # both default folders: runs/synthetic/<model>-<preset>
+    path = tmp_path / "settings.yaml"
+    path.write_text(yaml.safe_dump(SETTINGS))
+    given = {}
+    for command in ("train", "run"):
+        argv = [command, *TINY, "--config", str(path), "--set", "train.seed=3"]
+        with pytest.raises(Trained) as trained:
+            main(argv)
+        given[command] = trained.value.args
+    assert given["train"] == given["run"]
+    config, out = given["train"]
+    quick = PRESETS[TrainConfig]["quick"]  # a CPU's default preset, for both commands
+    assert (config.iterations, config.slices_per_volume, config.lr) == (3, 8, 0.01)
+    assert (config.betas, config.seed, config.model) == ((0.8, 0.99), 3, quick.model)
+    assert out == tmp_path / "runs" / "synthetic" / f"{quick.model}-quick"
+    assert capsys.readouterr().out.count("preset: quick (the default on cpu)\n") == 2
+
+
+FILES = {  # file name: (content, what the one error line says after the file's name)
+    "flat.yaml": (
+        {"iterations": 3},
+        ": 'iterations' is not a section (expected run, train, tomography); "
+        "put iterations under train:",
+    ),
+    "typo.yaml": ({"train": {"iteratons": 3}}, ": unknown TrainConfig field(s) ['iteratons']"),
+    "run_value.yaml": ({"run": {"folds": 0}}, ": run.folds=0: folds must be >= 1"),
+    "list.yaml": (["train"], ": expected sections run, train, tomography of field: value"),
+}
+
+
+@pytest.mark.parametrize("command", ["train", "run"])
+@pytest.mark.parametrize("name", list(FILES))
+def test_both_commands_name_the_file_and_key_of_a_bad_setting(command, name, tmp_path, capsys):
+    content, message = FILES[name]
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(content))
+    argv = [command, *SYNTHETIC, "--out", str(tmp_path / "out"), "--config", str(path)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {path}{message}"), err
+    assert not (tmp_path / "out").exists(), "it started before failing"
+
+
+SETS = {  # (command, --set item): the one error line
+    ("train", "iterations=5"): "--set iterations=5: this command takes train.FIELD; "
+    "did you mean --set train.iterations=5?",
+    ("train", "folds=2"): "--set folds=2: this command takes train.FIELD",
+    ("train", "tomography.n_angles=5"): "--set tomography.n_angles=5: this command takes train.",
+    ("train", "train.iteratons=5"): "command line: unknown TrainConfig field(s) ['iteratons']",
+    ("train", "tomo.chunk=4"): "--set tomo.chunk=4: no section 'tomo' (expected train.FIELD)",
+    ("run", "iterations=5"): "--set iterations=5: this command takes FIELD (run), train.FIELD, "
+    "tomography.FIELD; did you mean --set train.iterations=5?",
+    ("run", "train.folds=2"): "--set train.folds=2: this command takes FIELD (run), "
+    "train.FIELD, tomography.FIELD; did you mean --set folds=2?",
+    ("run", "slice_size=32"): "did you mean --set train.slice_size=32 or "
+    "--set tomography.slice_size=32?",
+}
+
+
+@pytest.mark.parametrize("command, item", list(SETS))
+def test_a_set_in_another_section_says_how_it_is_spelled(command, item, tmp_path, capsys):
+    argv = [command, *SYNTHETIC, "--out", str(tmp_path / "out"), "--set", item]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: "), err
+    assert SETS[command, item] in err
+    assert not (tmp_path / "out").exists(), "it started before failing"

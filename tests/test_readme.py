@@ -29,3 +29,15 @@ def test_ci_runs_the_readme_test_command():
     assert "pytest" in command
     ci = (REPO / ".ci" / "run").read_text()
     assert "test-command" in ci and "README.md" in ci
+
+
+def test_yaml_examples_are_settings_files(tmp_path):
+    from benchmark.config import load_settings
+
+    blocks = re.findall(r"```yaml\n(.*?)```", README, flags=re.S)
+    assert blocks, "the README shows no settings file"
+    for code in blocks:
+        path = tmp_path / "settings.yaml"
+        path.write_text(code)
+        settings = load_settings(path, [])
+        assert settings["train"] and settings["run"] and settings["tomography"]

@@ -320,7 +320,7 @@ def test_train_command_writes_the_run_folder(tmp_path, monkeypatch, capsys):
         "n_val=2",
         "--device",
         "cpu",
-        *[a for k, v in fields.items() for a in ("--set", f"{k}={v}")],
+        *[a for k, v in fields.items() for a in ("--set", f"train.{k}={v}")],
     ]
     assert command.run(parser.parse_args(argv)) == 0
     path = tmp_path / "runs" / "tiny" / "resnet10t_gn_np-quick" / "checkpoint.pt"

@@ -333,7 +333,11 @@ def test_train_command_reports_a_diverged_run_in_one_line(tmp_path, monkeypatch,
     fields = {"model": "test_resnet", "pretrained": "false", "slices_per_volume": "8"}
     fields |= {"slice_size": "32", "iterations": "20", "holdout": "0", "patience": "0"}
     argv = ["train", "--dataset", "synthetic", "--device", "cpu", "--out", str(tmp_path)]
-    argv += ["--preset", "quick", *[a for k, v in fields.items() for a in ("--set", f"{k}={v}")]]
+    argv += [
+        "--preset",
+        "quick",
+        *[a for k, v in fields.items() for a in ("--set", f"train.{k}={v}")],
+    ]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err  # the progress bar shares stderr
     assert re.search(r"^error: training diverged at step \d+: [^\n]*tiny_03", err, re.M)

@@ -47,6 +47,45 @@ def _read_yaml(text: str, yaml: Any) -> Any:
         return text
 
 
+def add_config_arguments(parser: argparse.ArgumentParser, settable: tuple[str, ...]) -> None:
+    """``--preset``, ``--config FILE`` and ``--set`` of the one settings schema
+    (:func:`benchmark.config.load_settings`) that ``train`` and ``run`` share; ``settable``:
+    the sections this command's ``--set`` takes."""
+    parser.add_argument(
+        "--preset",
+        choices=("quick", "paper"),
+        help="settings of every stage (default: paper on a GPU, quick on a CPU)",
+    )
+    uses = "" if len(settable) > 1 else f"; this command uses its {settable[0]}: section"
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="YAML file with sections run:, train: and tomography: of config fields, one "
+        f"file for train and run alike{uses}",
+    )
+    examples = {
+        "run": "folds=5",
+        "train": "train.iterations=100",
+        "tomography": "tomography.n_angles=500",
+    }
+    fields = {"run": "FIELD (RunConfig)", "train": "train.FIELD", "tomography": "tomography.FIELD"}
+    add_set_argument(
+        parser,
+        f"a field, repeatable, over --config: {', '.join(fields[s] for s in settable)} "
+        f"(e.g. {', '.join(examples[s] for s in settable)})",
+    )
+
+
+def chosen_preset(requested: str | None, context: Any) -> str:
+    """``--preset``, or the default on the context's device (paper on a GPU, quick on a
+    CPU), said once on stdout."""
+    preset = requested or ("paper" if context.device.type == "cuda" else "quick")
+    how = "chosen" if requested else f"the default on {context.device.type}"
+    if context.is_main:
+        print(f"preset: {preset} ({how})")
+    return preset
+
+
 def add_set_argument(parser: argparse.ArgumentParser, help: str) -> None:
     """``--set KEY=VALUE [KEY=VALUE ...]``, repeatable: config fields into ``args.overrides``."""
     parser.add_argument(

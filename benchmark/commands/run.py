@@ -7,13 +7,16 @@ import logging
 import sys
 from pathlib import Path
 
-from benchmark.commands import add_dataset_arguments, add_set_argument, open_dataset
+from benchmark.commands import (
+    add_config_arguments,
+    add_dataset_arguments,
+    chosen_preset,
+    open_dataset,
+)
 
 HELP = "train or load the classifier, evaluate the methods (paper A.7), write leaderboards"
 
 log = logging.getLogger(__name__)
-
-SECTIONS = ("run", "train", "tomography")  # --set KEY=V (run), train.KEY=V, tomography.KEY=V
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,19 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--methods",
         help="specs, names or wildcards, comma-separated (default: all), e.g. tonno,layercam@2",
     )
-    parser.add_argument(
-        "--preset",
-        choices=("quick", "paper"),
-        help="settings of every stage (default: paper on a GPU, quick on a CPU)",
-    )
-    parser.add_argument(
-        "--config", help="YAML file with sections run:, train: and tomography: of config fields"
-    )
-    add_set_argument(
-        parser,
-        "a field, repeatable: RunConfig (folds=5), train.FIELD or tomography.FIELD "
-        "(train.iterations=100, tomography.n_angles=500)",
-    )
+    add_config_arguments(parser, ("run", "train", "tomography"))
     parser.add_argument("--model", help="classifier to train (train.model), e.g. resnet10t")
     parser.add_argument(
         "--reference",
@@ -78,35 +69,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _settings(config: str | None, overrides: list[str]) -> dict[str, dict]:
-    """Per section, the YAML file's fields updated by the command line's (CLI > YAML).
-
-    Every field is checked here (names, types, ranges), so that an error names the file or
-    the ``--set`` that is wrong before anything heavy is imported.
-    """
-    from benchmark.config import check_fields, load_yaml, parse_overrides
-
-    settings: dict[str, dict] = {section: {} for section in SECTIONS}
-    if config is not None:
-        loaded = load_yaml(config)
-        unknown = sorted(set(loaded) - set(SECTIONS)) if isinstance(loaded, dict) else ["?"]
-        if unknown:
-            raise ValueError(f"{config}: expected sections {list(SECTIONS)}, got {unknown}")
-        for section, fields in loaded.items():
-            fields = fields or {}
-            if not isinstance(fields, dict):
-                raise ValueError(f"{config}: section {section!r} is not a mapping of fields")
-            check_fields(_section_class(section), fields, str(config), section)
-            settings[section].update(fields)
-    for key, value in parse_overrides(overrides).items():
-        section, _, field = key.rpartition(".")
-        if section not in ("", *SECTIONS):
-            raise ValueError(f"--set {key}: expected FIELD, train.FIELD or tomography.FIELD")
-        check_fields(_section_class(section or "run"), {field: value}, "command line", section)
-        settings[section or "run"][field] = value
-    return settings
-
-
 def parse_seeds(text: str | None, base: int) -> list[int]:
     """``--seeds``: ``"3"`` -> base, base + 1, base + 2; ``"0,4,7"`` -> those; None -> base."""
     if text is None:
@@ -128,13 +90,6 @@ def seed_folder(out: Path, seed: int, base: int) -> Path:
     """Where the classifier of ``seed`` lives: the run folder for ``train.seed`` (today's
     layout, so ``--seeds 1`` reuses it), ``<out>/seed-<seed>`` for the others."""
     return out if seed == base else out / f"seed-{seed}"
-
-
-def _section_class(section: str) -> type:
-    from benchmark.config import RunConfig, TrainConfig
-    from methods.config import TomographyConfig
-
-    return {"run": RunConfig, "train": TrainConfig, "tomography": TomographyConfig}[section]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -163,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
 def _requested(args: argparse.Namespace):
     """(settings per section, shard, specs, specs left out by ``exclude``): every setting
     and method name checked, in a fraction of a second."""
-    from benchmark.config import RunConfig, check_fields
+    from benchmark.config import RunConfig, check_fields, load_settings
     from benchmark.specs import check_reference, parse_shard, select_specs
 
     shard = parse_shard(args.shard) if args.shard else None
@@ -172,7 +127,7 @@ def _requested(args: argparse.Namespace):
     if args.seeds and args.checkpoint:
         raise ValueError("--seeds trains one classifier per seed and --checkpoint is one: pick one")
     parse_seeds(args.seeds, 0)  # checked now, resolved against train.seed later
-    settings = _settings(args.config, args.overrides)
+    settings = load_settings(args.config, args.overrides)
     for flag, section, field in (
         (args.methods, "run", "methods"),
         (args.save_heatmaps or None, "run", "save_heatmaps"),
@@ -204,10 +159,7 @@ def _run(args: argparse.Namespace, context, settings, shard, specs, left_out) ->
     from benchmark.runner import prepare_classifier, run_benchmark
     from methods.config import TomographyConfig
 
-    preset = args.preset or ("paper" if context.device.type == "cuda" else "quick")
-    how = "chosen" if args.preset else f"the default on {context.device.type}"
-    if context.is_main:
-        print(f"preset: {preset} ({how})")
+    preset = chosen_preset(args.preset, context)
     config = resolve(RunConfig, preset, overrides=settings["run"])
     train_config = resolve(TrainConfig, preset, overrides=settings["train"], section="train")
     tomography = resolve(

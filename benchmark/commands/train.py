@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from benchmark.commands import add_dataset_arguments, add_set_argument, open_dataset
+from benchmark.commands import (
+    add_config_arguments,
+    add_dataset_arguments,
+    chosen_preset,
+    open_dataset,
+)
 
 HELP = "train the 2D slice classifier on a data set's train split (paper A.6)"
 
@@ -15,39 +20,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         help="paper variant (resnet10t, resnet10t_bn, resnet10t_gn, resnet10t_gn_np, "
-        "resnet50_gn) or any timm model; default: the preset's",
+        "resnet50_gn) or any timm model (train.model); default: the preset's",
     )
     parser.add_argument("--weights", help="local file of pretrained (ImageNet) weights")
-    parser.add_argument("--preset", default="paper", help="paper (default) or quick (CPU)")
-    parser.add_argument("--config", help="YAML file of TrainConfig fields")
-    add_set_argument(
-        parser,
-        "TrainConfig field, repeatable (e.g. iterations=1000, pretrained=false)",
-    )
+    add_config_arguments(parser, ("train",))
     parser.add_argument("--out", help="output folder; default runs/<dataset>/<model>-<preset>")
     parser.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
 
 
 def run(args: argparse.Namespace) -> int:
+    from benchmark.config import load_settings
+
+    settings = load_settings(args.config, args.overrides, settable=("train",))["train"]
+    for field in ("model", "weights"):
+        if getattr(args, field) is not None:
+            settings[field] = getattr(args, field)
+
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from benchmark.config import TrainConfig, parse_overrides, resolve
+    from benchmark.config import TrainConfig, resolve
     from benchmark.distributed import init, shutdown
     from benchmark.preflight import check_volumes, writable
     from benchmark.train import train
 
-    overrides = parse_overrides(args.overrides)
-    for field in ("model", "weights"):
-        if getattr(args, field) is not None:
-            overrides[field] = getattr(args, field)
-    config = resolve(TrainConfig, args.preset, args.config, overrides)
-    dataset = open_dataset(args)
-    out = writable(
-        args.out or Path("runs") / args.dataset / f"{config.model}-{args.preset}", "--out"
-    )
     context = init(args.device)  # joins torchrun's ranks: DDP over the global batch
     try:
+        preset = chosen_preset(args.preset, context)  # as run's, so run finds the classifier
+        config = resolve(TrainConfig, preset, overrides=settings, section="train")
+        dataset = open_dataset(args)
+        default_out = Path("runs") / args.dataset / f"{config.model}-{preset}"
+        out = writable(args.out or default_out, "--out")
         with logging_redirect_tqdm():
             check_volumes(dataset, dataset.ids(), context)  # every voxel, before training
             # a diverged run raises a one-line ValueError (step, volumes): `error: ...`, exit 2
