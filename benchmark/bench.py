@@ -151,6 +151,7 @@ def bench_tomography(
             config.slice_size,
             chunk=config.chunk,
             seed=config.seed,
+            frames="slice",  # as ToNNO
         )
 
     with torch.inference_mode():
@@ -320,7 +321,7 @@ def _chunk_memory_rows(
             f"volume = torch.rand({tuple(shape)}, device=device)\n"
             "with torch.inference_mode():\n"
             f"    reconstruct(volume, lambda s: model(s)[:, 0], {n_angles}, {config.n_slices},"
-            f" {config.slice_size}, chunk={chunk})\n"
+            f" {config.slice_size}, chunk={chunk}, frames='slice')\n"
         )
         what = "peak GPU memory" if device.type == "cuda" else "peak process memory"
         peak = _peak_memory_mb(code, device)

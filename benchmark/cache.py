@@ -15,12 +15,13 @@ Layout under ``<cache_root>/heatmaps/<dataset>/<digest of the key>/``::
 
 ``<image>`` and ``<truth>`` are the first 16 hex digits of the volume's content digests
 (``dataset.fingerprint`` and ``dataset.truth_fingerprint``; for a spec with options fitted
-to the data set, ``<image>`` digests the image's and the options: ``Job.image`` in
-:mod:`benchmark.runner`), so an edited image or mask gets new entries and never an old
-one. ``<grid>`` hashes the grid's levels and the protocol's settings (connectivity,
-matching IoU, tail fractions). Every file is written atomically and verified when read: a
-record that does not parse, a heatmap whose sha256 differs from its record's, a summary
-whose zip CRC fails. A damaged file is logged, deleted and recomputed.
+to the data set, or whose method has a non-zero ``Method.revision``, ``<image>`` digests
+the image's with the options and the revision: ``Job.image`` in :mod:`benchmark.runner`),
+so an edited image or mask, or a method whose code changed its heatmaps, gets new
+entries and never an old one. ``<grid>`` hashes the grid's levels and the protocol's
+settings (connectivity, matching IoU, tail fractions). Every file is written atomically and verified
+when read: a record that does not parse, a heatmap whose sha256 differs from its
+record's, a summary whose zip CRC fails. A damaged file is logged, deleted and recomputed.
 """
 
 from __future__ import annotations

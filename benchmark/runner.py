@@ -187,14 +187,21 @@ class Job:
             for spec, options in self.options.items()
             if options
         }
+        self._revisions = {
+            spec: f"revision={revision}"
+            for spec in self.specs
+            if (revision := method_class(spec).revision)
+        }
 
     def image(self, spec: str, volume_id: str) -> str:
         """The entry's image digest in the store: the volume's, folded with the spec's
         fitted options when it has any (they change its heatmaps: edited training masks
-        move the ``centre`` prior, and recompute its entries only)."""
+        move the ``centre`` prior, and recompute its entries only) and with its method's
+        :attr:`~methods.Method.revision` when non-zero (its code changed its heatmaps:
+        entries of an older revision are not reused; other methods' keep their address)."""
         image = self.images[volume_id]
-        fitted = self._fitted.get(spec)
-        return digest(f"{image}:{fitted}") if fitted else image
+        salt = [s for s in (self._fitted.get(spec), self._revisions.get(spec)) if s]
+        return digest(":".join([image, *salt])) if salt else image
 
     def record(self, spec: str, volume_id: str) -> dict[str, Any] | None:
         return self.store.record(spec, volume_id, self.image(spec, volume_id))

@@ -2,8 +2,11 @@
 
 Layouts read (``layout="auto"`` picks the one present under ``root``):
 
-- ``release``: the NIfTI release, ``PETCT_<patient>/<study>/{CTres,SUV,SEG}.nii.gz``;
-  CTres, SUV and SEG share the PET grid (CT.nii.gz does not and is not read);
+- ``release``: the NIfTI release, ``PETCT_<patient>/<study>/{CTres,SUV,SEG}.nii.gz``,
+  under ``root`` or under ``root/FDG-PET-CT-Lesions/`` (the folder the download unpacks
+  to: either may be the root); CTres, SUV and SEG share the PET grid (CT.nii.gz does not
+  and is not read). The TCIA download is DICOM: lab-midas/TCIA_processing's
+  ``tcia_dicom_to_nifti.py`` converts ``FDG-PET-CT-Lesions/`` to this layout;
 - ``nnunet``: ``imagesTr/<case>_0000.nii.gz``, ``imagesTr/<case>_0001.nii.gz``,
   ``labelsTr/<case>.nii.gz``. Which file holds CT and which SUV changed between
   releases (Dataset221_AutoPETII_2023: 0000 = CTres, 0001 = SUV), so it is the option
@@ -36,6 +39,7 @@ from datasets.volume import DatasetError, Volume, shift_affine, shown, spacing_o
 log = logging.getLogger(__name__)
 
 RELEASE_FILES = {"ct": "CTres.nii.gz", "suv": "SUV.nii.gz", "seg": "SEG.nii.gz"}
+RELEASE_FOLDER = "FDG-PET-CT-Lesions"  # what the download unpacks to, around PETCT_*/
 
 
 def suv_crop(suv: np.ndarray, threshold: float) -> tuple[slice, slice, slice] | None:
@@ -54,12 +58,16 @@ def suv_crop(suv: np.ndarray, threshold: float) -> tuple[slice, slice, slice] | 
 class AutoPET(VolumeDataset):
     """AutoPET PET/CT; options ``layout``, ``channel_order``, ``suv_threshold``,
     ``patient_pattern`` (see the module docstring), ``mask_threshold`` (default 0),
-    plus ``cache_dir``, ``seed``, ``val_fraction``, ``max_abs``."""
+    plus ``cache_dir``, ``seed``, ``val_fraction`` (default: Table 3's split, ``paper_split``),
+    ``max_abs``."""
 
     version = "1"
     channels = ("ct", "suv")
     intensity_channel = "suv"  # thresholding SUV: the classic PET lesion baseline
     scales = {"ct": 1000.0, "suv": 10.0}  # A.4: CT / 1000, SUV / 10
+    # Table 3: 57 of 501 positive and 55 of 512 negative studies in val (the release has
+    # 513 negatives: the paper leaves one out without saying which)
+    paper_split = {1: (57, 501), 0: (55, 512)}
 
     def __init__(
         self,
@@ -71,7 +79,7 @@ class AutoPET(VolumeDataset):
         patient_pattern: str = r"^(?:PETCT|fdg|psma)_[0-9A-Fa-f]+",
         cache_dir: str | Path | None = None,
         seed: int = 0,
-        val_fraction: float = 0.1,
+        val_fraction: float | None = None,
         max_abs: float = 1e6,
         mask_threshold: float | None = None,
     ):
@@ -110,8 +118,8 @@ class AutoPET(VolumeDataset):
         found = self._scan_nnunet() if layout == "nnunet" else self._scan_release()
         if not found:
             raise DatasetError(
-                f"no studies under {self.root}: expected PETCT_<id>/<study>/SUV.nii.gz "
-                "(release) or imagesTr/<case>_0000.nii.gz (nnU-Net)"
+                f"no studies under {self.root}: expected PETCT_<id>/<study>/SUV.nii.gz in it "
+                f"or in its {RELEASE_FOLDER}/ (release), or imagesTr/<case>_0000.nii.gz (nnU-Net)"
             )
         labels = self._labels({i: paths["seg"] for i, _, paths in found})
         return [
@@ -120,12 +128,22 @@ class AutoPET(VolumeDataset):
         ]
 
     def _scan_release(self) -> list[tuple[str, str, dict[str, Path]]]:
+        base = self.root
+        if not any(base.glob("PETCT_*")) and (base / RELEASE_FOLDER).is_dir():
+            base = base / RELEASE_FOLDER
         found = []
-        for study in sorted(p for p in self.root.glob("PETCT_*/*") if p.is_dir()):
+        for study in sorted(p for p in base.glob("PETCT_*/*") if p.is_dir()):
             paths = {key: study / name for key, name in RELEASE_FILES.items()}
             for path in paths.values():
-                if not path.is_file():
-                    raise DatasetError(f"missing file {shown(path, self.root)}")
+                if path.is_file():
+                    continue
+                if next(study.rglob("*.dcm"), None) is not None:
+                    raise DatasetError(
+                        f"{shown(study, self.root)} holds DICOM series, not the NIfTI "
+                        "release's CTres/SUV/SEG.nii.gz: convert them first "
+                        "(tcia_dicom_to_nifti.py of lab-midas/TCIA_processing)"
+                    )
+                raise DatasetError(f"missing file {shown(path, self.root)}")
             found.append((f"{study.parent.name}/{study.name}", study.parent.name, paths))
         return found
 

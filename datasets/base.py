@@ -31,6 +31,7 @@ import logging
 import re
 import typing
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,12 +64,34 @@ class Record:
     source: Any = None  # adapter-specific: paths, series, ...
 
 
-def assign_splits(records: list[Record], val_fraction: float, seed: int) -> list[Record]:
+Share = float | tuple[int, int]  # a fraction of a class's samples, or a count (n, of)
+
+
+def val_target(share: Share, samples: int) -> int:
+    """Validation samples of a class that has ``samples``: ``round(f * samples)`` for a
+    fraction f; for a count ``(n, of)`` (paper Table 3: n of a release's ``of``), n on a data
+    set of ``of`` samples or more and the same share of a smaller one:
+    ``min(n, round(n * samples / of))``."""
+    if isinstance(share, tuple):
+        count, of = share
+        return min(count, round(count * samples / of))
+    return round(share * samples)
+
+
+def assign_splits(
+    records: list[Record], val_fraction: Share | dict[int, Share], seed: int
+) -> list[Record]:
     """Give every record without a split one, patient by patient, seeded.
 
-    Patients are stratified by their label (positive if any of their samples is); in
-    each stratum ``round(val_fraction * n)`` patients, shuffled with ``seed``, go to val
-    (at least one when ``val_fraction > 0`` and the stratum has two patients or more).
+    ``val_fraction`` sets how many samples of each class go to val (:func:`val_target`;
+    one share for both classes, or {label: share}): T_c of the S_c samples of class c
+    outside fixed splits, at least 1 and at most S_c - 1 when the share is > 0 and
+    S_c >= 2. Patients are stratified by their label (positive if any of their samples
+    is) and shuffled with ``seed``; patients of one composition (their numbers of
+    positive and negative samples) are taken in that order, as many as
+    :func:`allocate_patients` gives the composition. With one sample per patient this is
+    the first T_c patients of each shuffled stratum; with several, the counts are exact
+    whenever the compositions allow it (logged when not).
     A patient with a fixed split takes all its samples there.
     """
     patients: dict[str, list[Record]] = {}
@@ -85,17 +108,77 @@ def assign_splits(records: list[Record], val_fraction: float, seed: int) -> list
                 r.split = split
         else:
             strata[max(r.label for r in group)].append(patient)
+    shares = val_fraction if isinstance(val_fraction, dict) else dict.fromkeys((0, 1), val_fraction)
+    kind = {}  # patient -> composition (positive, negative samples)
+    for p in (p for names in strata.values() for p in names):
+        positives = sum(r.label for r in patients[p])
+        kind[p] = (positives, len(patients[p]) - positives)
+    targets = []
+    for label, column in ((1, 0), (0, 1)):
+        samples = sum(k[column] for k in kind.values())
+        target = val_target(shares[label], samples)
+        share = shares[label][0] if isinstance(shares[label], tuple) else shares[label]
+        if share > 0 and samples >= 2:
+            target = min(max(target, 1), samples - 1)
+        targets.append(target)
+    sizes = dict(Counter(kind.values()))
+    take = allocate_patients(sizes, (targets[0], targets[1]))
+    got = [sum(n * k[i] for k, n in take.items()) for i in (0, 1)]
+    if got != targets:
+        log.info(
+            "val: %d positive + %d negative samples (asked %d + %d): the patients' "
+            "compositions allow no closer split",
+            *got,
+            *targets,
+        )
     rng = np.random.default_rng(seed)
+    taken = dict.fromkeys(sizes, 0)
     for names in strata.values():
         names.sort(key=natural_key)
-        order = rng.permutation(len(names))
-        n_val = round(val_fraction * len(names))
-        if val_fraction > 0 and len(names) >= 2:
-            n_val = min(max(n_val, 1), len(names) - 1)
-        for rank, index in enumerate(order):
+        for index in rng.permutation(len(names)):
+            k = kind[names[index]]
+            split = "val" if taken[k] < take[k] else "train"
+            taken[k] += split == "val"
             for r in patients[names[index]]:
-                r.split = "val" if rank < n_val else "train"
+                r.split = split
     return records
+
+
+def allocate_patients(
+    sizes: dict[tuple[int, int], int], targets: tuple[int, int]
+) -> dict[tuple[int, int], int]:
+    """How many patients of each composition (positive, negative samples) -> count go to
+    val for it to hold ``targets`` = (positive, negative) samples.
+
+    Each multi-sample composition gets its proportional share (rounded), the
+    single-sample ones (1, 0) and (0, 1) the rest; then, while one patient more or less
+    of a composition brings the totals closer to the targets, the best such move is made.
+    """
+    totals = [sum(n * k[i] for k, n in sizes.items()) for i in (0, 1)]
+    rate = [t / s if s else 0.0 for t, s in zip(targets, totals, strict=True)]
+    take = dict.fromkeys(sizes, 0)
+    for k, n in sizes.items():
+        if sum(k) > 1:
+            take[k] = min(n, round(n * (k[0] * rate[0] + k[1] * rate[1]) / sum(k)))
+    for i, single in enumerate(((1, 0), (0, 1))):
+        if single in sizes:
+            have = sum(n * k[i] for k, n in take.items() if k != single)
+            take[single] = min(sizes[single], max(0, targets[i] - have))
+    miss = [targets[i] - sum(n * k[i] for k, n in take.items()) for i in (0, 1)]
+    while any(miss):
+        moves = [
+            (abs(miss[0] - step * k[0]) + abs(miss[1] - step * k[1]), k, step)
+            for k in sorted(sizes)
+            for step in (1, -1)
+            if 0 <= take[k] + step <= sizes[k]
+        ]
+        best = min(moves, default=None, key=lambda move: move[0])
+        if best is None or best[0] >= abs(miss[0]) + abs(miss[1]):
+            break
+        _, k, step = best
+        take[k] += step
+        miss = [miss[0] - step * k[0], miss[1] - step * k[1]]
+    return take
 
 
 def check_options(cls: type, options: dict[str, Any]) -> dict[str, Any]:
@@ -149,6 +232,9 @@ class VolumeDataset(ABC):
     annotation: str = "mask"  # "mask" or "boxes"
     cached: bool = True  # False: _load is cheap enough to run every time
     needs_root: bool = True  # False: generated in code
+    # The paper's split (Table 3), the default when ``val_fraction`` is None:
+    # {label: (validation samples, of samples)}, see :func:`val_target`.
+    paper_split: dict[int, tuple[int, int]] | None = None
 
     def __init__(
         self,
@@ -156,11 +242,13 @@ class VolumeDataset(ABC):
         *,
         cache_dir: str | Path | None = None,
         seed: int = 0,
-        val_fraction: float = 0.1,
+        val_fraction: float | None = 0.1,
         max_abs: float = 1e6,
         mask_threshold: float | None = None,
     ):
-        if not 0 <= val_fraction < 1:
+        if val_fraction is None and self.paper_split is None:
+            raise DatasetError(f"{self.name}: val_fraction is needed (no paper split)")
+        if val_fraction is not None and not 0 <= val_fraction < 1:
             raise DatasetError(f"{self.name}: val_fraction must be in [0, 1), got {val_fraction}")
         if not max_abs > 0:
             raise DatasetError(f"{self.name}: max_abs must be > 0, got {max_abs}")
@@ -183,7 +271,8 @@ class VolumeDataset(ABC):
         if len(set(ids)) != len(ids):
             duplicate = next(i for i in ids if ids.count(i) > 1)
             raise DatasetError(f"{self.name}: sample id {duplicate!r} appears twice")
-        records = self._checked(assign_splits, records, val_fraction, seed)
+        share = self.paper_split if val_fraction is None else val_fraction
+        records = self._checked(assign_splits, records, share, seed)
         self._records = {r.id: r for r in sorted(records, key=lambda r: natural_key(r.id))}
         self._check_classes()
 

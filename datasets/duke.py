@@ -135,6 +135,9 @@ class Duke(VolumeDataset):
     channels = SEQUENCES
     intensity_channel = "post_1"  # tumours enhance after contrast
     annotation = "boxes"
+    # Table 3: 92 of 1067 positive and 66 of 765 negative breasts in val, i.e. 916 patients
+    # of whom 151 have both breasts positive (the release has 922 patients)
+    paper_split = {1: (92, 1067), 0: (66, 765)}
 
     def __init__(
         self,
@@ -144,7 +147,7 @@ class Duke(VolumeDataset):
         series_patterns: dict[str, str] | None = None,
         cache_dir: str | Path | None = None,
         seed: int = 0,
-        val_fraction: float = 0.1,
+        val_fraction: float | None = None,
         max_abs: float = 1e6,
     ):
         if slice_numbering not in ("instance", "position"):

@@ -70,6 +70,10 @@ class Method(ABC):
     title: ClassVar[str] = ""
     paper: ClassVar[tuple[str, str] | None] = None
     kind: ClassVar[str] = "plugin"
+    # Bump when the method's heatmaps change with nothing in the cache key changing (its
+    # code, not its settings): a non-zero revision is part of its entries' cache address,
+    # so the old entries are not reused (0 keeps the addresses they always had).
+    revision: ClassVar[int] = 0
 
     def __init__(
         self,

@@ -48,14 +48,18 @@ def fibonacci_sphere(n: int, dtype: torch.dtype = torch.float32) -> Tensor:
 
 
 def orthonormal_frames(
-    normals: Tensor, generator: torch.Generator | None = None
+    normals: Tensor, generator: torch.Generator | None = None, slices: int | None = None
 ) -> tuple[Tensor, Tensor]:
     """Random in-plane unit vectors (u, v) with (n, u, v) orthonormal (paper A.1).
 
     ``normals`` [..., 3] -> u, v [..., 3]. u is uniform on the circle of n-perp; v = n x u.
+    With ``slices`` = M, one frame per slice of each normal's stack: u, v [..., M, 3] (A.1:
+    "whenever extracting a slice"), angles drawn in (normal, slice) order.
     The angles are drawn on the CPU from ``generator``, so a seed gives the same frames on
     every device; without a generator the angle is 0 (a fixed, deterministic frame).
     """
+    if slices is not None:
+        normals = normals[..., None, :].expand(*normals.shape[:-1], slices, 3)
     axis = torch.zeros_like(normals)
     use_x = normals[..., 0].abs() < 0.9
     axis[..., 0] = use_x.to(normals.dtype)
@@ -242,6 +246,7 @@ def reconstruct_many(
     modes: Sequence[bool] = (True,),
     chunk: int = 32,
     seed: int = 0,
+    frames: str = "stack",
     mixed_precision: bool = True,
     progress: Callable[[int], None] | None = None,
 ) -> dict[tuple[Hashable, bool], Tensor]:
@@ -259,11 +264,14 @@ def reconstruct_many(
     - ``filtered=False``: the mean of the raw values, 1/L (eq. 12 as a mean, so that a map
       equal to the slice returns V; the printed c|S^2|/L would flip its sign).
 
-    In-plane frames are random (A.1), one per direction and shared by its stack (eqs. 12-13
-    interpolate along the stack), drawn from ``seed``. Slices reach ``slice_fn``
-    channels-last (free for one channel; what convolutions prefer) and, on CUDA, under bf16
-    autocast unless ``mixed_precision=False``; sums stay float32. ``out_shape`` defaults to
-    the volume's.
+    In-plane frames are random (A.1), drawn on the CPU from ``seed``: ``frames="stack"``,
+    one per direction, shared by its stack (eqs. 12-13 interpolate the maps along the
+    stack, so maps need it); ``frames="slice"``, one per slice (A.1: "whenever extracting a
+    slice"; ToNNO), for scalar outputs only. The frames (6 floats a slice at most) are drawn
+    up front, the slices cut per chunk: peak memory stays set by ``chunk``. Slices reach
+    ``slice_fn`` channels-last (free for one channel; what convolutions prefer) and, on
+    CUDA, under bf16 autocast unless ``mixed_precision=False``; sums stay float32.
+    ``out_shape`` defaults to the volume's.
     """
     if volume.dim() != 4:
         raise ValueError(f"expected a volume [C, D, H, W], got shape {tuple(volume.shape)}")
@@ -271,10 +279,13 @@ def reconstruct_many(
         raise ValueError(f"need at least 2 slices per direction, got {n_slices}")
     out_shape = tuple(out_shape or volume.shape[1:])
     device = volume.device
+    if frames not in ("stack", "slice"):
+        raise ValueError(f"frames must be 'stack' or 'slice', got {frames!r}")
     normals = fibonacci_sphere(n_angles)
-    u, v = orthonormal_frames(normals, torch.Generator().manual_seed(seed))
     padded = True in modes
     offsets = slice_offsets(n_slices, padded=padded)
+    per_slice = len(offsets) if frames == "slice" else None
+    u, v = orthonormal_frames(normals, torch.Generator().manual_seed(seed), per_slice)
     cast = autocast(device, enabled=mixed_precision)
     totals: dict[tuple[Hashable, bool], Tensor] = {}
     for start in range(0, n_angles, chunk):  # slice_fn may enable grad for itself (CAMs)
@@ -295,6 +306,8 @@ def reconstruct_many(
             stacked = torch.stack(values, dim=1)  # [n, K, M, *S]
             if stacked.dim() == 3:
                 results = backproject(stacked, normals[part], out_shape)
+            elif per_slice:
+                raise ValueError("frames='slice' needs one value per slice; maps need 'stack'")
             else:
                 results = backproject_maps(
                     stacked, normals[part], u[part], v[part], out_shape, size
@@ -324,7 +337,9 @@ def reconstruct(
     map variants, eqs. (12)-(13) (``slice_fn`` -> [N, a, b]): see :func:`reconstruct_many`.
 
     ``filtered=True``: ToNNO (scalar outputs) or Tomographic CAM (maps); ``False``: the
-    averaged, unfiltered variant (Averaged CAM for maps). Returns float32 [D, H, W].
+    averaged, unfiltered variant (Averaged CAM for maps). ``frames="slice"`` draws a frame
+    per slice (ToNNO, A.1; scalar outputs only), the default ``"stack"`` one per direction.
+    Returns float32 [D, H, W].
     """
     results = reconstruct_many(
         volume,

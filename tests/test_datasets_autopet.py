@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from datasets import DatasetError, load_dataset
+from datasets.autopet import AutoPET
 
 AFFINE = np.diag([2.0, 2.5, 3.0, 1.0])  # file axes (x, y, z) = (R, A, S): the PET grid
 AFFINE[:3, 3] = (-8.0, -10.0, 5.0)
@@ -204,8 +205,71 @@ def test_a_data_set_without_negatives_names_the_root(release, tmp_path):
 
 
 def test_an_empty_root_says_what_layout_was_expected(tmp_path):
-    with pytest.raises(DatasetError, match="expected PETCT_<id>/<study>/SUV.nii.gz"):
-        load_dataset("autopet", root=tmp_path, cache_dir=tmp_path)
+    root = tmp_path / "downloads"
+    (root / "manifest-1654187277763").mkdir(parents=True)  # neither layout, one level off
+    with pytest.raises(DatasetError) as error:
+        load_dataset("autopet", root=root, cache_dir=tmp_path)
+    message = str(error.value)
+    assert message == (
+        f"autopet: no studies under {root}: expected PETCT_<id>/<study>/SUV.nii.gz in it or "
+        "in its FDG-PET-CT-Lesions/ (release), or imagesTr/<case>_0000.nii.gz (nnU-Net)"
+    )
+
+
+def test_the_download_folder_and_its_release_folder_are_the_same_root(release, tmp_path):
+    """The download unpacks to <folder>/FDG-PET-CT-Lesions/PETCT_*: either is the root."""
+    download = release.parent
+    assert (download / "FDG-PET-CT-Lesions").is_dir() and not list(download.glob("PETCT_*"))
+    outer = load_dataset("autopet", root=download, cache_dir=tmp_path / "a", val_fraction=0.4)
+    inner = load_dataset("autopet", root=release, cache_dir=tmp_path / "b", val_fraction=0.4)
+    assert outer.ids() == inner.ids() and len(outer) == 6
+    assert [outer.split(i) for i in outer] == [inner.split(i) for i in inner]
+    assert [outer.label(i) for i in outer] == [1, 0, 1, 0, 1, 0]
+    for sample in (FIRST, "PETCT_0aaa/02-02-2002-NA-PET-2"):
+        a, b = outer[sample], inner[sample]
+        assert np.array_equal(a.image, b.image) and np.array_equal(a.mask, b.mask)
+        assert np.array_equal(a.affine, b.affine)
+
+
+def test_the_dicom_download_is_named_as_such(tmp_path):
+    series = tmp_path / "FDG-PET-CT-Lesions" / "PETCT_0aaa" / "01-01-2000-NA-PET-1" / "3.000-PET"
+    series.mkdir(parents=True)
+    (series / "1-001.dcm").write_bytes(b"")
+    with pytest.raises(DatasetError, match="PETCT_0aaa/01-01-2000-NA-PET-1 holds DICOM series"):
+        load_dataset("autopet", root=tmp_path, cache_dir=tmp_path / "c")
+
+
+def release_listing(root):
+    """A release of AutoPET's size: 1014 studies (501 positive) of 900 patients, some with
+    several studies (the real mix is not published: this one is made up). The files are
+    stand-ins: the index checks that CTres and SUV exist and reads the label from SEG."""
+    compositions = {(1, 0): 312, (2, 0): 75, (3, 0): 10, (1, 1): 9, (0, 1): 484, (0, 2): 10}
+    patient = 0
+    for (positives, negatives), n in compositions.items():
+        for _ in range(n):
+            for k, label in enumerate([1] * positives + [0] * negatives):
+                folder = root / f"PETCT_{patient:04x}" / f"0{k + 1}-01-2000-NA-PET-{k}"
+                folder.mkdir(parents=True)
+                (folder / "CTres.nii.gz").touch()
+                (folder / "SUV.nii.gz").touch()
+                (folder / "SEG.nii.gz").write_text(str(label))
+            patient += 1
+    return root
+
+
+def test_the_default_split_is_table_3s_on_a_release_of_autopets_size(tmp_path, monkeypatch):
+    """Table 3: 57 positive + 55 negative validation studies (the paper counts 512
+    negatives, the release 513: its training split has one negative more than the table)."""
+    monkeypatch.setattr(  # a stand-in SEG holds its label ("0" or "1") as text
+        AutoPET, "_read_seg", lambda self, path: (np.full(1, path.read_text() == "1"), None)
+    )
+    ds = load_dataset("autopet", root=release_listing(tmp_path / "r"), cache_dir=tmp_path / "c")
+    counts = ds.counts()
+    assert counts["all"]["patients"] == 900 and len(ds) == 1014
+    assert (counts["val"]["positive"], counts["val"]["negative"]) == (57, 55)
+    assert (counts["train"]["positive"], counts["train"]["negative"]) == (444, 458)
+    for patient in {ds.patient(i) for i in ds}:  # patient level
+        assert len({ds.split(i) for i in ds if ds.patient(i) == patient}) == 1
 
 
 def test_an_edited_seg_changes_the_label_and_mask_served(release, tmp_path):

@@ -12,7 +12,7 @@ import datasets
 from benchmark.cli import main
 from benchmark.io import atomic_save_npy, atomic_write, cache_root
 from datasets import DatasetError, Record, Volume, VolumeDataset, list_datasets, load_dataset
-from datasets.base import assign_splits, safe_stem
+from datasets.base import assign_splits, safe_stem, val_target
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,6 +69,56 @@ def test_split_is_patient_level_stratified_and_seeded():
     assert [r.split for r in again] == [r.split for r in records]
     other = assign_splits(_records(40), val_fraction=0.25, seed=4)
     assert [r.split for r in other] != [r.split for r in records]
+
+
+def test_with_one_sample_per_patient_val_is_the_head_of_each_shuffled_stratum():
+    """The split of one-sample patients: per label, the first round(f n) of the patients
+    (naturally sorted) in the seed's permutation; the negatives' permutation is drawn first."""
+    records = [Record(f"s{k}", int(k % 3 == 0), f"s{k}", annotated=False) for k in range(30)]
+    assign_splits(records, val_fraction=0.3, seed=7)
+    rng = np.random.default_rng(7)
+    expected = set()
+    for label in (0, 1):
+        names = sorted((r.id for r in records if r.label == label), key=lambda i: int(i[1:]))
+        expected |= {names[k] for k in rng.permutation(len(names))[: round(0.3 * len(names))]}
+    assert {r.id for r in records if r.split == "val"} == expected and len(expected) == 3 + 6
+
+
+def test_val_target_takes_a_fraction_or_a_count_of_a_release():
+    assert val_target(0.25, 10) == 2 and val_target(0.25, 30) == 8  # round(7.5): even
+    assert val_target((57, 501), 501) == 57  # Table 3's count on the release
+    assert val_target((57, 501), 1000) == 57  # never more on a larger one
+    assert val_target((57, 501), 250) == 28  # the same share of a smaller one
+    assert val_target((55, 512), 513) == 55
+
+
+def test_per_class_shares_count_samples_and_keep_compositions_proportional():
+    """Patients of 1 or 2 studies: each composition gets its share, singles settle the
+    sample counts exactly."""
+    records = [
+        Record(f"p{p}_s{s}", label, f"p{p}", annotated=False)
+        for p, labels in enumerate([(1,)] * 40 + [(1, 1)] * 20 + [(1, 0)] * 10 + [(0,)] * 30)
+        for s, label in enumerate(labels)
+    ]  # 90 positive, 40 negative samples
+    assign_splits(records, {1: 0.2, 0: 0.25}, seed=0)
+    val = [r for r in records if r.split == "val"]
+    assert (sum(r.label for r in val), sum(1 - r.label for r in val)) == (18, 10)
+    chosen = {r.patient for r in val}
+    kinds = [sum(1 for p in range(a, b) if f"p{p}" in chosen) for a, b in ((40, 60), (60, 70))]
+    assert kinds == [4, 2]  # (2, 0): 20 x 0.2; (1, 1): 10 x (0.2 + 0.25) / 2 = 2.25
+
+
+def test_compositions_that_cannot_give_the_counts_give_the_closest(caplog):
+    caplog.set_level("INFO")
+    records = [  # every patient has two positive studies: 5 positives cannot be in val
+        Record(f"p{p}_s{s}", 1 if p < 10 else 0, f"p{p}", annotated=False)
+        for p in range(20)
+        for s in range(2 if p < 10 else 1)
+    ]
+    assign_splits(records, {1: (5, 20), 0: 0.2}, seed=0)
+    val = [r for r in records if r.split == "val"]
+    assert sum(1 - r.label for r in val) == 2 and sum(r.label for r in val) in (4, 6)
+    assert "asked 5 + 2" in caplog.text
 
 
 def test_fixed_splits_are_kept_and_taken_by_the_whole_patient():

@@ -8,8 +8,9 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
-from datasets import DatasetError, load_dataset
-from datasets.duke import box_half, box_in_half, convert_box
+from datasets import DatasetError, Record, load_dataset
+from datasets.base import assign_splits
+from datasets.duke import Duke, box_half, box_in_half, convert_box
 
 D, H, W = 6, 8, 10  # slices, rows, columns
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)  # rows run to the patient's left, columns to posterior
@@ -305,3 +306,31 @@ def test_a_damaged_memo_is_rebuilt_with_a_warning(duke, tmp_path, caplog, name):
     (first.cache_path / name).write_text('{"Breast_MRI_001": 3, "key": 1}')
     third = load_dataset("duke", root=duke, cache_dir=tmp_path, val_fraction=0)
     assert third["Breast_MRI_001_left"].image.shape == first["Breast_MRI_001_left"].image.shape
+
+
+def breasts(unilateral: int, bilateral: int) -> list[Record]:
+    """Duke's records as the adapter makes them: two breasts per patient, the boxed one
+    positive, the other positive too with contralateral involvement."""
+    records = []
+    for p in range(unilateral + bilateral):
+        patient = f"Breast_MRI_{p + 1:03d}"
+        for side, label in (("left", 1), ("right", int(p >= unilateral))):
+            records.append(Record(f"{patient}_{side}", label, patient, annotated=bool(label)))
+    return records
+
+
+@pytest.mark.parametrize(("unilateral", "seed"), [(765, 0), (765, 1), (771, 0)])
+def test_the_default_split_is_table_3s_on_a_release_of_dukes_size(unilateral, seed):
+    """Table 3: 92 positive + 66 negative validation breasts of 1067 + 765, i.e. 916
+    patients of whom 151 have both breasts positive: 66 one-sided and 13 two-sided
+    patients. The release has 922 patients (6 more, here one-sided): the same counts."""
+    records = assign_splits(breasts(unilateral, 151), Duke.paper_split, seed)
+    val = [r for r in records if r.split == "val"]
+    assert (sum(r.label for r in val), sum(1 - r.label for r in val)) == (92, 66)
+    sides = {}
+    for r in records:
+        sides.setdefault(r.patient, set()).add(r.split)
+    assert all(len(s) == 1 for s in sides.values())  # patient level
+    train = [r for r in records if r.split == "train"]
+    assert sum(r.label for r in train) == 975 + (unilateral - 765)
+    assert sum(1 - r.label for r in train) == 699 + (unilateral - 765)

@@ -169,3 +169,21 @@ def test_no_negatives_names_the_root(tmp_path):
 def test_too_many_val_negatives(tmp_path):
     with pytest.raises(DatasetError, match="val_negatives=9 but only 4"):
         load_dataset("mosmed", root=make(tmp_path / "m"), cache_dir=tmp_path, val_negatives=9)
+
+
+def test_the_default_split_is_table_3s_on_a_release_of_mosmeds_size(tmp_path):
+    """Table 3: 50 + 50 validation studies (the 50 masked CT-1 studies and as many CT-0),
+    634 + 204 training studies, from the release's 684 CT-1 and 254 CT-0 studies. The
+    index only lists the files: empty stand-ins do."""
+    root = tmp_path / "mosmed"
+    for k in range(1, 255 + 684):
+        folder = root / "studies" / ("CT-0" if k <= 254 else "CT-1")
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"study_{k:04d}.nii.gz").touch()
+    (root / "masks").mkdir()
+    for k in range(255, 305):  # the release's masked studies
+        (root / "masks" / f"study_{k:04d}_mask.nii.gz").touch()
+    counts = load_dataset("mosmed", root=root, cache_dir=tmp_path / "c").counts()
+    assert (counts["val"]["positive"], counts["val"]["negative"]) == (50, 50)
+    assert (counts["train"]["positive"], counts["train"]["negative"]) == (634, 204)
+    assert counts["val"]["annotated"] == 50 and counts["train"]["annotated"] == 0

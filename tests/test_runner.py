@@ -520,3 +520,36 @@ def test_the_methods_explain_the_classifier_at_its_training_slice_size(
         args = tiny_args(unset, tmp_path / "b", *checkpoint, "--set", "tomography.slice_size=24")
         assert main(args) == 0
     assert "trained on 16-pixel slices: explaining it off its training size" in caplog.text
+
+
+def test_a_method_revision_is_part_of_its_cache_address_and_only_its(tmp_path, monkeypatch):
+    """Entries of ToNNO cached before a revision of its code are not served after it;
+    methods at revision 0 keep the address they always had (the volume's digest)."""
+    from benchmark.cache import HeatmapStore
+    from benchmark.evaluation import TAILS
+    from benchmark.runner import Job
+    from methods import method_class
+
+    class Volumes:
+        def fingerprint(self, volume_id):
+            return "a" * 64
+
+        def truth_fingerprint(self, volume_id):
+            return "b" * 64
+
+    def job():
+        store = HeatmapStore(tmp_path)
+        return Job(Volumes(), ["tonno", "layercam@1"], ["v0"], store, None, 1, [], set(), set())
+
+    assert method_class("tonno").revision == 1 and method_class("layercam@1").revision == 0
+    record = {"max": 1.0, "sketch": [0.0] * (len(TAILS) + 1), "seconds": 0.5}
+    first = job()
+    for spec in ("tonno", "layercam@1"):
+        first.store.save_record(spec, "v0", first.image(spec, "v0"), record)
+    assert first.image("layercam@1", "v0") == "a" * 64 != first.image("tonno", "v0")
+    monkeypatch.setattr(method_class("tonno"), "revision", 2)
+    bumped = job()
+    assert bumped.record("tonno", "v0") is None  # a miss: computed again
+    assert bumped.record("layercam@1", "v0") == record
+    monkeypatch.setattr(method_class("tonno"), "revision", 1)
+    assert job().record("tonno", "v0") == record

@@ -77,6 +77,23 @@ def test_frames_are_orthonormal_right_handed_and_seeded():
     assert torch.equal(u, u2) and not torch.allclose(u, u3)
 
 
+def test_per_slice_frames_differ_along_a_stack_and_are_orthonormal():
+    """A.1: a frame per slice, (n, u, v) orthonormal for each, seeded."""
+    normals = fibonacci_sphere(6).double()
+    u, v = orthonormal_frames(normals, torch.Generator().manual_seed(5), slices=9)
+    assert u.shape == v.shape == (6, 9, 3)
+    n = normals[:, None].expand(6, 9, 3)
+    basis = torch.stack([n, u, v], dim=-2)  # [L, M, 3, 3]
+    eye = torch.eye(3, dtype=torch.float64).expand(6, 9, 3, 3)
+    torch.testing.assert_close(basis @ basis.transpose(-1, -2), eye)
+    torch.testing.assert_close(torch.linalg.det(basis), torch.ones(6, 9, dtype=torch.float64))
+    # within a stack, no two slices share a frame: every pair of u at least 1e-3 apart
+    gaps = (u[:, :, None] - u[:, None]).norm(dim=-1) + torch.eye(9, dtype=torch.float64)
+    assert gaps.min() > 1e-3
+    again, _ = orthonormal_frames(normals, torch.Generator().manual_seed(5), slices=9)
+    assert torch.equal(u, again)
+
+
 def test_frame_angles_are_uniform_on_the_circle():
     normals = torch.tensor([[0.0, 0.0, 1.0]]).expand(20000, 3).contiguous()
     u, _ = orthonormal_frames(normals, torch.Generator().manual_seed(0))
@@ -131,8 +148,9 @@ def test_shift_translates_the_slice_centre():
     assert torch.equal(shifted[..., 16, :], torch.zeros(1, 1, 1, 17))  # shifted past the border
 
 
-def radon_sums(volume, normals, offsets, size=128):
-    u, v = orthonormal_frames(normals, torch.Generator().manual_seed(0))
+def radon_sums(volume, normals, offsets, size=128, per_slice=False):
+    slices = len(offsets) if per_slice else None
+    u, v = orthonormal_frames(normals, torch.Generator().manual_seed(0), slices)
     slices = extract_slices(volume[None], normals, offsets, size, u, v)
     return plane_integral(slices.flatten(0, 1)).reshape(len(normals), len(offsets))
 
@@ -145,13 +163,16 @@ PHANTOMS = {
 
 
 @pytest.mark.parametrize("name", PHANTOMS)
-@pytest.mark.parametrize("centre", [(0.0, 0.0, 0.0), (0.15, -0.2, 0.1)])
-def test_radon_sums_match_the_analytic_transform(name, centre):
+@pytest.mark.parametrize(
+    ("centre", "per_slice"), [((0.0, 0.0, 0.0), False), ((0.15, -0.2, 0.1), False),
+                              ((0.15, -0.2, 0.1), True)]
+)  # fmt: skip
+def test_radon_sums_match_the_analytic_transform(name, centre, per_slice):
     make, radon, params = PHANTOMS[name]
     volume = make((96, 96, 96), centre=centre, **params)
     normals = fibonacci_sphere(7)
     offsets = torch.linspace(-0.95, 0.95, 39)
-    measured = radon_sums(volume, normals, offsets)
+    measured = radon_sums(volume, normals, offsets, per_slice=per_slice)
     shift = normals.double() @ torch.tensor(centre, dtype=torch.float64)
     exact = radon(offsets[None].double() - shift[:, None], **params).float()
     error = (measured - exact).abs().max() / exact.max()
@@ -185,10 +206,11 @@ def test_backprojection_interpolates_linearly_and_is_zero_outside():
 RECON = dict(n_angles=1000, n_slices=64, size=96)
 
 
-def test_smooth_ball_is_reconstructed_in_absolute_value():
+@pytest.mark.parametrize("frames", ["stack", pytest.param("slice", marks=pytest.mark.slow)])
+def test_smooth_ball_is_reconstructed_in_absolute_value(frames):
     radius = 0.6
     volume = smooth_ball((48, 48, 48), radius)
-    rec = reconstruct(volume[None], plane_integral, **RECON)
+    rec = reconstruct(volume[None], plane_integral, **RECON, frames=frames)
     assert rec.dtype == torch.float32 and rec.shape == volume.shape
     inner = radius_map(volume.shape) < 0.8 * radius
     assert rel_l2(rec[inner], volume[inner]) < 0.05
@@ -226,8 +248,8 @@ def test_reconstruction_is_linear():
 
 
 @pytest.mark.parametrize("filtered", [True, False])
-@pytest.mark.parametrize("maps", [False, True])
-def test_chunk_size_does_not_change_the_result_and_bounds_the_batch(filtered, maps):
+@pytest.mark.parametrize(("maps", "frames"), [(False, "stack"), (False, "slice"), (True, "stack")])
+def test_chunk_size_does_not_change_the_result_and_bounds_the_batch(filtered, maps, frames):
     volume = gaussian((10, 12, 14), 0.3, centre=(0.1, 0, 0))[None]
     seen = []
 
@@ -236,20 +258,48 @@ def test_chunk_size_does_not_change_the_result_and_bounds_the_batch(filtered, ma
         return slices[:, 0, ::4, ::4] if maps else weighted_sum(slices)
 
     results = [
-        reconstruct(volume, slice_fn, **SMALL, filtered=filtered, chunk=chunk) for chunk in (3, 40)
+        reconstruct(volume, slice_fn, **SMALL, filtered=filtered, chunk=chunk, frames=frames)
+        for chunk in (3, 40)
     ]
     torch.testing.assert_close(results[0], results[1], atol=1e-5, rtol=1e-5)
     per_direction = SMALL["n_slices"] + (2 if filtered else 0)
     assert max(seen[: math.ceil(40 / 3)]) == 3 * per_direction
 
 
-def test_same_seed_same_heatmap_other_seed_other_heatmap():
+@pytest.mark.parametrize("frames", ["stack", "slice"])
+def test_same_seed_same_heatmap_other_seed_other_heatmap(frames):
     volume = gaussian((10, 12, 14), 0.3)[None]
     first, again, other = (
-        reconstruct(volume, weighted_sum, **SMALL, seed=seed) for seed in (0, 0, 1)
+        reconstruct(volume, weighted_sum, **SMALL, seed=seed, frames=frames) for seed in (0, 0, 1)
     )
     assert torch.equal(first, again)
     assert not torch.allclose(first, other)
+
+
+def test_per_slice_frames_change_only_what_sees_the_frame():
+    """The plane through s n does not depend on its in-plane frame: a functional of the
+    slice's centre pixel (which samples s n exactly) reconstructs the same volume with a
+    frame per slice as with one per stack; the frame-dependent weighted sum does not."""
+    volume = gaussian((10, 12, 14), 0.3, centre=(0.1, 0, 0))[None]
+
+    def centre_pixel(slices):
+        return slices[:, 0, 12, 12]  # size 25: pixel 12 is (i', j') = (0, 0)
+
+    frame_blind, frame_seen = (
+        [reconstruct(volume, fn, **{**SMALL, "size": 25}, frames=f) for f in ("stack", "slice")]
+        for fn in (centre_pixel, weighted_sum)
+    )
+    torch.testing.assert_close(frame_blind[1], frame_blind[0], atol=1e-6, rtol=1e-6)
+    assert (frame_blind[0].abs() > 0).any()
+    assert rel_l2(frame_seen[1], frame_seen[0]) > 0.05
+
+
+def test_per_slice_frames_are_for_values_not_maps():
+    volume = gaussian((6, 6, 6), 0.3)[None]
+    with pytest.raises(ValueError, match="maps need 'stack'"):
+        reconstruct(volume, lambda s: s[:, 0, ::4, ::4], **SMALL, frames="slice")
+    with pytest.raises(ValueError, match="frames must be"):
+        reconstruct(volume, plane_integral, **SMALL, frames="direction")
 
 
 # --- Averaged and Tomographic map backprojection (eqs. 12-13) ----------------------------
