@@ -63,7 +63,7 @@ METHOD_NAMES = {
     "scorecam": "ScoreCAM",
     "tonno": "ToNNO",
 }
-PREFIXES = {"averaged": "Averaged", "tomographic": "Tomographic"}
+PREFIXES = {"averaged": "Averaged", "tomographic": "Tomographic", "iterative": "Iterative"}
 TRIVIAL_BASELINES = {"intensity": "Intensity", "centre": "Centre prior"}  # methods.baselines: last
 VARIANTS = {"3axis": "★"}  # CAM averaged over axial, coronal and sagittal slicing (Table 5)
 MODEL_NAMES = {  # benchmark.models names to the paper's Table 4 rows
@@ -109,7 +109,8 @@ class MethodName:
     layer: int | None
     paper: str  # "Tomographic LayerCAM" (the paper's ``method`` column); else the family
     variant: str  # "3axis" or ""
-    order: tuple  # the paper's: slice-wise CAMs, ToNNO, Averaged, Tomographic; plugins, baselines
+    order: tuple  # the paper's: slice-wise CAMs, ToNNO, Averaged, Tomographic; Iterative,
+    # plugins, baselines
 
     @property
     def display(self) -> str:
