@@ -107,6 +107,16 @@ class AveragedCAM(CAMMethod):
     def __call__(self, volume: Tensor, model: nn.Module) -> Tensor:
         return stacked_heatmaps([self], volume, model)[self.spec]
 
+    @property
+    def mode(self) -> Hashable:
+        """Its mode of :func:`tomography.reconstruct_many`: ``filtered`` here."""
+        return self.filtered
+
+    @property
+    def pass_group(self) -> Hashable | None:
+        """Averaged, Tomographic (and Iterative) CAMs share one pass over the stacks."""
+        return super().pass_group and (AveragedCAM, self.config)
+
     def passes(self, shape: tuple[int, int, int], channels: int | None = None) -> Passes:
         """L_cam directions x M slices (Averaged) or M + 2 (Tomographic: the second
         difference needs m = -1..M; both together cut M + 2); L_cam reads per voxel."""
@@ -137,8 +147,8 @@ def slice_wise_heatmaps(
 def stacked_heatmaps(
     methods: Sequence[AveragedCAM], volume: Tensor, model: nn.Module
 ) -> dict[str, Tensor]:
-    """{spec: heatmap} of Averaged / Tomographic methods sharing a configuration: one pass
-    over the slices; both variants of a CAM come from the same maps (eqs. 12-13)."""
+    """{spec: heatmap} of Averaged / Tomographic / Iterative methods sharing a configuration:
+    one pass over the slices; every variant of a CAM comes from the same maps (eqs. 12-13)."""
     c = methods[0].config
     results = tomography.reconstruct_many(
         volume,
@@ -146,11 +156,11 @@ def stacked_heatmaps(
         c.n_angles_cam,
         c.n_slices,
         c.slice_size,
-        modes=sorted({m.filtered for m in methods}),
+        modes=list(dict.fromkeys(m.mode for m in methods)),
         chunk=c.chunk,
         seed=c.seed,
     )
-    return {m.spec: results[(m.maps_key, m.filtered)] for m in methods}
+    return {m.spec: results[(m.maps_key, m.mode)] for m in methods}
 
 
 # --- the registered CAMs: (equation, geometry), in the paper's row order ---

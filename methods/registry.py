@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from torch import Tensor, nn
 
 # Modules that register the built-in methods; imported on the first registry query.
-BUILTIN_MODULES = ("methods.tonno", "methods.cam_methods", "methods.baselines")
+BUILTIN_MODULES = ("methods.tonno", "methods.cam_methods", "methods.iterative", "methods.baselines")
 
 METHODS = Registry("method", BUILTIN_MODULES)
 
@@ -30,7 +30,8 @@ class Passes:
 
     ``forward``: slices pushed through the classifier (all of them); ``backward``: those of
     them also back-propagated (gradient CAMs); ``cut``: slices cut from the volume (eq. 4);
-    ``backprojected``: voxel x direction reads of the backprojection (eqs. 11-13).
+    ``backprojected``: voxel x direction reads of the backprojection (eqs. 11-13), or pixel
+    reads and writes of an iterative solver (each cut of a slice and its adjoint).
     """
 
     forward: int

@@ -16,15 +16,21 @@ SCALE_ANGLES = {"quick": (8, 16, 32, 64), "paper": (250, 500, 1000, 2000)}
 SCALE_ANGLE_SIZE = {"quick": 48, "paper": 128}
 # on a CPU the quick preset at L = 16, M = 16, 32 px: the default run takes ~2 min on 2 cores
 SCALE_CPU = {"n_angles": "16", "n_angles_cam": "16", "n_slices": "16", "slice_size": "32"}
+# bench figure4: the synthetic set's volume shape; on a CPU the quick grids at L = 32, M = 16
+# (~5 min on 2 busy cores: each of its 30 iterations cuts every slice again, and 224-px
+# slices cost 12x more: --grids paper on a GPU)
+FIGURE4_SHAPE = (32, 64, 64)
+FIGURE4_CPU = {"n_angles_cam": "32", "n_slices": "16"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "target",
-        choices=("tomography", "methods", "scale"),
+        choices=("tomography", "methods", "scale", "figure4"),
         help="tomography: the core and ToNNO's overhead over its classifier; methods: "
         "slice-wise CAMs vs pytorch-grad-cam, per-volume times, peak memory vs chunk; "
-        "scale: ToNNO and Tomographic LayerCAM@2 as the volume and L grow, log-log slopes",
+        "scale: ToNNO and Tomographic LayerCAM@2 as the volume and L grow, log-log slopes; "
+        "figure4: the paper's Figure 4 measured, Averaged vs Tomographic vs Iterative CAM",
     )
     parser.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda")
     parser.add_argument(
@@ -54,6 +60,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--angle-size", type=int, help="scale: cube edge of the L sweep")
     parser.add_argument("--out", default="bench_scale.png", help="scale: log-log figure (PNG) path")
+    parser.add_argument(
+        "--grids",
+        nargs="+",
+        choices=("paper", "quick"),
+        help="figure4: paper (224-px slices pooled to 7, 14, 28, 56 cells), quick (64 px to "
+        "2, 4, 8, 16: the quick preset's stages); default both on a GPU, quick on a CPU",
+    )
     add_set_argument(
         parser,
         "TomographyConfig overrides, e.g. n_angles=500 chunk=16",
@@ -73,10 +86,14 @@ def run(args: argparse.Namespace) -> int:
     overrides = parse_overrides(args.overrides)
     if args.target == "scale" and device.type == "cpu" and args.preset is None:
         overrides = {**SCALE_CPU, **overrides}
+    if args.target == "figure4" and device.type == "cpu" and args.preset is None:
+        overrides = {**FIGURE4_CPU, **overrides}
     config = resolve(TomographyConfig, preset, overrides=overrides)
     shape = tuple(args.shape or DEFAULT_SHAPES[preset])
     if args.target == "scale":
         return _run_scale(args, config, preset, device)
+    if args.target == "figure4":
+        return _run_figure4(args, config, preset, device)
     if args.target == "tomography":
         rows = bench_tomography(config, shape, device, args.model, args.repeats).rows()
     else:
@@ -134,4 +151,37 @@ def _run_scale(args: argparse.Namespace, config, preset: str, device) -> int:
     print(tabulate(slopes, headers=("spec", "log-log fit", "slope b"), tablefmt="github"))
     plot_scale(points, args.out)
     print(f"\nfigure: {args.out}")
+    return 0
+
+
+def _run_figure4(args: argparse.Namespace, config, preset: str, device) -> int:
+    """``bench figure4``: relative L2 errors per phantom, slice size and cells."""
+    from tabulate import tabulate
+
+    from benchmark.bench import FIGURE4_GRIDS, bench_figure4, figure4_phantoms
+
+    shape = tuple(args.shape[1:]) if args.shape else FIGURE4_SHAPE
+    grids = args.grids or (["quick", "paper"] if device.type == "cuda" else ["quick"])
+    chosen = tuple(FIGURE4_GRIDS[g] for g in dict.fromkeys(grids))
+    rows = bench_figure4(config, figure4_phantoms(shape), device, chosen)
+    c = config
+    print(
+        f"bench figure4 ({preset} preset, {device.type}): {'x'.join(map(str, shape))} volumes,"
+        f" L = {c.n_angles_cam}, M = {c.n_slices}; relative L2 error inside the unit ball of"
+        " each reconstruction from the slices average-pooled to cells x cells"
+    )
+    table = [
+        (
+            r.phantom,
+            r.slice_size,
+            r.cells,
+            r.slice_size // r.cells,
+            f"{r.averaged:.3f}",
+            f"{r.tomographic:.3f}",
+            f"{r.iterative:.3f}",
+        )
+        for r in rows
+    ]
+    headers = ("phantom", "slice px", "cells", "kernel px", "Averaged", "Tomographic", "Iterative")
+    print(tabulate(table, headers=headers, tablefmt="github", disable_numparse=True))
     return 0
