@@ -34,7 +34,7 @@ from datasets.base import Record, VolumeDataset
 from datasets.cache import read_memo
 from datasets.nifti import check_same_grid, nifti_geometry, read_nifti
 from datasets.registry import register_dataset
-from datasets.volume import DatasetError, Volume, shift_affine, shown, spacing_of
+from datasets.volume import DatasetError, Volume, relative_path, shift_affine, spacing_of
 
 log = logging.getLogger(__name__)
 
@@ -139,11 +139,11 @@ class AutoPET(VolumeDataset):
                     continue
                 if next(study.rglob("*.dcm"), None) is not None:
                     raise DatasetError(
-                        f"{shown(study, self.root)} holds DICOM series, not the NIfTI "
+                        f"{relative_path(study, self.root)} holds DICOM series, not the NIfTI "
                         "release's CTres/SUV/SEG.nii.gz: convert them first "
                         "(tcia_dicom_to_nifti.py of lab-midas/TCIA_processing)"
                     )
-                raise DatasetError(f"missing file {shown(path, self.root)}")
+                raise DatasetError(f"missing file {relative_path(path, self.root)}")
             found.append((f"{study.parent.name}/{study.name}", study.parent.name, paths))
         return found
 
@@ -158,7 +158,7 @@ class AutoPET(VolumeDataset):
             paths["seg"] = self.root / "labelsTr" / f"{case}.nii{ext}"
             for path in paths.values():
                 if not path.is_file():
-                    raise DatasetError(f"missing file {shown(path, self.root)}")
+                    raise DatasetError(f"missing file {relative_path(path, self.root)}")
             match = self.patient_pattern.match(case)
             found.append((case, match.group(0) if match else case, paths))
         return found
@@ -196,7 +196,7 @@ class AutoPET(VolumeDataset):
         crop = suv_crop(suv, self.suv_threshold)
         if crop is None:
             raise DatasetError(
-                f"{shown(paths['suv'], self.root)} has no voxel with SUV > "
+                f"{relative_path(paths['suv'], self.root)} has no voxel with SUV > "
                 f"{self.suv_threshold}: nothing to crop to"
             )
         lost = int(seg.sum() - seg[crop].sum())

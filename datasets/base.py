@@ -44,7 +44,7 @@ from benchmark.registry import convert_value, natural_key
 from datasets.cache import FORMAT, CacheEntry, DamagedEntry, changed_source, stamp
 from datasets.checks import SampleCheck, check_truth, check_values, empty_truth
 from datasets.content import image_fingerprint, truth_fingerprint
-from datasets.volume import DatasetError, Volume, shown
+from datasets.volume import DatasetError, Volume, relative_path
 
 log = logging.getLogger(__name__)
 
@@ -264,7 +264,7 @@ class VolumeDataset(ABC):
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else cache_root()
         self.seed = seed
         self.val_fraction = val_fraction
-        records = self._checked(self._scan)
+        records = self._named_errors(self._scan)
         if not records:
             raise DatasetError(f"{self.name}: no samples found under {self.root}")
         ids = [r.id for r in records]
@@ -272,7 +272,7 @@ class VolumeDataset(ABC):
             duplicate = next(i for i in ids if ids.count(i) > 1)
             raise DatasetError(f"{self.name}: sample id {duplicate!r} appears twice")
         share = self.paper_split if val_fraction is None else val_fraction
-        records = self._checked(assign_splits, records, share, seed)
+        records = self._named_errors(assign_splits, records, share, seed)
         self._records = {r.id: r for r in sorted(records, key=lambda r: natural_key(r.id))}
         self._check_classes()
 
@@ -383,7 +383,7 @@ class VolumeDataset(ABC):
     def __getitem__(self, key: str | int) -> Volume:
         record = self.record(self.ids()[key] if isinstance(key, int) else key)
         if not self.cached:
-            return self._checked(self._loaded, record)
+            return self._named_errors(self._loaded, record)
         return self._open(record)[2]
 
     def volumes(self, split: str | None = None) -> Iterator[Volume]:
@@ -398,7 +398,7 @@ class VolumeDataset(ABC):
             meta = self._valid_meta(self._entry(record), record, self._sources(record))
             if meta is not None:
                 return tuple(meta["shape"][1:]), tuple(meta["spacing"])
-        return self._checked(self._header, record)
+        return self._named_errors(self._header, record)
 
     @property
     def cache_path(self) -> Path:
@@ -431,7 +431,7 @@ class VolumeDataset(ABC):
 
     def _verify_uncached(self, record: Record) -> SampleCheck:
         if record.id not in self._checks:
-            volume = self._checked(self._loaded, record)
+            volume = self._named_errors(self._loaded, record)
             self._checks[record.id] = _sample_check(volume, *self._digest(volume))
         return self._checks[record.id]
 
@@ -447,7 +447,7 @@ class VolumeDataset(ABC):
             damage = _mismatch(entry, meta, volume)
             if damage is not None:
                 raise DatasetError(f"{self.name}: {damage} right after rebuilding it")
-        self._checked(self._check, volume, record)
+        self._named_errors(self._check, volume, record)
         check = _sample_check(volume, meta["fingerprint"], meta["truth_fingerprint"])
         meta["verified"] = {
             "fingerprint": check.fingerprint,
@@ -462,7 +462,7 @@ class VolumeDataset(ABC):
             meta = self._ready(self._entry(record), record)
             return meta["fingerprint"], meta["truth_fingerprint"]
         if record.id not in self._digests:
-            self._digests[record.id] = self._digest(self._checked(self._loaded, record))
+            self._digests[record.id] = self._digest(self._named_errors(self._loaded, record))
         return self._digests[record.id]
 
     @staticmethod
@@ -492,7 +492,7 @@ class VolumeDataset(ABC):
         """``path`` relative to the data set's folder, for messages."""
         if self.root is None:
             return str(path)
-        return shown(path, self.root if self.root.is_dir() else self.root.parent)
+        return relative_path(path, self.root if self.root.is_dir() else self.root.parent)
 
     # -- the cache (rules in datasets.cache) -------------------------------------------
 
@@ -568,8 +568,8 @@ class VolumeDataset(ABC):
     def _rebuild(self, entry: CacheEntry, record: Record, sources: list[Path]) -> dict[str, Any]:
         """Load, check and write the sample's entry; its JSON."""
         entry.delete()
-        stamps = self._checked(lambda: [stamp(p) for p in sources])
-        volume = self._checked(self._loaded, record)
+        stamps = self._named_errors(lambda: [stamp(p) for p in sources])
+        volume = self._named_errors(self._loaded, record)
         return entry.write(volume, self._fields(record, sources), stamps, self.options())
 
     def _discard(self, entry: CacheEntry, damage: DamagedEntry) -> None:
@@ -591,7 +591,7 @@ class VolumeDataset(ABC):
 
     # -- validation -----------------------------------------------------------------
 
-    def _checked(self, function, *args):
+    def _named_errors(self, function, *args):
         """Call ``function``; prefix a DatasetError's message with the data set name."""
         try:
             return function(*args)

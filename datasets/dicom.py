@@ -17,7 +17,7 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from datasets.volume import DatasetError, shown
+from datasets.volume import DatasetError, relative_path
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,9 @@ def read_header(path: Path, root: Path | None = None) -> pydicom.Dataset:
     try:
         return pydicom.dcmread(path, stop_before_pixels=True)
     except _READ_ERRORS as error:
-        raise DatasetError(f"cannot read DICOM file {shown(path, root)}: {error}") from error
+        raise DatasetError(
+            f"cannot read DICOM file {relative_path(path, root)}: {error}"
+        ) from error
 
 
 @dataclass
@@ -51,7 +53,7 @@ class Series:
 def _tag(dataset: pydicom.Dataset, name: str, path: Path, root: Path | None):
     value = dataset.get(name)
     if value is None:
-        raise DatasetError(f"{shown(path, root)} lacks the DICOM tag {name}")
+        raise DatasetError(f"{relative_path(path, root)} lacks the DICOM tag {name}")
     return value
 
 
@@ -59,7 +61,7 @@ def read_series(folder: Path, root: Path | None = None) -> Series:
     """Read every file of ``folder`` as one series, sorted along the slice normal."""
     files = series_files(folder) if folder.is_dir() else []
     if not files:
-        raise DatasetError(f"missing series: no DICOM files in {shown(folder, root)}")
+        raise DatasetError(f"missing series: no DICOM files in {relative_path(folder, root)}")
     slices, positions, instances = [], [], []
     orientation = None
     for path in files:
@@ -67,7 +69,9 @@ def read_series(folder: Path, root: Path | None = None) -> Series:
             dataset = pydicom.dcmread(path)
             pixels = dataset.pixel_array
         except _READ_ERRORS as error:
-            raise DatasetError(f"cannot read DICOM file {shown(path, root)}: {error}") from error
+            raise DatasetError(
+                f"cannot read DICOM file {relative_path(path, root)}: {error}"
+            ) from error
         for name in (*_GEOMETRY_TAGS, "InstanceNumber"):
             _tag(dataset, name, path, root)
         iop = np.array(dataset.ImageOrientationPatient, dtype=np.float64)
@@ -75,10 +79,11 @@ def read_series(folder: Path, root: Path | None = None) -> Series:
             orientation, first = iop, dataset
         elif not np.allclose(iop, orientation, atol=1e-4):
             raise DatasetError(
-                f"{shown(path, root)}: ImageOrientationPatient differs from the rest of the series"
+                f"{relative_path(path, root)}: ImageOrientationPatient differs from the rest "
+                "of the series"
             )
         if pixels.shape != (first.Rows, first.Columns):
-            raise DatasetError(f"{shown(path, root)}: slice shape {pixels.shape} differs")
+            raise DatasetError(f"{relative_path(path, root)}: slice shape {pixels.shape} differs")
         slope = float(dataset.get("RescaleSlope", 1.0) or 1.0)
         intercept = float(dataset.get("RescaleIntercept", 0.0) or 0.0)
         slices.append(pixels.astype(np.float32) * slope + intercept)
@@ -91,11 +96,11 @@ def read_series(folder: Path, root: Path | None = None) -> Series:
     steps = np.diff(along[order])
     if len(steps) and steps.min() < 1e-3:
         raise DatasetError(
-            f"{shown(folder, root)}: two slices at the same position (several series or "
+            f"{relative_path(folder, root)}: two slices at the same position (several series or "
             "phases in one folder?)"
         )
     if len(steps) and steps.max() - steps.min() > 0.01 * steps.mean():
-        log.warning("%s: irregular slice spacing", shown(folder, root))
+        log.warning("%s: irregular slice spacing", relative_path(folder, root))
     spacing_rc = np.array(first.PixelSpacing, dtype=np.float64)  # (between rows, columns)
     if len(order) > 1:
         slice_step = (positions[order[-1]] - positions[order[0]]) / (len(order) - 1)

@@ -49,7 +49,15 @@ from datasets.base import Record, VolumeDataset
 from datasets.cache import read_memo
 from datasets.dicom import read_header, read_series, series_files
 from datasets.registry import register_dataset
-from datasets.volume import Box, DatasetError, Volume, shift_affine, shown, spacing_of, zscore
+from datasets.volume import (
+    Box,
+    DatasetError,
+    Volume,
+    relative_path,
+    shift_affine,
+    spacing_of,
+    zscore,
+)
 
 log = logging.getLogger(__name__)
 
@@ -81,13 +89,13 @@ def read_table(
         else:
             raw = pd.read_excel(path, header=None, dtype=object)
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
-        raise DatasetError(f"cannot read {shown(path, root)}: {error}") from error
+        raise DatasetError(f"cannot read {relative_path(path, root)}: {error}") from error
     heads = [[_norm(raw.iat[i, j]) for i in range(header_rows)] for j in range(raw.shape[1])]
     out = {}
     for wanted in columns:
         index = next((j for j, names in enumerate(heads) if _norm(wanted) in names), None)
         if index is None:
-            raise DatasetError(f"{shown(path, root)} has no column {wanted!r}")
+            raise DatasetError(f"{relative_path(path, root)} has no column {wanted!r}")
         out[wanted] = [None if pd.isna(v) else v for v in raw.iloc[header_rows:, index]]
     return out
 
@@ -194,7 +202,7 @@ class Duke(VolumeDataset):
             patient = folder.name
             if patient not in boxes:
                 raise DatasetError(
-                    f"{shown(self._table(ANNOTATION), self.root)} has no box for {patient}"
+                    f"{relative_path(self._table(ANNOTATION), self.root)} has no box for {patient}"
                 )
             records += self._halves(patient, boxes[patient], index[patient], contralateral)
         return records
@@ -209,7 +217,7 @@ class Duke(VolumeDataset):
                 out[str(patient).strip()] = tuple(int(float(table[c][row])) for c in BOX_COLUMNS)
             except (TypeError, ValueError):
                 raise DatasetError(
-                    f"{shown(path, self.root)}: box of {patient} is not integer: "
+                    f"{relative_path(path, self.root)}: box of {patient} is not integer: "
                     f"{[table[c][row] for c in BOX_COLUMNS]}"
                 ) from None
         return out

@@ -20,7 +20,7 @@ import numpy as np
 from datasets.base import SPLITS, Record, VolumeDataset, channel_names
 from datasets.nifti import check_same_grid, nifti_geometry, read_nifti
 from datasets.registry import register_dataset
-from datasets.volume import DatasetError, Volume, shown, spacing_of, zscore
+from datasets.volume import DatasetError, Volume, relative_path, spacing_of, zscore
 
 REQUIRED = ("id", "label", "image")
 OPTIONAL = ("mask", "split", "patient")
@@ -90,7 +90,7 @@ class Folder(VolumeDataset):
             mask = folder / row["mask"] if row.get("mask") else None
             for file in [*images, *([mask] if mask else [])]:
                 if not file.is_file():
-                    raise DatasetError(f"{where}: missing file {shown(file, folder)}")
+                    raise DatasetError(f"{where}: missing file {relative_path(file, folder)}")
             if n_channels is None:
                 n_channels = len(images)
             elif len(images) != n_channels:

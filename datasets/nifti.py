@@ -2,7 +2,7 @@
 
 Orientation: whatever the file's voxel order, arrays come out as (D, H, W) with axis
 codes ("S", "P", "L") in nibabel's terms: D runs inferior -> superior (the axial axis),
-H anterior -> posterior and W right -> left, so ``image[:, d]`` is an axial slice shown
+H anterior -> posterior and W right -> left, so ``image[:, d]`` is an axial slice relative_path
 the radiological way (anterior up, patient's right on the left), like a DICOM axial
 image. The reordering uses nibabel's orientation tools (``io_orientation``,
 ``ornt_transform``) and the returned affine is the file's affine composed with it, so
@@ -18,7 +18,7 @@ import nibabel as nib
 import numpy as np
 from nibabel import orientations
 
-from datasets.volume import DatasetError, shown
+from datasets.volume import DatasetError, relative_path
 
 AXCODES = ("S", "P", "L")
 _READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError)
@@ -26,15 +26,15 @@ _READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.I
 
 def _open(path: Path, root: Path | None) -> nib.Nifti1Image:
     if not path.is_file():
-        raise DatasetError(f"missing file {shown(path, root)}")
+        raise DatasetError(f"missing file {relative_path(path, root)}")
     try:
         image = nib.load(path)
     except _READ_ERRORS as error:
-        raise DatasetError(f"cannot read {shown(path, root)}: {error}") from error
+        raise DatasetError(f"cannot read {relative_path(path, root)}: {error}") from error
     if len(image.shape) == 4 and image.shape[3] == 1:
         image = image.slicer[..., 0]
     if len(image.shape) != 3:
-        raise DatasetError(f"{shown(path, root)} is not a 3D image (shape {image.shape})")
+        raise DatasetError(f"{relative_path(path, root)} is not a 3D image (shape {image.shape})")
     return image
 
 
@@ -61,10 +61,12 @@ def read_nifti(
     try:
         data = np.asanyarray(image.dataobj) if binary else image.get_fdata(dtype=np.float32)
     except _READ_ERRORS as error:
-        raise DatasetError(f"cannot read {shown(path, root)} (truncated?): {error}") from error
+        raise DatasetError(
+            f"cannot read {relative_path(path, root)} (truncated?): {error}"
+        ) from error
     data = orientations.apply_orientation(data, transform)
     if binary:
-        data = binarise(data, shown(path, root), threshold)
+        data = binarise(data, relative_path(path, root), threshold)
     else:
         check_finite(data, path, root)
     affine = image.affine @ orientations.inv_ornt_aff(transform, image.shape)
@@ -104,10 +106,10 @@ def check_finite(array: np.ndarray, path: Path, root: Path | None = None) -> Non
     """Raise if ``array`` (read from ``path``) holds NaN or infinite values."""
     n_nan = int(np.isnan(array).sum())
     if n_nan:
-        raise DatasetError(f"{shown(path, root)} has {n_nan} NaN voxels")
+        raise DatasetError(f"{relative_path(path, root)} has {n_nan} NaN voxels")
     n_inf = int(np.isinf(array).sum())
     if n_inf:
-        raise DatasetError(f"{shown(path, root)} has {n_inf} infinite voxels")
+        raise DatasetError(f"{relative_path(path, root)} has {n_inf} infinite voxels")
 
 
 def check_same_grid(
@@ -118,7 +120,7 @@ def check_same_grid(
 ) -> None:
     """Raise unless arrays ``a`` and ``b`` ((array, affine, path) each) share a grid."""
     (array_a, affine_a, path_a), (array_b, affine_b, path_b) = a, b
-    names = f"{shown(path_b, root)} and {shown(path_a, root)}"
+    names = f"{relative_path(path_b, root)} and {relative_path(path_a, root)}"
     if array_a.shape != array_b.shape:
         raise DatasetError(f"shape mismatch between {names}: {array_b.shape} vs {array_a.shape}")
     if not np.allclose(affine_a, affine_b, atol=atol):

@@ -35,7 +35,7 @@ class Volume:
     spacing: tuple[float, float, float]  # (D, H, W) in mm
 
 
-def shown(path: str | Path, root: Path | None) -> str:
+def relative_path(path: str | Path, root: Path | None) -> str:
     """``path`` relative to ``root`` when inside it (for error messages), else as given."""
     path = Path(path)
     if root is not None:
