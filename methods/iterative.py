@@ -10,6 +10,7 @@ on Figure 4's pooled slices it is below both Averaged CAM (blurry) and Tomograph
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 from benchmark.lazy import lazy_import
@@ -24,7 +25,8 @@ tomography = lazy_import("methods.tomography")
 
 class IterativeCAM(AveragedCAM):
     """The volume x >= 0 minimising ||P x - maps||^2, P = the stacks' slices average-pooled
-    to the CAM's grid, by the default solver of :class:`methods.tomography.Iterative`."""
+    to the CAM's grid, by the default solver of :class:`methods.tomography.Iterative`
+    started from Averaged CAM."""
 
     kind = "iterative"
 
@@ -33,12 +35,14 @@ class IterativeCAM(AveragedCAM):
         return tomography.Iterative()
 
     def passes(self, shape: tuple[int, int, int], channels: int | None = None) -> Passes:
-        """Averaged CAM's L_cam x M slices through the classifier, then no backprojection
-        but the solver's reads: P^T maps, D = P^T P 1 and one P^T P per iteration, each a
-        cut of every slice (a read per pixel) and its adjoint (a write per pixel)."""
+        """Averaged CAM's L_cam x M slices through the classifier and its backprojection
+        (L_cam reads per voxel: where the solver starts), then the solver's reads: P^T maps,
+        D = P^T P 1 and one P^T P per iteration, each a cut of every slice (a read per
+        pixel) and its adjoint (a write per pixel)."""
         c = self.config
         slices = c.n_angles_cam * c.n_slices
-        reads = 2 * (self.mode.iterations + 2) * slices * c.slice_size**2
+        reads = c.n_angles_cam * math.prod(shape)
+        reads += 2 * (self.mode.iterations + 2) * slices * c.slice_size**2
         return self.per_slice(channels) * slices + Passes(0, 0, slices, reads)
 
 

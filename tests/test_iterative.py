@@ -251,9 +251,30 @@ def test_stated_passes_are_the_counted_classifier_passes_and_solver_cuts(tiny_mo
     )
     # the solver cuts every slice for P^T maps, D = P^T P 1 and each iteration's P^T P,
     # and writes it back (the adjoint): a read and a write per pixel, counted as two reads
-    assert sum(cuts) == L * M * (1 + 1 + 1 + iterations)
-    assert stated.backprojected == 2 * (iterations + 2) * L * M * size**2
+    assert sum(cuts) == L * M * (1 + 1 + 1 + iterations)  # the classifier's, P^T y, D, P^T P
+    averaged = L * SHAPE[0] * SHAPE[1] * SHAPE[2]  # where the solver starts: eq. (12)
+    assert stated.backprojected == averaged + 2 * (iterations + 2) * L * M * size**2
     family = [create_method(f"iterative_layercam@{k}", config=TINY) for k in (1, 2, 3, 4)]
     work = family_passes(family, SHAPE, {})
     assert (work.forward, work.cut) == (L * M, L * M)  # one shared pass for the 4 layers
     assert work.backprojected == 4 * stated.backprojected  # but a solve per layer
+
+
+@pytest.mark.slow  # ~15 s idle: 4 grids x 30 iterations of 64-px slices
+def test_bench_figure4_prints_every_phantom_and_grid(capsys):
+    from benchmark.cli import main
+
+    args = ["bench", "figure4", "--device", "cpu", "--grids", "quick", "--shape", "1", "8", "10"]
+    args += ["10", "--set", "n_angles_cam=4", "n_slices=4", "chunk=4"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "8x10x10 volumes, L = 4, M = 4" in out
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.count("|") == 8]
+    body = [[cell.strip() for cell in row] for row in rows[2:]]  # below header and rule
+    assert [row[:4] for row in body[:3]] == [
+        ["smooth ball", "64", "2", "32"],
+        ["off-centre ellipsoid", "64", "2", "32"],
+        ["synthetic_0049", "64", "2", "32"],
+    ]
+    assert [row[2] for row in body] == ["2"] * 3 + ["4"] * 3 + ["8"] * 3 + ["16"] * 3
+    assert all(0 < float(error) < 10 for row in body for error in row[4:])
