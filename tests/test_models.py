@@ -112,6 +112,14 @@ def test_group_norms_replace_batch_norms_starting_at_identity():
     assert len(kept) == 16  # 14 convs and the head's weight and bias
     assert all(torch.equal(converted[k], source[k]) for k in kept)
 
+    reference = timm.create_model("resnet10t", num_classes=1, in_chans=1)
+    reference.load_state_dict(source)
+    copied = batch_norm_to_group_norm(reference, "copy")  # the option: gamma, beta of the BN
+    for name in bn_names:
+        gn = copied.get_submodule(name)
+        assert torch.equal(gn.weight, source[f"{name}.weight"])
+        assert torch.equal(gn.bias, source[f"{name}.bias"])
+
     x = torch.randn(4, 3, 32, 32)
     for name in ("resnet10t_gn_np", "resnet10t_gn"):
         gn_model = create_classifier(name, 3, pretrained=False)
