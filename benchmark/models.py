@@ -13,9 +13,16 @@ name                      paper (Table 4)        pretrained
 ``resnet50_gn``           R-50, GN               yes
 ========================  =====================  ==========
 
+``resnet50_gn`` is timm's own ``resnet50_gn``: the ResNet-50 built with group norm (32
+groups in all 53 norms) and trained so on ImageNet (``resnet50_gn.a1h_in1k``), the
+ResNet-50 "with group normalization, for which ImageNet weights exist" of paper 3.6; it has
+no batch norm to convert.
+
 Normalisation: ``bn`` keeps the model's own layers, ``frozen_bn`` freezes every batch norm
 (statistics and affine parameters; timm's ``freeze_batch_norm_2d``), ``gn`` replaces every
-batch norm by a group norm initialised with its affine parameters (paper 3.6).
+batch norm by a new group norm at gamma = 1, beta = 0, the other layers keeping their
+pretrained weights (paper 3.6); ``gn_init="copy"`` starts it at the batch norm's affine
+parameters instead (beyond the paper; see :class:`~benchmark.config.TrainConfig`).
 """
 
 from __future__ import annotations
@@ -34,6 +41,8 @@ import timm
 import torch
 from timm.layers import BatchNormAct2d, GroupNormAct, freeze_batch_norm_2d
 from torch import nn
+
+from benchmark.config import GN_INITS
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +64,7 @@ VARIANTS: dict[str, ModelSpec] = {
     "resnet10t_bn": ModelSpec("resnet10t", "bn"),
     "resnet10t_gn": ModelSpec("resnet10t", "gn"),
     "resnet10t_gn_np": ModelSpec("resnet10t", "gn", pretrained=False),
-    "resnet50_gn": ModelSpec("resnet50", "gn"),
+    "resnet50_gn": ModelSpec("resnet50_gn", "gn"),  # timm's GN ResNet-50, its GN weights
 }
 
 
@@ -85,15 +94,19 @@ def create_classifier(
     norm: str | None = None,
     pretrained: bool | None = None,
     weights: str | Path | None = None,
+    gn_init: str = "identity",
 ) -> nn.Module:
     """A one-logit slice classifier [N, in_chans, h, w] -> [N, 1] (paper 3.6).
 
     ``name`` is a paper variant or any timm model; ``norm`` and ``pretrained`` override the
     variant's settings. Pretrained weights come from ``weights`` (a local timm / PyTorch
     state-dict file) or else from the Hugging Face hub (or its local cache); the first conv is
-    adapted to ``in_chans`` and the ImageNet head replaced, as timm does.
+    adapted to ``in_chans`` and the ImageNet head replaced, as timm does. ``gn_init``: how
+    the group norms that replace batch norms start (:func:`batch_norm_to_group_norm`).
     """
     spec = model_spec(name, norm, pretrained)
+    if gn_init not in GN_INITS:
+        raise ValueError(f"unknown gn_init {gn_init!r}: choose from {GN_INITS}")
     if weights is not None and not spec.pretrained:
         raise ValueError(f"weights {weights} given for {name!r}, which is not pretrained")
     kwargs = {"in_chans": in_chans, "num_classes": 1}
@@ -111,7 +124,7 @@ def create_classifier(
     if spec.norm == "frozen_bn":
         model = freeze_batch_norm_2d(model)
     elif spec.norm == "gn":
-        model = batch_norm_to_group_norm(model)
+        model = batch_norm_to_group_norm(model, gn_init)
     return model
 
 
@@ -150,9 +163,11 @@ def _offline_unless_reachable(host: str = "huggingface.co", timeout: float = 3.0
         hub.HF_HUB_OFFLINE = previous
 
 
-def batch_norm_to_group_norm(module: nn.Module) -> nn.Module:
-    """Every BatchNorm2d -> GroupNorm with its affine parameters (paper 3.6); returns the result.
+def batch_norm_to_group_norm(module: nn.Module, init: str = "identity") -> nn.Module:
+    """Every BatchNorm2d -> a new GroupNorm (paper 3.6); returns the result.
 
+    ``init="identity"``: gamma = 1, beta = 0, as the paper, which initialises only the
+    *other* layers with the pretrained weights; ``"copy"``: the batch norm's gamma and beta.
     gcd(32, channels) groups; timm's norm+activation layers keep their activation.
     """
     if isinstance(module, nn.BatchNorm2d):
@@ -163,13 +178,13 @@ def batch_norm_to_group_norm(module: nn.Module) -> nn.Module:
             norm.act, norm.drop = module.act, module.drop
         else:
             norm = nn.GroupNorm(groups, channels, eps=module.eps, affine=module.affine)
-        if module.affine:
+        if module.affine and init == "copy":
             with torch.no_grad():
                 norm.weight.copy_(module.weight)
                 norm.bias.copy_(module.bias)
         return norm
     for child_name, child in module.named_children():
-        new = batch_norm_to_group_norm(child)
+        new = batch_norm_to_group_norm(child, init)
         if new is not child:
             module.add_module(child_name, new)
     return module

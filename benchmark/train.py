@@ -568,7 +568,11 @@ def build_model(config: TrainConfig, in_chans: int, *, initial: bool = True) -> 
         torch.manual_seed(config.seed)
         if initial:
             return create_classifier(
-                config.model, in_chans, pretrained=config.pretrained, weights=config.weights
+                config.model,
+                in_chans,
+                pretrained=config.pretrained,
+                weights=config.weights,
+                gn_init=config.gn_init,
             )
         spec = model_spec(config.model, pretrained=False)
         return create_classifier(spec.arch, in_chans, norm=spec.norm, pretrained=False)
@@ -920,7 +924,15 @@ def _load_for_resume(
     if not resume:
         raise ValueError(f"{path} exists: pass --resume to continue it, or choose another --out")
     state = read_checkpoint(path)
-    saved = state["config"]
+    arch = model_spec(config.model).arch
+    if state["config"].get("model") == config.model and state["arch"] != arch:
+        # the variant's architecture changed: resnet50_gn was a converted resnet50
+        raise ValueError(
+            f"{path} holds a {state['arch']} classifier, but {config.model!r} is now timm's "
+            f"{arch}: delete it, or choose another --out, to train the new one"
+        )
+    # before gn_init existed, group norms replacing batch norms copied their affine parameters
+    saved = {"gn_init": "copy" if state["norm"] == "gn" else config.gn_init, **state["config"]}
     changed = {
         k: (saved.get(k), v) for k, v in dataclasses.asdict(config).items() if saved.get(k) != v
     }

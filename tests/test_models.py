@@ -38,7 +38,7 @@ def test_paper_variants_match_table_4():
         "resnet10t_bn": ("resnet10t", "bn", True),
         "resnet10t_gn": ("resnet10t", "gn", True),
         "resnet10t_gn_np": ("resnet10t", "gn", False),
-        "resnet50_gn": ("resnet50", "gn", True),
+        "resnet50_gn": ("resnet50_gn", "gn", True),  # timm's own GN ResNet-50
     }
     assert model_spec("resnet18") == model_spec("resnet18", norm="bn", pretrained=True)
     assert model_spec("resnet10t", pretrained=False).norm == "frozen_bn"
@@ -80,30 +80,92 @@ def test_frozen_batch_norm_stays_frozen():
     torch.testing.assert_close(single, train_out[:1], rtol=1e-5, atol=1e-5)
 
 
-def test_group_norm_variant_has_no_batch_norm_and_keeps_affine_parameters():
+def group_norms(model: nn.Module) -> dict[str, nn.GroupNorm]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, nn.GroupNorm)}
+
+
+def test_group_norms_replace_batch_norms_starting_at_identity():
+    """Paper 3.6: new group norms start at gamma = 1, beta = 0; nothing else changes."""
     torch.manual_seed(0)
     reference = timm.create_model("resnet10t", num_classes=1, in_chans=1)
-    for m in batch_norms(reference):
+    for m in batch_norms(reference):  # non-trivial affine parameters, as after ImageNet
         m.weight.data.uniform_(0.5, 1.5)
         m.bias.data.normal_()
-    bn_names = {n: m for n, m in reference.named_modules() if isinstance(m, nn.BatchNorm2d)}
+    source = {k: v.clone() for k, v in reference.state_dict().items()}
+    bn_names = {
+        n: m.num_features for n, m in reference.named_modules() if isinstance(m, nn.BatchNorm2d)
+    }
     model = batch_norm_to_group_norm(reference)
     assert not batch_norms(model)
-    for name, bn in bn_names.items():
+    assert set(group_norms(model)) == set(bn_names) and len(bn_names) == 14
+    for name, channels in bn_names.items():
         gn = model.get_submodule(name)
         assert type(gn) is nn.GroupNorm
-        assert gn.num_groups == math.gcd(32, bn.num_features)  # conv1.1: 24 ch -> 8 groups
-        assert torch.equal(gn.weight, bn.weight) and torch.equal(gn.bias, bn.bias)
+        assert gn.num_groups == math.gcd(32, channels)  # conv1.1: 24 ch -> 8 groups
+        assert torch.equal(gn.weight, torch.ones(channels))
+        assert torch.equal(gn.bias, torch.zeros(channels))
     assert model.get_submodule("conv1.1").num_groups == 8
+    converted = model.state_dict()
+    kept = {k for k in source if k.rsplit(".", 1)[0] not in bn_names}
+    assert kept == set(converted) - {f"{n}.{p}" for n in bn_names for p in ("weight", "bias")}
+    assert len(kept) == 16  # 14 convs and the head's weight and bias
+    assert all(torch.equal(converted[k], source[k]) for k in kept)
 
-    for name in ("resnet10t_gn_np", "resnet10t_gn", "resnet50_gn"):
+    reference = timm.create_model("resnet10t", num_classes=1, in_chans=1)
+    reference.load_state_dict(source)
+    copied = batch_norm_to_group_norm(reference, "copy")  # the option: gamma, beta of the BN
+    for name in bn_names:
+        gn = copied.get_submodule(name)
+        assert torch.equal(gn.weight, source[f"{name}.weight"])
+        assert torch.equal(gn.bias, source[f"{name}.bias"])
+
+    x = torch.randn(4, 3, 32, 32)
+    for name in ("resnet10t_gn_np", "resnet10t_gn"):
         gn_model = create_classifier(name, 3, pretrained=False)
-        assert not batch_norms(gn_model)
-        assert any(isinstance(m, nn.GroupNorm) for m in gn_model.modules())
-    x = torch.randn(4, 3, 32, 32)  # group norm: a slice's logit does not depend on the batch
-    gn_model.eval()
+        assert not batch_norms(gn_model) and len(group_norms(gn_model)) == 14
+        # even where timm zero-initialises the last norm of a block (layer1.0.bn2)
+        for gn in group_norms(gn_model).values():
+            assert torch.all(gn.weight == 1) and torch.all(gn.bias == 0)
+    gn_model.eval()  # group norm: a slice's logit does not depend on the batch
     with torch.no_grad():
         torch.testing.assert_close(gn_model(x)[1:2], gn_model(x[1:2]), rtol=1e-4, atol=1e-5)
+
+
+def test_resnet50_gn_is_timms_group_norm_resnet50():
+    """Table 1's R-50, GN: timm's ``resnet50_gn`` (32 groups in all 53 norms), unconverted."""
+    model = create_classifier("resnet50_gn", 3, pretrained=False)
+    timms = timm.create_model("resnet50_gn", num_classes=1)
+    assert type(model) is type(timms)
+    assert not batch_norms(model)
+    norms = group_norms(model)
+    assert len(norms) == 53  # stem, 3 per bottleneck (16), 4 downsamples
+    assert {n: (type(m), m.num_groups, m.num_channels) for n, m in norms.items()} == {
+        n: (type(m), 32, m.num_channels) for n, m in group_norms(timms).items()
+    }
+    assert all(type(m) is timm.layers.GroupNorm for m in norms.values())
+    assert torch.all(model.layer1[0].bn3.weight == 0)  # timm's own init: zero last gamma
+    assert {k: v.shape for k, v in model.state_dict().items()} == {
+        k: v.shape for k, v in timms.state_dict().items()
+    }
+
+
+def test_resnet50_gn_loads_its_own_weights_exactly(tmp_path):
+    torch.manual_seed(2)
+    imagenet = timm.create_model("resnet50_gn")  # stands in for resnet50_gn.a1h_in1k
+    for m in group_norms(imagenet).values():
+        m.weight.data.uniform_(0.5, 1.5)
+        m.bias.data.normal_()
+    source = imagenet.state_dict()
+    path = tmp_path / "resnet50_gn_a1h_in1k.pth"
+    torch.save(source, path)
+    del imagenet
+
+    loaded = create_classifier("resnet50_gn", 3, weights=path).state_dict()
+    head = {"fc.weight", "fc.bias"}  # the ImageNet head is replaced by one logit
+    assert set(loaded) == set(source) and len(source) == 161  # 53 convs, 53 norms, head
+    for key in set(source) - head:
+        assert torch.equal(loaded[key], source[key]), key
+    assert loaded["fc.weight"].shape == (1, 2048)
 
 
 def test_any_timm_model_by_name_with_each_norm():
@@ -159,7 +221,13 @@ def test_pretrained_weights_from_a_local_file(tmp_path, in_chans):
     assert loaded["fc.weight"].shape == (1, 512)  # the ImageNet head is replaced
     assert isinstance(model.bn1, FrozenBatchNorm2d)
 
-    gn = create_classifier("resnet50_gn", in_chans, pretrained=False)
+    gn = create_classifier("resnet10t_gn", in_chans, weights=path)  # paper 3.6: GN from BN
+    for key, value in gn.state_dict().items():
+        if key.rsplit(".", 1)[0] in group_norms(gn):
+            assert torch.all(value == (1 if key.endswith("weight") else 0)), key
+        elif not key.startswith(("fc.", "conv1.0.")):
+            assert torch.equal(value, source[key]), key
+    torch.testing.assert_close(gn.state_dict()["conv1.0.weight"], expected_stem)
     with pytest.raises(ValueError, match="not pretrained"):
         create_classifier("resnet10t_gn_np", in_chans, weights=path)
     with pytest.raises(FileNotFoundError, match="no file"):

@@ -16,6 +16,7 @@ from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 import benchmark.train as training
 from benchmark.checkpoint import checkpoint_hash, load_classifier
 from benchmark.config import TrainConfig, resolve
+from benchmark.models import create_classifier
 from benchmark.train import (
     balanced_accuracy,
     best_threshold,
@@ -112,8 +113,12 @@ def test_presets_hold_the_papers_values():
     assert resolve_iterations(r50, "ms").iterations == 100_000  # 40 % (paper 3.6)
     with pytest.raises(ValueError, match="no iteration count for 'synthetic'"):
         resolve_iterations(paper, "synthetic")
+    assert paper.gn_init == "identity"  # 3.6: new group norms at gamma = 1, beta = 0
+    with pytest.raises(ValueError, match="gn_init=zero: gn_init must be one of identity, copy"):
+        resolve(TrainConfig, overrides={"gn_init": "zero"})
     quick = resolve(TrainConfig, "quick", overrides={"iterations": "12"})
     assert resolve_iterations(quick, "synthetic").iterations == 12
+    assert quick.gn_init == "copy"  # from scratch it learns sooner (measured, config.py)
     assert model_is_not_pretrained(quick)
 
 
@@ -329,3 +334,42 @@ def test_train_command_writes_the_run_folder(tmp_path, monkeypatch, capsys):
     assert command.run(parser.parse_args([*argv, "--resume"])) == 0  # finished: a no-op
     with pytest.raises(ValueError, match="exists"):
         command.run(parser.parse_args(argv))
+
+
+def test_checkpoints_from_before_gn_init_and_timms_resnet50_gn(tmp_path):
+    """Older checkpoints lack gn_init (their group norms copied the batch norms' affine
+    parameters) and call resnet50_gn's architecture resnet50: reused when that is what the
+    config trains now, refused in one line otherwise, and always loadable."""
+    data = TinySet()
+    config = dataclasses.replace(TINY, model="resnet10t_gn_np", pretrained=None, iterations=2)
+    path = train(data, config, tmp_path / "gn", progress=False)
+    state = torch.load(path, weights_only=True)
+    assert state["config"]["gn_init"] == "identity" and state["norm"] == "gn"
+    del state["config"]["gn_init"]
+    torch.save(state, path)
+    with pytest.raises(ValueError, match=r"other settings.*'gn_init': \('copy', 'identity'\)"):
+        train(data, config, tmp_path / "gn", resume=True, progress=False)
+    copy = dataclasses.replace(config, gn_init="copy")
+    assert train(data, copy, tmp_path / "gn", resume=True, progress=False) == path  # reused
+    assert torch.load(path, weights_only=True)["step"] == 2
+    load_classifier(path)
+
+    bn = train(data, TINY, tmp_path / "bn", progress=False)  # no group norm: gn_init is moot
+    state = torch.load(bn, weights_only=True)
+    del state["config"]["gn_init"]
+    torch.save(state, bn)
+    assert train(data, TINY, tmp_path / "bn", resume=True, progress=False) == bn
+
+    r50 = dataclasses.replace(config, model="resnet50_gn", pretrained=False)
+    state["config"] = dataclasses.asdict(r50)
+    state.update(arch="resnet50", norm="gn", model_name="resnet50_gn")
+    state["model"] = create_classifier("resnet50", 1, norm="gn", pretrained=False).state_dict()
+    torch.save(state, bn)
+    message = "holds a resnet50 classifier, but 'resnet50_gn' is now timm's resnet50_gn: delete"
+    with pytest.raises(ValueError, match=message):
+        train(data, r50, tmp_path / "bn", resume=True, progress=False)
+    old = load_classifier(bn)  # the converted resnet50 of the older checkpoint
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in old.modules())
+    assert torch.equal(
+        old.state_dict()["layer4.2.bn3.weight"], state["model"]["layer4.2.bn3.weight"]
+    )

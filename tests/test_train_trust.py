@@ -208,6 +208,7 @@ DDP = dataclasses.replace(
     TINY,
     model="resnet10t_gn_np",
     pretrained=None,
+    gn_init="copy",  # as the quick preset (identity: 2 of 73728 weights off by 1.8e-5)
     lr=1e-4,
     iterations=4,
     val_every=2,
