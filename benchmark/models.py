@@ -47,7 +47,7 @@ from benchmark.config import GN_INITS
 log = logging.getLogger(__name__)
 
 NORMS = ("bn", "frozen_bn", "gn")
-GROUPS = 32  # group norm groups (Wu & He 2018), fewer when the channels do not divide
+GROUP_NORM_GROUPS = 32  # group norm groups (Wu & He 2018), fewer when the channels do not divide
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ class ModelSpec:
     pretrained: bool = True
 
 
-VARIANTS: dict[str, ModelSpec] = {
+PAPER_VARIANTS: dict[str, ModelSpec] = {
     "resnet10t": ModelSpec("resnet10t", "frozen_bn"),
     "resnet10t_bn": ModelSpec("resnet10t", "bn"),
     "resnet10t_gn": ModelSpec("resnet10t", "gn"),
@@ -70,12 +70,12 @@ VARIANTS: dict[str, ModelSpec] = {
 
 def model_spec(name: str, norm: str | None = None, pretrained: bool | None = None) -> ModelSpec:
     """The spec of a paper variant or timm model ``name``; ``None`` keeps its own setting."""
-    spec = VARIANTS.get(name) or ModelSpec(name)
+    spec = PAPER_VARIANTS.get(name) or ModelSpec(name)
     if not timm.is_model(spec.arch):
-        close = difflib.get_close_matches(name, sorted({*VARIANTS, *timm.list_models()}), n=5)
+        close = difflib.get_close_matches(name, sorted({*PAPER_VARIANTS, *timm.list_models()}), n=5)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise ValueError(
-            f"unknown model {name!r}: neither a paper variant {sorted(VARIANTS)} "
+            f"unknown model {name!r}: neither a paper variant {sorted(PAPER_VARIANTS)} "
             f"nor a timm model (timm.list_models()){hint}"
         )
     if norm is not None and norm not in NORMS:
@@ -172,7 +172,7 @@ def batch_norm_to_group_norm(module: nn.Module, init: str = "identity") -> nn.Mo
     """
     if isinstance(module, nn.BatchNorm2d):
         channels = module.num_features
-        groups = math.gcd(GROUPS, channels)
+        groups = math.gcd(GROUP_NORM_GROUPS, channels)
         if isinstance(module, BatchNormAct2d):
             norm = GroupNormAct(channels, groups, eps=module.eps, affine=module.affine)
             norm.act, norm.drop = module.act, module.drop

@@ -13,7 +13,7 @@ from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from benchmark.models import (
-    VARIANTS,
+    PAPER_VARIANTS,
     batch_norm_to_group_norm,
     create_classifier,
     model_spec,
@@ -32,8 +32,8 @@ def optimiser(model: nn.Module):
 
 
 def test_paper_variants_match_table_4():
-    assert VARIANTS["resnet10t"] == model_spec("resnet10t")
-    assert {n: (s.arch, s.norm, s.pretrained) for n, s in VARIANTS.items()} == {
+    assert PAPER_VARIANTS["resnet10t"] == model_spec("resnet10t")
+    assert {n: (s.arch, s.norm, s.pretrained) for n, s in PAPER_VARIANTS.items()} == {
         "resnet10t": ("resnet10t", "frozen_bn", True),
         "resnet10t_bn": ("resnet10t", "bn", True),
         "resnet10t_gn": ("resnet10t", "gn", True),
