@@ -526,7 +526,6 @@ def test_a_method_revision_is_part_of_its_cache_address_and_only_its(tmp_path, m
     """Entries of ToNNO cached before a revision of its code are not served after it;
     methods at revision 0 keep the address they always had (the volume's digest)."""
     from benchmark.cache import HeatmapStore
-    from benchmark.evaluation import TAILS
     from benchmark.runner import Job
     from methods import method_class
 
@@ -537,12 +536,15 @@ def test_a_method_revision_is_part_of_its_cache_address_and_only_its(tmp_path, m
         def truth_fingerprint(self, volume_id):
             return "b" * 64
 
+    def store_levels():
+        return HeatmapStore(tmp_path).levels  # tail quantiles of a record: one per level
+
     def job():
         store = HeatmapStore(tmp_path)
         return Job(Volumes(), ["tonno", "layercam@1"], ["v0"], store, None, 1, [], set(), set())
 
     assert method_class("tonno").revision == 1 and method_class("layercam@1").revision == 0
-    record = {"max": 1.0, "sketch": [0.0] * (len(TAILS) + 1), "seconds": 0.5}
+    record = {"max": 1.0, "sketch": [0.0] * (store_levels() + 1), "seconds": 0.5}
     first = job()
     for spec in ("tonno", "layercam@1"):
         first.store.save_record(spec, "v0", first.image(spec, "v0"), record)
