@@ -38,6 +38,7 @@ class CAMMethod(Method):
     """A CAM at classifier stage ``layer``; subclasses choose the slicing geometry."""
 
     equation: ClassVar[str]  # a CAM class of methods.cam, else of pytorch-grad-cam
+    slicing: ClassVar[str]  # the slices its maps come from: "voxel planes" or "stacks"
 
     @property
     def maps_key(self) -> tuple[str, int]:
@@ -46,11 +47,11 @@ class CAMMethod(Method):
 
     @property
     def pass_group(self) -> Hashable | None:
-        """Gradient CAMs of one geometry share their forward and backward passes in
+        """Gradient CAMs of one slicing share their forward and backward passes in
         :func:`methods.cam.multi_cam`, whatever their equations and layers."""
         if self.equation in GRADIENT_FREE or not hasattr(cams, self.equation):
             return None
-        return self.kind, self.config
+        return self.slicing, self.config
 
     def per_slice(self, channels: int | None) -> Passes:
         """Classifier passes per slice: ScoreCAM one forward for the activations and one
@@ -78,6 +79,7 @@ class SliceWiseCAM(CAMMethod):
     over the axes (axial only: the paper's baselines; all three: the ★ variants of A.8)."""
 
     kind = "slice-wise"
+    slicing = "voxel planes"
     axes: ClassVar[tuple[int, ...]] = (0,)
 
     def __call__(self, volume: Tensor, model: nn.Module) -> Tensor:
@@ -102,6 +104,7 @@ class AveragedCAM(CAMMethod):
     and averaged; ``filtered`` takes the second difference along each stack first (eq. 13)."""
 
     kind = "averaged"
+    slicing = "stacks"  # Averaged, Tomographic and Iterative CAMs share one pass over them
     filtered: ClassVar[bool] = False
 
     def __call__(self, volume: Tensor, model: nn.Module) -> Tensor:
@@ -111,11 +114,6 @@ class AveragedCAM(CAMMethod):
     def mode(self) -> Hashable:
         """Its mode of :func:`tomography.reconstruct_many`: ``filtered`` here."""
         return self.filtered
-
-    @property
-    def pass_group(self) -> Hashable | None:
-        """Averaged, Tomographic (and Iterative) CAMs share one pass over the stacks."""
-        return super().pass_group and (AveragedCAM, self.config)
 
     def passes(self, shape: tuple[int, int, int], channels: int | None = None) -> Passes:
         """L_cam directions x M slices (Averaged) or M + 2 (Tomographic: the second
