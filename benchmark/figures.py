@@ -199,7 +199,7 @@ def figure_ids(dataset: Any, volume_ids: Sequence[str], unscored: set[str], n: i
 
 
 def figure_rows(
-    job: Job,
+    jobs: Sequence[Job],
     results: pd.DataFrame,
     folds: pd.DataFrame,
     config: RunConfig,
@@ -207,9 +207,11 @@ def figure_rows(
 ) -> tuple[list[str], list[FigureRow]]:
     """(specs, rows) of the Figure 6 layout: a few annotated validation positives, each
     method family matching ``patterns`` at its best layer, binarised with fold 0's
-    (tau, tau') (A.7). Empty when there is nothing to show."""
-    dataset = job.dataset
-    positives = figure_ids(dataset, job.volume_ids, job.unscored, config.figure_volumes)
+    (tau, tau') (A.7). ``jobs``: one classifier seed's, one per classifier (the same
+    volumes), each with its specs' heatmaps. Empty when there is nothing to show."""
+    job_of = {spec: job for job in jobs for spec in job.specs}
+    dataset, first = jobs[0].dataset, jobs[0]
+    positives = figure_ids(dataset, first.volume_ids, first.unscored, config.figure_volumes)
     specs = figure_specs(results, patterns)
     if not positives or not specs:
         return [], []
@@ -219,11 +221,11 @@ def figure_rows(
         volume = dataset[volume_id]
         columns = []
         for spec in specs:
-            heatmap = job.heatmap(spec, volume_id)
+            heatmap = job_of[spec].heatmap(spec, volume_id)
             tau, tau_low = first_fold.loc[spec, ["tau", "tau_low"]]
             columns.append(
                 MethodMaps(method_name(spec).display, heatmap, binarize(heatmap, tau, tau_low))
             )
-        truth = truth_mask(job.ground_truth(volume), volume.image.shape[1:])
+        truth = truth_mask(first.ground_truth(volume), volume.image.shape[1:])
         rows.append(figure_row(volume_id, volume.image[0], truth, columns))
     return specs, rows

@@ -80,6 +80,7 @@ MISSING = "–"
 CONTEXT_COLUMNS = ("context", "source")
 KEY = ["dataset", "model", "method"]
 CASE_COLUMNS = ["dataset", "model", "method", "volume", "label", "max", "n_scored", "correct"]
+CLASSIFIER_AUC = "Classifier AUC"  # the column of each row's classifier's validation AUC
 SIGNIFICANT = "†"  # after a delta whose 95% interval excludes 0
 STRIP_NAME = re.compile(r"\w[\w.+-]*")  # a family or "input": a file name in <dataset>.figure/
 
@@ -174,11 +175,27 @@ def _model_rank(model: str) -> tuple:
     )
 
 
+def shown_beside(frame: pd.DataFrame) -> set[str]:
+    """Models whose rows are shown beside every other model's and compared with its
+    reference: external rows, and 3D classifiers (their methods' kind is "3d"), which
+    compete with the methods of a 2D classifier rather than explain one."""
+    kinds = frame.groupby("model").method.agg(lambda m: {method_name(s).kind for s in m})
+    return {EXTERNAL} | {model for model, found in kinds.items() if found == {"3d"}}
+
+
+def page_models(frame: pd.DataFrame) -> list[str]:
+    """The models that get their own tables, in order: the 2D classifiers (else whatever
+    the page has)."""
+    beside = shown_beside(frame)
+    models = set(frame.model)
+    return sorted(models - beside or models - {EXTERNAL} or models, key=_model_rank)
+
+
 def reference_model(frame: pd.DataFrame) -> str:
-    """The model whose reference row external rows are compared with: the paper's
-    classifier when the page has it, else the first model."""
-    models = sorted(set(frame.model) - {EXTERNAL}, key=_model_rank)
-    return PAPER_MODEL if PAPER_MODEL in models else (models or [EXTERNAL])[0]
+    """The model whose reference row the rows shown beside (:func:`shown_beside`) are
+    compared with: the paper's classifier when the page has it, else the first model."""
+    models = page_models(frame)
+    return PAPER_MODEL if PAPER_MODEL in models else models[0]
 
 
 def reference_spec(frame: pd.DataFrame, model: str, reference: str = REFERENCE) -> str | None:
@@ -221,8 +238,9 @@ def with_intervals(
     groups = {key: rows for key, rows in cases.groupby(KEY, sort=False)}
     for dataset, rows in frame.groupby("dataset", sort=False):
         anchors = {}
+        beside = shown_beside(rows)
         for model in rows.model.unique():
-            ref_model = reference_model(rows) if model == EXTERNAL else model
+            ref_model = reference_model(rows) if model in beside else model
             spec = reference_spec(rows, ref_model, settings.reference)
             anchors[model] = None if spec is None else (ref_model, spec)
         for i, row in rows.iterrows():
@@ -428,6 +446,19 @@ def _gain(rows: pd.DataFrame, overlap: str) -> list[str] | None:
     return [MISSING if np.isnan(v) else f"{v - best:+.2f}" for v in values]
 
 
+def _add_classifier_auc(
+    cells: pd.DataFrame, bold: pd.DataFrame, rows: pd.DataFrame, metrics: Sequence[str]
+) -> None:
+    """The :data:`CLASSIFIER_AUC` column after our ``metrics``: each row's classifier's
+    validation AUC (mean over seeds, :func:`benchmark.train.classifier_report`), so that a
+    3D classifier's rows show theirs beside the 2D one's; none when no row has one."""
+    auc = _column(rows, "classifier_auc")
+    if np.isfinite(auc).any():
+        column = [MISSING if np.isnan(v) else f"{v:.2f}" for v in auc]
+        cells.insert(len(metrics) + 1, CLASSIFIER_AUC, column)
+        bold.insert(len(metrics) + 1, CLASSIFIER_AUC, False)
+
+
 def _spread(rows: pd.DataFrame, metric: str) -> list[str] | None:
     """Each row's standard deviation of ``metric`` over classifier seeds; None without."""
     spread = _column(rows, f"{metric}_seed_sd")
@@ -437,14 +468,15 @@ def _spread(rows: pd.DataFrame, metric: str) -> list[str] | None:
 
 
 def _sections(ours: pd.DataFrame, paper: pd.DataFrame, reference: str = REFERENCE) -> list[Section]:
-    """Every table of one dataset: per model (external rows beside each), then across models."""
+    """Every table of one dataset: per 2D model (external and 3D classifiers' rows beside
+    each, :func:`shown_beside`), then across models."""
     truth = table_truth(pd.concat([ours, paper]))
     overlap, metrics = overlap_key(truth), reported(truth)
-    models = sorted(set(ours.model) - {EXTERNAL}, key=_model_rank) or [EXTERNAL]
+    models, beside = page_models(ours), shown_beside(ours)
     best, paper_best = best_layers(ours), best_layers(paper)
     sections = []
     for model in models:
-        rows = _in_order(best[best.model.isin([model, EXTERNAL])])
+        rows = _in_order(best[best.model.isin([model, *beside])])
         published = _aligned(rows, paper_best, ["model", "family"])
         spec = reference_spec(ours, model, reference)
         marker = ((rows.method == spec) & (rows.model == model)).to_numpy()
@@ -453,6 +485,7 @@ def _sections(ours: pd.DataFrame, paper: pd.DataFrame, reference: str = REFERENC
             f"{HEADERS[overlap]} gain over baselines": _gain(rows, overlap),
             f"{HEADERS[overlap]} sd over seeds": _spread(rows, overlap),
         }
+        _add_classifier_auc(cells, bold, rows, metrics)
         for header, column in reversed(extra.items()):
             if column is not None:
                 cells.insert(len(metrics) + 1, header, column)
@@ -463,12 +496,13 @@ def _sections(ours: pd.DataFrame, paper: pd.DataFrame, reference: str = REFERENC
             bold.insert(len(metrics) + 1, "Layer (paper)", False)
         title = f"Best layer per method: {model} (Table 2 layout)"
         sections.append(_section(title, rows, cells, bold))
-        rows = _in_order(ours[ours.model.isin([model, EXTERNAL])])
+        rows = _in_order(ours[ours.model.isin([model, *beside])])
         published = _aligned(rows, paper, ["model", "method"])
         cells, bold = _table(rows, published, metrics, rows.name, std=True, intervals=True)
+        _add_classifier_auc(cells, bold, rows, metrics)
         title = f"Every method at every layer: {model} (Tables 6-9 layout)"
         sections.append(_section(title, rows, cells, bold))
-    if len(models) > 1:
+    if len(set(ours.model) - {EXTERNAL}) > 1:
         rows = _in_order(best[best.model != EXTERNAL], by_model=True)
         labels = [
             f"{n}, {m} ({MODEL_NAMES[m]})" if m in MODEL_NAMES else f"{n}, {m}"
@@ -478,6 +512,7 @@ def _sections(ours: pd.DataFrame, paper: pd.DataFrame, reference: str = REFERENC
         cells, bold = _table(
             rows, published, ["f1", overlap, "balanced_accuracy"], labels, std=True, intervals=True
         )
+        _add_classifier_auc(cells, bold, rows, ["f1", overlap, "balanced_accuracy"])
         sections.append(_section("Model comparison (Tables 1 and 4 layout)", rows, cells, bold))
     return sections
 

@@ -527,6 +527,7 @@ class Seeded:
 
     seed: int  # the classifier's training seed
     job: Job
+    classifier: str  # which one (Method.classifier): "2d" slices, "3d" volumes
     model_name: str
     checkpoint: str  # the checkpoint file's hash
     train_config: dict[str, Any]
@@ -628,6 +629,7 @@ def evaluate_checkpoint(
     return Seeded(
         seed=int(trained["config"].get("seed", 0)),
         job=job,
+        classifier=method_class(specs[0]).classifier,
         model_name=trained["model_name"],
         checkpoint=key["checkpoint"],
         train_config=trained["config"],
@@ -637,18 +639,19 @@ def evaluate_checkpoint(
 
 
 def combine_seeds(seeded: Sequence[Seeded]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(results, folds, cases) over the classifiers of ``seeded``: each metric and its fold
-    spread averaged over seeds, ``{m}_seed_sd`` their standard deviation over seeds (with
-    several); folds and cases keep a ``seed`` column when there are several seeds."""
+    """(results, folds, cases) over the classifiers of ``seeded`` (each row from the
+    classifier of its spec): each metric and its fold spread averaged over seeds,
+    ``{m}_seed_sd`` their standard deviation over seeds (with several); folds and cases
+    keep a ``seed`` column when there are several seeds."""
     parts = []
     for s in seeded:
         dataset, volume_ids = s.job.dataset.name, s.job.volume_ids
         results, folds = results_tables(dataset, s.model_name, s.evaluations)
         cases = cases_table(dataset, s.model_name, s.evaluations, volume_ids)
         parts.append((results, folds, cases))
-    if len(seeded) == 1:
-        return parts[0]
     seeds = [s.seed for s in seeded]
+    if len(set(seeds)) == 1:
+        return tuple(pd.concat([part[i] for part in parts], ignore_index=True) for i in range(3))
     results, folds, cases = (
         pd.concat(
             [part[i].assign(seed=k) for k, part in zip(seeds, parts, strict=True)]
@@ -666,19 +669,27 @@ def combine_seeds(seeded: Sequence[Seeded]) -> tuple[pd.DataFrame, pd.DataFrame,
     return combined, folds, cases
 
 
-def _classifier_columns(seeded: Sequence[Seeded]) -> dict[str, Any]:
-    """``classifier_*`` columns: each report value, averaged over seeds (at chance: any)."""
-    reports = pd.DataFrame([s.report for s in seeded])
-    columns = {f"classifier_{k}": reports[k].mean() for k in sorted(reports) if k != "at_chance"}
-    columns["classifier_at_chance"] = bool(reports["at_chance"].any())
-    if len(seeded) == 1:
-        columns = {k: seeded[0].report[k.removeprefix("classifier_")] for k in columns}
-    return columns
+def classifier_columns(seeded: Sequence[Seeded]) -> pd.DataFrame:
+    """Per model (index): ``classifier_*`` columns, each report value averaged over its
+    seeds (at chance: any seed), and the ``checkpoint`` and ``source`` of its heatmaps
+    (its checkpoints' and stores' names, joined with "+")."""
+    rows = {}
+    for model in dict.fromkeys(s.model_name for s in seeded):
+        mine = [s for s in seeded if s.model_name == model]
+        reports = pd.DataFrame([s.report for s in mine])
+        row = {f"classifier_{k}": reports[k].mean() for k in sorted(reports) if k != "at_chance"}
+        if len(mine) == 1:
+            row = {k: mine[0].report[k.removeprefix("classifier_")] for k in row}
+        row["classifier_at_chance"] = bool(reports["at_chance"].any())
+        row["checkpoint"] = "+".join(s.checkpoint for s in mine)
+        row["source"] = "+".join(s.job.store.root.name for s in mine)
+        rows[model] = row
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("model")
 
 
 def run_benchmark(
     dataset: Any,
-    checkpoints: str | Path | Sequence[str | Path],
+    checkpoints: str | Path | Sequence[str | Path | Mapping[str, str | Path]],
     config: RunConfig,
     tomography: TomographyConfig,
     *,
@@ -693,40 +704,59 @@ def run_benchmark(
     preset: str | None = None,
     progress: bool = True,
 ) -> RunOutputs | None:
-    """Heatmaps of ``specs`` on the validation split for the classifier of each checkpoint
-    (one per training seed), A.7 protocol, leaderboards.
+    """Heatmaps of ``specs`` on the validation split for the classifiers of each training
+    seed, A.7 protocol, leaderboards.
 
-    Per checkpoint (:func:`evaluate_checkpoint`), the volumes (of ``shard=(i, n)``, if
-    given) are split across the ranks of ``context``: first the calibration volumes, whose
-    tail quantiles set each spec's tau' grid, then the others, each summarised as it arrives.
-    Rank 0 then combines the seeds (:func:`combine_seeds`) and writes; other ranks and
-    shards return None. ``compute=False`` (a merge) computes nothing and fails if an entry
-    is missing. Failing heatmaps raise a :class:`RunError` naming the rank, spec and volume
-    after every other heatmap is computed and stored.
+    ``checkpoints``: one item per seed, a checkpoint (the 2D classifier) or a mapping
+    {classifier: checkpoint} (``"2d"``, ``"3d"``: :attr:`methods.Method.classifier`); each
+    spec is explained through its method's classifier, so a seed is one
+    :func:`evaluate_checkpoint` per classifier its specs need, whose volumes (of
+    ``shard=(i, n)``, if given) are split across the ranks of ``context``: first the
+    calibration volumes, whose tail quantiles set each spec's tau' grid, then the others,
+    each summarised as it arrives. Rank 0 then combines the seeds (:func:`combine_seeds`)
+    and writes; other ranks and shards return None. ``compute=False`` (a merge) computes
+    nothing and fails if an entry is missing. Failing heatmaps raise a :class:`RunError`
+    naming the rank, spec and volume after every other heatmap is computed and stored.
     """
     context = context or Context(device=resolve_device("auto"))
     if isinstance(checkpoints, (str, Path)):
         checkpoints = [checkpoints]
     options = fitted_options(dataset, specs, context)
-    seeded = [
-        evaluate_checkpoint(
-            dataset,
-            checkpoint,
-            config,
-            tomography,
-            specs=specs,
-            context=context,
-            shard=shard,
-            compute=compute,
-            unscored=unscored,
-            options=options,
-            progress=progress,
-        )
-        for checkpoint in checkpoints
-    ]
+    by_classifier = specs_by_classifier(specs)
+    seeded = []
+    for item in checkpoints:
+        paths = dict(item) if isinstance(item, Mapping) else {"2d": item}
+        missing = [kind for kind in by_classifier if kind not in paths]
+        if missing:
+            raise ValueError(f"no {missing[0]} classifier for {by_classifier[missing[0]][0]}")
+        seeded += [
+            evaluate_checkpoint(
+                dataset,
+                paths[kind],
+                config,
+                tomography,
+                specs=kind_specs,
+                context=context,
+                shard=shard,
+                compute=compute,
+                unscored=unscored,
+                options=options,
+                progress=progress,
+            )
+            for kind, kind_specs in by_classifier.items()
+        ]
     if shard is not None or not context.is_main:
         return None
     return write_outputs(seeded, config, tomography, out_dir, leaderboards, context, notes, preset)
+
+
+def specs_by_classifier(specs: Sequence[str]) -> dict[str, list[str]]:
+    """{classifier: its specs}, the 2D slice classifier first (it also scores the
+    baselines, which explain none)."""
+    groups: dict[str, list[str]] = {"2d": []}
+    for spec in specs:
+        groups.setdefault(method_class(spec).classifier, []).append(spec)
+    return {kind: group for kind, group in groups.items() if group}
 
 
 def write_outputs(
@@ -744,15 +774,13 @@ def write_outputs(
     first = seeded[0]
     job, dataset = first.job, first.job.dataset
     results, folds, cases = combine_seeds(seeded)
-    seeds = [s.seed for s in seeded]
+    seeds = list(dict.fromkeys(s.seed for s in seeded))
+    jobs = [s.job for s in seeded if s.seed == first.seed]  # one per classifier
     environment = provenance(context.device.type)
-    results = results.assign(
-        source="+".join(s.job.store.root.name for s in seeded),
+    results = results.join(classifier_columns(seeded), on="model").assign(
         context=evaluation_context(
             dataset, job.volume_ids, job.images, job.truths, job.unscored, config
         ),
-        checkpoint="+".join(s.checkpoint for s in seeded),
-        **_classifier_columns(seeded),
         **provenance_columns(environment, preset, seeds),
     )
     intervals = Intervals(config.reference, config.bootstrap_resamples, seed=config.seed)
@@ -766,19 +794,29 @@ def write_outputs(
         "seeds": seeds,
         "run": dataclasses.asdict(config),
         "tomography": dataclasses.asdict(tomography),
-        "train": first.train_config,
+        **{  # the first seed's training settings of each classifier
+            "train" if s.classifier == "2d" else f"train{s.classifier}": s.train_config
+            for s in seeded
+            if s.seed == first.seed
+        },
         "dataset": {"name": dataset.name, "options": dataset.options()},
         "unscored": sorted(job.unscored, key=natural_key),
     }
     classifiers = [
-        {"seed": s.seed, "model": s.model_name, "checkpoint": s.checkpoint, **s.report}
+        {
+            "seed": s.seed,
+            "classifier": s.classifier,
+            "model": s.model_name,
+            "checkpoint": s.checkpoint,
+            **s.report,
+        }
         for s in seeded
     ]
     summary = summary_document(results, cases, folds, settings, classifiers, environment)
     write_reports(out_dir, results, folds, cases, summary)
     write_csv(timings, out_dir / "timings.csv")
     lines = [sanity_lines(s.report, s.model_name) for s in seeded]
-    prefix = [f"Seed {s.seed}: " if len(seeded) > 1 else "" for s in seeded]
+    prefix = [f"Seed {s.seed}: " if len(seeds) > 1 else "" for s in seeded]
     page_notes = [p + note for p, (note, _) in zip(prefix, lines, strict=True)]
     warnings = [p + w for p, (_, w) in zip(prefix, lines, strict=True) if w]
     page_notes += [environment_note(environment, preset, seeds), *notes]
@@ -789,7 +827,7 @@ def write_outputs(
         )
     fallback = out_dir / "leaderboards"
     shown = folds[folds.seed == first.seed] if "seed" in folds else folds
-    specs, rows = figures.figure_rows(job, results, shown, config, ["*"])  # a strip per family
+    specs, rows = figures.figure_rows(jobs, results, shown, config, ["*"])  # a strip per family
     pages = write_leaderboards(
         results,
         leaderboards,
@@ -806,7 +844,7 @@ def write_outputs(
         log.info("%s left standing: it shows methods this run did not compute", figure)
         figure = None
     else:
-        specs, rows = figures.figure_rows(job, results, shown, config, config.figure_methods)
+        specs, rows = figures.figure_rows(jobs, results, shown, config, config.figure_methods)
         title = f"{dataset.name}: heatmaps and masks"
         figure = figures.save_png(figures.draw(rows, title=title), figure) if rows else None
         if not rows:

@@ -153,10 +153,10 @@ def _run(args: argparse.Namespace, context, settings, shard, specs, left_out) ->
     import dataclasses
 
     from benchmark.checkpoint import is_finished
-    from benchmark.config import RunConfig, TrainConfig, resolve
+    from benchmark.config import RunConfig, Train3DConfig, TrainConfig, resolve
     from benchmark.io import cache_root
     from benchmark.preflight import check_volumes, writable
-    from benchmark.runner import prepare_classifier, run_benchmark
+    from benchmark.runner import prepare_classifier, run_benchmark, specs_by_classifier
     from methods.config import TomographyConfig
 
     preset = chosen_preset(args.preset, context)
@@ -201,18 +201,27 @@ def _run(args: argparse.Namespace, context, settings, shard, specs, left_out) ->
         )
 
     seeds = parse_seeds(args.seeds, train_config.seed)
+    trained = {"2d": (train_config, out, args.checkpoint)}
+    if "3d" in specs_by_classifier(specs):  # beside the 2D one: runs/<dataset>/<model>-<preset>
+        config3d = resolve(Train3DConfig, preset, overrides=settings["train3d"], section="train3d")
+        trained["3d"] = (config3d, out.parent / f"{config3d.model}-{preset}", None)
     checkpoints = [
-        prepare_classifier(
-            dataset,
-            dataclasses.replace(train_config, seed=seed),
-            seed_folder(out, seed, train_config.seed),
-            checkpoint=args.checkpoint,
-            context=context,
-            finished_only=bool(shard or args.merge),
-        )
+        {
+            kind: prepare_classifier(
+                dataset,
+                dataclasses.replace(train, seed=seed),
+                seed_folder(folder, seed, train_config.seed),
+                checkpoint=given,
+                context=context,
+                finished_only=bool(shard or args.merge),
+            )
+            for kind, (train, folder, given) in trained.items()
+        }
         for seed in seeds
     ]
-    tomography = _slice_size(tomography, "slice_size" in settings["tomography"], checkpoints)
+    tomography = _slice_size(
+        tomography, "slice_size" in settings["tomography"], [c["2d"] for c in checkpoints]
+    )
     outputs = run_benchmark(
         dataset,
         checkpoints,
