@@ -10,7 +10,9 @@ per volume: the plan says so before the run starts.
 
 Cost model per volume: cut x t_cut + (forward - backward) x t_forward + backward x
 t_forward+backward + backprojected x t_read, each t measured by :func:`calibrate` (t_read
-is the map backprojection's, an upper bound for ToNNO's scalar one, ~3x cheaper on a CPU).
+is the map backprojection's, an upper bound for ToNNO's scalar one, ~3x cheaper on a CPU);
+the 3D CAMs add the same two terms for whole volumes through the volume classifier, priced
+when the plan is given one (else their cost is unknown).
 
 Budgets (``RunConfig.budget_hours``, per family): ``quick`` 0.75 h, which on a 2-core CPU
 leaves every ScoreCAM family out of the synthetic run and keeps all else; ``paper`` 48 h,
@@ -20,6 +22,7 @@ ScoreCAM (hundreds of GPU-hours per data set). ``--set budget_hours=...`` change
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import math
@@ -57,6 +60,10 @@ class Calibration:
     cut_s: float  # per slice cut from a volume (eq. 4, extract_slices)
     read_s: float  # per voxel x direction of the map backprojection (eqs. 12-13)
     peak_memory_mb: float | None  # of one forward + backward batch; None: not measurable
+    # the volume classifier's (3D CAMs), per volume; None: no volume classifier was measured
+    volume_forward_s: float | None = None
+    volume_backward_s: float | None = None  # forward + backward to stage 1
+    volume_peak_mb: float | None = None  # of one forward + backward volume
 
 
 def _clock(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
@@ -107,36 +114,35 @@ def calibrate(
     *,
     shape: tuple[int, int, int] = (32, 64, 64),
     repeats: int = 2,
+    volume_model: torch.nn.Module | None = None,
 ) -> Calibration:
     """Price one slice on ``model`` at ``device``: ``repeats`` timed batches of
     ``batch_size`` slices after a warm-up, forward only and forward + backward; the time
     to cut a slice and to backproject one voxel-direction on a volume of ``shape`` (the
     data set's typical (D, H, W)); the peak memory of a forward + backward batch
     (``torch.cuda.max_memory_allocated`` on CUDA; on the CPU the growth of the process's
-    resident high-water mark, None when the batch stayed below an earlier peak)."""
+    resident high-water mark, None when the batch stayed below an earlier peak). With a
+    ``volume_model`` (the 3D classifier, which resizes to its own input size), the same
+    for one volume of ``shape`` through it."""
     from methods import tomography
 
     model = model.to(device).eval()
     generator = torch.Generator().manual_seed(0)
     batch = torch.rand(batch_size, in_chans, slice_size, slice_size, generator=generator)
     batch = batch.to(device).contiguous(memory_format=torch.channels_last)
-
-    def forward() -> object:
-        with torch.no_grad(), tomography.autocast(device):
-            return model(batch)
-
-    step = _gradient_step(model)
-    forward_s = _clock(forward, device, repeats) / batch_size
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    rss_before = _rss_peak_mb()
-    backward_s = _clock(lambda: step(batch), device, repeats) / batch_size
-    if device.type == "cuda":
-        peak: float | None = torch.cuda.max_memory_allocated(device) / 2**20
-    else:
-        grown = _rss_peak_mb() - rss_before
-        peak = grown if grown > 0 else None
+    forward_s, backward_s, peak = _price_passes(model, batch, device, repeats)
     volume = torch.rand((in_chans, *shape), generator=generator).to(device)
+    volume_prices: dict[str, float | None] = {}
+    if volume_model is not None:
+        volume_model = volume_model.to(device).eval()
+        volume_forward_s, volume_backward_s, volume_peak = _price_passes(
+            volume_model, volume[None], device, repeats
+        )
+        volume_prices = {
+            "volume_forward_s": volume_forward_s,
+            "volume_backward_s": volume_backward_s,
+            "volume_peak_mb": volume_peak,
+        }
     normals = tomography.fibonacci_sphere(4)
     u, v = tomography.orthonormal_frames(normals, generator)
     offsets = tomography.slice_offsets(max(2, batch_size // 4))  # ~ a batch of slices
@@ -161,12 +167,41 @@ def calibrate(
         cut_s=cut_s,
         read_s=read_s,
         peak_memory_mb=peak,
+        **volume_prices,
     )
 
 
-def layer_channels(model: torch.nn.Module, in_chans: int, slice_size: int) -> dict[int, int]:
-    """{stage: channels} of ``model``'s stages 1-4, from hooks on a one-slice forward
-    ({} for a model without ResNet-like stages: ScoreCAM's cost is then unknown)."""
+def _price_passes(
+    model: torch.nn.Module, batch: torch.Tensor, device: torch.device, repeats: int
+) -> tuple[float, float, float | None]:
+    """(forward s, forward + backward s, peak MiB of forward + backward) per input of
+    ``batch`` through ``model`` (:func:`calibrate`)."""
+    from methods import tomography
+
+    def forward() -> object:
+        with torch.no_grad(), tomography.autocast(device):
+            return model(batch)
+
+    step = _gradient_step(model)
+    forward_s = _clock(forward, device, repeats) / len(batch)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    rss_before = _rss_peak_mb()
+    backward_s = _clock(lambda: step(batch), device, repeats) / len(batch)
+    if device.type == "cuda":
+        peak: float | None = torch.cuda.max_memory_allocated(device) / 2**20
+    else:
+        grown = _rss_peak_mb() - rss_before
+        peak = grown if grown > 0 else None
+    return forward_s, backward_s, peak
+
+
+def layer_channels(
+    model: torch.nn.Module, in_chans: int, size: int | tuple[int, ...]
+) -> dict[int, int]:
+    """{stage: channels} of ``model``'s stages 1-4, from hooks on a one-input forward of
+    ``size`` pixels (a slice of size x size, or a volume of size (D, H, W)); {} for a
+    model without ResNet-like stages: ScoreCAM's cost is then unknown."""
     from methods.cam import captured_output
     from methods.stages import stage_modules
 
@@ -175,7 +210,8 @@ def layer_channels(model: torch.nn.Module, in_chans: int, slice_size: int) -> di
     except Exception:
         return {}
     device = next(model.parameters()).device
-    probe = torch.zeros(1, in_chans, slice_size, slice_size, device=device)
+    spatial = (size, size) if isinstance(size, int) else tuple(size)
+    probe = torch.zeros(1, in_chans, *spatial, device=device)
     out: dict[int, int] = {}
     with torch.no_grad():
         for k, stage in stages.items():
@@ -195,9 +231,10 @@ def family_passes(
 ) -> Passes | None:
     """The work of a family's methods run together on one volume of ``shape``, as
     :func:`methods.heatmaps.compute_heatmaps` runs them: methods of one ``pass_group``
-    (gradient CAMs of one geometry, all layers) share one forward + backward pass and the
-    slices it cuts (counted once: the largest), and each backprojects its own maps; other
-    methods add up. None when any method's cost is unknown."""
+    (gradient CAMs of one geometry, all layers) share one forward + backward pass (of
+    slices or volumes) and the slices it cuts (counted once: the largest), and each
+    backprojects its own maps; other methods add up. None when any method's cost is
+    unknown."""
     groups: dict[object, list[Passes]] = {}
     total = Passes(0)
     for method in methods:
@@ -216,18 +253,26 @@ def family_passes(
         columns = zip(*(p.astuple() for p in members), strict=True)
         shared = Passes(*(max(column) for column in columns))
         reads = sum(p.backprojected for p in members)
-        total = total + Passes(shared.forward, shared.backward, shared.cut, reads)
+        total = total + dataclasses.replace(shared, backprojected=reads)
     return total
 
 
 def seconds(passes: Passes, calibration: Calibration) -> float:
-    """Estimated seconds of ``passes`` at ``calibration``'s prices (module docstring)."""
+    """Estimated seconds of ``passes`` at ``calibration``'s prices (module docstring);
+    NaN for volumes through a volume classifier that ``calibration`` did not price."""
     c = calibration
+    volumes = 0.0
+    if passes.volume_forward:
+        if c.volume_forward_s is None or c.volume_backward_s is None:
+            return math.nan
+        volumes = (passes.volume_forward - passes.volume_backward) * c.volume_forward_s
+        volumes += passes.volume_backward * c.volume_backward_s
     return (
         passes.cut * c.cut_s
         + (passes.forward - passes.backward) * c.forward_s
         + passes.backward * c.backward_s
         + passes.backprojected * c.read_s
+        + volumes
     )
 
 
@@ -280,18 +325,22 @@ def plan(
     calibration: Calibration,
     *,
     channels: Mapping[int, int] | None = None,
+    volume_model: torch.nn.Module | None = None,
 ) -> pd.DataFrame:
     """One row per method family (specs without their @layer) and a ``total`` row.
 
     Columns: ``family``, ``specs`` (tuple), ``forward`` and ``backward`` (slices through the
     classifier per volume, mean over ``shapes``, the validation volumes' (D, H, W)),
+    ``volume_forward`` and ``volume_backward`` (the same for whole volumes through
+    ``volume_model``, the volume classifier of the 3D CAMs),
     ``s_per_volume``, ``hours`` (all its specs and volumes), ``peak_mb`` (one batch,
     measured, plus slicing and backprojection buffers, modelled; without classifier
     passes, as the baselines: a float32 heatmap), ``summary_kb`` (kept per
     volume and spec: the A.7 summary) and ``heatmap_mb`` (a float32 heatmap, kept only on
     request). Each family is estimated as run alone through ``compute_heatmaps`` (sharing
     inside the family only); a run of several families shares slices between them too, so
-    the total is an upper bound. Unknown costs (a plugin that states none) are NaN.
+    the total is an upper bound. Unknown costs (a plugin that states none, a 3D CAM
+    without a priced volume classifier) are NaN.
     """
     specs = list(dict.fromkeys(specs))
     shapes = [tuple(int(n) for n in s) for s in shapes]
@@ -299,6 +348,9 @@ def plan(
         raise ValueError("plan: no validation volumes to estimate")
     if channels is None:
         channels = layer_channels(model, calibration.in_chans, calibration.slice_size)
+    volume_channels = {}
+    if volume_model is not None:  # it resizes any volume to its input size
+        volume_channels = layer_channels(volume_model, calibration.in_chans, shapes[0])
     mean_shape = tuple(int(round(float(np.mean([s[i] for s in shapes])))) for i in range(3))
     kept = summary_bytes(mean_shape) / 1024
     heatmap_mb = float(np.mean([math.prod(s) for s in shapes])) * 4 / 2**20
@@ -309,10 +361,15 @@ def plan(
     rows = []
     for family, members in families.items():
         methods = [create_method(s, config=tomography, batch_size=batch_size) for s in members]
-        work = [family_passes(methods, shape, channels) for shape in shapes]
+        volume = methods[0].classifier == "3d"
+        stage_channels = volume_channels if volume else channels
+        work = [family_passes(methods, shape, stage_channels) for shape in shapes]
         known = all(w is not None for w in work)
         per_volume = [seconds(w, calibration) for w in work] if known else [math.nan]
-        if known and not any(w.forward for w in work):  # no classifier: the heatmap alone
+        if volume:  # one volume at a time, and its upsampled heatmap
+            peak = (calibration.volume_peak_mb or 0.0) if volume_model is not None else math.nan
+            peak += math.prod(mean_shape) * 4 / 2**20
+        elif known and not any(w.forward for w in work):  # no classifier: the heatmap alone
             peak = math.prod(mean_shape) * 4 / 2**20
         else:
             peak = calibration.peak_memory_mb or 0.0
@@ -323,6 +380,12 @@ def plan(
                 "specs": tuple(members),
                 "forward": float(np.mean([w.forward for w in work])) if known else math.nan,
                 "backward": float(np.mean([w.backward for w in work])) if known else math.nan,
+                "volume_forward": (
+                    float(np.mean([w.volume_forward for w in work])) if known else math.nan
+                ),
+                "volume_backward": (
+                    float(np.mean([w.volume_backward for w in work])) if known else math.nan
+                ),
                 "s_per_volume": float(np.mean(per_volume)),
                 "hours": float(np.sum(per_volume)) / HOUR if known else math.nan,
                 "peak_mb": peak if known else math.nan,
@@ -336,6 +399,8 @@ def plan(
         "specs": tuple(specs),
         "forward": frame["forward"].sum(),
         "backward": frame["backward"].sum(),
+        "volume_forward": frame["volume_forward"].sum(),
+        "volume_backward": frame["volume_backward"].sum(),
         "s_per_volume": frame["s_per_volume"].sum(),
         "hours": frame["hours"].sum(),
         "peak_mb": frame["peak_mb"].max(),
@@ -397,6 +462,8 @@ def format_plan(
                 len(row.specs),
                 _number(row.forward),
                 _number(row.backward),
+                _number(row.volume_forward),
+                _number(row.volume_backward),
                 _number(row.s_per_volume, 2),
                 _number(row.hours, 2),
                 _number(row.peak_mb),
@@ -410,6 +477,8 @@ def format_plan(
         "specs",
         "forward / vol",
         "backward / vol",
+        "3D forward / vol",
+        "3D backward / vol",
         "s / vol",
         "hours",
         "peak MiB",
@@ -426,6 +495,11 @@ def format_plan(
             f" {c.cut_s * 1e6:.1f} us cut per slice; {c.read_s * 1e9:.2f} ns per"
             f" voxel-direction read\n" + text
         )
+        if c.volume_forward_s is not None and c.volume_backward_s is not None:
+            text = (
+                f"volume classifier (3D CAMs): {c.volume_forward_s:.3f} s forward,"
+                f" {c.volume_backward_s:.3f} s forward+backward per volume\n" + text
+            )
     text += (
         "\n\nEach family is estimated as run alone; families run together share slices, so"
         " the total is an upper bound."
@@ -456,18 +530,28 @@ def plan_run(
     device: torch.device,
     budget_hours: float,
     in_chans: int,
+    volume_model: torch.nn.Module | None = None,
 ) -> tuple[pd.DataFrame, Calibration, list[str], dict[str, str]]:
     """Everything ``run --plan`` needs in one call: (plan, calibration, kept specs,
     {left-out spec: reason}) for ``--methods`` tokens ``methods`` over the validation
-    volumes' ``shapes``; print ``format_plan(plan, calibration, left_out)``."""
+    volumes' ``shapes``; print ``format_plan(plan, calibration, left_out)``. Without a
+    ``volume_model`` (the volume classifier) the 3D CAMs' cost is unknown."""
     from methods import expand_specs
 
     methods = list(methods)
     specs = expand_specs(methods)
     mean_shape = tuple(int(round(float(np.mean([s[i] for s in shapes])))) for i in range(3))
     calibration = calibrate(
-        model, in_chans, tomography.slice_size, batch_size, device, shape=mean_shape
+        model,
+        in_chans,
+        tomography.slice_size,
+        batch_size,
+        device,
+        shape=mean_shape,
+        volume_model=volume_model,
     )
-    frame = plan(specs, shapes, model, tomography, batch_size, calibration)
+    frame = plan(
+        specs, shapes, model, tomography, batch_size, calibration, volume_model=volume_model
+    )
     kept, left_out = within_budget(frame, budget_hours, named_outright(methods))
     return frame, calibration, kept, left_out

@@ -18,6 +18,9 @@ from torch import Tensor, nn
 
 from methods.tomography import autocast
 
+# F.interpolate's linear mode for maps of 1, 2 and 3 spatial axes
+INTERPOLATION = {1: "linear", 2: "bilinear", 3: "trilinear"}
+
 
 @contextmanager
 def captured_output(layer: nn.Module):
@@ -135,7 +138,8 @@ class LayerCAM(GradientCAM):
 
 class ScoreCAM(CAM):
     """ScoreCAM (Wang et al., CVPRW 2020), gradient-free: channel weights are the softmax
-    over channels of the logit of the input masked by each min-max scaled, upsampled A_k.
+    over channels of the logit of the input masked by each min-max scaled, upsampled A_k
+    (bilinearly as pytorch-grad-cam's for images, trilinearly for volumes).
 
     The masked copies of each input go through the classifier as many at a time as the
     inputs it was given (the caller's batch size bounds the memory of both)."""
@@ -153,7 +157,8 @@ class ScoreCAM(CAM):
     @staticmethod
     def _scores(model: nn.Module, image: Tensor, acts: Tensor, batch_size: int) -> Tensor:
         """[K] logits of ``image`` [C, *S_in] masked by each channel of ``acts`` [K, *S]."""
-        masks = F.interpolate(acts[None], size=image.shape[1:], mode="bilinear", align_corners=True)
+        mode = INTERPOLATION[acts.dim() - 1]
+        masks = F.interpolate(acts[None], size=image.shape[1:], mode=mode, align_corners=True)
         masks = masks[0].flatten(1)
         low, high = masks.amin(-1, keepdim=True), masks.amax(-1, keepdim=True)
         masks = ((masks - low) / (high - low + 1e-8)).view(len(acts), 1, *image.shape[1:])

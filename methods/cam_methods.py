@@ -67,8 +67,9 @@ class CAMMethod(Method):
         return own() if own is not None else cams.PytorchGradCAM(self.equation)
 
 
-def _slice_maps(methods: Sequence[CAMMethod], model: nn.Module):
-    """One slice function for every method's maps: {maps_key: [N, a, b]}."""
+def cam_maps(methods: Sequence[CAMMethod], model: nn.Module):
+    """One function of the inputs [N, C, *S] (slices, or whole volumes) for every method's
+    maps at its stage: {maps_key: [N, *s]}."""
     stages = stage_modules(model)
     requests = {m.maps_key: (m.make_cam(), stages[m.layer]) for m in methods}
     return cams.multi_cam(model, requests, methods[0].batch_size)
@@ -136,7 +137,7 @@ def slice_wise_heatmaps(
 ) -> dict[str, Tensor]:
     """{spec: heatmap} of slice-wise methods sharing a configuration: each axis is sliced
     once, and each (equation, layer) map computed once for all methods that need it."""
-    maps, size = _slice_maps(methods, model), methods[0].config.slice_size
+    maps, size = cam_maps(methods, model), methods[0].config.slice_size
     axes = sorted({axis for m in methods for axis in m.axes})
     per_axis = {axis: tomography.reslice(volume, maps, axis, size) for axis in axes}
     return {m.spec: sum(per_axis[a][m.maps_key] for a in m.axes) / len(m.axes) for m in methods}
@@ -150,7 +151,7 @@ def stacked_heatmaps(
     c = methods[0].config
     results = tomography.reconstruct_many(
         volume,
-        _slice_maps(methods, model),
+        cam_maps(methods, model),
         c.n_angles_cam,
         c.n_slices,
         c.slice_size,

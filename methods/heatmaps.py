@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from methods.cam3d import VolumeCAM, volume_heatmaps
 from methods.cam_methods import AveragedCAM, SliceWiseCAM, slice_wise_heatmaps, stacked_heatmaps
 from methods.config import TomographyConfig
 from methods.registry import create_method
@@ -13,7 +14,11 @@ if TYPE_CHECKING:
     from torch import Tensor, nn
 
 # geometries whose methods are computed together, sharing slices and classifier passes
-SHARED_GEOMETRIES = ((SliceWiseCAM, slice_wise_heatmaps), (AveragedCAM, stacked_heatmaps))
+SHARED_GEOMETRIES = (
+    (SliceWiseCAM, slice_wise_heatmaps),
+    (AveragedCAM, stacked_heatmaps),
+    (VolumeCAM, volume_heatmaps),
+)
 
 
 def compute_heatmaps(
@@ -28,7 +33,9 @@ def compute_heatmaps(
     ``options``: {spec: options of :func:`create_method`} (e.g. ``Method.fit_options``).
 
     Slice-wise and 3-axis CAMs share their slices and one forward/backward pass for all
-    gradient CAMs and layers; Averaged and Tomographic CAMs likewise, and share their maps.
+    gradient CAMs and layers; Averaged and Tomographic CAMs likewise, and share their maps;
+    3D CAMs share one forward/backward pass of the volume (``model`` is then the volume
+    classifier: a call holds methods of one ``Method.classifier``).
     The heatmaps equal those of each method called alone. Other methods run one by one.
     """
     options = options or {}

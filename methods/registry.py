@@ -9,7 +9,7 @@ from __future__ import annotations
 import fnmatch
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from benchmark.registry import Registry, RegistryError, natural_key
@@ -19,25 +19,35 @@ if TYPE_CHECKING:
     from torch import Tensor, nn
 
 # Modules that register the built-in methods; imported on the first registry query.
-BUILTIN_MODULES = ("methods.tonno", "methods.cam_methods", "methods.iterative", "methods.baselines")
+BUILTIN_MODULES = (
+    "methods.tonno",
+    "methods.cam_methods",
+    "methods.iterative",
+    "methods.cam3d",
+    "methods.baselines",
+)
 
 METHODS = Registry("method", BUILTIN_MODULES)
 
 
 @dataclass(frozen=True)
 class Passes:
-    """The work of one method on one volume, counted in slices (the plan's unit of cost).
+    """The work of one method on one volume, in the plan's units of cost.
 
-    ``forward``: slices pushed through the classifier (all of them); ``backward``: those of
-    them also back-propagated (gradient CAMs); ``cut``: slices cut from the volume (eq. 4);
-    ``backprojected``: voxel x direction reads of the backprojection (eqs. 11-13), or pixel
-    reads and writes of an iterative solver (each cut of a slice and its adjoint).
+    ``forward``: slices pushed through the 2D slice classifier (all of them); ``backward``:
+    those of them also back-propagated (gradient CAMs); ``cut``: slices cut from the volume
+    (eq. 4); ``backprojected``: voxel x direction reads of the backprojection (eqs. 11-13),
+    or pixel reads and writes of an iterative solver (each cut of a slice and its adjoint);
+    ``volume_forward`` / ``volume_backward``: whole volumes pushed through the 3D volume
+    classifier, and those of them back-propagated (the 3D CAMs, ``classifier = "3d"``).
     """
 
     forward: int
     backward: int = 0
     cut: int = 0
     backprojected: int = 0
+    volume_forward: int = 0
+    volume_backward: int = 0
 
     def __add__(self, other: Passes) -> Passes:
         return Passes(*(a + b for a, b in zip(self.astuple(), other.astuple(), strict=True)))
@@ -45,13 +55,14 @@ class Passes:
     def __mul__(self, factor: int) -> Passes:
         return Passes(*(a * factor for a in self.astuple()))
 
-    def astuple(self) -> tuple[int, int, int, int]:
-        return self.forward, self.backward, self.cut, self.backprojected
+    def astuple(self) -> tuple[int, ...]:
+        return astuple(self)
 
 
 # Kinds of methods in the paper's row order (Tables 2 and 5): slice-wise CAMs (and their
-# 3-axis variants), ToNNO, Averaged CAM, Tomographic CAM; then ours, plugins, baselines.
-KINDS = ("slice-wise", "tonno", "averaged", "tomographic", "iterative", "plugin", "baseline")
+# 3-axis variants), ToNNO, Averaged CAM, Tomographic CAM; then ours (iterative, the 3D CAMs
+# of a volume classifier), plugins, baselines.
+KINDS = ("slice-wise", "tonno", "averaged", "tomographic", "iterative", "3d", "plugin", "baseline")
 
 
 class Method(ABC):
@@ -64,6 +75,11 @@ class Method(ABC):
     label, e.g. "Tomographic LayerCAM"), ``paper`` (its (method, variant) in the paper's
     published tables, if the paper reports it); ``kind`` (one of :data:`KINDS`, the row
     order) is a class attribute of the kind's base class.
+
+    ``classifier`` names the model the method explains, which the run passes as ``model``:
+    ``"2d"`` the slice classifier (the paper's methods), ``"3d"`` the volume classifier
+    (a 3D network on the whole volume [N, C, D, H, W] -> logits [N, 1], with timm-style
+    ``feature_info`` stages; beyond the paper).
     """
 
     name: ClassVar[str] = ""
@@ -71,6 +87,7 @@ class Method(ABC):
     title: ClassVar[str] = ""
     paper: ClassVar[tuple[str, str] | None] = None
     kind: ClassVar[str] = "plugin"
+    classifier: ClassVar[str] = "2d"  # "2d": the slice classifier; "3d": the volume one
     # Bump when the method's heatmaps change with nothing in the cache key changing (its
     # code, not its settings): a non-zero revision is part of its entries' cache address,
     # so the old entries are not reused (0 keeps the addresses they always had).
@@ -98,8 +115,9 @@ class Method(ABC):
         return f"{type(self).__name__}({self.spec!r})"
 
     def passes(self, shape: tuple[int, int, int], channels: int | None = None) -> Passes | None:
-        """Slices this method pushes through the classifier on one volume of ``shape``
-        (D, H, W); ``channels``: the channel count at its layer (ScoreCAM needs it).
+        """The work of this method on one volume of ``shape`` (D, H, W): slices through the
+        slice classifier, or volumes through the volume classifier; ``channels``: the
+        channel count at its layer (ScoreCAM needs it).
 
         None = unknown cost: the run plan shows it as unknown and never leaves it out.
         Built-in methods override this with their closed form; a plugin may too.

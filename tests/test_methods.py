@@ -13,6 +13,7 @@ from phantoms import gaussian, rel_l2, smooth_ball
 from scipy import ndimage
 from timm.models.resnet import BasicBlock, ResNet
 from torch import nn
+from volume_models import TinyClassifier
 
 from benchmark.registry import RegistryError
 from methods import create_method, expand_specs, list_methods, method_class, register_method
@@ -70,10 +71,19 @@ def tiny_model():
     return model.eval()
 
 
+@pytest.fixture(scope="module")
+def tiny_volume_model():
+    torch.manual_seed(3)  # every 3D CAM of the test volume is non-zero somewhere
+    return TinyClassifier((8, 16, 16), in_chans=2).eval()
+
+
 @pytest.mark.parametrize("spec", list_methods(specs=True))
-def test_every_spec_gives_a_finite_float32_heatmap_of_the_input_shape(spec, tiny_model):
+def test_every_spec_gives_a_finite_float32_heatmap_of_the_input_shape(
+    spec, tiny_model, tiny_volume_model
+):
     volume = torch.rand(2, 6, 8, 10, generator=torch.Generator().manual_seed(0))
-    heatmap = create_method(spec, config=TINY)(volume, tiny_model)
+    method = create_method(spec, config=TINY)
+    heatmap = method(volume, tiny_volume_model if method.classifier == "3d" else tiny_model)
     assert heatmap.dtype == torch.float32 and heatmap.shape == (6, 8, 10)
     assert torch.isfinite(heatmap).all() and heatmap.abs().max() > 0
 
@@ -88,6 +98,7 @@ def test_the_registry_holds_every_method_of_the_paper_and_the_baselines():
     }
     expected |= {"pgc_eigencam", "pgc_hirescam", "pgc_xgradcam"}
     expected |= {f"iterative_{c}" for c in cams if c != "scorecam"}  # the paper's open problem
+    expected |= {f"cam3d_{c}" for c in cams}  # beyond the paper: the volume classifier's
     assert set(list_methods()) == expected
     assert len(expand_specs("all")) == len(layerless) + 4 * len(expected - layerless)
     assert expand_specs("tomographic_*@2") == [f"tomographic_{c}@2" for c in sorted(cams)]

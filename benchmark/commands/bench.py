@@ -10,6 +10,9 @@ from benchmark.commands import add_set_argument
 HELP = "measure throughput and overhead ratios (side by side, one run)"
 
 DEFAULT_SHAPES = {"quick": (1, 32, 96, 96), "paper": (1, 128, 128, 128)}
+# bench methods: the volume classifier's input size (D, H, W) for the 3D CAMs (beyond the
+# paper); quick: the synthetic set's volumes
+VOLUME_INPUT_SIZES = {"quick": (32, 64, 64), "paper": (128, 128, 128)}
 # bench scale: cube edges, L values and the cube edge of the L sweep, per preset
 SCALE_SIZES = {"quick": (32, 48, 64, 96, 128), "paper": (64, 96, 128, 192, 256)}
 SCALE_ANGLES = {"quick": (8, 16, 32, 64), "paper": (250, 500, 1000, 2000)}
@@ -28,7 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "target",
         choices=("tomography", "methods", "scale", "figure4"),
         help="tomography: the core and ToNNO's overhead over its classifier; methods: "
-        "slice-wise CAMs vs pytorch-grad-cam, per-volume times, peak memory vs chunk; "
+        "slice-wise CAMs vs pytorch-grad-cam, per-volume times (3D CAMs too), peak memory vs "
+        "chunk; "
         "scale: ToNNO and Tomographic LayerCAM@2 as the volume and L grow, log-log slopes; "
         "figure4: the paper's Figure 4 measured, Averaged vs Tomographic vs Iterative CAM",
     )
@@ -98,7 +102,14 @@ def run(args: argparse.Namespace) -> int:
         rows = bench_tomography(config, shape, device, args.model, args.repeats).rows()
     else:
         rows = bench_methods(
-            config, shape, device, args.model, args.batch_size, args.repeats, not args.no_memory
+            config,
+            shape,
+            device,
+            args.model,
+            args.batch_size,
+            args.repeats,
+            not args.no_memory,
+            VOLUME_INPUT_SIZES[preset],
         )
     print(f"bench {args.target} ({preset} preset, {args.model} with random weights)")
     print(tabulate(rows, tablefmt="github", headers=("measure", "value")))
