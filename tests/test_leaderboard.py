@@ -366,3 +366,39 @@ def test_the_page_states_each_methods_gain_over_the_better_trivial_baseline(tmp_
     best = md_table((tmp_path / "synthetic.md").read_text(), "Best layer per method")
     gain = best["Dice gain over baselines"]
     assert gain["ToNNO"] == "+0.21" and gain["LayerCAM (layer 2)"] == "-0.11"
+
+
+def test_a_3d_classifiers_rows_stand_beside_the_2d_ones_with_each_classifiers_auc(tmp_path):
+    """3D CAMs explain another classifier: their rows keep its model, appear in the 2D
+    model's tables compared with its reference (paired on the same volumes), each row with
+    its own classifier's AUC, and the model comparison lists both classifiers."""
+    rng = np.random.default_rng(1)
+    base = rng.uniform(0.1, 0.3, 30)
+    cases = pd.concat(
+        [
+            per_case("layercam@2", base),
+            per_case("tonno", base + 0.3 + rng.normal(0, 0.05, 30)),
+            per_case("cam3d_gradcam@3", base + 0.1 + rng.normal(0, 0.02, 30), model="r3d"),
+            per_case("cam3d_gradcam@4", base + rng.normal(0, 0.02, 30), model="r3d"),
+        ]
+    )
+    rows = rows_of(cases)
+    rows["classifier_auc"] = np.where(rows.model == "r3d", 0.81, 0.99)
+    write_leaderboards(rows, tmp_path, cases=cases)
+    csv = pd.read_csv(tmp_path / "synthetic.csv").set_index("method")
+    assert csv.loc["cam3d_gradcam@3", "model"] == "r3d"
+    assert csv.loc["cam3d_gradcam@3", "dice_delta"] == pytest.approx(
+        csv.loc["cam3d_gradcam@3", "dice"] - csv.loc["layercam@2", "dice"]
+    )
+    assert csv.loc["cam3d_gradcam@3", "dice_delta_ci_low"] > 0.05  # paired: +0.1 +- 0.02
+    text = (tmp_path / "synthetic.md").read_text()
+    assert "Best layer per method: r3d" not in text  # no tables of its own
+    best = md_table(text, "Best layer per method: resnet10t")
+    assert list(best.index) == ["LayerCAM (layer 2)", "ToNNO", "3D GradCAM (layer 3)"]
+    assert best["Classifier AUC"].tolist() == ["0.99", "0.99", "0.81"]
+    assert best.loc["3D GradCAM (layer 3)", "Dice"].endswith(")†")
+    every = md_table(text, "Every method at every layer: resnet10t")
+    assert every.loc["3D GradCAM (layer 4)", "Classifier AUC"] == "0.81"
+    comparison = md_table(text, "Model comparison")
+    assert comparison.loc["3D GradCAM (layer 3), r3d", "Classifier AUC"] == "0.81"
+    assert comparison.loc["ToNNO, resnet10t (R-10-T, FBN)", "Classifier AUC"] == "0.99"
