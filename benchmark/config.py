@@ -188,7 +188,9 @@ PRESETS: dict[type, dict[str, Any]] = {
     Train3DConfig: {
         "paper": Train3DConfig(),
         # synthetic's 32x64x64 volumes at 3/4 of their height and width; early stopping as
-        # the 2D quick preset's (figures: benchmark/train3d.py's module docstring)
+        # the 2D quick preset's. Measured (synthetic, seed 0, 2 threads of a 2-core CPU
+        # shared with a benchmark run and tests, 4-7 s/step): holdout AUC 1.0 at step 100,
+        # stopped at 140 in 864 s; evaluation AUC 0.92 (95 % bootstrap 0.79-1.00)
         "quick": Train3DConfig(
             model="resnet10_3d",
             input_size=(32, 48, 48),

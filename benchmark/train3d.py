@@ -7,7 +7,7 @@ small random 3D rotation about the centre of [-1, 1]^3, resamples it at the netw
 size (one trilinear pass) and maps its intensities by y = (1 + a) x + b. All random numbers
 come from the loop's CPU generator, so a resumed run ends with the same weights.
 
-The quick preset's figures on the synthetic set are beside it in benchmark.config.PRESETS.
+The quick preset's figures on the synthetic set are beside it in ``benchmark.config.PRESETS``.
 """
 
 from __future__ import annotations
