@@ -74,15 +74,25 @@ def checkpoint_hash(path: str | Path, length: int = 16) -> str:
 
 
 def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
-    """The trained classifier of a checkpoint, in eval mode on ``device``."""
-    from benchmark.models import create_classifier
-
+    """The trained classifier of a checkpoint, in eval mode on ``device``: the 2D slice
+    classifier, or a :class:`~benchmark.classifier3d.VolumeClassifier` for a checkpoint of
+    the 3D one (``classifier: "3d"``)."""
     state = read_checkpoint(path)
     if not weights_finite(state):
         raise ValueError(f"{path} holds non-finite weights: retrain the classifier")
     device = resolve_device(device)
-    model = create_classifier(
-        state["arch"], state["in_chans"], norm=state["norm"], pretrained=False
-    )
+    if state.get("classifier") == "3d":
+        from benchmark.classifier3d import create_volume_classifier
+
+        size = tuple(state["config"]["input_size"])
+        model = create_volume_classifier(state["model_name"], state["in_chans"], size)
+        spatial_dims = 3
+    else:
+        from benchmark.models import create_classifier
+
+        model = create_classifier(
+            state["arch"], state["in_chans"], norm=state["norm"], pretrained=False
+        )
+        spatial_dims = 2
     model.load_state_dict(state["model"])
-    return model.to(device, memory_format=memory_format(device)).eval()
+    return model.to(device, memory_format=memory_format(device, spatial_dims)).eval()

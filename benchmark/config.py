@@ -70,6 +70,37 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class Train3DConfig:
+    """Training of the 3D classifier on whole volumes (beyond the paper: it has none).
+
+    As :class:`TrainConfig` (same splits, image-level labels, class balance, intensity
+    augmentation, Adam and cosine schedule, early stopping), with B whole volumes a step,
+    randomly flipped and rotated in 3D, instead of random slices. The ``paper`` preset is
+    our choice of a GPU setting.
+    """
+
+    model: str = "resnet18_3d"  # benchmark.classifier3d.RESNETS_3D (MONAI 3D ResNets)
+    weights: str | None = None  # local MedicalNet weights file; None: MONAI's initialisation
+    input_size: tuple[int, int, int] = (128, 128, 128)  # (D, H, W) the network sees
+    batch_volumes: int = 8  # B, half positive and half negative
+    flip: bool = True  # each axis flipped with probability 1/2
+    rotation: float = 15.0  # degrees: angle ~ U(-rotation, rotation) about a random axis
+    intensity: float = 0.3  # y = (1 + a) x + b per volume, a, b ~ U(-intensity, intensity)
+    lr: float = 1e-4  # cosine schedule from lr to lr_min, updated every step
+    lr_min: float = 1e-6
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam
+    eps: float = 1e-8
+    iterations: int = 20_000
+    val_every: int = 1000  # steps between validations (and one at the end)
+    checkpoint_every: int = 500
+    log_every: int = 50  # steps per train_log.csv row (mean loss)
+    seed: int = 0
+    holdout: float = 0.0  # as TrainConfig's: early stopping on a held-out part of train
+    patience: int = 0
+    min_delta: float = 0.0
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """A benchmark run (``python -m benchmark run``): methods, protocol (A.7) and outputs."""
 
@@ -103,7 +134,12 @@ class RunConfig:
 
 
 # The sections of a config file and the prefixes of ``--set`` (run's fields take none).
-SECTIONS: dict[str, type] = {"run": RunConfig, "train": TrainConfig, "tomography": TomographyConfig}
+SECTIONS: dict[str, type] = {
+    "run": RunConfig,
+    "train": TrainConfig,
+    "train3d": Train3DConfig,
+    "tomography": TomographyConfig,
+}
 
 PAPER_ITERATIONS: dict[str, int] = {  # A.6, for the ResNet-10-T
     "ms": 250_000,
@@ -146,6 +182,27 @@ PRESETS: dict[type, dict[str, Any]] = {
             log_every=10,
             holdout=0.25,  # synthetic: 6 + 6 of the 48 training volumes
             patience=3,
+            min_delta=0.01,
+        ),
+    },
+    Train3DConfig: {
+        "paper": Train3DConfig(),
+        # synthetic's 32x64x64 volumes at 3/4 of their height and width; early stopping as
+        # the 2D quick preset's. Measured (synthetic, seed 0, 2 threads of a 2-core CPU
+        # shared with a benchmark run and tests, 4-7 s/step): holdout AUC 1.0 at step 100,
+        # stopped at 140 in 864 s; evaluation AUC 0.92 (95 % bootstrap 0.79-1.00)
+        "quick": Train3DConfig(
+            model="resnet10_3d",
+            input_size=(32, 48, 48),
+            batch_volumes=4,
+            lr=1e-3,
+            lr_min=1e-5,
+            iterations=150,  # the cap; the cosine schedule spans it
+            val_every=20,
+            checkpoint_every=20,
+            log_every=10,
+            holdout=0.25,
+            patience=2,
             min_delta=0.01,
         ),
     },

@@ -32,9 +32,11 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return device
 
 
-def memory_format(device: torch.device) -> torch.memory_format:
-    """channels_last on CUDA (tensor cores), contiguous on the CPU."""
-    return torch.channels_last if device.type == "cuda" else torch.contiguous_format
+def memory_format(device: torch.device, spatial_dims: int = 2) -> torch.memory_format:
+    """channels_last (``_3d`` for volumes) on CUDA (tensor cores), contiguous on the CPU."""
+    if device.type != "cuda":
+        return torch.contiguous_format
+    return torch.channels_last_3d if spatial_dims == 3 else torch.channels_last
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ import resource
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -39,6 +40,9 @@ from benchmark.config import RunConfig
 from methods import Method, Passes, create_method
 from methods.config import TomographyConfig
 from methods.registry import parse_spec
+
+if TYPE_CHECKING:
+    from benchmark.train import TrainingEstimate
 
 log = logging.getLogger(__name__)
 
@@ -446,9 +450,12 @@ def format_plan(
     plan_frame: pd.DataFrame,
     calibration: Calibration | None = None,
     left_out: Mapping[str, str] | None = None,
+    training: Mapping[str, TrainingEstimate] | None = None,
 ) -> str:
-    """The plan as a GitHub table (``run --plan``), with the prices it used and the
-    families the budget leaves out."""
+    """The plan as a GitHub table (``run --plan``), with the prices it used, the
+    families the budget leaves out and, per classifier the run must train first (e.g.
+    ``{"3d classifier resnet10_3d": estimate}``), its
+    :func:`benchmark.train.training_estimate`."""
     from tabulate import tabulate
 
     left_out = left_out or {}
@@ -504,6 +511,11 @@ def format_plan(
         "\n\nEach family is estimated as run alone; families run together share slices, so"
         " the total is an upper bound."
     )
+    for name, estimate in (training or {}).items():
+        text += (
+            f"\n\ntraining {name}: {estimate.s_per_step:.2f} s / step x {estimate.iterations}"
+            f" steps (cap) = {estimate.seconds / HOUR:.2f} h, before the methods"
+        )
     reasons = sorted(set(left_out.values()))
     if reasons:
         text += "\n\nleft out of all / wildcards (name a spec to run it anyway):\n"

@@ -26,6 +26,7 @@ import io
 import json
 import logging
 import math
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -43,7 +44,7 @@ from benchmark.checkpoint import (
     save_checkpoint,
     weights_finite,
 )
-from benchmark.config import PAPER_ITERATION_FACTOR, PAPER_ITERATIONS, TrainConfig
+from benchmark.config import PAPER_ITERATION_FACTOR, PAPER_ITERATIONS, Train3DConfig, TrainConfig
 from benchmark.distributed import Context, memory_format, resolve_device
 from benchmark.io import atomic_write
 from benchmark.metrics import weighted_balanced_accuracy
@@ -227,7 +228,8 @@ def train_step(
     """
     model.train()
     with autocast(slices.device):
-        logits = model(slices.contiguous(memory_format=memory_format(slices.device)))
+        fmt = memory_format(slices.device, slices.dim() - 2)
+        logits = model(slices.contiguous(memory_format=fmt))
     loss = F.binary_cross_entropy_with_logits(logits.float().squeeze(-1), labels)
     reported = loss.item() if check is None else check.loss(loss.item())
     optimizer.zero_grad(set_to_none=True)
@@ -338,7 +340,17 @@ def volume_logits(
 
 
 def validation_scores(labels: Tensor, logits: Tensor) -> dict[str, Any]:
-    """The scores of :func:`validate` from volume labels [V] and logits [V]."""
+    """Validation scores from volume labels [V] and logits [V] (the 2D classifier's volume
+    logit is the max of its validation slices' logits, A.6):
+
+    - ``balanced_accuracy``: each volume thresholded at the value tuned on the others
+      (5-fold, :func:`cross_fitted_predictions`); NaN with fewer than two volumes a class;
+    - ``balanced_accuracy_at_0``: logit > 0. Fragile for the 2D classifier: a slice outside
+      the body reads the same in both classes, so its optimal logit is 0 and the max over
+      the many slices of a negative volume hovers around 0;
+    - ``auc``: threshold-free;
+    - ``logits`` [V] and ``labels`` [V].
+    """
     two_each = min((labels == 0).sum(), (labels == 1).sum()) >= 2
     return {
         "balanced_accuracy": (
@@ -351,30 +363,6 @@ def validation_scores(labels: Tensor, logits: Tensor) -> dict[str, Any]:
         "logits": logits,
         "labels": labels,
     }
-
-
-def validate(
-    model: nn.Module,
-    dataset: Any,
-    ids: list[str],
-    n_slices: int,
-    size: int,
-    chunk: int,
-    context: Context | None = None,
-) -> dict[str, Any]:
-    """Volume logit = max of its validation slices' logits (A.6), and its scores.
-
-    - ``balanced_accuracy``: each volume thresholded at the value tuned on the others
-      (5-fold, :func:`cross_fitted_predictions`); NaN with fewer than two volumes a class;
-    - ``balanced_accuracy_at_0``: max logit > 0, i.e. positive when one slice is. Fragile:
-      a slice outside the body reads the same in both classes, so its optimal logit is 0
-      and the max over the many slices of a negative volume hovers around 0;
-    - ``auc``: threshold-free;
-    - ``logits`` [V] and ``labels`` [V].
-    """
-    logits = volume_logits(model, dataset, ids, n_slices, size, chunk, context)
-    labels = torch.tensor([dataset.label(i) for i in ids])
-    return validation_scores(labels, logits)
 
 
 def _auc_or_nan(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -404,7 +392,7 @@ def classifier_report(
     seed: int = 0,
     context: Context | None = None,
 ) -> dict[str, Any]:
-    """Is the classifier better than chance on ``ids``? Scores of :func:`validate` with
+    """Is the classifier better than chance on ``ids``? Scores of :func:`validation_scores` with
     percentile bootstrap intervals over volumes (:func:`benchmark.stats.bootstrap_ci`).
 
     ``auc`` (volume logit = max slice logit, A.6) and ``balanced_accuracy`` (cross-fitted
@@ -416,6 +404,34 @@ def classifier_report(
     """
     logits = volume_logits(model, dataset, ids, n_slices, size, chunk, context)
     labels = torch.tensor([dataset.label(i) for i in ids])
+    return _report(labels, logits, n_resamples, confidence, seed)
+
+
+def classifier_report_of(
+    model: nn.Module,
+    dataset: Any,
+    ids: list[str],
+    train_config: dict[str, Any],
+    chunk: int,
+    *,
+    n_resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    context: Context | None = None,
+) -> dict[str, Any]:
+    """:func:`classifier_report` of either classifier, from a checkpoint's recorded
+    ``config``: the 2D one's volume logit is its max slice logit (A.6), the 3D one's its
+    logit of the whole volume (beyond the paper)."""
+    batches = batches_for(config_from_record(train_config))
+    logits = batches.volume_logits(model, dataset, ids, chunk, context)
+    labels = torch.tensor([dataset.label(i) for i in ids])
+    return _report(labels, logits, n_resamples, confidence, seed)
+
+
+def _report(
+    labels: Tensor, logits: Tensor, n_resamples: int, confidence: float, seed: int
+) -> dict[str, Any]:
+    """The dictionary of :func:`classifier_report` from volume labels and logits [V]."""
     scores = validation_scores(labels, logits)
     y, s = labels.numpy(), logits.numpy()
     ci = {"n_resamples": n_resamples, "confidence": confidence, "seed": seed}
@@ -432,9 +448,9 @@ def classifier_report(
         "balanced_accuracy": scores["balanced_accuracy"],
         "balanced_accuracy_ci_low": ba_low,
         "balanced_accuracy_ci_high": ba_high,
-        "n_volumes": len(ids),
+        "n_volumes": len(labels),
         "n_positive": int(labels.sum()),
-        "n_negative": int(len(ids) - labels.sum()),
+        "n_negative": int(len(labels) - labels.sum()),
         "confidence": confidence,
         "at_chance": bool(at_chance),
     }
@@ -444,6 +460,77 @@ def load_volume(dataset: Any, sample_id: str, device: torch.device) -> Tensor:
     """``dataset[id].image`` as a float32 tensor [C,D,H,W] on ``device`` (a copy)."""
     image = np.array(dataset[sample_id].image, dtype=np.float32)
     return torch.from_numpy(image).to(device)
+
+
+class SliceBatches:
+    """What :func:`train` does with a :class:`TrainConfig`: the 2D slice classifier (A.6).
+
+    The strategies (this and :class:`benchmark.train3d.VolumeBatches`) share one interface:
+    ``draw`` (every random number of a step, on the CPU generator), ``cut`` (a rank's
+    inputs and labels), ``volume_logits``, ``build_model``, ``record`` (what the checkpoint
+    says of the model), ``check`` and ``saved_defaults`` (fields older checkpoints lack).
+    """
+
+    unit = "slice"
+    spatial_dims = 2
+
+    def __init__(self, config: TrainConfig):
+        self.config = config
+        self.chunk = config.batch_volumes * config.slices_per_volume  # slices per pass
+
+    def draw(self, positives: list[str], negatives: list[str], generator) -> BatchPlan:
+        return draw_batch(positives, negatives, self.config, generator)
+
+    def cut(self, dataset, plan: BatchPlan, positions, device) -> tuple[Tensor, Tensor]:
+        return cut_batch(dataset, plan, positions, self.config.slice_size, device)
+
+    def volume_logits(self, model, dataset, ids, chunk: int, context=None) -> Tensor:
+        config = self.config
+        return volume_logits(
+            model, dataset, ids, config.val_slices, config.slice_size, chunk, context
+        )
+
+    def build_model(self, in_chans: int, *, initial: bool = True) -> nn.Module:
+        return build_model(self.config, in_chans, initial=initial)
+
+    def record(self) -> dict[str, Any]:
+        spec = model_spec(self.config.model)
+        return {"model_name": self.config.model, "arch": spec.arch, "norm": spec.norm}
+
+    def check(self) -> None:
+        config = self.config
+        for field in ("slice_size", "val_slices"):
+            if getattr(config, field) < 1:
+                raise ValueError(
+                    f"train config: {field} must be >= 1, got {getattr(config, field)}"
+                )
+        for field in ("slices_per_volume", "val_slices"):
+            if getattr(config, field) < 2:
+                raise ValueError(f"train config: {field} must be >= 2 (offsets span [-1, 1])")
+        if not 0 <= config.scale < 1:
+            raise ValueError(f"train config: scale must be in [0, 1), got {config.scale}")
+
+    def saved_defaults(self, state: dict[str, Any]) -> dict[str, Any]:
+        # before gn_init existed, group norms replacing batch norms copied their affine parameters
+        return {"gn_init": "copy" if state["norm"] == "gn" else self.config.gn_init}
+
+
+def batches_for(config: TrainConfig | Train3DConfig):
+    """The strategy of :func:`train` for ``config``: 2D slices or 3D whole volumes."""
+    if isinstance(config, Train3DConfig):
+        from benchmark.train3d import VolumeBatches  # it builds on this module
+
+        return VolumeBatches(config)
+    return SliceBatches(config)
+
+
+def config_from_record(fields: dict[str, Any]) -> TrainConfig | Train3DConfig:
+    """The config of a checkpoint's recorded ``config`` (a 3D one has ``input_size``);
+    fields this version does not know are left out, those it lacks take their defaults."""
+    cls = Train3DConfig if "input_size" in fields else TrainConfig
+    known = {f.name for f in dataclasses.fields(cls)}
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items() if k in known}
+    return cls(**values)
 
 
 def resolve_iterations(config: TrainConfig, dataset_name: str) -> TrainConfig:
@@ -459,23 +546,13 @@ def resolve_iterations(config: TrainConfig, dataset_name: str) -> TrainConfig:
     return dataclasses.replace(config, iterations=round(factor * PAPER_ITERATIONS[dataset_name]))
 
 
-def _check(config: TrainConfig, world_size: int = 1) -> None:
+def _check(config: TrainConfig | Train3DConfig, world_size: int = 1) -> None:
     """Reject settings that cannot train (at the boundary, with the field's name)."""
-    for field in (
-        "batch_volumes",
-        "slice_size",
-        "iterations",
-        "val_every",
-        "val_slices",
-        "checkpoint_every",
-        "log_every",
-    ):
+    for field in ("batch_volumes", "iterations", "val_every", "checkpoint_every", "log_every"):
         if getattr(config, field) < 1:
             raise ValueError(f"train config: {field} must be >= 1, got {getattr(config, field)}")
-    for field in ("slices_per_volume", "val_slices"):
-        if getattr(config, field) < 2:
-            raise ValueError(f"train config: {field} must be >= 2 (offsets span [-1, 1])")
-    for field in ("scale", "intensity", "holdout"):
+    batches_for(config).check()
+    for field in ("intensity", "holdout"):
         if not 0 <= getattr(config, field) < 1:
             raise ValueError(
                 f"train config: {field} must be in [0, 1), got {getattr(config, field)}"
@@ -588,7 +665,7 @@ def _dataset_info(dataset: Any) -> dict[str, Any]:
 
 def train(
     dataset: Any,
-    config: TrainConfig,
+    config: TrainConfig | Train3DConfig,
     out_dir: str | Path,
     *,
     resume: bool = False,
@@ -597,6 +674,9 @@ def train(
     context: Context | None = None,
 ) -> Path:
     """Train the classifier of ``config`` on ``dataset``; the path of the final checkpoint.
+
+    A :class:`TrainConfig` trains the 2D slice classifier (A.6), a :class:`Train3DConfig`
+    the 3D one on whole volumes (beyond the paper), in the same loop (:func:`batches_for`).
 
     ``out_dir`` receives ``checkpoint.pt`` (every ``checkpoint_every`` steps and at the end),
     ``config.yaml`` and ``train_log.csv``. With ``resume``, an existing checkpoint of the
@@ -617,16 +697,17 @@ def train(
     info = _dataset_info(dataset)
     config = resolve_iterations(config, info["name"])
     _check(config, context.world_size)
+    batches = batches_for(config)
     split = _split_ids(dataset, config)
     in_chans = len(dataset.channels)
     data = _on_main(context, lambda: _data_record(dataset, split))
-    state = _on_main(context, lambda: _load_for_resume(path, config, info, data, resume))
+    state = _on_main(context, lambda: _load_for_resume(path, batches, info, data, resume))
     if state is not None and state.get("finished", state["step"] >= config.iterations):
         log.info("%s is finished (step %d): reusing it", path, state["step"])
         return path
 
-    model = build_model(config, in_chans, initial=state is None).to(device)
-    model.to(memory_format=memory_format(device))
+    model = batches.build_model(in_chans, initial=state is None).to(device)
+    model.to(memory_format=memory_format(device, batches.spatial_dims))
     optimizer, scheduler = _optimiser(model, config)
     generator = torch.Generator().manual_seed(config.seed)
     run = _new_run()
@@ -653,7 +734,7 @@ def train(
         )
     meta = {"dataset": info, "in_chans": in_chans, **data}
     net = _distributed_model(model, context)
-    loop = _Loop(dataset, config, split, context, model, run)
+    loop = _Loop(dataset, batches, split, context, model, run)
     with tqdm(
         total=config.iterations,
         initial=run["step"],
@@ -662,19 +743,19 @@ def train(
         dynamic_ncols=True,
     ) as bar:  # closed on an error too: the error line starts on a line of its own
         for step in range(run["step"] + 1, config.iterations + 1):
-            plan = draw_batch(split["positives"], split["negatives"], config, generator)
+            plan = batches.draw(split["positives"], split["negatives"], generator)
             positions = context.share(range(config.batch_volumes))
-            slices, labels = cut_batch(dataset, plan, positions, config.slice_size, device)
-            loop.check_inputs(step, plan, positions, slices)
+            inputs, labels = batches.cut(dataset, plan, positions, device)
+            loop.check_inputs(step, plan, positions, inputs)
             lr = scheduler.get_last_lr()[0]
             check = loop.step_check(step, plan)
-            loss = train_step(net, optimizer, scheduler, slices, labels, check)
+            loss = train_step(net, optimizer, scheduler, inputs, labels, check)
             loop.check_weights(step, plan)  # e.g. batch-norm statistics overflowed
             loop.record_loss(step, loss, lr)
             finished = loop.validate(step)
             if step % config.checkpoint_every == 0 or finished:
                 if context.is_main:
-                    _save(path, model, optimizer, scheduler, generator, run, config, meta)
+                    _save(path, model, optimizer, scheduler, generator, run, batches, meta)
                 context.barrier()
             bar.set_postfix(loop.postfix, refresh=False)
             bar.update()
@@ -683,7 +764,7 @@ def train(
     return path
 
 
-def _optimiser(model: nn.Module, config: TrainConfig) -> tuple[Any, Any]:
+def _optimiser(model: nn.Module, config: TrainConfig | Train3DConfig) -> tuple[Any, Any]:
     """Adam and the cosine schedule from lr to lr_min over ``iterations`` (A.6; the cap)."""
     optimizer = torch.optim.Adam(
         model.parameters(), lr=config.lr, betas=config.betas, eps=config.eps
@@ -752,22 +833,26 @@ def _all_finite(tensors) -> bool:
 class _Loop:
     """Per-step checks, logging and validation of :func:`train` (the same on every rank)."""
 
-    def __init__(self, dataset, config, split, context, model, run):
-        self.dataset, self.config, self.split = dataset, config, split
+    def __init__(self, dataset, batches, split, context, model, run):
+        self.dataset, self.batches, self.config, self.split = (
+            dataset,
+            batches,
+            batches.config,
+            split,
+        )
         self.context, self.model, self.run = context, model, run
-        self.chunk = config.batch_volumes * config.slices_per_volume
         self.postfix: dict[str, str] = {}
 
-    def check_inputs(self, step: int, plan: BatchPlan, positions, slices: Tensor) -> None:
-        """Every rank's slices are finite, else a ValueError naming the step and volumes."""
-        per_volume = slices.reshape(len(positions), -1)
+    def check_inputs(self, step: int, plan: BatchPlan, positions, inputs: Tensor) -> None:
+        """Every rank's inputs are finite, else a ValueError naming the step and volumes."""
+        per_volume = inputs.reshape(len(positions), -1)
         finite = per_volume.isfinite().all(1).tolist()  # one device sync
         bad = [plan.ids[b] for b, ok in zip(positions, finite, strict=True) if not ok]
         if not self.context.sum([len(bad)])[0]:
             return
         bad = sorted({i for part in self.context.gather(bad) for i in part})
         raise ValueError(
-            f"training input at step {step}: non-finite slice values from volume(s) "
+            f"training input at step {step}: non-finite {self.batches.unit} values from volume(s) "
             f"{', '.join(bad)} (NaN/inf voxels, or values beyond float32): fix their "
             "preprocessing or leave them out of the train split"
         )
@@ -848,16 +933,9 @@ class _Loop:
         return {k: result[k] for k in VAL_SCORES}
 
     def _validate(self, ids: list[str]) -> dict[str, Any]:
-        config = self.config
-        return validate(
-            self.model,
-            self.dataset,
-            ids,
-            config.val_slices,
-            config.slice_size,
-            self.chunk,
-            self.context,
-        )
+        batches = self.batches
+        logits = batches.volume_logits(self.model, self.dataset, ids, batches.chunk, self.context)
+        return validation_scores(torch.tensor([self.dataset.label(i) for i in ids]), logits)
 
     def _early_stopping(self, step: int) -> bool:
         """Score the holdout; stop once its AUC went ``patience`` validations without a gain
@@ -913,7 +991,7 @@ def _data_record(dataset: Any, split: dict[str, Any]) -> dict[str, Any]:
 
 
 def _load_for_resume(
-    path: Path, config: TrainConfig, info: dict[str, Any], data: dict[str, Any], resume: bool
+    path: Path, batches, info: dict[str, Any], data: dict[str, Any], resume: bool
 ) -> dict[str, Any] | None:
     """The checkpoint to continue, or None to start; refuses to overwrite, to mix configs
     and to reuse non-finite weights; sets aside one trained on other data."""
@@ -924,15 +1002,14 @@ def _load_for_resume(
     if not resume:
         raise ValueError(f"{path} exists: pass --resume to continue it, or choose another --out")
     state = read_checkpoint(path)
-    arch = model_spec(config.model).arch
+    config, arch = batches.config, batches.record()["arch"]
     if state["config"].get("model") == config.model and state["arch"] != arch:
         # the variant's architecture changed: resnet50_gn was a converted resnet50
         raise ValueError(
             f"{path} holds a {state['arch']} classifier, but {config.model!r} is now timm's "
             f"{arch}: delete it, or choose another --out, to train the new one"
         )
-    # before gn_init existed, group norms replacing batch norms copied their affine parameters
-    saved = {"gn_init": "copy" if state["norm"] == "gn" else config.gn_init, **state["config"]}
+    saved = {**batches.saved_defaults(state), **state["config"]}
     changed = {
         k: (saved.get(k), v) for k, v in dataclasses.asdict(config).items() if saved.get(k) != v
     }
@@ -973,21 +1050,18 @@ def _set_aside(path: Path, state: dict[str, Any], data: dict[str, Any]) -> None:
     )
 
 
-def _save(path, model, optimizer, scheduler, generator, run, config, meta) -> None:
+def _save(path, model, optimizer, scheduler, generator, run, batches, meta) -> None:
     """Checkpoint (atomic, loadable with ``weights_only=True``) and ``train_log.csv``.
 
     ``meta``: the data set's name and options, ``in_chans`` and the :func:`_data_record`.
     """
-    spec = model_spec(config.model)
     state = {
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "rng": generator.get_state(),
-        "config": dataclasses.asdict(config),
-        "model_name": config.model,
-        "arch": spec.arch,
-        "norm": spec.norm,
+        "config": dataclasses.asdict(batches.config),
+        **batches.record(),
         **meta,
         **run,
     }
@@ -1012,13 +1086,63 @@ def _write_log(path: Path, run: dict[str, Any]) -> None:
         file.write(text.getvalue())
 
 
-def _write_config(out_dir: Path, config: TrainConfig, info: dict[str, Any], in_chans: int):
+def _write_config(
+    out_dir: Path, config: TrainConfig | Train3DConfig, info: dict[str, Any], in_chans: int
+):
     """``config.yaml``: the resolved training config, data set and channels (for humans)."""
     import yaml
 
     fields = dataclasses.asdict(config)
-    fields["betas"] = list(config.betas)
+    fields.update({k: list(v) for k, v in fields.items() if isinstance(v, tuple)})
     with atomic_write(out_dir / "config.yaml", "w") as file:
         yaml.safe_dump(
             {"train": fields, "dataset": info, "in_chans": in_chans}, file, sort_keys=False
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingEstimate:
+    """Measured seconds per training step times the config's iterations (the cap: early
+    stopping may end sooner; validations are not counted)."""
+
+    s_per_step: float
+    iterations: int
+
+    @property
+    def seconds(self) -> float:
+        return self.s_per_step * self.iterations
+
+
+def training_estimate(
+    config: TrainConfig | Train3DConfig,
+    dataset: Any,
+    device: str | torch.device = "auto",
+    *,
+    steps: int = 2,
+) -> TrainingEstimate:
+    """Time ``steps`` steps of :func:`train`'s loop (draw, cut, step) on ``device`` after
+    one warm-up step, with fresh weights on ``dataset``'s train split: the one measurement
+    of training cost, for ``bench train`` and the run's plan."""
+    device = resolve_device(device)
+    config = resolve_iterations(config, _dataset_info(dataset)["name"])
+    batches = batches_for(config)
+    split = _split_ids(dataset, dataclasses.replace(config, holdout=0.0))
+    model = batches.build_model(len(dataset.channels), initial=False).to(device)
+    model.to(memory_format=memory_format(device, batches.spatial_dims))
+    optimizer, scheduler = _optimiser(model, config)
+    generator = torch.Generator().manual_seed(config.seed)
+
+    def step() -> None:
+        plan = batches.draw(split["positives"], split["negatives"], generator)
+        inputs, labels = batches.cut(dataset, plan, range(len(plan.ids)), device)
+        train_step(model, optimizer, scheduler, inputs, labels)
+
+    step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return TrainingEstimate((time.perf_counter() - start) / steps, config.iterations)

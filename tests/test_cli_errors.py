@@ -266,12 +266,12 @@ def test_train_and_run_read_one_config_file_alike(tmp_path, monkeypatch, capsys)
 FILES = {  # file name: (content, what the one error line says after the file's name)
     "flat.yaml": (
         {"iterations": 3},
-        ": 'iterations' is not a section (expected run, train, tomography); "
-        "put iterations under train:",
+        ": 'iterations' is not a section (expected run, train, train3d, tomography); "
+        "put iterations under train: or train3d:",
     ),
     "typo.yaml": ({"train": {"iteratons": 3}}, ": unknown TrainConfig field(s) ['iteratons']"),
     "run_value.yaml": ({"run": {"folds": 0}}, ": run.folds=0: folds must be >= 1"),
-    "list.yaml": (["train"], ": expected sections run, train, tomography of field: value"),
+    "list.yaml": (["train"], ": expected sections run, train, train3d, tomography of field: value"),
 }
 
 
@@ -289,16 +289,20 @@ def test_both_commands_name_the_file_and_key_of_a_bad_setting(command, name, tmp
 
 
 SETS = {  # (command, --set item): the one error line
-    ("train", "iterations=5"): "--set iterations=5: this command takes train.FIELD; "
-    "did you mean --set train.iterations=5?",
+    ("train", "iterations=5"): "--set iterations=5: this command takes train.FIELD, "
+    "train3d.FIELD; did you mean --set train.iterations=5 or --set train3d.iterations=5?",
     ("train", "folds=2"): "--set folds=2: this command takes train.FIELD",
     ("train", "tomography.n_angles=5"): "--set tomography.n_angles=5: this command takes train.",
     ("train", "train.iteratons=5"): "command line: unknown TrainConfig field(s) ['iteratons']",
-    ("train", "tomo.chunk=4"): "--set tomo.chunk=4: no section 'tomo' (expected train.FIELD)",
+    (
+        "train",
+        "tomo.chunk=4",
+    ): "--set tomo.chunk=4: no section 'tomo' (expected train.FIELD, train3d.FIELD)",
     ("run", "iterations=5"): "--set iterations=5: this command takes FIELD (run), train.FIELD, "
-    "tomography.FIELD; did you mean --set train.iterations=5?",
+    "train3d.FIELD, tomography.FIELD; did you mean --set train.iterations=5 or "
+    "--set train3d.iterations=5?",
     ("run", "train.folds=2"): "--set train.folds=2: this command takes FIELD (run), "
-    "train.FIELD, tomography.FIELD; did you mean --set folds=2?",
+    "train.FIELD, train3d.FIELD, tomography.FIELD; did you mean --set folds=2?",
     ("run", "slice_size=32"): "did you mean --set train.slice_size=32 or "
     "--set tomography.slice_size=32?",
 }

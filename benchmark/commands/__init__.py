@@ -60,15 +60,21 @@ def add_config_arguments(parser: argparse.ArgumentParser, settable: tuple[str, .
     parser.add_argument(
         "--config",
         metavar="FILE",
-        help="YAML file with sections run:, train: and tomography: of config fields, one "
+        help="YAML file with sections run:, train:, train3d: and tomography: of config fields, one "
         f"file for train and run alike{uses}",
     )
     examples = {
         "run": "folds=5",
         "train": "train.iterations=100",
+        "train3d": "train3d.iterations=100",
         "tomography": "tomography.n_angles=500",
     }
-    fields = {"run": "FIELD (RunConfig)", "train": "train.FIELD", "tomography": "tomography.FIELD"}
+    fields = {
+        "run": "FIELD (RunConfig)",
+        "train": "train.FIELD",
+        "train3d": "train3d.FIELD",
+        "tomography": "tomography.FIELD",
+    }
     add_set_argument(
         parser,
         f"a field, repeatable, over --config: {', '.join(fields[s] for s in settable)} "

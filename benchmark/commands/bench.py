@@ -1,11 +1,12 @@
-"""``bench tomography|methods|scale``: throughput, overhead and speed-up ratios, and how
-time, memory and bytes kept grow with the volume and with L, side by side."""
+"""``bench tomography|methods|scale|figure4|train``: throughput, overhead and speed-up
+ratios, how time, memory and bytes kept grow with the volume and with L, side by side,
+and the 2D and 3D classifiers' estimated training times."""
 
 from __future__ import annotations
 
 import argparse
 
-from benchmark.commands import add_set_argument
+from benchmark.commands import add_dataset_arguments, add_set_argument, open_dataset
 
 HELP = "measure throughput and overhead ratios (side by side, one run)"
 
@@ -29,13 +30,16 @@ FIGURE4_CPU = {"n_angles_cam": "32", "n_slices": "16"}
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "target",
-        choices=("tomography", "methods", "scale", "figure4"),
+        choices=("tomography", "methods", "scale", "figure4", "train"),
         help="tomography: the core and ToNNO's overhead over its classifier; methods: "
         "slice-wise CAMs vs pytorch-grad-cam, per-volume times (3D CAMs too), peak memory vs "
         "chunk; "
         "scale: ToNNO and Tomographic LayerCAM@2 as the volume and L grow, log-log slopes; "
-        "figure4: the paper's Figure 4 measured, Averaged vs Tomographic vs Iterative CAM",
+        "figure4: the paper's Figure 4 measured, Averaged vs Tomographic vs Iterative CAM; "
+        "train: seconds per training step of the 2D and 3D classifiers (the preset's) on "
+        "--dataset, times their iterations",
     )
+    add_dataset_arguments(parser, default="synthetic")
     parser.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda")
     parser.add_argument(
         "--preset",
@@ -98,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
         return _run_scale(args, config, preset, device)
     if args.target == "figure4":
         return _run_figure4(args, config, preset, device)
+    if args.target == "train":
+        return _run_train(args, preset, device)
     if args.target == "tomography":
         rows = bench_tomography(config, shape, device, args.model, args.repeats).rows()
     else:
@@ -195,4 +201,31 @@ def _run_figure4(args: argparse.Namespace, config, preset: str, device) -> int:
     ]
     headers = ("phantom", "slice px", "cells", "kernel px", "Averaged", "Tomographic", "Iterative")
     print(tabulate(table, headers=headers, tablefmt="github", disable_numparse=True))
+    return 0
+
+
+def _run_train(args: argparse.Namespace, preset: str, device) -> int:
+    """``bench train``: both classifiers' step time and estimated training time."""
+    from tabulate import tabulate
+
+    from benchmark.config import Train3DConfig, TrainConfig, resolve
+    from benchmark.train import training_estimate
+
+    dataset = open_dataset(args)
+    rows = []
+    for kind, cls in (("2d", TrainConfig), ("3d", Train3DConfig)):
+        config = resolve(cls, preset)
+        estimate = training_estimate(config, dataset, device, steps=max(args.repeats, 2))
+        rows.append(
+            (
+                kind,
+                config.model,
+                f"{estimate.s_per_step:.3f}",
+                estimate.iterations,
+                f"{estimate.seconds / 3600:.2f}",
+            )
+        )
+    print(f"bench train ({preset} preset, {args.dataset} on {device})")
+    headers = ("classifier", "model", "s / step", "iterations (cap)", "hours")
+    print(tabulate(rows, tablefmt="github", headers=headers))
     return 0

@@ -1,4 +1,5 @@
-"""``train --dataset NAME``: train the 2D slice classifier (paper 3.6, A.6)."""
+"""``train --dataset NAME``: train the 2D slice classifier (paper 3.6, A.6), or with
+``--classifier 3d`` the 3D one on whole volumes (beyond the paper)."""
 
 from __future__ import annotations
 
@@ -12,18 +13,29 @@ from benchmark.commands import (
     open_dataset,
 )
 
-HELP = "train the 2D slice classifier on a data set's train split (paper A.6)"
+HELP = "train the 2D slice classifier (paper A.6), or the 3D one, on a data set's train split"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_dataset_arguments(parser)
     parser.add_argument(
+        "--classifier",
+        choices=("2d", "3d"),
+        default="2d",
+        help="2d: the slice classifier (train: section); 3d: a 3D ResNet on whole volumes "
+        "(train3d: section, beyond the paper)",
+    )
+    parser.add_argument(
         "--model",
         help="paper variant (resnet10t, resnet10t_bn, resnet10t_gn, resnet10t_gn_np, "
-        "resnet50_gn) or any timm model (train.model); default: the preset's",
+        "resnet50_gn) or any timm model (train.model); with --classifier 3d resnet10_3d, "
+        "resnet18_3d, resnet34_3d or resnet50_3d (train3d.model); default: the preset's",
     )
-    parser.add_argument("--weights", help="local file of pretrained (ImageNet) weights")
-    add_config_arguments(parser, ("train",))
+    parser.add_argument(
+        "--weights",
+        help="local file of pretrained weights (ImageNet; MedicalNet with --classifier 3d)",
+    )
+    add_config_arguments(parser, ("train", "train3d"))
     parser.add_argument("--out", help="output folder; default runs/<dataset>/<model>-<preset>")
     parser.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -32,14 +44,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from benchmark.config import load_settings
 
-    settings = load_settings(args.config, args.overrides, settable=("train",))["train"]
+    section = "train3d" if args.classifier == "3d" else "train"
+    settings = load_settings(args.config, args.overrides, settable=("train", "train3d"))[section]
     for field in ("model", "weights"):
         if getattr(args, field) is not None:
             settings[field] = getattr(args, field)
 
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from benchmark.config import TrainConfig, resolve
+    from benchmark.config import SECTIONS, resolve
     from benchmark.distributed import init, shutdown
     from benchmark.preflight import check_volumes, writable
     from benchmark.train import train
@@ -47,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     context = init(args.device)  # joins torchrun's ranks: DDP over the global batch
     try:
         preset = chosen_preset(args.preset, context)  # as run's, so run finds the classifier
-        config = resolve(TrainConfig, preset, overrides=settings, section="train")
+        config = resolve(SECTIONS[section], preset, overrides=settings, section=section)
         dataset = open_dataset(args)
         default_out = Path("runs") / args.dataset / f"{config.model}-{preset}"
         out = writable(args.out or default_out, "--out")
