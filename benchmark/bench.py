@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from benchmark.config import Train3DConfig
 from methods import tomography
 from methods.config import TomographyConfig
 
@@ -25,31 +26,6 @@ def random_classifier(model_name: str, in_chans: int, device: torch.device) -> t
 
     model = timm.create_model(model_name, pretrained=False, num_classes=1, in_chans=in_chans)
     return model.to(device, memory_format=torch.channels_last).eval()
-
-
-class _ResizingVolumeClassifier(torch.nn.Module):
-    """The volume classifier's interface: [N, C, D, H, W] resized trilinearly to
-    ``input_size``, then ``net`` (stages ``net.layer1..4`` in a timm-style feature_info)."""
-
-    def __init__(self, net: torch.nn.Module, input_size: tuple[int, int, int]):
-        super().__init__()
-        self.net, self.input_size = net, input_size
-        self.feature_info = [{"module": f"net.layer{i}"} for i in (1, 2, 3, 4)]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.nn.functional.interpolate(x, size=self.input_size, mode="trilinear")
-        return self.net(x)
-
-
-def random_volume_classifier(
-    in_chans: int, input_size: tuple[int, int, int], device: torch.device
-) -> torch.nn.Module:
-    """A MONAI 3D ResNet-10 with random weights and one logit behind the volume
-    classifier's interface, in eval mode (a stand-in until benchmark.classifier3d)."""
-    from monai.networks.nets import resnet10
-
-    net = resnet10(spatial_dims=3, n_input_channels=in_chans, num_classes=1)
-    return _ResizingVolumeClassifier(net, input_size).to(device).eval()
 
 
 def timed(fn: Callable[[], object], device: torch.device, repeats: int = 1) -> float:
@@ -255,11 +231,12 @@ def bench_methods(
     batch_size: int = 64,
     repeats: int = 1,
     memory: bool = True,
-    volume_input_size: tuple[int, int, int] = (32, 64, 64),
+    volume_classifier: Train3DConfig | None = None,
 ) -> list[tuple[str, str]]:
     """Slice-wise CAM throughput of ours vs pytorch-grad-cam on the same model and volume,
-    per-volume times of ToNNO, Tomographic LayerCAM and the 3D CAMs (a volume classifier
-    at ``volume_input_size``), and peak memory against ``chunk``."""
+    per-volume times of ToNNO, Tomographic LayerCAM and the 3D CAMs (the model and input
+    size of ``volume_classifier``, default: its paper preset), and peak memory against
+    ``chunk``."""
     import pytorch_grad_cam
 
     from methods import create_method
@@ -321,7 +298,7 @@ def bench_methods(
                 f"{timed(lambda m=method: m(volume, model), device, repeats):.2f} s",
             )
         )
-    rows += bench_volume_cams(shape, volume_input_size, device, repeats)
+    rows += bench_volume_cams(shape, volume_classifier or Train3DConfig(), device, repeats)
     if memory:
         rows += _chunk_memory_rows(config, shape, device, model_name)
     return rows
@@ -332,19 +309,22 @@ VOLUME_GRADIENT_CAMS = ("cam3d_gradcam", "cam3d_gradcampp", "cam3d_layercam")
 
 def bench_volume_cams(
     shape: tuple[int, int, int, int],
-    input_size: tuple[int, int, int],
+    config: Train3DConfig,
     device: torch.device,
     repeats: int = 1,
 ) -> list[tuple[str, str]]:
-    """Seconds per volume of the 3D CAMs on a random MONAI ResNet-10 at ``input_size``:
-    each gradient CAM at stage 4, the twelve gradient specs sharing one pass, and
-    ScoreCAM at stage 1 (its 64 channels: 65 forward passes; stage k has 2^(k+5))."""
+    """Seconds per volume of the 3D CAMs on the volume classifier of ``config``
+    (:mod:`benchmark.classifier3d`, random weights, at its input size): each gradient CAM
+    at stage 4, the twelve gradient specs sharing one pass, and ScoreCAM at stage 1 (one
+    forward pass per channel, and one)."""
+    from benchmark.classifier3d import create_volume_classifier
     from methods import create_method
     from methods.heatmaps import compute_heatmaps
 
     volume = torch.rand(shape, generator=torch.Generator().manual_seed(0)).to(device)
-    model = random_volume_classifier(shape[0], input_size, device)
-    rows = [("volume classifier", f"MONAI resnet10 (random weights), input {input_size}")]
+    model = create_volume_classifier(config.model, shape[0], config.input_size)
+    model = model.to(device).eval()
+    rows = [("volume classifier", f"{config.model} (random weights), input {config.input_size}")]
     for spec in (*(f"{name}@4" for name in VOLUME_GRADIENT_CAMS), "cam3d_scorecam@1"):
         method = create_method(spec)
         seconds = timed(lambda m=method: m(volume, model), device, repeats)

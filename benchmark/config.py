@@ -140,6 +140,8 @@ SECTIONS: dict[str, type] = {
     "train3d": Train3DConfig,
     "tomography": TomographyConfig,
 }
+# The section of each classifier's training settings (methods.Method.classifier).
+TRAIN_SECTIONS: dict[str, str] = {"2d": "train", "3d": "train3d"}
 
 PAPER_ITERATIONS: dict[str, int] = {  # A.6, for the ResNet-10-T
     "ms": 250_000,

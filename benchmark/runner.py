@@ -52,7 +52,7 @@ from benchmark.checkpoint import (
     load_classifier,
     read_checkpoint,
 )
-from benchmark.config import RunConfig, TrainConfig
+from benchmark.config import TRAIN_SECTIONS, RunConfig, TrainConfig
 from benchmark.distributed import Context, resolve_device
 from benchmark.evaluation import (
     EvaluationResult,
@@ -494,8 +494,9 @@ def classifier_sanity(job: Job, model: torch.nn.Module, train_config: dict) -> d
     return report
 
 
-def sanity_lines(report: dict, model_name: str) -> tuple[str, str | None]:
-    """(note, warning): the classifier's line for every page; a warning when at chance."""
+def sanity_lines(report: dict, model_name: str, classifier: str = "2d") -> tuple[str, str | None]:
+    """(note, warning): the classifier's line for every page; a warning when at chance
+    (``classifier``: which one, "2d" or "3d", whose settings to change)."""
     note = (
         f"Classifier `{model_name}` on the {report['n_volumes']} evaluation volumes: AUC "
         f"{report['auc']:.2f} [{report['auc_ci_low']:.2f}, {report['auc_ci_high']:.2f}], "
@@ -506,10 +507,12 @@ def sanity_lines(report: dict, model_name: str) -> tuple[str, str | None]:
     if not report["at_chance"]:
         return note, None
     warning = (
-        f"The classifier is at chance on the evaluation volumes (AUC {report['auc']:.2f}, "
+        f"The classifier `{model_name}` is at chance on the evaluation volumes (AUC "
+        f"{report['auc']:.2f}, "
         f"95% interval [{report['auc_ci_low']:.2f}, {report['auc_ci_high']:.2f}] includes "
         "0.5): every heatmap below explains a classifier that has not learned the task, and "
-        "the ranking means nothing. Train longer (--set train.iterations=N) or check the labels."
+        f"the ranking means nothing. Train longer (--set {TRAIN_SECTIONS[classifier]}"
+        ".iterations=N) or check the labels."
     )
     return note, warning
 
@@ -570,11 +573,12 @@ def evaluate_checkpoint(
         options=dict(options),
     )
     model = load_classifier(checkpoint, context.device)
+    classifier = method_class(specs[0]).classifier  # its specs share it (run_benchmark)
     trained = read_checkpoint(checkpoint)
     report = {}
     if context.is_main:
         report = classifier_sanity(job, model, trained["config"])
-        note, warning = sanity_lines(report, trained["model_name"])
+        note, warning = sanity_lines(report, trained["model_name"], classifier)
         log.info("%s", note)
         if warning:
             log.warning("%s", warning)
@@ -622,7 +626,7 @@ def evaluate_checkpoint(
     return Seeded(
         seed=int(trained["config"].get("seed", 0)),
         job=job,
-        classifier=method_class(specs[0]).classifier,
+        classifier=classifier,
         model_name=trained["model_name"],
         checkpoint=key["checkpoint"],
         train_config=trained["config"],
@@ -788,7 +792,7 @@ def write_outputs(
         "run": dataclasses.asdict(config),
         "tomography": dataclasses.asdict(tomography),
         **{  # the first seed's training settings of each classifier
-            "train" if s.classifier == "2d" else f"train{s.classifier}": s.train_config
+            TRAIN_SECTIONS[s.classifier]: s.train_config
             for s in seeded
             if s.seed == first.seed
         },
@@ -808,7 +812,7 @@ def write_outputs(
     summary = summary_document(results, cases, folds, settings, classifiers, environment)
     write_reports(out_dir, results, folds, cases, summary)
     write_csv(timings, out_dir / "timings.csv")
-    lines = [sanity_lines(s.report, s.model_name) for s in seeded]
+    lines = [sanity_lines(s.report, s.model_name, s.classifier) for s in seeded]
     prefix = [f"Seed {s.seed}: " if len(seeds) > 1 else "" for s in seeded]
     page_notes = [p + note for p, (note, _) in zip(prefix, lines, strict=True)]
     warnings = [p + w for p, (_, w) in zip(prefix, lines, strict=True) if w]

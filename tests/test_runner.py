@@ -317,7 +317,7 @@ def test_the_page_says_when_the_classifier_is_at_chance(reference, config, tmp_p
         page = (out / "leaderboards" / "synthetic.md").read_text()
         auc = f"AUC {report['auc']:.2f} [{report['auc_ci_low']:.2f}, {report['auc_ci_high']:.2f}]"
         assert auc in page
-        assert ("classifier is at chance" in page) == at_chance
+        assert ("is at chance on the evaluation volumes" in page) == at_chance
         results = pd.read_csv(out / "results.csv")
         assert (results.classifier_auc == report["auc"]).all()
         assert (results.classifier_at_chance == at_chance).all()
@@ -555,3 +555,47 @@ def test_a_method_revision_is_part_of_its_cache_address_and_only_its(tmp_path, m
     assert bumped.record("layercam@1", "v0") == record
     monkeypatch.setattr(method_class("tonno"), "revision", 1)
     assert job().record("tonno", "v0") == record
+
+
+def test_3d_cams_explain_their_own_classifier_beside_the_2d_one(
+    reference, config, tmp_path, monkeypatch
+):
+    """3D CAMs in a run: a 3D classifier is trained beside the 2D one, its specs are
+    computed in a store keyed by its checkpoint, its rows carry its model and its AUC, and
+    the 2D rows keep their numbers."""
+    from benchmark.checkpoint import checkpoint_hash, load_classifier
+
+    use_cache(monkeypatch, reference / "cache")
+    run = tmp_path / "run"
+    shutil.copytree(reference / "run", run, ignore=shutil.ignore_patterns("heatmaps"))
+    with_3d = tmp_path / "with-3d.yaml"
+    with_3d.write_text(
+        config.read_text()
+        + "train3d: {model: resnet10_3d, input_size: [12, 16, 16], batch_volumes: 2,\n"
+        "          iterations: 4, val_every: 2, checkpoint_every: 2, log_every: 2,\n"
+        "          holdout: 0.0, patience: 0}\n"
+    )
+    methods = ",".join([*SPECS, "cam3d_gradcam@2", "cam3d_layercam@3"])
+    assert main(tiny_args(with_3d, run, methods=methods)) == 0
+    checkpoint = tmp_path / "resnet10_3d-quick" / "checkpoint.pt"
+    assert isinstance(load_classifier(checkpoint), torch.nn.Module)
+    keys = [json.loads(p.read_text()) for p in (reference / "cache").glob("heatmaps/*/*/key.json")]
+    assert checkpoint_hash(checkpoint) in {key["checkpoint"] for key in keys}
+
+    results = pd.read_csv(run / "results.csv").set_index("method")
+    before = pd.read_csv(reference / "run" / "results.csv").set_index("method")
+    summary = json.loads((run / "summary.json").read_text())
+    reports = {c["classifier"]: c for c in summary["classifiers"]}
+    assert reports["3d"]["model"] == "resnet10_3d" and summary["settings"]["train3d"]
+    for spec in ("cam3d_gradcam@2", "cam3d_layercam@3"):
+        assert results.loc[spec, "model"] == "resnet10_3d"
+        assert results.loc[spec, "classifier_auc"] == reports["3d"]["auc"]
+    for spec in SPECS:
+        assert results.loc[spec, "classifier_auc"] == reports["2d"]["auc"]
+        for metric in ("f1", "dice", "balanced_accuracy"):
+            assert results.loc[spec, metric] == before.loc[spec, metric]
+    page = (run / "leaderboards" / "synthetic.md").read_text()
+    best = md_table(page, "Best layer per method")
+    assert best.loc["3D GradCAM (layer 2)", "Classifier AUC"] == f"{reports['3d']['auc']:.2f}"
+    assert "Classifier `resnet10_3d` on the 12 evaluation volumes" in page
+    assert "Model comparison" in page

@@ -11,9 +11,6 @@ from benchmark.commands import add_dataset_arguments, add_set_argument, open_dat
 HELP = "measure throughput and overhead ratios (side by side, one run)"
 
 DEFAULT_SHAPES = {"quick": (1, 32, 96, 96), "paper": (1, 128, 128, 128)}
-# bench methods: the volume classifier's input size (D, H, W) for the 3D CAMs (beyond the
-# paper); quick: the synthetic set's volumes
-VOLUME_INPUT_SIZES = {"quick": (32, 64, 64), "paper": (128, 128, 128)}
 # bench scale: cube edges, L values and the cube edge of the L sweep, per preset
 SCALE_SIZES = {"quick": (32, 48, 64, 96, 128), "paper": (64, 96, 128, 192, 256)}
 SCALE_ANGLES = {"quick": (8, 16, 32, 64), "paper": (250, 500, 1000, 2000)}
@@ -85,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
     from benchmark.bench import bench_methods, bench_tomography
-    from benchmark.config import parse_overrides, resolve
+    from benchmark.config import Train3DConfig, parse_overrides, resolve
     from benchmark.distributed import resolve_device
     from methods.config import TomographyConfig
 
@@ -115,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
             args.batch_size,
             args.repeats,
             not args.no_memory,
-            VOLUME_INPUT_SIZES[preset],
+            resolve(Train3DConfig, preset),
         )
     print(f"bench {args.target} ({preset} preset, {args.model} with random weights)")
     print(tabulate(rows, tablefmt="github", headers=("measure", "value")))

@@ -178,8 +178,13 @@ def _run(args: argparse.Namespace, context, settings, shard, specs, left_out) ->
         raise ValueError(f"{args.checkpoint} is not a finished classifier with finite weights")
     checks = check_volumes(dataset, dataset.ids(), context)
     unscored = [c.id for c in checks if c.empty_truth and dataset.split(c.id) == "val"]
+    trained = {"2d": (train_config, out, args.checkpoint)}
+    if "3d" in specs_by_classifier(specs):  # beside the 2D one: runs/<dataset>/<model>-<preset>
+        config3d = resolve(Train3DConfig, preset, overrides=settings["train3d"], section="train3d")
+        trained["3d"] = (config3d, out.parent / f"{config3d.model}-{preset}", None)
+    train_configs = {kind: train for kind, (train, _, _) in trained.items()}
     specs, budget_note = _within_budget(
-        specs, config, tomography, train_config, dataset, context, args.plan
+        specs, config, tomography, train_configs, dataset, context, args.plan
     )
     if args.plan:
         return 0
@@ -201,11 +206,7 @@ def _run(args: argparse.Namespace, context, settings, shard, specs, left_out) ->
         )
 
     seeds = parse_seeds(args.seeds, train_config.seed)
-    trained = {"2d": (train_config, out, args.checkpoint)}
-    if "3d" in specs_by_classifier(specs):  # beside the 2D one: runs/<dataset>/<model>-<preset>
-        config3d = resolve(Train3DConfig, preset, overrides=settings["train3d"], section="train3d")
-        trained["3d"] = (config3d, out.parent / f"{config3d.model}-{preset}", None)
-    checkpoints = [
+    checkpoints = [  # per seed, each classifier the specs need (the seed is both's)
         {
             kind: prepare_classifier(
                 dataset,
@@ -276,30 +277,41 @@ def _slice_size(tomography, explicit: bool, checkpoints):
     return dataclasses.replace(tomography, slice_size=trained)
 
 
-def _within_budget(specs, config, tomography, train_config, dataset, context, show: bool):
+def _within_budget(specs, config, tomography, train_configs, dataset, context, show: bool):
     """The specs the run's budget keeps (rank 0 measures, every rank follows) and the
-    leaderboard note on the families it leaves out; with ``show``, the plan is printed."""
+    leaderboard note on the families it leaves out; with ``show``, the plan is printed,
+    with the training time of each classifier in ``train_configs`` ({"2d"|"3d": config})."""
     from benchmark.plan import format_plan, plan_run
-    from benchmark.train import build_model
+    from benchmark.train import batches_for, training_estimate
 
     plan = None
     if context.is_main:
         shapes = [dataset.geometry(v)[0] for v in dataset.ids("val")]
         in_chans = len(dataset.channels)
-        model = build_model(train_config, in_chans, initial=False).to(context.device)
+        models = {
+            kind: batches_for(train).build_model(in_chans, initial=False).to(context.device)
+            for kind, train in train_configs.items()
+        }
         frame, calibration, kept, left_out = plan_run(
             config.methods,
             shapes,
-            model,
+            models["2d"],
             tomography,
             config.batch_size,
             context.device,
             config.budget_hours,
             in_chans,
+            volume_model=models.get("3d"),
         )
         plan = (kept, left_out)
         if show:
-            print(format_plan(frame, calibration, left_out))
+            training = {
+                f"{kind} classifier {train.model}": training_estimate(
+                    train, dataset, context.device
+                )
+                for kind, train in train_configs.items()
+            }
+            print(format_plan(frame, calibration, left_out, training))
     kept, left_out = context.gather(plan)[0]
     left_out = {s: why for s, why in left_out.items() if s in specs}
     if not left_out:
