@@ -792,9 +792,7 @@ def write_outputs(
         "run": dataclasses.asdict(config),
         "tomography": dataclasses.asdict(tomography),
         **{  # the first seed's training settings of each classifier
-            TRAIN_SECTIONS[s.classifier]: s.train_config
-            for s in seeded
-            if s.seed == first.seed
+            TRAIN_SECTIONS[s.classifier]: s.train_config for s in seeded if s.seed == first.seed
         },
         "dataset": {"name": dataset.name, "options": dataset.options()},
         "unscored": sorted(job.unscored, key=natural_key),
