@@ -289,15 +289,17 @@ def test_both_commands_name_the_file_and_key_of_a_bad_setting(command, name, tmp
 
 
 SETS = {  # (command, --set item): the one error line
-    ("train", "iterations=5"): "--set iterations=5: this command takes train.FIELD, "
-    "train3d.FIELD; did you mean --set train.iterations=5 or --set train3d.iterations=5?",
+    ("train", "iterations=5"): "--set iterations=5: this command takes train.FIELD; "
+    "did you mean --set train.iterations=5?",
+    ("train --classifier 3d", "train.iterations=5"): "--set train.iterations=5: this "
+    "command takes train3d.FIELD; did you mean --set train3d.iterations=5?",
     ("train", "folds=2"): "--set folds=2: this command takes train.FIELD",
     ("train", "tomography.n_angles=5"): "--set tomography.n_angles=5: this command takes train.",
     ("train", "train.iteratons=5"): "command line: unknown TrainConfig field(s) ['iteratons']",
     (
         "train",
         "tomo.chunk=4",
-    ): "--set tomo.chunk=4: no section 'tomo' (expected train.FIELD, train3d.FIELD)",
+    ): "--set tomo.chunk=4: no section 'tomo' (expected train.FIELD)",
     ("run", "iterations=5"): "--set iterations=5: this command takes FIELD (run), train.FIELD, "
     "train3d.FIELD, tomography.FIELD; did you mean --set train.iterations=5 or "
     "--set train3d.iterations=5?",
@@ -310,7 +312,7 @@ SETS = {  # (command, --set item): the one error line
 
 @pytest.mark.parametrize("command, item", list(SETS))
 def test_a_set_in_another_section_says_how_it_is_spelled(command, item, tmp_path, capsys):
-    argv = [command, *SYNTHETIC, "--out", str(tmp_path / "out"), "--set", item]
+    argv = [*command.split(), *SYNTHETIC, "--out", str(tmp_path / "out"), "--set", item]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: "), err

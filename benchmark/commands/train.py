@@ -42,10 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from benchmark.config import load_settings
+    from benchmark.config import TRAIN_SECTIONS, load_settings
 
-    section = "train3d" if args.classifier == "3d" else "train"
-    settings = load_settings(args.config, args.overrides, settable=("train", "train3d"))[section]
+    section = TRAIN_SECTIONS[args.classifier]  # --set takes only its fields
+    settings = load_settings(args.config, args.overrides, settable=(section,))[section]
     for field in ("model", "weights"):
         if getattr(args, field) is not None:
             settings[field] = getattr(args, field)
