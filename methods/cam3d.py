@@ -13,13 +13,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-import torch.nn.functional as F
-
+from benchmark.lazy import lazy_import
 from methods.cam_methods import LAYERS, CAMMethod, cam_maps
 from methods.registry import Passes, register_method
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
+
+F = lazy_import("torch.nn.functional")  # the registry imports this module: keep it cheap
 
 
 class VolumeCAM(CAMMethod):
