@@ -83,7 +83,7 @@ from benchmark.report import (
     write_reports,
 )
 from benchmark.specs import shard_ids
-from benchmark.train import classifier_report_of, train
+from benchmark.train import classifier_report, config_from_record, train
 from benchmark.validation import calibration_ids, evaluation_context, ground_truth
 from datasets.base import safe_stem
 from methods import method_class
@@ -488,7 +488,8 @@ def classifier_sanity(job: Job, model: torch.nn.Module, train_config: dict) -> d
     path = job.store.root / f"classifier-{digest(json.dumps(volumes))}.json"
     with contextlib.suppress(FileNotFoundError, ValueError):
         return json.loads(path.read_text())
-    report = classifier_report_of(model, job.dataset, job.volume_ids, train_config, job.batch_size)
+    config = config_from_record(train_config)
+    report = classifier_report(model, job.dataset, job.volume_ids, config, job.batch_size)
     report = {k: v for k, v in report.items() if isinstance(v, (int, float, bool))}
     atomic_save_json(path, report)
     return report

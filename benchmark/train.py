@@ -383,8 +383,7 @@ def classifier_report(
     model: nn.Module,
     dataset: Any,
     ids: list[str],
-    n_slices: int,
-    size: int,
+    config: TrainConfig | Train3DConfig,
     chunk: int,
     *,
     n_resamples: int = 2000,
@@ -392,38 +391,18 @@ def classifier_report(
     seed: int = 0,
     context: Context | None = None,
 ) -> dict[str, Any]:
-    """Is the classifier better than chance on ``ids``? Scores of :func:`validation_scores` with
-    percentile bootstrap intervals over volumes (:func:`benchmark.stats.bootstrap_ci`).
+    """Is the classifier of ``config`` better than chance on ``ids``? Scores of
+    :func:`validation_scores` with percentile bootstrap intervals over volumes
+    (:func:`benchmark.stats.bootstrap_ci`); the volume logit is the 2D classifier's max
+    slice logit (A.6), the 3D one's logit of the whole volume (beyond the paper).
 
-    ``auc`` (volume logit = max slice logit, A.6) and ``balanced_accuracy`` (cross-fitted
-    threshold; its interval resamples the fixed cross-fitted predictions), each with
-    ``*_ci_low``/``*_ci_high``; ``n_volumes``, ``n_positive``, ``n_negative``, ``confidence``;
-    ``at_chance``: the AUC interval contains 0.5 (or is undefined: too few volumes to tell),
-    i.e. heatmaps from this classifier explain a classifier that has not been shown to work.
-    Plain JSON types.
+    ``auc`` and ``balanced_accuracy`` (cross-fitted threshold; its interval resamples the
+    fixed cross-fitted predictions), each with ``*_ci_low``/``*_ci_high``; ``n_volumes``,
+    ``n_positive``, ``n_negative``, ``confidence``; ``at_chance``: the AUC interval
+    contains 0.5 (or is undefined: too few volumes to tell), i.e. heatmaps from this
+    classifier explain a classifier that has not been shown to work. Plain JSON types.
     """
-    logits = volume_logits(model, dataset, ids, n_slices, size, chunk, context)
-    labels = torch.tensor([dataset.label(i) for i in ids])
-    return _report(labels, logits, n_resamples, confidence, seed)
-
-
-def classifier_report_of(
-    model: nn.Module,
-    dataset: Any,
-    ids: list[str],
-    train_config: dict[str, Any],
-    chunk: int,
-    *,
-    n_resamples: int = 2000,
-    confidence: float = 0.95,
-    seed: int = 0,
-    context: Context | None = None,
-) -> dict[str, Any]:
-    """:func:`classifier_report` of either classifier, from a checkpoint's recorded
-    ``config``: the 2D one's volume logit is its max slice logit (A.6), the 3D one's its
-    logit of the whole volume (beyond the paper)."""
-    batches = batches_for(config_from_record(train_config))
-    logits = batches.volume_logits(model, dataset, ids, chunk, context)
+    logits = batches_for(config).volume_logits(model, dataset, ids, chunk, context)
     labels = torch.tensor([dataset.label(i) for i in ids])
     return _report(labels, logits, n_resamples, confidence, seed)
 

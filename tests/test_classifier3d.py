@@ -15,7 +15,13 @@ from test_train import TinySet, _recording_train_step
 from benchmark.checkpoint import load_classifier
 from benchmark.classifier3d import VolumeClassifier, create_volume_classifier
 from benchmark.config import Train3DConfig, TrainConfig, load_settings, resolve
-from benchmark.train import SliceBatches, batches_for, classifier_report_of, train
+from benchmark.train import (
+    SliceBatches,
+    batches_for,
+    classifier_report,
+    config_from_record,
+    train,
+)
 from benchmark.train3d import (
     augment_volume,
     draw_volume_params,
@@ -173,7 +179,8 @@ def test_3d_training_resumes_to_the_same_weights_and_round_trips(tmp_path, monke
     ids = data.ids("val")
     live = whole_volume_logits(calls[-1], data, ids, 3)
     assert torch.equal(whole_volume_logits(loaded, data, ids, 3), live)
-    report = classifier_report_of(loaded, data, ids, whole["config"], 2, n_resamples=50)
+    config = config_from_record(whole["config"])
+    report = classifier_report(loaded, data, ids, config, 2, n_resamples=50)
     labels = np.array([data.label(i) for i in ids])
     pos, neg = live.numpy()[labels == 1], live.numpy()[labels == 0]
     assert report["auc"] == pytest.approx((pos[:, None] > neg[None]).mean())

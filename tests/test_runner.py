@@ -311,7 +311,7 @@ def test_the_page_says_when_the_classifier_is_at_chance(reference, config, tmp_p
             "n_volumes": 12,
             "at_chance": at_chance,
         }
-        monkeypatch.setattr(runner, "classifier_report_of", lambda *a, r=report, **k: r)
+        monkeypatch.setattr(runner, "classifier_report", lambda *a, r=report, **k: r)
         out = tmp_path / f"run-{at_chance}"
         assert main(tiny_args(config, out, *checkpoint)) == 0
         page = (out / "leaderboards" / "synthetic.md").read_text()

@@ -21,6 +21,7 @@ from torch import nn
 
 import benchmark.train as training
 from benchmark.checkpoint import is_finished, read_checkpoint, save_checkpoint
+from benchmark.config import TrainConfig
 from benchmark.distributed import Context
 from benchmark.train import classifier_report, draw_batch, holdout_split, train
 
@@ -306,12 +307,15 @@ class ConstantSet:
         return SimpleNamespace(image=np.full((1, 6, 6, 6), value, dtype=np.float32))
 
 
+SIX_PIXELS = TrainConfig(val_slices=4, slice_size=6)  # 3 x 4 validation slices of 6 px
+
+
 def test_classifier_report_matches_sklearn_and_flags_chance():
     rng = np.random.default_rng(0)
     labels = np.arange(40) % 2
     values = rng.normal(size=40) + 1.5 * labels
     data = ConstantSet(values, labels)
-    report = classifier_report(MeanOfSlice(), data, data.ids(), 4, 6, 16)
+    report = classifier_report(MeanOfSlice(), data, data.ids(), SIX_PIXELS, 16)
     assert report["auc"] == pytest.approx(roc_auc_score(labels, values.astype(np.float32)))
     assert report["auc_ci_low"] > 0.5 and not report["at_chance"]
     assert report["auc_ci_low"] < report["auc"] < report["auc_ci_high"]
@@ -321,7 +325,7 @@ def test_classifier_report_matches_sklearn_and_flags_chance():
 
     random_labels = rng.permutation(labels)  # a classifier unrelated to the labels
     chance = ConstantSet(values, random_labels)
-    report = classifier_report(MeanOfSlice(), chance, chance.ids(), 4, 6, 16)
+    report = classifier_report(MeanOfSlice(), chance, chance.ids(), SIX_PIXELS, 16)
     assert report["auc"] == pytest.approx(roc_auc_score(random_labels, values.astype(np.float32)))
     assert report["auc_ci_low"] < 0.5 < report["auc_ci_high"] and report["at_chance"]
 
