@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import datetime
 import os
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -115,3 +116,17 @@ def shutdown() -> None:
     """Leave the process group, if any."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def mean_seconds(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
+    """Mean wall time of ``repeats`` calls of ``fn`` on ``device`` after one warm-up call,
+    in seconds (CUDA synchronised around them)."""
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - start) / repeats

@@ -27,7 +27,6 @@ import io
 import logging
 import math
 import resource
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -37,6 +36,7 @@ import pandas as pd
 import torch
 
 from benchmark.config import RunConfig
+from benchmark.distributed import mean_seconds
 from methods import Method, Passes, create_method
 from methods.config import TomographyConfig
 from methods.registry import parse_spec
@@ -68,19 +68,6 @@ class Calibration:
     volume_forward_s: float | None = None
     volume_backward_s: float | None = None  # forward + backward to stage 1
     volume_peak_mb: float | None = None  # of one forward + backward volume
-
-
-def _clock(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
-    """Mean wall time of ``repeats`` calls after one warm-up call, in seconds."""
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return (time.perf_counter() - start) / repeats
 
 
 def _rss_peak_mb() -> float:
@@ -150,13 +137,13 @@ def calibrate(
     normals = tomography.fibonacci_sphere(4)
     u, v = tomography.orthonormal_frames(normals, generator)
     offsets = tomography.slice_offsets(max(2, batch_size // 4))  # ~ a batch of slices
-    cut_s = _clock(
+    cut_s = mean_seconds(
         lambda: tomography.extract_slices(volume, normals, offsets, slice_size, u, v),
         device,
         repeats,
     ) / (4 * len(offsets))
     maps = torch.rand(4, 1, 8, 7, 7, generator=generator).to(device)
-    read_s = _clock(
+    read_s = mean_seconds(
         lambda: tomography.backproject_maps(maps, normals, u, v, shape, slice_size),
         device,
         repeats,
@@ -187,11 +174,11 @@ def _price_passes(
             return model(batch)
 
     step = _gradient_step(model)
-    forward_s = _clock(forward, device, repeats) / len(batch)
+    forward_s = mean_seconds(forward, device, repeats) / len(batch)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     rss_before = _rss_peak_mb()
-    backward_s = _clock(lambda: step(batch), device, repeats) / len(batch)
+    backward_s = mean_seconds(lambda: step(batch), device, repeats) / len(batch)
     if device.type == "cuda":
         peak: float | None = torch.cuda.max_memory_allocated(device) / 2**20
     else:

@@ -26,7 +26,6 @@ import io
 import json
 import logging
 import math
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -45,7 +44,7 @@ from benchmark.checkpoint import (
     weights_finite,
 )
 from benchmark.config import PAPER_ITERATION_FACTOR, PAPER_ITERATIONS, Train3DConfig, TrainConfig
-from benchmark.distributed import Context, memory_format, resolve_device
+from benchmark.distributed import Context, mean_seconds, memory_format, resolve_device
 from benchmark.io import atomic_write
 from benchmark.metrics import weighted_balanced_accuracy
 from benchmark.models import create_classifier, model_spec
@@ -1116,12 +1115,4 @@ def training_estimate(
         inputs, labels = batches.cut(dataset, plan, range(len(plan.ids)), device)
         train_step(model, optimizer, scheduler, inputs, labels)
 
-    step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return TrainingEstimate((time.perf_counter() - start) / steps, config.iterations)
+    return TrainingEstimate(mean_seconds(step, device, steps), config.iterations)
