@@ -24,6 +24,7 @@ from benchmark.plan import (
     seconds,
     within_budget,
 )
+from benchmark.train import TrainingEstimate
 from methods import Method, Passes, create_method, list_methods, register_method
 from methods.config import TomographyConfig
 from methods.heatmaps import compute_heatmaps
@@ -211,6 +212,9 @@ def test_budget_leaves_an_expensive_family_out_of_all_but_runs_it_when_named(tin
     assert set(left_out) == {"tomographic_scorecam@1"}
     table = format_plan(frame, PRICES, left_out)
     assert "| tomographic_scorecam" in table and reason in table
+    training = {"3d classifier resnet10_3d": TrainingEstimate(s_per_step=0.6, iterations=150)}
+    table = format_plan(frame, PRICES, left_out, training)
+    assert "training 3d classifier resnet10_3d: 0.60 s / step x 150 steps (cap) = 0.03 h" in table
 
 
 def test_a_plugin_of_unknown_cost_is_shown_unknown_and_kept(tiny_model):
