@@ -33,7 +33,8 @@ def shard_ids(ids: Sequence[str], shard: tuple[int, int] | None) -> list[str]:
 def select_specs(methods: Sequence[str], exclude: Sequence[str]) -> tuple[list[str], list[str]]:
     """(specs to run, specs left out) of ``methods`` (``expand_specs`` tokens).
 
-    ``exclude`` patterns (fnmatch) drop the specs that ``all`` or a wildcard brought in,
+    ``exclude`` patterns (fnmatch) drop the specs that ``all`` or a wildcard brought in
+    when they match the spec (``scorecam@4``) or its method (``scorecam``, every layer),
     never those of a method named outright.
     """
     tokens = [t.strip() for item in methods for t in item.split(",") if t.strip()]
@@ -41,7 +42,7 @@ def select_specs(methods: Sequence[str], exclude: Sequence[str]) -> tuple[list[s
     for token in tokens:
         broad = token == "all" or any(c in token for c in "*?[")
         for spec in expand_specs(token):
-            if broad and matches(spec, exclude):
+            if broad and (matches(spec, exclude) or matches(spec.partition("@")[0], exclude)):
                 left_out.append(spec)
             elif spec not in specs:
                 specs.append(spec)

@@ -240,8 +240,11 @@ def test_a_bad_shard_is_a_clear_error():
 def test_preset_exclusions_apply_to_all_and_wildcards_not_to_names():
     run, left_out = select_specs(["all"], ["*scorecam*"])
     assert "tonno" in run and not any("scorecam" in s for s in run)
-    assert len(left_out) == 16
+    assert len(left_out) == 20  # five ScoreCAM families, four layers each
     assert select_specs(["scorecam@1", "*cam@1"], ["*scorecam*"])[0][0] == "scorecam@1"
+    run, left_out = select_specs(["all"], ["cam3d_scorecam", "tonno"])  # a method: its specs
+    assert sorted(left_out) == sorted(["tonno", *(f"cam3d_scorecam@{k}" for k in (1, 2, 3, 4))])
+    assert "cam3d_gradcam@1" in run and "tonno" not in run
 
 
 def test_a_damaged_cache_is_recomputed_to_the_same_numbers(
