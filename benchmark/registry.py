@@ -138,7 +138,9 @@ def convert_value(value: Any, annotation: Any, where: str) -> Any:
         inner = [a for a in args if a is not type(None)]
         return convert_value(value, inner[0], where) if len(inner) == 1 else value
     if origin in (tuple, list):
-        items = value.split(",") if isinstance(value, str) else value
+        if isinstance(value, str) and value.strip()[:1] == "[" and value.strip()[-1:] == "]":
+            value = value.strip()[1:-1]  # a YAML flow list, [a, b], as the file would hold it
+        items = [v.strip() for v in value.split(",")] if isinstance(value, str) else value
         items = list(items) if isinstance(items, (list, tuple)) else [items]
         fixed = origin is tuple and len(args) > 1 and args[-1] is not Ellipsis
         if fixed and len(items) != len(args):

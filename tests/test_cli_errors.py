@@ -192,6 +192,18 @@ def test_a_fixed_length_tuple_needs_its_length():
     assert resolve(TrainConfig, overrides={"betas": "0.8,0.99"}).betas == (0.8, 0.99)
 
 
+def test_a_list_reads_the_same_with_or_without_brackets():
+    """``--set exclude=[a, b]`` (as the YAML file spells it) is ``--set exclude=a,b``, not
+    the one fnmatch pattern "[a, b]" (a character class that matches no spec)."""
+    from benchmark.config import RunConfig
+
+    for text in ("cam3d_scorecam,tonno", "[cam3d_scorecam, tonno]", " [ cam3d_scorecam,tonno ] "):
+        assert resolve(RunConfig, overrides={"exclude": text}).exclude == (
+            "cam3d_scorecam",
+            "tonno",
+        )
+
+
 def test_user_messages_name_the_file_on_one_line(tmp_path):
     error = PermissionError(13, "Permission denied", str(tmp_path / "ro" / "run"))
     assert user_message(error) == f"{tmp_path / 'ro' / 'run'}: Permission denied"
