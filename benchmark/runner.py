@@ -574,8 +574,14 @@ def evaluate_checkpoint(
         options=dict(options),
     )
     model = load_classifier(checkpoint, context.device)
-    classifier = method_class(specs[0]).classifier  # its specs share it (run_benchmark)
     trained = read_checkpoint(checkpoint)
+    classifier = trained.get("classifier", "2d")  # what the checkpoint holds
+    wrong = [s for s in specs if method_class(s).classifier != classifier]
+    if wrong:
+        raise ValueError(
+            f"{checkpoint} holds a {classifier} classifier; {wrong[0]} explains a "
+            f"{method_class(wrong[0]).classifier} one"
+        )
     report = {}
     if context.is_main:
         report = classifier_sanity(job, model, trained["config"])

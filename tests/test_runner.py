@@ -602,3 +602,19 @@ def test_3d_cams_explain_their_own_classifier_beside_the_2d_one(
     assert best.loc["3D GradCAM (layer 2)", "Classifier AUC"] == f"{reports['3d']['auc']:.2f}"
     assert "Classifier `resnet10_3d` on the 12 evaluation volumes" in page
     assert "Model comparison" in page
+
+    from benchmark.config import RunConfig
+    from benchmark.runner import run_benchmark
+    from methods.config import TomographyConfig
+
+    two_d = run / "checkpoint.pt"  # a 2D classifier handed to a 3D CAM: refused, named
+    with pytest.raises(ValueError, match="holds a 2d classifier; cam3d_gradcam@2 explains a 3d"):
+        run_benchmark(
+            tiny_dataset(),
+            [{"3d": two_d}],
+            RunConfig(),
+            TomographyConfig(),
+            specs=["cam3d_gradcam@2"],
+            out_dir=tmp_path / "refused",
+            progress=False,
+        )
