@@ -25,6 +25,9 @@ from methods.config import TomographyConfig
 C = TypeVar("C")
 
 GN_INITS = ("identity", "copy")  # TrainConfig.gn_init
+LOSSES = ("slice", "mil")  # TrainConfig.loss
+SCHEDULES = ("cosine", "constant")  # TrainConfig.schedule, Train3DConfig.schedule
+PRECISIONS = ("auto", "float32", "bfloat16")  # benchmark.distributed.training_precision
 
 
 @dataclass(frozen=True)
@@ -40,12 +43,20 @@ class TrainConfig:
     each residual block's last norm, ``zero_init_last``). A model built with group norm
     (``resnet50_gn``) keeps its own. Measured from scratch only (``resnet10t_gn_np``, no
     ImageNet weights offline): ``copy`` learns sooner there (the quick preset's; figures).
+
+    ``loss="slice"`` is A.6's: each slice's BCE against its volume's label, which labels
+    every lesion-free slice of a positive volume positive. ``loss="mil"`` (beyond the paper)
+    treats each volume's stack of M_train slices as a bag: every slice of a negative volume
+    is negative (BCE against 0), a positive volume's stack has a positive slice (BCE of the
+    stack's max logit against 1), the volume logit A.6 validates with.
     """
 
     model: str = "resnet10t"  # a paper variant (R-10-T with frozen BN) or any timm model
     pretrained: bool | None = None  # None: the variant's (ImageNet weights but *_np)
     weights: str | None = None  # local file of pretrained weights instead of the hub
     gn_init: str = "identity"  # group norms that replace batch norms: identity | copy
+    loss: str = "slice"  # slice: A.6, every slice against its volume's label | mil: bags
+    precision: str = "auto"  # auto: bf16 autocast where native (CUDA, AVX512-BF16) | float32
     batch_volumes: int = 2  # B, half positive and half negative
     slices_per_volume: int = 120  # M_train, offsets evenly across [-1, 1]
     slice_size: int = 224  # h_S = w_S
@@ -54,6 +65,8 @@ class TrainConfig:
     intensity: float = 0.3  # y = (1 + a) x + b per slice, a, b ~ U(-intensity, intensity)
     lr: float = 5e-5  # cosine schedule from lr to lr_min, updated every step
     lr_min: float = 1e-7
+    schedule: str = "cosine"  # cosine: lr to lr_min over iterations (A.6) | constant: lr
+    warmup: int = 0  # steps of linear warm-up to lr (before either schedule)
     betas: tuple[float, float] = (0.9, 0.999)  # Adam
     eps: float = 1e-8
     iterations: int | None = None
@@ -67,6 +80,7 @@ class TrainConfig:
     holdout: float = 0.0  # fraction of the *train* split held out (stratified, seeded)
     patience: int = 0  # holdout validations without an AUC gain >= min_delta; 0: never stop
     min_delta: float = 0.0  # smallest holdout AUC gain that counts as an improvement
+    window: int = 1  # validations whose mean holdout AUC is the criterion
 
 
 @dataclass(frozen=True)
@@ -88,6 +102,9 @@ class Train3DConfig:
     intensity: float = 0.3  # y = (1 + a) x + b per volume, a, b ~ U(-intensity, intensity)
     lr: float = 1e-4  # cosine schedule from lr to lr_min, updated every step
     lr_min: float = 1e-6
+    schedule: str = "cosine"  # as TrainConfig's
+    warmup: int = 0
+    precision: str = "auto"  # as TrainConfig's
     betas: tuple[float, float] = (0.9, 0.999)  # Adam
     eps: float = 1e-8
     iterations: int = 20_000
@@ -98,6 +115,7 @@ class Train3DConfig:
     holdout: float = 0.0  # as TrainConfig's: early stopping on a held-out part of train
     patience: int = 0
     min_delta: float = 0.0
+    window: int = 1
 
 
 @dataclass(frozen=True)
@@ -253,13 +271,22 @@ MINIMUM: dict[type, dict[str, int]] = {
 }
 
 
+CHOICES: dict[str, tuple[str, ...]] = {  # the training configs' fields of named values
+    "gn_init": GN_INITS,
+    "loss": LOSSES,
+    "schedule": SCHEDULES,
+    "precision": PRECISIONS,
+}
+
+
 def field_problem(cls: type, name: str, value: Any) -> str | None:
     """What is wrong with ``value`` for field ``name`` of ``cls`` (already converted), or None."""
     minimum = MINIMUM.get(cls, {}).get(name)
     if minimum is not None and isinstance(value, int) and value < minimum:
         return f"{name} must be >= {minimum}, got {value}"
-    if cls is TrainConfig and name == "gn_init" and value not in GN_INITS:
-        return f"gn_init must be one of {', '.join(GN_INITS)}, got {value!r}"
+    choices = CHOICES.get(name)
+    if cls in (TrainConfig, Train3DConfig) and choices and value not in choices:
+        return f"{name} must be one of {', '.join(choices)}, got {value!r}"
     if cls is RunConfig and name == "methods" and not _names_a_method(value):
         return "no method was given: name at least one spec, name or wildcard (or all)"
     return None

@@ -33,6 +33,28 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return device
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 natively: CUDA, or a CPU with AVX512-BF16 or AMX."""
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and (
+        torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    )
+
+
+def training_precision(device: torch.device, precision: str) -> str:
+    """``precision`` of a training config resolved on ``device``: ``auto`` is bfloat16 where
+    the device computes it natively (:func:`native_bf16`), else float32."""
+    if precision == "auto":
+        return "bfloat16" if native_bf16(device) else "float32"
+    return precision
+
+
+def precision_autocast(device: torch.device, precision: str):
+    """bf16 autocast when ``precision`` (already resolved) is bfloat16, on any device."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16")
+
+
 def memory_format(device: torch.device, spatial_dims: int = 2) -> torch.memory_format:
     """channels_last (``_3d`` for volumes) on CUDA (tensor cores), contiguous on the CPU."""
     if device.type != "cuda":

@@ -23,7 +23,13 @@ from torch import Tensor, nn
 from benchmark.classifier3d import create_volume_classifier, resize_volumes, resnet3d_spec
 from benchmark.config import Train3DConfig
 from benchmark.distributed import Context
-from benchmark.train import BatchPlan, load_volume, sample_volume_ids
+from benchmark.train import (
+    OLD_CHECKPOINT_DEFAULTS,
+    BatchPlan,
+    load_volume,
+    sample_volume_ids,
+    slice_loss,
+)
 from methods.tomography import autocast
 
 
@@ -131,6 +137,9 @@ class VolumeBatches:
         labels = torch.tensor([float(dataset.label(plan.ids[b])) for b in positions])
         return torch.stack(volumes), labels.to(device)
 
+    def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+        return slice_loss(logits, labels)  # one logit a volume: A.6's BCE
+
     def volume_logits(self, model, dataset, ids, chunk: int, context=None) -> Tensor:
         return whole_volume_logits(model, dataset, ids, chunk, context)
 
@@ -166,4 +175,4 @@ class VolumeBatches:
             )
 
     def saved_defaults(self, state: dict[str, Any]) -> dict[str, Any]:
-        return {}
+        return dict(OLD_CHECKPOINT_DEFAULTS)

@@ -237,11 +237,11 @@ def _recording_train_step(monkeypatch, kill_at: int | None = None) -> list:
     """Patch train_step to record the live model (and optionally die at call ``kill_at``)."""
     calls: list = []
 
-    def step(model, *args):
+    def step(model, *args, **kwargs):
         calls.append(model)
         if len(calls) == kill_at:
             raise RuntimeError("killed")
-        return train_step(model, *args)
+        return train_step(model, *args, **kwargs)
 
     monkeypatch.setattr(training, "train_step", step)
     return calls
@@ -373,3 +373,60 @@ def test_checkpoints_from_before_gn_init_and_timms_resnet50_gn(tmp_path):
     assert torch.equal(
         old.state_dict()["layer4.2.bn3.weight"], state["model"]["layer4.2.bn3.weight"]
     )
+
+
+# --- the loss, the schedule and the precision of a step ---------------------------------------
+
+
+def test_bag_loss_is_each_negative_slices_bce_and_each_positive_stacks_max_bce():
+    logits = torch.tensor([0.5, -1.0, 2.0, 0.0, 3.0, -2.0, 1.0, -0.5])  # 2 volumes x 4 slices
+    labels = torch.tensor([0.0] * 4 + [1.0] * 4)
+
+    def softplus(x: float) -> float:  # the BCE of logit x against 0 (against 1: softplus(-x))
+        return float(np.log1p(np.exp(x)))
+
+    negative = np.mean([softplus(x) for x in (0.5, -1.0, 2.0, 0.0)])
+    positive = softplus(-3.0)  # the stack's max logit against 1
+    expected = (negative + positive) / 2
+    assert training.bag_loss(logits, labels, 4).item() == pytest.approx(expected, rel=1e-6)
+    # a positive stack's gradient reaches its max slice only; a negative's, every slice
+    logits.requires_grad_(True)
+    training.bag_loss(logits, labels, 4).backward()
+    assert (logits.grad[:4] > 0).all()
+    assert logits.grad[4] < 0 and (logits.grad[5:] == 0).all()
+
+
+def test_the_learning_rate_warms_up_then_stays_or_follows_the_cosine():
+    constant = dataclasses.replace(TINY, lr=1e-3, warmup=4, schedule="constant", iterations=100)
+    rate = training.LearningRate(constant)
+    assert [rate(s) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert rate(10_000) == 1.0  # no end: early stopping ends training, not the schedule
+    cosine = dataclasses.replace(constant, schedule="cosine", lr_min=1e-5)
+    rate = training.LearningRate(cosine)
+    assert rate(4) == 1.0 and rate(100) == pytest.approx(1e-2)  # lr_min / lr at the cap
+    assert rate(52) == pytest.approx(1e-2 + (1 - 1e-2) * 0.5)  # half way: the mean
+    # without warm-up the cosine is torch's own (A.6), as before these settings existed
+    model = torch.nn.Linear(1, 1)
+    _, scheduler = training._optimiser(model, dataclasses.replace(cosine, warmup=0))
+    assert isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR)
+
+
+def test_bf16_precision_runs_the_convolutions_in_bf16_on_any_device(monkeypatch):
+    model = build_model(dataclasses.replace(TINY, model="resnet10t_gn_np", pretrained=None), 1)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    dtypes = []
+    model.conv1.register_forward_hook(lambda m, i, out: dtypes.append(out.dtype))
+    slices, labels = torch.randn(4, 1, 32, 32), torch.tensor([0.0, 1.0, 0.0, 1.0])
+    for precision in ("float32", "bfloat16"):
+        train_step(model, optimizer, scheduler, slices, labels, precision=precision)
+    assert dtypes == [torch.float32, torch.bfloat16]
+    # auto: bf16 where the device computes it natively
+    from benchmark import distributed
+
+    cpu = torch.device("cpu")
+    for native in (True, False):
+        monkeypatch.setattr(distributed, "native_bf16", lambda device, n=native: n)
+        expected = "bfloat16" if native else "float32"
+        assert distributed.training_precision(cpu, "auto") == expected
+    assert distributed.training_precision(cpu, "float32") == "float32"

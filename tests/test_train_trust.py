@@ -173,8 +173,11 @@ def test_early_stopping_stops_sooner_on_an_easy_set_and_resumes_exactly(
     assert set(easy["data_holdout"]) < set(BlobSet(3.0).ids("train"))
 
     stop = easy["step"]
-    decision = "holdout AUC 1.0000, no gain >= 0.01 for 3 validations (patience 3), above chance"
+    decision = "no gain >= 0.01 for 3 validations (patience 3), the best above chance"
     assert decision in caplog.text
+    # the weights kept are those of the best validation, not the last step's
+    assert easy["best"]["step"] == EARLY.val_every * (1 + aucs.index(max(aucs)))
+    assert easy["best_model"] is None  # set into "model" when training ended
     assert f"stopping early at step {stop} of at most 60" in caplog.text
     _recording_train_step(monkeypatch, kill_at=stop - 1)  # dies after the last save before
     with pytest.raises(RuntimeError, match="killed"):
@@ -191,13 +194,69 @@ def test_early_stopping_stops_sooner_on_an_easy_set_and_resumes_exactly(
     assert calls == []  # finished early: reused, not continued to the cap
 
 
+# The holdout's AUC at each validation, scripted: a lucky 0.9 at the second, learning from
+# the sixth on. Each AUC's 95 % interval is taken as [AUC - 0.3, AUC + 0.05].
+SCRIPTED_AUCS = [0.5, 0.9, 0.5, 0.55, 0.5, 0.8, 0.9, 0.95, 0.97, 0.96, 0.96, 0.95] + [0.96] * 8
+
+
+def _scripted_holdout(monkeypatch) -> None:
+    """``_Loop._validate`` of the holdout gives the next scripted AUC (loss 1 - AUC)."""
+    aucs = iter(SCRIPTED_AUCS)
+    current = {}
+    real = training._Loop._validate
+
+    def validate(loop, ids):
+        if ids != loop.split["holdout"]:
+            return real(loop, ids)
+        current["auc"] = next(aucs)
+        n = len(ids) // 2
+        labels, logits = torch.tensor([0] * n + [1] * n), torch.zeros(2 * n)
+        scores = {"balanced_accuracy": 0.5, "balanced_accuracy_at_0": 0.5}
+        return {**scores, "auc": current["auc"], "loss": 1 - current["auc"]} | {
+            "labels": labels,
+            "logits": logits,
+        }
+
+    monkeypatch.setattr(training._Loop, "_validate", validate)
+    monkeypatch.setattr(
+        training, "bootstrap_ci", lambda *a, **k: (current["auc"] - 0.3, current["auc"] + 0.05)
+    )
+
+
+@pytest.mark.parametrize(
+    ("window", "stop_at", "kept"),
+    [
+        (1, 5, 2),  # the lucky second validation: best, above chance, then 3 without gain
+        (4, 14, 11),  # means 0.50 .70 .63 .61 .61 .59 .69 .79 .905 .945 .96: best at 11
+    ],
+)
+def test_a_window_of_validations_keeps_a_lucky_holdout_from_stopping_training(
+    tmp_path, monkeypatch, window, stop_at, kept
+):
+    _scripted_holdout(monkeypatch)
+    config = dataclasses.replace(EARLY, window=window, val_every=2, iterations=40)
+    weights = {}
+
+    def monitor(step, model):
+        weights[step] = {k: v.clone() for k, v in model.state_dict().items()}
+
+    state = read_checkpoint(train(BlobSet(3.0), config, tmp_path, progress=False, monitor=monitor))
+    assert state["stopped_early"] == 2 * stop_at and state["best"]["step"] == 2 * kept
+    assert state["best"]["above_chance"]
+    for key, value in state["model"].items():  # the kept weights are the best validation's
+        assert torch.equal(value, weights[2 * kept][key]), key
+    assert not torch.equal(state["model"]["fc.weight"], weights[2 * stop_at - 2]["fc.weight"])
+
+
 def test_a_classifier_at_chance_is_not_stopped_early(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="benchmark.train")
     config = dataclasses.replace(EARLY, iterations=32, patience=2)
     state = read_checkpoint(train(BlobSet(0.0), config, tmp_path, progress=False))  # no signal
     assert state["step"] == 32 and state["stopped_early"] is None and state["finished"]
     # at step 24 the AUC rule alone would have stopped it
-    assert "no gain >= 0.01 for 2 validations (patience 2), but not above chance" in caplog.text
+    assert (
+        "no gain >= 0.01 for 2 validations (patience 2), but the best is not above" in caplog.text
+    )
 
 
 # --- distributed: 2 gloo ranks on the CPU ---------------------------------------------------
@@ -233,11 +292,11 @@ def _ddp_worker(rank: int, port: int, out: str) -> None:
         train(TinySet(), DDP, f"{out}/whole", progress=False, context=context)
         original, calls = training.train_step, []
 
-        def dying(model, *args):
+        def dying(model, *args, **kwargs):
             calls.append(model)
             if len(calls) == 3:
                 raise RuntimeError("killed")
-            return original(model, *args)
+            return original(model, *args, **kwargs)
 
         training.train_step = dying
         with pytest.raises(RuntimeError, match="killed"):

@@ -53,6 +53,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--model", default="resnet10t", help="timm classifier (random weights)")
     parser.add_argument("--repeats", type=int, default=1, help="timed runs after a warm-up")
+    parser.add_argument(
+        "--learn",
+        action="store_true",
+        help="train: train the preset's 2D classifier on --dataset (--seeds times) and report "
+        "the steps and minutes to --target evaluation AUC, where it stopped, its AUC",
+    )
+    parser.add_argument("--seeds", type=int, default=1, help="train --learn: classifiers")
+    parser.add_argument(
+        "--target", type=float, default=0.95, help="train --learn: evaluation AUC to reach"
+    )
     parser.add_argument("--batch-size", type=int, default=64, help="slices per CAM batch")
     parser.add_argument(
         "--no-memory", action="store_true", help="methods: skip the peak-memory runs"
@@ -202,27 +212,78 @@ def _run_figure4(args: argparse.Namespace, config, preset: str, device) -> int:
 
 
 def _run_train(args: argparse.Namespace, preset: str, device) -> int:
-    """``bench train``: both classifiers' step time and estimated training time."""
+    """``bench train``: ways to run a 2D training step side by side, both classifiers'
+    step time and estimated training time and, with ``--learn``, how long the preset's 2D
+    classifier takes to learn ``--dataset``."""
     from tabulate import tabulate
 
+    from benchmark.bench import bench_learning, bench_training_step
     from benchmark.config import Train3DConfig, TrainConfig, resolve
+    from benchmark.distributed import training_precision
     from benchmark.train import training_estimate
 
     dataset = open_dataset(args)
-    rows = []
-    for kind, cls in (("2d", TrainConfig), ("3d", Train3DConfig)):
-        config = resolve(cls, preset)
-        estimate = training_estimate(config, dataset, device, steps=max(args.repeats, 2))
-        rows.append(
-            (
-                kind,
-                config.model,
-                f"{estimate.s_per_step:.3f}",
-                estimate.iterations,
-                f"{estimate.seconds / 3600:.2f}",
-            )
-        )
+    config = resolve(TrainConfig, preset)
     print(f"bench train ({preset} preset, {args.dataset} on {device})")
-    headers = ("classifier", "model", "s / step", "iterations (cap)", "hours")
-    print(tabulate(rows, tablefmt="github", headers=headers))
+    if not args.learn:
+        timings = bench_training_step(config, dataset, device, repeats=max(args.repeats, 5))
+        base = timings[0].slices / timings[0].seconds
+        rows = [
+            (
+                t.variant.name,
+                f"{t.seconds:.3f}",
+                t.slices,
+                f"{t.slices / t.seconds:,.0f}",
+                f"{t.slices / t.seconds / base:.2f}x",
+                "" if t.compile_seconds is None else f"{t.compile_seconds:.1f}",
+            )
+            for t in timings
+        ]
+        headers = ("2D step", "s / step", "slices", "slices / s", "speed-up", "compile s")
+        print(tabulate(rows, tablefmt="github", headers=headers, disable_numparse=True))
+        print()
+        rows = []
+        for kind, cls in (("2d", TrainConfig), ("3d", Train3DConfig)):
+            chosen = resolve(cls, preset)
+            estimate = training_estimate(chosen, dataset, device, steps=max(args.repeats, 2))
+            rows.append(
+                (
+                    kind,
+                    chosen.model,
+                    training_precision(device, chosen.precision),
+                    f"{estimate.s_per_step:.3f}",
+                    estimate.iterations,
+                    f"{estimate.seconds / 3600:.2f}",
+                )
+            )
+        headers = ("classifier", "model", "precision", "s / step", "iterations (cap)", "hours")
+        print(tabulate(rows, tablefmt="github", headers=headers))
+        return 0
+    seeds = range(config.seed, config.seed + args.seeds)
+    runs = bench_learning(config, dataset, device, seeds, target=args.target)
+    rows = [
+        (
+            r.seed,
+            "-" if r.target_step is None else r.target_step,
+            "-" if r.target_minutes is None else f"{r.target_minutes:.1f}",
+            r.step,
+            r.best_step,
+            f"{r.minutes:.1f}",
+            f"{r.report['auc']:.3f} [{r.report['auc_ci_low']:.2f}, {r.report['auc_ci_high']:.2f}]",
+        )
+        for r in runs
+    ]
+    target = f"AUC {args.target:g}"
+    headers = (
+        "seed",
+        f"step to {target}",
+        f"min to {target}",
+        "stopped at",
+        "kept step",
+        "min",
+        "evaluation AUC (95% CI)",
+    )
+    options = " ".join(args.dataset_option)
+    print(f"learning: {args.dataset} {options} ({len(dataset.ids('train'))} training volumes)")
+    print(tabulate(rows, tablefmt="github", headers=headers, disable_numparse=True))
     return 0
