@@ -130,6 +130,9 @@ class RunConfig:
     # MS-sized set, ~1 day at the paper's 3090 speeds) and leaves out Averaged /
     # Tomographic ScoreCAM (~5 GPU-hours per volume, hundreds of hours per data set)
     budget_hours: float = 48.0
+    # a classifier at chance (AUC interval includes 0.5) stops the run before its heatmaps
+    # (exit code 3); true: compute and rank them anyway, the page warning that they mean nothing
+    allow_chance: bool = False
     folds: int = 10  # A.7: Monte-Carlo cross-validation folds
     seed: int = 0  # shuffles the validation set of each fold
     n_tune: int = 5  # A.7: annotated samples of the tuning half that choose tau'

@@ -1,7 +1,9 @@
 """The benchmark run: classifier -> heatmaps -> summaries -> A.7 protocol -> leaderboards.
 
-``python -m benchmark run`` is :func:`prepare_classifier` then :func:`run_benchmark`, whose
-stages each resume where a killed run stopped:
+``python -m benchmark run`` is :func:`prepare_classifier` (every seed's classifiers) then
+:func:`run_benchmark`, which first reports on every classifier (:func:`check_classifier`;
+one at chance stops the run here, :class:`ChanceError`, unless ``allow_chance``) and then
+runs stages that each resume where a killed run stopped:
 
 1. heatmaps: every method spec on every validation volume, one
    :func:`~methods.heatmaps.compute_heatmaps` call per volume (so that specs share slices
@@ -519,6 +521,28 @@ def sanity_lines(report: dict, model_name: str, classifier: str = "2d") -> tuple
 
 
 @dataclass(frozen=True)
+class Trained:
+    """One classifier of a run, checked before any heatmap: its job (the store keyed by its
+    checkpoint), what the checkpoint says of its training, and its report (the same on
+    every rank)."""
+
+    checkpoint: Path
+    job: Job
+    model: torch.nn.Module  # on this rank's device, in eval mode
+    classifier: str  # which one (Method.classifier): "2d" slices, "3d" volumes
+    model_name: str
+    key: str  # the checkpoint file's hash
+    train_config: dict[str, Any]
+    step: int  # the steps it trained
+    stopped_early: bool  # before its cap, train_config["iterations"]
+    report: dict[str, Any]  # classifier_sanity
+
+    @property
+    def seed(self) -> int:
+        return int(self.train_config.get("seed", 0))
+
+
+@dataclass(frozen=True)
 class Seeded:
     """Stages 1-4 for one classifier (one training seed): its job, report and evaluations."""
 
@@ -532,7 +556,11 @@ class Seeded:
     evaluations: dict[str, EvaluationResult]
 
 
-def evaluate_checkpoint(
+class ChanceError(RuntimeError):
+    """A classifier of the run is at chance: no heatmap was computed (``allow_chance``)."""
+
+
+def check_classifier(
     dataset: Any,
     checkpoint: str | Path,
     config: RunConfig,
@@ -540,17 +568,13 @@ def evaluate_checkpoint(
     *,
     specs: Sequence[str],
     context: Context,
-    shard: tuple[int, int] | None = None,
-    compute: bool = True,
     unscored: Sequence[str] = (),
     options: Mapping[str, dict[str, Any]] | None = None,
-    progress: bool = True,
-) -> Seeded | None:
-    """Stages 1-4 for the classifier of ``checkpoint``: heatmaps (this shard's volumes,
-    split across the ranks), grids, summaries, the A.7 protocol. ``options``: the specs'
-    fitted options (:func:`fitted_options`). Rank 0 of a run without a shard returns the
-    evaluations; other ranks and shards return None."""
-    options = options or {}
+) -> Trained:
+    """The classifier of ``checkpoint`` ready for stages 1-4: its job, and its report
+    (:func:`classifier_sanity`, on rank 0, broadcast), whose note is logged (and the
+    at-chance warning, when ``allow_chance`` lets the run go on). ``options``: the specs'
+    fitted options (:func:`fitted_options`)."""
     volume_ids = dataset.ids("val")
     key = heatmap_key(
         dataset.name,
@@ -571,7 +595,7 @@ def evaluate_checkpoint(
         calibration,
         keep=set(volume_ids) if config.save_heatmaps or config.keep_heatmaps else keep,
         unscored=set(unscored),
-        options=dict(options),
+        options=dict(options or {}),
     )
     model = load_classifier(checkpoint, context.device)
     trained = read_checkpoint(checkpoint)
@@ -582,14 +606,64 @@ def evaluate_checkpoint(
             f"{checkpoint} holds a {classifier} classifier; {wrong[0]} explains a "
             f"{method_class(wrong[0]).classifier} one"
         )
-    report = {}
+    report = None
     if context.is_main:
         report = classifier_sanity(job, model, trained["config"])
         note, warning = sanity_lines(report, trained["model_name"], classifier)
         log.info("%s", note)
-        if warning:
+        if warning and config.allow_chance:
             log.warning("%s", warning)
+    return Trained(
+        checkpoint=Path(checkpoint),
+        job=job,
+        model=model,
+        classifier=classifier,
+        model_name=trained["model_name"],
+        key=key["checkpoint"],
+        train_config=trained["config"],
+        step=int(trained["step"]),
+        stopped_early=trained.get("stopped_early") is not None,
+        report=context.broadcast(report),  # one decision on every rank
+    )
 
+
+def chance_error(at_chance: Sequence[Trained]) -> ChanceError:
+    """One line: the classifier(s) at chance (2d/3d, model, seed), the first one's AUC with
+    its interval, the steps it trained and its checkpoint, and what to try."""
+    first = at_chance[0]
+    section = TRAIN_SECTIONS[first.classifier]
+    report, cap = first.report, first.train_config.get("iterations")
+    trained = "stopped early after" if first.stopped_early else "trained"
+    steps = f"{trained} {first.step} of {section}.iterations={cap} steps"
+    names = [f"the {t.classifier} classifier {t.model_name} (seed {t.seed})" for t in at_chance]
+    which = f"{names[0]} is at chance on the {report['n_volumes']} evaluation volumes"
+    if len(names) > 1:
+        listed = f"{', '.join(names[:-1])} and {names[-1]}"
+        which = f"{len(names)} classifiers are at chance on the {report['n_volumes']} "
+        which += f"evaluation volumes, {listed}; the first"
+    return ChanceError(
+        f"{which}: AUC {report['auc']:.2f}, 95% interval [{report['auc_ci_low']:.2f}, "
+        f"{report['auc_ci_high']:.2f}] includes 0.5 ({steps}; {first.checkpoint}, kept); no "
+        f"heatmap was computed. Train longer (--set {section}.iterations=N), start from "
+        f"pretrained weights in a local file (--set {section}.weights=FILE), or "
+        "--set allow_chance=true to compute and rank the heatmaps anyway"
+    )
+
+
+def evaluate_classifier(
+    trained: Trained,
+    config: RunConfig,
+    *,
+    context: Context,
+    shard: tuple[int, int] | None = None,
+    compute: bool = True,
+    progress: bool = True,
+) -> Seeded | None:
+    """Stages 1-4 for a :func:`check_classifier`'s classifier: heatmaps (this shard's
+    volumes, split across the ranks), grids, summaries, the A.7 protocol. Rank 0 of a run
+    without a shard returns the evaluations; other ranks and shards return None."""
+    job, model = trained.job, trained.model
+    volume_ids, specs, calibration = job.volume_ids, job.specs, job.calibration
     failures: list[str] = []
     if compute:
         mine = context.share(shard_ids(volume_ids, shard))
@@ -629,15 +703,15 @@ def evaluate_checkpoint(
             f"{len(missing)} heatmap(s) are not cached, the first: {spec} on {volume_id}; "
             "run the missing shards, or run without --merge"
         )
-    labels = [dataset.label(v) for v in volume_ids]
+    labels = [job.dataset.label(v) for v in volume_ids]
     return Seeded(
-        seed=int(trained["config"].get("seed", 0)),
+        seed=trained.seed,
         job=job,
-        classifier=classifier,
-        model_name=trained["model_name"],
-        checkpoint=key["checkpoint"],
-        train_config=trained["config"],
-        report=report,
+        classifier=trained.classifier,
+        model_name=trained.model_name,
+        checkpoint=trained.key,
+        train_config=trained.train_config,
+        report=trained.report,
         evaluations=evaluate_specs(summaries, labels, config),
     )
 
@@ -713,42 +787,51 @@ def run_benchmark(
 
     ``checkpoints``: one item per seed, a checkpoint (the 2D classifier) or a mapping
     {classifier: checkpoint} (``"2d"``, ``"3d"``: :attr:`methods.Method.classifier`); each
-    spec is explained through its method's classifier, so a seed is one
-    :func:`evaluate_checkpoint` per classifier its specs need, whose volumes (of
-    ``shard=(i, n)``, if given) are split across the ranks of ``context``: first the
-    calibration volumes, whose tail quantiles set each spec's tau' grid, then the others,
-    each summarised as it arrives. Rank 0 then combines the seeds (:func:`combine_seeds`)
-    and writes; other ranks and shards return None. ``compute=False`` (a merge) computes
-    nothing and fails if an entry is missing. Failing heatmaps raise a :class:`RunError`
-    naming the rank, spec and volume after every other heatmap is computed and stored.
+    spec is explained through its method's classifier, so a seed is one classifier per
+    kind its specs need. Every classifier of every seed is first checked
+    (:func:`check_classifier`: its report); one at chance raises a :class:`ChanceError`
+    before any heatmap unless ``config.allow_chance``. Then each one's
+    :func:`evaluate_classifier`, whose volumes (of ``shard=(i, n)``, if given) are split
+    across the ranks of ``context``: first the calibration volumes, whose tail quantiles
+    set each spec's tau' grid, then the others, each summarised as it arrives. Rank 0 then
+    combines the seeds (:func:`combine_seeds`) and writes; other ranks and shards return
+    None. ``compute=False`` (a merge) computes nothing and fails if an entry is missing.
+    Failing heatmaps raise a :class:`RunError` naming the rank, spec and volume after
+    every other heatmap is computed and stored.
     """
     context = context or Context(device=resolve_device("auto"))
     if isinstance(checkpoints, (str, Path)):
         checkpoints = [checkpoints]
     options = fitted_options(dataset, specs, context)
     by_classifier = specs_by_classifier(specs)
-    seeded = []
+    classifiers = []  # every classifier's report before the first heatmap of any
     for item in checkpoints:
         paths = dict(item) if isinstance(item, Mapping) else {"2d": item}
         missing = [kind for kind in by_classifier if kind not in paths]
         if missing:
             raise ValueError(f"no {missing[0]} classifier for {by_classifier[missing[0]][0]}")
-        seeded += [
-            evaluate_checkpoint(
+        classifiers += [
+            check_classifier(
                 dataset,
                 paths[kind],
                 config,
                 tomography,
                 specs=kind_specs,
                 context=context,
-                shard=shard,
-                compute=compute,
                 unscored=unscored,
                 options=options,
-                progress=progress,
             )
             for kind, kind_specs in by_classifier.items()
         ]
+    at_chance = [t for t in classifiers if t.report["at_chance"]]
+    if at_chance and not config.allow_chance:
+        raise chance_error(at_chance)
+    seeded = [
+        evaluate_classifier(
+            trained, config, context=context, shard=shard, compute=compute, progress=progress
+        )
+        for trained in classifiers
+    ]
     if shard is not None or not context.is_main:
         return None
     return write_outputs(seeded, config, tomography, out_dir, leaderboards, context, notes, preset)

@@ -62,6 +62,7 @@ CASES = {
     "seeds-repeated": ([], ["--seeds", "1,1"], "repeated"),
     "seeds-and-checkpoint": ([], ["--seeds", "2", "--checkpoint", "{text}"], "pick one"),
     "bootstrap-0": ([], ["--set", "bootstrap_resamples=0"], "bootstrap_resamples"),
+    "allow_chance-not-a-bool": ([], ["--set", "allow_chance=maybe"], "expected true/false"),
     "plugin-missing": (["--plugins", "nosuchmodule"], [], "nosuchmodule"),
     "cache-under-a-file": ([], ["--set", "TONNO_CACHE={file}/cache"], "a_file"),
 }

@@ -31,8 +31,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 REPO = Path(__file__).resolve().parents[1]
 SPECS = ["tonno", "layercam@1"]
 DATASET_OPTIONS = {"shape": "[12,16,16]", "n_train": "8", "n_val": "12"}  # 6 + 6 in val
+# a classifier of a few steps may be at chance: these runs test the machinery, not rankings
 CONFIG = """\
-run: {folds: 3}
+run: {folds: 3, allow_chance: true}
 train: {model: test_resnet, pretrained: false, iterations: 12, slice_size: 16,
         slices_per_volume: 4, val_every: 6, val_slices: 4, checkpoint_every: 4, log_every: 4}
 tomography: {n_angles: 8, n_angles_cam: 4, n_slices: 6, slice_size: 16, chunk: 4}
@@ -327,6 +328,128 @@ def test_the_page_says_when_the_classifier_is_at_chance(reference, config, tmp_p
         (next((tmp_path / "cache").glob("heatmaps/*/*/classifier-*.json"))).unlink()
 
 
+def chance_report(at_chance: bool) -> dict:
+    """A classifier report (``benchmark.train.classifier_report``) on the 12 volumes."""
+    return {
+        "auc": 0.55 if at_chance else 0.95,
+        "auc_ci_low": 0.4 if at_chance else 0.9,
+        "auc_ci_high": 0.7 if at_chance else 1.0,
+        "balanced_accuracy": 0.5,
+        "balanced_accuracy_ci_low": 0.4,
+        "balanced_accuracy_ci_high": 0.6,
+        "n_volumes": 12,
+        "at_chance": at_chance,
+    }
+
+
+HINT = (
+    "no heatmap was computed. Train longer (--set train.iterations=N), start from pretrained "
+    "weights in a local file (--set train.weights=FILE), or --set allow_chance=true to compute "
+    "and rank the heatmaps anyway"
+)
+
+
+TRAINED = ["checkpoint.pt", "config.yaml", "train_log.csv"]  # what training writes
+
+
+def error_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("error: ")]
+
+
+def cache_files(cache: Path) -> list[str]:
+    """The names of the files under the heatmap cache, report digests and stores elided."""
+    files = [p for p in (cache / "heatmaps").rglob("*") if p.is_file()]
+    return sorted("classifier.json" if p.name.startswith("classifier-") else p.name for p in files)
+
+
+def test_a_classifier_at_chance_stops_the_run_before_the_heatmaps(
+    reference, config, tmp_path, monkeypatch, capsys
+):
+    """Exit code 3 and one line (AUC interval, steps, what to try); the cache holds the store's
+    key and the classifier's report only, the run folder no table; allow_chance=true then
+    runs as before, the page warning."""
+    import benchmark.runner as runner
+
+    cache = use_cache(monkeypatch, tmp_path / "cache")
+    monkeypatch.setattr(runner, "classifier_report", lambda *a, **k: chance_report(True))
+    checkpoint = reference / "run" / "checkpoint.pt"
+    out = tmp_path / "run"
+    args = tiny_args(config, out, "--checkpoint", str(checkpoint))
+    assert main([*args, "--set", "allow_chance=false"]) == 3
+    assert error_lines(capsys.readouterr().err) == [
+        "error: the 2d classifier test_resnet (seed 0) is at chance on the 12 evaluation "
+        "volumes: AUC 0.55, 95% interval [0.40, 0.70] includes 0.5 (trained 12 of "
+        f"train.iterations=12 steps; {checkpoint}, kept); {HINT}"
+    ]
+    assert cache_files(cache) == ["classifier.json", "key.json"]
+    assert not [p for p in out.rglob("*") if p.is_file()]  # no table, page or figure
+
+    assert main([*args, "--set", "allow_chance=true"]) == 0
+    assert len(heatmap_records(cache)) == 12 * len(SPECS)
+    for page in ("synthetic.md", "synthetic.html"):
+        text = (out / "leaderboards" / page).read_text()
+        assert "is at chance on the evaluation volumes (AUC 0.55" in text
+    assert pd.read_csv(out / "results.csv").classifier_at_chance.all()
+
+
+def test_a_seed_at_chance_stops_the_run_before_any_seeds_heatmap(
+    reference, config, tmp_path, monkeypatch, capsys
+):
+    """--seeds 2, seed 0 learned (reused), seed 1 at chance (trained now): every classifier
+    is trained and reported before the first heatmap, so none is computed, and seed 1's
+    checkpoint stays for the next run."""
+    import benchmark.runner as runner
+
+    cache = use_cache(monkeypatch, tmp_path / "cache")
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy2(reference / "run" / "checkpoint.pt", run / "checkpoint.pt")
+
+    def report(model, dataset, ids, train_config, chunk, **kwargs):
+        return chance_report(at_chance=train_config.seed == 1)
+
+    monkeypatch.setattr(runner, "classifier_report", report)
+    args = tiny_args(config, run, "--seeds", "2", "--set", "allow_chance=false")
+    assert main(args) == 3
+    line = error_lines(capsys.readouterr().err)
+    assert len(line) == 1 and line[0].startswith(
+        "error: the 2d classifier test_resnet (seed 1) is at chance on the 12 evaluation "
+        "volumes: AUC 0.55, 95% interval [0.40, 0.70] includes 0.5 (trained 12 of "
+        f"train.iterations=12 steps; {run / 'seed-1' / 'checkpoint.pt'}, kept)"
+    )
+    assert cache_files(cache) == ["classifier.json"] * 2 + ["key.json"] * 2
+    files = sorted(p.relative_to(run).as_posix() for p in run.rglob("*") if p.is_file())
+    assert files == ["checkpoint.pt", *(f"seed-1/{f}" for f in TRAINED)]  # no table, page
+
+
+def test_the_chance_line_names_each_classifier_its_steps_and_its_settings():
+    """Several at chance: all named, the first's numbers; a 3D one points to train3d."""
+    from benchmark.runner import Trained, chance_error
+
+    def trained(classifier, model, seed, step, stopped_early):
+        return Trained(
+            checkpoint=Path("runs") / model / "checkpoint.pt",
+            job=None,
+            model=None,
+            classifier=classifier,
+            model_name=model,
+            key="0" * 16,
+            train_config={"seed": seed, "iterations": 600},
+            step=step,
+            stopped_early=stopped_early,
+            report=chance_report(True),
+        )
+
+    both = [trained("3d", "resnet10_3d", 2, 175, True), trained("2d", "resnet10t", 2, 600, False)]
+    assert str(chance_error(both)) == (
+        "2 classifiers are at chance on the 12 evaluation volumes, the 3d classifier "
+        "resnet10_3d (seed 2) and the 2d classifier resnet10t (seed 2); the first: AUC 0.55, "
+        "95% interval [0.40, 0.70] includes 0.5 (stopped early after 175 of "
+        f"train3d.iterations=600 steps; {Path('runs/resnet10_3d/checkpoint.pt')}, kept); "
+        + HINT.replace("train.", "train3d.")
+    )
+
+
 def torchrun(args: list[str], cache: Path, tmp_path: Path) -> subprocess.CompletedProcess:
     """``torchrun --standalone --nproc-per-node 2 -m benchmark ARGS`` on the CPU (gloo)."""
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
@@ -363,6 +486,22 @@ def test_a_failing_rank_is_named_with_its_spec_and_volume(reference, config, tmp
     assert done.returncode != 0
     assert "rank 1: broken on synthetic_0009: RuntimeError: broken on purpose" in done.stderr
     assert len(heatmap_records(tmp_path / "cache")) == 12 + 6  # rank 0 finished its share
+
+
+def test_under_torchrun_every_rank_stops_at_a_classifier_at_chance(reference, config, tmp_path):
+    """Rank 0's report decides for all: no rank computes a heatmap, none waits for another,
+    rank 0 alone says why and every rank exits with 3."""
+    (tmp_path / "chance_plugin.py").write_text(
+        "import benchmark.runner\n\n"
+        f"benchmark.runner.classifier_report = lambda *a, **k: {chance_report(True)!r}\n"
+    )
+    checkpoint = ["--checkpoint", str(reference / "run" / "checkpoint.pt")]
+    args = ["--plugins", "chance_plugin", *tiny_args(config, tmp_path / "run", *checkpoint)]
+    done = torchrun([*args, "--set", "allow_chance=false"], tmp_path / "cache", tmp_path)
+    assert done.returncode != 0
+    assert len(error_lines(done.stderr)) == 1 and "includes 0.5" in done.stderr
+    assert "exitcode  : 3" in done.stderr, done.stderr  # torchrun's report of its ranks
+    assert cache_files(tmp_path / "cache") == ["classifier.json", "key.json"]
 
 
 def test_per_case_scores_are_each_volumes_direct_scores_averaged_over_its_folds(reference):

@@ -15,6 +15,10 @@ from benchmark.commands import (
 )
 
 HELP = "train or load the classifier, evaluate the methods (paper A.7), write leaderboards"
+# A classifier of the run is at chance: stopped before the heatmaps (--set allow_chance=true
+# computes them anyway). The others: 1 failures (named, the rest cached), 2 bad input
+# (benchmark.cli), 130 interrupted.
+EXIT_CHANCE = 3
 
 log = logging.getLogger(__name__)
 
@@ -104,12 +108,15 @@ def run(args: argparse.Namespace) -> int:
         with logging_redirect_tqdm():
             return _run(args, context, settings, shard, specs, left_out)
     except Exception as error:
-        from benchmark.runner import RunError
+        from benchmark.runner import ChanceError, RunError
 
-        if not isinstance(error, RunError):
+        if not isinstance(error, (RunError, ChanceError)):
             raise
         if context.is_main:
             print(f"error: {error}", file=sys.stderr)
+        if isinstance(error, ChanceError):  # raised on every rank: none ends before rank 0 said why
+            context.barrier()
+            return EXIT_CHANCE
         return 1
     finally:
         distributed.shutdown()
