@@ -83,9 +83,7 @@ def make_volume(
 
     organ_axes = rng.uniform(0.22, 0.32, size=3)
     organ_centre = rng.uniform(-0.3, 0.3, size=3)
-    organ = sigmoid(
-        (1.0 - ellipsoid_radius(coords, organ_centre, organ_axes, rotation(rng))) / 0.1
-    )
+    organ = sigmoid((1.0 - ellipsoid_radius(coords, organ_centre, organ_axes, rotation(rng))) / 0.1)
     tubes = []
     for _ in range(rng.integers(2, 5)):
         direction = rng.standard_normal(3)
