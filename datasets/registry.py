@@ -11,6 +11,7 @@ from benchmark.registry import Registry
 # Modules that register the built-in adapters; imported on the first registry query.
 BUILTIN_MODULES: tuple[str, ...] = (
     "datasets.synthetic",
+    "datasets.brain",
     "datasets.autopet",
     "datasets.mosmed",
     "datasets.duke",

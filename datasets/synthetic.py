@@ -26,11 +26,11 @@ from datasets.volume import Box, DatasetError, Volume
 EDGE = 0.03  # width of the sigmoid edges, in normalised [-1, 1] units
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
+def sigmoid(x: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * x))
 
 
-def _grid(shape: tuple[int, int, int]) -> list[np.ndarray]:
+def grid(shape: tuple[int, int, int]) -> list[np.ndarray]:
     """Broadcastable normalised coordinates (z [D,1,1], y [1,H,1], x [1,1,W]) in [-1, 1]."""
     return [
         np.linspace(-1.0, 1.0, n, dtype=np.float32).reshape([-1 if a == i else 1 for a in range(3)])
@@ -38,34 +38,34 @@ def _grid(shape: tuple[int, int, int]) -> list[np.ndarray]:
     ]
 
 
-def _rotation(rng: np.random.Generator) -> np.ndarray:
+def rotation(rng: np.random.Generator) -> np.ndarray:
     q, r = np.linalg.qr(rng.standard_normal((3, 3)))
     return q * np.sign(np.diag(r))
 
 
-def _texture(rng: np.random.Generator, shape: tuple[int, int, int]) -> np.ndarray:
+def texture(rng: np.random.Generator, shape: tuple[int, int, int]) -> np.ndarray:
     """Smooth low-frequency noise with unit standard deviation."""
     sigma = [max(n / 12.0, 1.0) for n in shape]
     noise = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma)
     return noise / max(float(noise.std()), 1e-6)
 
 
-def _ellipsoid_radius(grid, centre, axes, rotation) -> np.ndarray:
+def ellipsoid_radius(coords, centre, axes, turn) -> np.ndarray:
     """Normalised radius of a rotated ellipsoid: < 1 inside, 1 on its surface."""
-    offsets = [g - c for g, c in zip(grid, centre, strict=True)]
+    offsets = [g - c for g, c in zip(coords, centre, strict=True)]
     total = 0.0
     for k in range(3):
-        along = sum(rotation[a, k] * offsets[a] for a in range(3))
+        along = sum(turn[a, k] * offsets[a] for a in range(3))
         total = total + (along / axes[k]) ** 2
     return np.sqrt(total)
 
 
-def _tube(grid, point, direction, radius) -> np.ndarray:
+def tube(coords, point, direction, radius) -> np.ndarray:
     """Soft cylinder of ``radius`` around the line through ``point`` along ``direction``."""
-    offsets = [g - p for g, p in zip(grid, point, strict=True)]
+    offsets = [g - p for g, p in zip(coords, point, strict=True)]
     along = sum(direction[a] * offsets[a] for a in range(3))
     dist2 = sum((offsets[a] - along * direction[a]) ** 2 for a in range(3))
-    return _sigmoid((radius - np.sqrt(dist2)) / (0.5 * EDGE))
+    return sigmoid((radius - np.sqrt(dist2)) / (0.5 * EDGE))
 
 
 def make_volume(
@@ -76,16 +76,14 @@ def make_volume(
     difficulty: float,
 ) -> tuple[np.ndarray, np.ndarray, list[Box]]:
     """One synthetic sample: (image float32 [C,D,H,W], mask bool [D,H,W], lesion boxes)."""
-    grid = _grid(shape)
+    coords = grid(shape)
     voxel = np.array([2.0 / (n - 1) for n in shape])  # voxel size in normalised units
     body_axes = rng.uniform(0.8, 0.92, size=3)
-    body = _sigmoid((1.0 - _ellipsoid_radius(grid, (0, 0, 0), body_axes, np.eye(3))) / EDGE)
+    body = sigmoid((1.0 - ellipsoid_radius(coords, (0, 0, 0), body_axes, np.eye(3))) / EDGE)
 
     organ_axes = rng.uniform(0.22, 0.32, size=3)
     organ_centre = rng.uniform(-0.3, 0.3, size=3)
-    organ = _sigmoid(
-        (1.0 - _ellipsoid_radius(grid, organ_centre, organ_axes, _rotation(rng))) / 0.1
-    )
+    organ = sigmoid((1.0 - ellipsoid_radius(coords, organ_centre, organ_axes, rotation(rng))) / 0.1)
     tubes = []
     for _ in range(rng.integers(2, 5)):
         direction = rng.standard_normal(3)
@@ -94,7 +92,7 @@ def make_volume(
         tubes.append(
             (
                 rng.uniform(0.5, 0.9),
-                _tube(grid, point, direction / np.linalg.norm(direction), radius),
+                tube(coords, point, direction / np.linalg.norm(direction), radius),
             )
         )
 
@@ -111,11 +109,11 @@ def make_volume(
                 and np.linalg.norm(centre / body_axes) < 0.75
             ):
                 break
-        rho = _ellipsoid_radius(grid, centre, axes, _rotation(rng))
+        rho = ellipsoid_radius(coords, centre, axes, rotation(rng))
         support = rho < 1.0  # the sigmoid profile's half maximum
         lesions = np.maximum(
             lesions,
-            contrast * rng.uniform(0.8, 1.25) * _sigmoid((1.0 - rho) * axes.min() / (0.5 * EDGE)),
+            contrast * rng.uniform(0.8, 1.25) * sigmoid((1.0 - rho) * axes.min() / (0.5 * EDGE)),
         )
         mask |= support
         where = np.argwhere(support)
@@ -125,7 +123,7 @@ def make_volume(
     image = np.empty((channels, *shape), dtype=np.float32)
     for c in range(channels):
         gain = 1.0 if c == 0 else rng.uniform(0.5, 1.0)  # how visible lesions are in channel c
-        tissue = 1.0 + 0.12 * _texture(rng, shape) + 0.35 * organ + sum(a * t for a, t in tubes)
+        tissue = 1.0 + 0.12 * texture(rng, shape) + 0.35 * organ + sum(a * t for a, t in tubes)
         image[c] = body * (tissue + gain * lesions) + 0.05 * rng.standard_normal(
             shape, dtype=np.float32
         )

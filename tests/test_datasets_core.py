@@ -22,7 +22,7 @@ def test_import_datasets_is_this_repository():
 
 
 def test_every_adapter_is_registered():
-    assert list_datasets() == ["autopet", "duke", "folder", "mosmed", "synthetic"]
+    assert list_datasets() == ["autopet", "brain", "duke", "folder", "mosmed", "synthetic"]
     assert list_datasets("m*") == ["mosmed"]
 
 
