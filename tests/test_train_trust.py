@@ -135,8 +135,8 @@ def test_holdout_is_stratified_seeded_and_from_the_train_split():
 class BlobSet(TinySet):
     """Noise; positives carry a Gaussian blob of ``amplitude`` (smaller: harder)."""
 
-    def __init__(self, amplitude: float, n_train: int = 32, seed: int = 0):
-        super().__init__(n_train=n_train, n_val=0, seed=seed)
+    def __init__(self, amplitude: float, n_train: int = 32, seed: int = 0, n_val: int = 0):
+        super().__init__(n_train=n_train, n_val=n_val, seed=seed)
         rng = np.random.default_rng(seed + 1)
         grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in SHAPE], indexing="ij"))
         for key, label in self._label.items():

@@ -1,0 +1,61 @@
+"""``bench train``: the ways to run a training step it compares, and the learning report."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from test_train_trust import EARLY, BlobSet
+
+import benchmark.train as training
+from benchmark.bench import StepVariant, bench_learning, bench_training_step
+
+
+def test_each_step_variant_runs_the_step_it_names(monkeypatch):
+    seen = []
+    real = training.train_step
+
+    def recording(model, optimizer, scheduler, inputs, labels, *args, **kwargs):
+        conv = next(
+            m
+            for m in model.modules()
+            if isinstance(m, torch.nn.Conv2d) and m.groups == 1 and m.in_channels > 1
+        )
+        channels_last = conv.weight.stride(1) == 1  # channels innermost
+        seen.append((kwargs["precision"], len(inputs), channels_last))
+        return real(model, optimizer, scheduler, inputs, labels, *args, **kwargs)
+
+    monkeypatch.setattr(training, "train_step", recording)
+    variants = (
+        StepVariant("float32"),
+        StepVariant("bf16", "bfloat16"),
+        StepVariant("channels_last", channels_last=True),
+        StepVariant("bf16, 2x", "bfloat16", batch_factor=2),
+    )
+    config = dataclasses.replace(EARLY, batch_volumes=2, slices_per_volume=4)
+    timings = bench_training_step(config, BlobSet(3.0), torch.device("cpu"), variants, repeats=2)
+    assert [t.variant for t in timings] == list(variants)
+    assert [t.slices for t in timings] == [8, 8, 8, 16]
+    assert all(t.seconds > 0 and t.compile_seconds is None for t in timings)
+    # a warm-up and 2 timed steps each, in turn: the inputs each variant names
+    expected = [
+        ("float32", 8, False),
+        ("bfloat16", 8, False),
+        ("float32", 8, True),
+        ("bfloat16", 16, False),
+    ]
+    assert seen == expected + expected * 2
+
+
+@pytest.mark.slow
+def test_the_learning_report_finds_the_step_an_easy_set_is_learned_at_and_not_a_blank_one():
+    config = dataclasses.replace(EARLY, iterations=40)
+    easy, blank = BlobSet(3.0, n_val=16), BlobSet(0.0, n_val=16)
+    (learned,) = bench_learning(config, easy, torch.device("cpu"), seeds=[0], target=0.9)
+    (chance,) = bench_learning(config, blank, torch.device("cpu"), seeds=[0], target=0.9)
+    assert learned.target_step is not None and learned.target_step % config.val_every == 0
+    assert learned.target_step <= learned.step and learned.target_minutes <= learned.minutes
+    assert learned.report["auc"] >= 0.9 and not learned.report["at_chance"]
+    assert chance.target_step is None and chance.target_minutes is None
+    assert chance.step == config.iterations  # at chance: trained to the cap
