@@ -84,7 +84,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_set_argument(
         parser,
-        "TomographyConfig overrides, e.g. n_angles=500 chunk=16",
+        "TomographyConfig overrides, e.g. n_angles=500 chunk=16; for train: train.FIELD and "
+        "train3d.FIELD, e.g. train.precision=float32",
     )
 
 
@@ -98,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     preset = args.preset or ("paper" if device.type == "cuda" else "quick")
+    if args.target == "train":
+        return _run_train(args, preset, device)
     overrides = parse_overrides(args.overrides)
     if args.target == "scale" and device.type == "cpu" and args.preset is None:
         overrides = {**SCALE_CPU, **overrides}
@@ -109,8 +112,6 @@ def run(args: argparse.Namespace) -> int:
         return _run_scale(args, config, preset, device)
     if args.target == "figure4":
         return _run_figure4(args, config, preset, device)
-    if args.target == "train":
-        return _run_train(args, preset, device)
     if args.target == "tomography":
         rows = bench_tomography(config, shape, device, args.model, args.repeats).rows()
     else:
@@ -218,12 +219,19 @@ def _run_train(args: argparse.Namespace, preset: str, device) -> int:
     from tabulate import tabulate
 
     from benchmark.bench import bench_learning, bench_training_step
-    from benchmark.config import Train3DConfig, TrainConfig, resolve
+    from benchmark.config import (
+        TRAIN_SECTIONS,
+        Train3DConfig,
+        TrainConfig,
+        load_settings,
+        resolve,
+    )
     from benchmark.distributed import training_precision
     from benchmark.train import training_estimate
 
+    settings = load_settings(None, args.overrides, ("train", "train3d"))
     dataset = open_dataset(args)
-    config = resolve(TrainConfig, preset)
+    config = resolve(TrainConfig, preset, settings["train"], section="train")
     print(f"bench train ({preset} preset, {args.dataset} on {device})")
     if not args.learn:
         timings = bench_training_step(config, dataset, device, repeats=max(args.repeats, 5))
@@ -244,7 +252,8 @@ def _run_train(args: argparse.Namespace, preset: str, device) -> int:
         print()
         rows = []
         for kind, cls in (("2d", TrainConfig), ("3d", Train3DConfig)):
-            chosen = resolve(cls, preset)
+            section = TRAIN_SECTIONS[kind]
+            chosen = resolve(cls, preset, settings[section], section=section)
             estimate = training_estimate(chosen, dataset, device, steps=max(args.repeats, 2))
             rows.append(
                 (
