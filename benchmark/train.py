@@ -1007,37 +1007,43 @@ class _Loop:
         return validation_scores(torch.tensor([self.dataset.label(i) for i in ids]), logits)
 
     def _early_stopping(self, step: int) -> bool:
-        """Score the holdout and decide (beyond the paper):
+        """Score the holdout and decide (beyond the paper), on its AUC and its loss (the mean
+        BCE of the volume logits) each averaged over the last ``window`` validations (fewer
+        at first): the AUC of a dozen held-out volumes moves in steps of 1/36, can read 0.86
+        once by luck and saturates at 1 while the classifier still improves; the loss moves
+        with every volume's margin.
 
-        - its AUC smoothed over the last ``window`` validations (fewer at first) is the
-          criterion: the AUC of a dozen held-out volumes moves in steps of 1/36 and can
-          reach 0.86 once by luck, its mean over ``window`` validations far less;
-        - the weights at the best criterion are kept (``best_model``), ties going to the
-          lower mean holdout loss (the mean BCE of the volume logits, which moves with
-          every volume's margin);
-        - training stops once the criterion went ``patience`` validations without a gain
-          of ``min_delta`` *and* every validation of the best window is above chance (its
-          AUC's 95 % bootstrap interval excludes 0.5), so that a classifier that has not
-          learned yet trains on to the cap.
+        - An improvement is a mean AUC ``min_delta`` above its best so far, or a mean loss
+          ``min_delta`` below its best so far; the weights of the last one are kept.
+        - Training stops once ``patience`` validations brought none *and* every validation
+          of the kept weights' window is above chance (its AUC's 95 % bootstrap interval
+          excludes 0.5), so that a classifier that has not learned trains on to the cap.
         """
         config, run = self.config, self.run
         result = self._validate(self.split["holdout"])
         labels, logits = result["labels"].numpy(), result["logits"].numpy()
-        low, high = bootstrap_ci(_auc_or_nan, labels, logits, n_resamples=1000)
-        row = {"step": step, **{k: result[k] for k in VAL_SCORES}}
+        low, high = (float(x) for x in bootstrap_ci(_auc_or_nan, labels, logits, n_resamples=1000))
+        row = {"step": step, **{k: float(result[k]) for k in VAL_SCORES}}
         run["holdout"].append({**row, "auc_ci_low": low, "auc_ci_high": high})
         recent = run["holdout"][-config.window :]
         auc = float(np.mean([r["auc"] for r in recent]))
         loss = float(np.mean([r["loss"] for r in recent]))
         best = run["best"]
-        if best is None or (
-            auc - best["auc"] >= config.min_delta and (auc > best["auc"] or loss < best["loss"])
-        ):
-            above = all(r["auc_ci_low"] > 0.5 for r in recent)
-            run["best"] = {"step": step, "auc": auc, "loss": loss, "above_chance": above}
+        gains = []
+        if best is None or auc >= best["auc"] + config.min_delta:
+            gains.append("AUC")
+        if best is None or loss <= best["loss"] - config.min_delta:
+            gains.append("loss")
+        if gains:
+            run["best"] = {
+                "step": step,
+                "auc": max(auc, best["auc"]) if best else auc,
+                "loss": min(loss, best["loss"]) if best else loss,
+                "above_chance": all(r["auc_ci_low"] > 0.5 for r in recent),
+            }
             run["best_model"] = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
             run["stale"] = 0
-            verdict = "improved"
+            verdict = f"improved ({' and '.join(gains)})"
         else:
             run["stale"] += 1
             verdict = (
@@ -1045,19 +1051,20 @@ class _Loop:
                 f"(patience {config.patience})"
             )
         best = run["best"]
-        self.postfix.update(holdout_auc=f"{auc:.3f}")
+        self.postfix.update(holdout_auc=f"{auc:.3f}", holdout_loss=f"{loss:.3f}")
         stop = 0 < config.patience <= run["stale"] and step < config.iterations
         if stop:
             stop = best["above_chance"]
             verdict += (
-                ", the best above chance"
+                ", the kept weights above chance"
                 if stop
-                else ", but the best is not above chance (an AUC interval includes 0.5): continuing"
+                else ", but the kept weights are not above chance (an AUC interval includes "
+                "0.5): continuing"
             )
-        smoothed = f" (mean of {len(recent)})" if config.window > 1 else ""
+        smoothed = f"mean of {len(recent)}: " if config.window > 1 else ""
         log.info(
-            "step %d: holdout AUC %.4f [%.3f, %.3f], loss %.4f; criterion%s %.4f, %s; best %.4f "
-            "at step %d%s",
+            "step %d: holdout AUC %.4f [%.3f, %.3f], loss %.4f (%sAUC %.4f, loss %.4f), %s; "
+            "kept step %d%s",
             step,
             result["auc"],
             low,
@@ -1065,8 +1072,8 @@ class _Loop:
             result["loss"],
             smoothed,
             auc,
+            loss,
             verdict,
-            best["auc"],
             best["step"],
             f": stopping early at step {step} of at most {config.iterations}" if stop else "",
         )

@@ -57,11 +57,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--learn",
         action="store_true",
         help="train: train the preset's 2D classifier on --dataset (--seeds times) and report "
-        "the steps and minutes to --target evaluation AUC, where it stopped, its AUC",
+        "the steps and minutes to evaluation AUC --auc, where it stopped, its AUC",
     )
     parser.add_argument("--seeds", type=int, default=1, help="train --learn: classifiers")
     parser.add_argument(
-        "--target", type=float, default=0.95, help="train --learn: evaluation AUC to reach"
+        "--auc", type=float, default=0.95, help="train --learn: the evaluation AUC to reach"
     )
     parser.add_argument("--batch-size", type=int, default=64, help="slices per CAM batch")
     parser.add_argument(
@@ -269,7 +269,7 @@ def _run_train(args: argparse.Namespace, preset: str, device) -> int:
         print(tabulate(rows, tablefmt="github", headers=headers))
         return 0
     seeds = range(config.seed, config.seed + args.seeds)
-    runs = bench_learning(config, dataset, device, seeds, target=args.target)
+    runs = bench_learning(config, dataset, device, seeds, target=args.auc)
     rows = [
         (
             r.seed,
@@ -282,7 +282,7 @@ def _run_train(args: argparse.Namespace, preset: str, device) -> int:
         )
         for r in runs
     ]
-    target = f"AUC {args.target:g}"
+    target = f"AUC {args.auc:g}"
     headers = (
         "seed",
         f"step to {target}",
