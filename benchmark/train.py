@@ -817,18 +817,18 @@ def _optimiser(model: nn.Module, config: TrainConfig | Train3DConfig) -> tuple[A
             optimizer, T_max=config.iterations, eta_min=config.lr_min
         )
     else:
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, LearningRate(config))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate(config))
     return optimizer, scheduler
 
 
-@dataclasses.dataclass(frozen=True)
-class LearningRate:
-    """The factor of lr at a step (LambdaLR): linear warm-up, then cosine or constant."""
+def learning_rate(config: TrainConfig | Train3DConfig) -> Callable[[int], float]:
+    """The factor of lr at a step (LambdaLR): linear warm-up, then cosine or constant.
 
-    config: TrainConfig | Train3DConfig
+    A function, not a callable object: LambdaLR would checkpoint an object's attributes (the
+    config), which ``torch.load(weights_only=True)`` refuses to read back.
+    """
 
-    def __call__(self, step: int) -> float:
-        config = self.config
+    def factor(step: int) -> float:
         if step < config.warmup:
             return (step + 1) / config.warmup
         if config.schedule == "constant":
@@ -836,6 +836,8 @@ class LearningRate:
         progress = (step - config.warmup) / max(config.iterations - config.warmup, 1)
         floor = config.lr_min / config.lr
         return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+    return factor
 
 
 def _new_run() -> dict[str, Any]:

@@ -6,6 +6,7 @@ import argparse
 import csv
 import dataclasses
 import hashlib
+import io
 from types import SimpleNamespace
 
 import numpy as np
@@ -398,17 +399,23 @@ def test_bag_loss_is_each_negative_slices_bce_and_each_positive_stacks_max_bce()
 
 def test_the_learning_rate_warms_up_then_stays_or_follows_the_cosine():
     constant = dataclasses.replace(TINY, lr=1e-3, warmup=4, schedule="constant", iterations=100)
-    rate = training.LearningRate(constant)
+    rate = training.learning_rate(constant)
     assert [rate(s) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
     assert rate(10_000) == 1.0  # no end: early stopping ends training, not the schedule
     cosine = dataclasses.replace(constant, schedule="cosine", lr_min=1e-5)
-    rate = training.LearningRate(cosine)
+    rate = training.learning_rate(cosine)
     assert rate(4) == 1.0 and rate(100) == pytest.approx(1e-2)  # lr_min / lr at the cap
     assert rate(52) == pytest.approx(1e-2 + (1 - 1e-2) * 0.5)  # half way: the mean
     # without warm-up the cosine is torch's own (A.6), as before these settings existed
     model = torch.nn.Linear(1, 1)
     _, scheduler = training._optimiser(model, dataclasses.replace(cosine, warmup=0))
     assert isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR)
+    # a warm-up's schedule checkpoints as plain data (torch.load(weights_only=True) reads it)
+    _, scheduler = training._optimiser(model, constant)
+    buffer = io.BytesIO()
+    torch.save(scheduler.state_dict(), buffer)
+    buffer.seek(0)
+    assert torch.load(buffer, weights_only=True)["base_lrs"] == [1e-3]
 
 
 def test_bf16_precision_runs_the_convolutions_in_bf16_on_any_device(monkeypatch):
