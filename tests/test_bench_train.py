@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+from types import SimpleNamespace
 
 import pytest
 import torch
 from test_train_trust import EARLY, BlobSet
 
 import benchmark.train as training
-from benchmark.bench import StepVariant, bench_learning, bench_training_step
+from benchmark.bench import StepVariant, bench_learning, bench_training_step, lesion_slice_share
 
 
 def test_each_step_variant_runs_the_step_it_names(monkeypatch):
@@ -59,3 +60,27 @@ def test_the_learning_report_finds_the_step_an_easy_set_is_learned_at_and_not_a_
     assert learned.report["auc"] >= 0.9 and not learned.report["at_chance"]
     assert chance.target_step is None and chance.target_minutes is None
     assert chance.step == config.iterations  # at chance: trained to the cap
+
+
+def test_the_share_of_slices_that_cut_a_lesion_is_the_share_of_offsets_inside_a_ball():
+    """A ball of radius 0.5 at the centre: a slice at offset s cuts it iff |s| < 0.5, in
+    every direction, whatever its in-plane shift and zoom: 16 of 32 offsets."""
+    n = 33
+    axis = torch.linspace(-1, 1, n)
+    radius = (axis[:, None, None] ** 2 + axis[None, :, None] ** 2 + axis[None, None] ** 2).sqrt()
+    ball = (radius < 0.5).numpy()
+
+    class Balls:
+        def ids(self, split=None):
+            return ["a", "b", "c"]
+
+        def label(self, i):
+            return int(i != "c")
+
+        def __getitem__(self, i):
+            return SimpleNamespace(mask=ball if i != "c" else None)
+
+    config = dataclasses.replace(EARLY, slices_per_volume=32, slice_size=48)
+    share = lesion_slice_share(config, Balls(), volumes=2, draws=8)
+    offsets = torch.linspace(-1, 1, 32)
+    assert share == pytest.approx(float((offsets.abs() < 0.5).float().mean()), abs=1 / 32)

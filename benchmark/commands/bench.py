@@ -218,7 +218,7 @@ def _run_train(args: argparse.Namespace, preset: str, device) -> int:
     classifier takes to learn ``--dataset``."""
     from tabulate import tabulate
 
-    from benchmark.bench import bench_learning, bench_training_step
+    from benchmark.bench import bench_learning, bench_training_step, lesion_slice_share
     from benchmark.config import (
         TRAIN_SECTIONS,
         Train3DConfig,
@@ -294,5 +294,8 @@ def _run_train(args: argparse.Namespace, preset: str, device) -> int:
     )
     options = " ".join(args.dataset_option)
     print(f"learning: {args.dataset} {options} ({len(dataset.ids('train'))} training volumes)")
+    share = lesion_slice_share(config, dataset)
+    if share is not None:
+        print(f"training slices of positive volumes that cut a lesion: {share:.3f}")
     print(tabulate(rows, tablefmt="github", headers=headers, disable_numparse=True))
     return 0
