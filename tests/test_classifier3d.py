@@ -16,6 +16,7 @@ from benchmark.checkpoint import load_classifier
 from benchmark.classifier3d import VolumeClassifier, create_volume_classifier
 from benchmark.config import Train3DConfig, TrainConfig, load_settings, resolve
 from benchmark.train import (
+    OLD_CHECKPOINT_DEFAULTS,
     SliceBatches,
     batches_for,
     classifier_report,
@@ -42,6 +43,7 @@ TINY3D = Train3DConfig(
     val_every=3,
     checkpoint_every=2,
     log_every=1,
+    precision="float32",  # as the quick preset: bf16 3D training on a CPU resumes inexactly
 )
 
 
@@ -207,12 +209,15 @@ def test_3d_training_resumes_to_the_same_weights_and_round_trips(tmp_path, monke
 
 def test_the_2d_record_is_unchanged():
     """What a 2D checkpoint records (its config and model fields) is as before the 3D
-    classifier, so that existing 2D checkpoints and their heatmap caches are reused."""
+    classifier, but for the fields added since, whose defaults are what older checkpoints
+    were trained with, so that those and their heatmap caches are reused."""
     assert [(f.name, f.default) for f in dataclasses.fields(TrainConfig)] == [
         ("model", "resnet10t"),
         ("pretrained", None),
         ("weights", None),
         ("gn_init", "identity"),
+        ("loss", "slice"),
+        ("precision", "auto"),
         ("batch_volumes", 2),
         ("slices_per_volume", 120),
         ("slice_size", 224),
@@ -221,6 +226,8 @@ def test_the_2d_record_is_unchanged():
         ("intensity", 0.3),
         ("lr", 5e-5),
         ("lr_min", 1e-7),
+        ("schedule", "cosine"),
+        ("warmup", 0),
         ("betas", (0.9, 0.999)),
         ("eps", 1e-8),
         ("iterations", None),
@@ -232,7 +239,13 @@ def test_the_2d_record_is_unchanged():
         ("holdout", 0.0),
         ("patience", 0),
         ("min_delta", 0.0),
+        ("window", 1),
     ]
     batches = batches_for(TrainConfig())
     assert isinstance(batches, SliceBatches)
+    older = batches.saved_defaults({"norm": "frozen_bn"})  # a checkpoint without those fields
+    assert {k: older[k] for k in OLD_CHECKPOINT_DEFAULTS} == {
+        k: getattr(TrainConfig(), k) for k in OLD_CHECKPOINT_DEFAULTS
+    }
+    assert older["loss"] == TrainConfig().loss
     assert batches.record() == {"model_name": "resnet10t", "arch": "resnet10t", "norm": "frozen_bn"}
