@@ -762,7 +762,9 @@ def train(
             config.min_delta,
             config.iterations,
         )
-    meta = {"dataset": info, "in_chans": in_chans, **data}
+    # what "auto" meant here: bf16 or float32 steps give different weights
+    precision = training_precision(device, config.precision)
+    meta = {"dataset": info, "in_chans": in_chans, "precision_used": precision, **data}
     net = _distributed_model(model, context)
     loop = _Loop(dataset, batches, split, context, model, run)
     with tqdm(
