@@ -807,6 +807,21 @@ def train(
     return path
 
 
+def training_summary(state: dict[str, Any]) -> str:
+    """What a checkpoint's training did, in a few words: its steps, why it ended, the
+    weights kept and the precision its steps ran in."""
+    cap = state["config"]["iterations"]
+    ended = "stopped early" if state.get("stopped_early") else f"cap {cap}"
+    best = state.get("best")
+    kept = (
+        f", weights of step {best['step']} kept (held-out AUC {best['auc']:.3f}, loss "
+        f"{best['loss']:.3f})"
+        if best
+        else ""
+    )
+    return f"{state['step']} steps ({ended}){kept}, {state.get('precision_used', 'float32')}"
+
+
 def _optimiser(model: nn.Module, config: TrainConfig | Train3DConfig) -> tuple[Any, Any]:
     """Adam and the learning-rate schedule, updated every step: ``warmup`` steps of linear
     warm-up, then ``cosine`` from lr to lr_min over the remaining ``iterations`` (A.6) or

@@ -330,8 +330,11 @@ def test_train_command_writes_the_run_folder(tmp_path, monkeypatch, capsys):
     ]
     assert command.run(parser.parse_args(argv)) == 0
     path = tmp_path / "runs" / "tiny" / "resnet10t_gn_np-quick" / "checkpoint.pt"
-    assert f"checkpoint: {path.relative_to(tmp_path)}" in capsys.readouterr().out
-    assert torch.load(path, weights_only=True)["dataset"]["options"] == {"shape": list(SHAPE)}
+    out = capsys.readouterr().out  # the path, then what training did
+    state = torch.load(path, weights_only=True)
+    summary = f"{TINY.iterations} steps (cap {TINY.iterations}), {state['precision_used']}"
+    assert f"checkpoint: {path.relative_to(tmp_path)}: {summary}" in out
+    assert state["dataset"]["options"] == {"shape": list(SHAPE)}
     assert command.run(parser.parse_args([*argv, "--resume"])) == 0  # finished: a no-op
     with pytest.raises(ValueError, match="exists"):
         command.run(parser.parse_args(argv))

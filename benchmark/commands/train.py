@@ -52,10 +52,11 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm.contrib.logging import logging_redirect_tqdm
 
+    from benchmark.checkpoint import read_checkpoint
     from benchmark.config import SECTIONS, resolve
     from benchmark.distributed import init, shutdown
     from benchmark.preflight import check_volumes, writable
-    from benchmark.train import train
+    from benchmark.train import train, training_summary
 
     context = init(args.device)  # joins torchrun's ranks: DDP over the global batch
     try:
@@ -71,5 +72,5 @@ def run(args: argparse.Namespace) -> int:
     finally:
         shutdown()
     if context.is_main:
-        print(f"checkpoint: {path}")
+        print(f"checkpoint: {path}: {training_summary(read_checkpoint(path))}")
     return 0
