@@ -966,10 +966,15 @@ class _Loop:
         """One line: the step, the batch's volumes, the one of largest magnitude, a hint."""
         peaks = {i: float(np.abs(np.asarray(self.dataset[i].image)).max()) for i in plan.ids}
         worst = max(peaks, key=peaks.get)
+        precision = training_precision(self.context.device, self.config.precision)
+        section = "train3d" if isinstance(self.config, Train3DConfig) else "train"
+        in_bf16 = f", or train in float32 (--set {section}.precision=float32)" * (
+            precision == "bfloat16"
+        )
         return (
             f"training diverged at step {step}: {what} on a batch of volumes "
             f"{', '.join(plan.ids)}; the largest |value| is {peaks[worst]:.3g} in {worst}: "
-            f"check that volume's preprocessing, or lower lr (now {self.config.lr:g})"
+            f"check that volume's preprocessing, or lower lr (now {self.config.lr:g}){in_bf16}"
         )
 
     def record_loss(self, step: int, loss: float, lr: float) -> None:

@@ -12,9 +12,10 @@ from datasets import load_dataset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 # a classifier of a few steps may be at chance: these runs test the machinery, not rankings
+# float32: bf16 steps on a CPU diverged at step 1 on 16-px slices (test_resnet, batch norms)
 CONFIG = """\
 run: {folds: 3, allow_chance: true}
-train: {model: test_resnet, pretrained: false, iterations: 8, slice_size: 16,
+train: {model: test_resnet, pretrained: false, iterations: 8, slice_size: 16, precision: float32,
         slices_per_volume: 4, val_every: 4, val_slices: 4, checkpoint_every: 4, log_every: 4}
 tomography: {n_angles: 8, n_angles_cam: 4, n_slices: 6, slice_size: 16, chunk: 4}
 """
