@@ -49,9 +49,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from datasets.base import Record, VolumeDataset
+from datasets.base import Record
 from datasets.registry import register_dataset
-from datasets.synthetic import ellipsoid_radius, grid, sigmoid
+from datasets.synthetic import GeneratedDataset, ellipsoid_radius, grid, sigmoid
 from datasets.volume import Box, DatasetError, Volume
 
 FOV = (145.0, 180.0, 155.0)  # mm along (D, H, W)
@@ -555,7 +555,7 @@ def _lesions(rng, space, tissue, inside, wall, near, blobs, edge, scale):
 
 
 @register_dataset("brain", annotation="mask", files=False)
-class Brain(VolumeDataset):
+class Brain(GeneratedDataset):
     """FLAIR-like brain MRI phantoms with small MS-like lesions (no files; see the module
     docstring).
 
@@ -566,8 +566,6 @@ class Brain(VolumeDataset):
     """
 
     version = "1"
-    cached = False
-    needs_root = False
 
     def __init__(
         self,
@@ -609,28 +607,6 @@ class Brain(VolumeDataset):
         """Voxel size (mm): the field of view over ``shape`` (2.5 mm at the default)."""
         return tuple(f / n for f, n in zip(FOV, self.shape, strict=True))
 
-    @property
-    def affine(self) -> np.ndarray:
-        """(d, h, w) -> RAS+: d towards superior, h towards posterior, w towards left."""
-        affine = np.zeros((4, 4))
-        sd, sh, sw = self.spacing
-        affine[2, 0], affine[1, 1], affine[0, 2], affine[3, 3] = sd, -sh, -sw, 1.0
-        affine[:3, 3] = -affine[:3, :3] @ ((np.array(self.shape) - 1) / 2)
-        return affine
-
-    def _scan(self) -> list[Record]:
-        return [
-            Record(
-                id=f"brain_{i:04d}",
-                label=i % 2,
-                patient=f"brain_{i:04d}",
-                annotated=True,
-                split="train" if i < self.n_train else "val",
-                source=i,
-            )
-            for i in range(self.n_train + self.n_val)
-        ]
-
     def phantom(self, record: Record) -> Phantom:
         """The generated subject of ``record``, tissue map and lesion list included."""
         rng = np.random.default_rng([self.seed, record.source])
@@ -639,6 +615,3 @@ class Brain(VolumeDataset):
     def _load(self, record: Record) -> Volume:
         p = self.phantom(record)
         return Volume(record.id, p.image, record.label, p.mask, p.boxes, self.affine, self.spacing)
-
-    def _header(self, record: Record):
-        return self.shape, self.spacing

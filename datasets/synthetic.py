@@ -130,8 +130,45 @@ def make_volume(
     return image, mask, boxes
 
 
+class GeneratedDataset(VolumeDataset):
+    """A data set generated in code (no files, nothing cached): ids ``<name>_0000``...,
+    the first ``n_train`` the training split, labels alternating 0, 1 so both splits are
+    balanced; the subclass sets ``shape``, ``n_train``, ``n_val`` and its ``spacing``."""
+
+    cached = False
+    needs_root = False
+    shape: tuple[int, int, int]
+    n_train: int
+    n_val: int
+
+    @property
+    def affine(self) -> np.ndarray:
+        """(d, h, w) -> RAS+: d towards superior, h towards posterior, w towards left."""
+        affine = np.zeros((4, 4))
+        sd, sh, sw = self.spacing
+        affine[2, 0], affine[1, 1], affine[0, 2], affine[3, 3] = sd, -sh, -sw, 1.0
+        affine[:3, 3] = -affine[:3, :3] @ ((np.array(self.shape) - 1) / 2)
+        return affine
+
+    def _scan(self) -> list[Record]:
+        return [
+            Record(
+                id=f"{self.name}_{i:04d}",
+                label=i % 2,
+                patient=f"{self.name}_{i:04d}",
+                annotated=True,
+                split="train" if i < self.n_train else "val",
+                source=i,
+            )
+            for i in range(self.n_train + self.n_val)
+        ]
+
+    def _header(self, record: Record):
+        return self.shape, self.spacing
+
+
 @register_dataset("synthetic", annotation="mask", files=False)
-class Synthetic(VolumeDataset):
+class Synthetic(GeneratedDataset):
     """Synthetic lesions in textured bodies (no files; see the module docstring).
 
     Options: ``shape`` (D, H, W), ``n_train``/``n_val`` volumes, ``channels``,
@@ -140,8 +177,6 @@ class Synthetic(VolumeDataset):
     """
 
     version = "1"
-    cached = False
-    needs_root = False
 
     def __init__(
         self,
@@ -190,34 +225,9 @@ class Synthetic(VolumeDataset):
         """Voxel size (mm) making the volume a cube of ``max(shape)`` mm."""
         return tuple(max(self.shape) / n for n in self.shape)
 
-    @property
-    def affine(self) -> np.ndarray:
-        """(d, h, w) -> RAS+: d towards superior, h towards posterior, w towards left."""
-        affine = np.zeros((4, 4))
-        sd, sh, sw = self.spacing
-        affine[2, 0], affine[1, 1], affine[0, 2], affine[3, 3] = sd, -sh, -sw, 1.0
-        affine[:3, 3] = -affine[:3, :3] @ ((np.array(self.shape) - 1) / 2)
-        return affine
-
-    def _scan(self) -> list[Record]:
-        return [
-            Record(
-                id=f"synthetic_{i:04d}",
-                label=i % 2,
-                patient=f"synthetic_{i:04d}",
-                annotated=True,
-                split="train" if i < self.n_train else "val",
-                source=i,
-            )
-            for i in range(self.n_train + self.n_val)
-        ]
-
     def _load(self, record: Record) -> Volume:
         rng = np.random.default_rng([self.seed, record.source])
         image, mask, boxes = make_volume(
             rng, self.shape, len(self.channels), bool(record.label), self.difficulty
         )
         return Volume(record.id, image, record.label, mask, boxes, self.affine, self.spacing)
-
-    def _header(self, record: Record):
-        return self.shape, self.spacing
