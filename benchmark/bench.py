@@ -31,16 +31,7 @@ def random_classifier(model_name: str, in_chans: int, device: torch.device) -> t
 def timed(fn: Callable[[], object], device: torch.device, repeats: int = 1) -> float:
     """Best wall time of ``repeats`` calls of ``fn`` after one warm-up, in seconds."""
     fn()
-    best = float("inf")
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        best = min(best, time.perf_counter() - start)
-    return best
+    return min(_clock(fn, device) for _ in range(repeats))
 
 
 @dataclass(frozen=True)

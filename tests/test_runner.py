@@ -306,16 +306,7 @@ def test_the_page_says_when_the_classifier_is_at_chance(reference, config, tmp_p
     use_cache(monkeypatch, tmp_path / "cache")
     checkpoint = ["--checkpoint", str(reference / "run" / "checkpoint.pt")]
     for at_chance in (True, False):
-        report = {
-            "auc": 0.55 if at_chance else 0.95,
-            "auc_ci_low": 0.4 if at_chance else 0.9,
-            "auc_ci_high": 0.7 if at_chance else 1.0,
-            "balanced_accuracy": 0.5,
-            "balanced_accuracy_ci_low": 0.4,
-            "balanced_accuracy_ci_high": 0.6,
-            "n_volumes": 12,
-            "at_chance": at_chance,
-        }
+        report = chance_report(at_chance)
         monkeypatch.setattr(runner, "classifier_report", lambda *a, r=report, **k: r)
         out = tmp_path / f"run-{at_chance}"
         assert main(tiny_args(config, out, *checkpoint)) == 0
