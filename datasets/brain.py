@@ -566,6 +566,7 @@ class Brain(GeneratedDataset):
     """
 
     version = "1"
+    min_size = 16
 
     def __init__(
         self,
@@ -579,18 +580,12 @@ class Brain(GeneratedDataset):
         cache_dir: str | None = None,
         max_abs: float = 1e6,
     ):
-        if root is not None:
-            raise DatasetError(f"brain: generated in code, takes no root (got {root})")
-        shape = tuple(int(n) for n in shape)
-        if len(shape) != 3 or min(shape) < 16:
-            raise DatasetError(f"brain: shape must be 3 sizes >= 16, got {shape}")
-        if n_train < 2 or n_val < 0:
-            raise DatasetError(f"brain: need n_train >= 2 and n_val >= 0, got {n_train}, {n_val}")
         if not 0.0 < lesion_contrast <= 10.0:
             raise DatasetError(f"brain: lesion_contrast must be in (0, 10], got {lesion_contrast}")
-        self.shape, self.n_train, self.n_val = shape, int(n_train), int(n_val)
         self.lesion_contrast = float(lesion_contrast)
-        super().__init__(None, cache_dir=cache_dir, seed=seed, max_abs=max_abs)
+        super().__init__(
+            root, shape, n_train, n_val, cache_dir=cache_dir, seed=seed, max_abs=max_abs
+        )
 
     def options(self) -> dict:
         return {

@@ -137,9 +137,23 @@ class GeneratedDataset(VolumeDataset):
 
     cached = False
     needs_root = False
-    shape: tuple[int, int, int]
-    n_train: int
-    n_val: int
+    min_size = 8  # the smallest edge of ``shape``
+
+    def __init__(self, root, shape, n_train: int, n_val: int, **options):
+        """Check the options all generated sets share (each subclass checks its own first)."""
+        if root is not None:
+            raise DatasetError(f"{self.name}: generated in code, takes no root (got {root})")
+        shape = tuple(int(n) for n in shape)
+        if len(shape) != 3 or min(shape) < self.min_size:
+            raise DatasetError(
+                f"{self.name}: shape must be 3 sizes >= {self.min_size}, got {shape}"
+            )
+        if n_train < 2 or n_val < 0:
+            raise DatasetError(
+                f"{self.name}: need n_train >= 2 and n_val >= 0, got {n_train}, {n_val}"
+            )
+        self.shape, self.n_train, self.n_val = shape, int(n_train), int(n_val)
+        super().__init__(None, **options)
 
     @property
     def affine(self) -> np.ndarray:
@@ -191,23 +205,15 @@ class Synthetic(GeneratedDataset):
         cache_dir: str | None = None,
         max_abs: float = 1e6,
     ):
-        if root is not None:
-            raise DatasetError(f"synthetic: generated in code, takes no root (got {root})")
-        shape = tuple(int(n) for n in shape)
-        if len(shape) != 3 or min(shape) < 8:
-            raise DatasetError(f"synthetic: shape must be 3 sizes >= 8, got {shape}")
-        if n_train < 2 or n_val < 0:
-            raise DatasetError(
-                f"synthetic: need n_train >= 2 and n_val >= 0, got {n_train}, {n_val}"
-            )
         if channels < 1:
             raise DatasetError(f"synthetic: channels must be >= 1, got {channels}")
         if not 0.0 <= difficulty <= 1.0:
             raise DatasetError(f"synthetic: difficulty must be in [0, 1], got {difficulty}")
-        self.shape, self.n_train, self.n_val = shape, int(n_train), int(n_val)
         self.difficulty = float(difficulty)
         self.channels = channel_names(channels)
-        super().__init__(None, cache_dir=cache_dir, seed=seed, max_abs=max_abs)
+        super().__init__(
+            root, shape, n_train, n_val, cache_dir=cache_dir, seed=seed, max_abs=max_abs
+        )
 
     def options(self) -> dict:
         return {
