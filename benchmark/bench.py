@@ -802,7 +802,7 @@ class LearningRun:
 
 
 def bench_learning(
-    config, dataset, device: torch.device, seeds, target: float = 0.95, out_dir=None
+    config, dataset, device: torch.device, seeds, target: float = 0.95
 ) -> list[LearningRun]:
     """Train the classifier of ``config`` on ``dataset`` once per seed, as ``run`` does,
     scoring the evaluation split at every validation (for this report only: training
@@ -830,7 +830,7 @@ def bench_learning(
                 clock["hit"] = (step, clock["spent"] / 60)
             clock["since"] = time.perf_counter()
 
-        with tempfile.TemporaryDirectory(dir=out_dir) as folder:
+        with tempfile.TemporaryDirectory() as folder:
             path = train(dataset, seeded, folder, device=device, progress=False, monitor=monitor)
             state = read_checkpoint(path)
             model = load_classifier(path, device)
