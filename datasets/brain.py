@@ -587,15 +587,8 @@ class Brain(GeneratedDataset):
             root, shape, n_train, n_val, cache_dir=cache_dir, seed=seed, max_abs=max_abs
         )
 
-    def options(self) -> dict:
-        return {
-            "shape": self.shape,
-            "n_train": self.n_train,
-            "n_val": self.n_val,
-            "lesion_contrast": self.lesion_contrast,
-            "seed": self.seed,
-            "max_abs": self.max_abs,
-        }
+    def own_options(self) -> dict:
+        return {"lesion_contrast": self.lesion_contrast}
 
     @property
     def spacing(self) -> tuple[float, float, float]:

@@ -177,6 +177,20 @@ class GeneratedDataset(VolumeDataset):
             for i in range(self.n_train + self.n_val)
         ]
 
+    def own_options(self) -> dict:
+        """The subclass's options, between the shared ones in :meth:`options`."""
+        return {}
+
+    def options(self) -> dict:
+        return {
+            "shape": self.shape,
+            "n_train": self.n_train,
+            "n_val": self.n_val,
+            **self.own_options(),
+            "seed": self.seed,
+            "max_abs": self.max_abs,
+        }
+
     def _header(self, record: Record):
         return self.shape, self.spacing
 
@@ -215,16 +229,8 @@ class Synthetic(GeneratedDataset):
             root, shape, n_train, n_val, cache_dir=cache_dir, seed=seed, max_abs=max_abs
         )
 
-    def options(self) -> dict:
-        return {
-            "shape": self.shape,
-            "n_train": self.n_train,
-            "n_val": self.n_val,
-            "channels": len(self.channels),
-            "difficulty": self.difficulty,
-            "seed": self.seed,
-            "max_abs": self.max_abs,
-        }
+    def own_options(self) -> dict:
+        return {"channels": len(self.channels), "difficulty": self.difficulty}
 
     @property
     def spacing(self) -> tuple[float, float, float]:
