@@ -513,9 +513,9 @@ def format_plan(
 def named_outright(methods: Iterable[str]) -> list[str]:
     """Specs that ``--methods`` tokens name outright (``NAME`` or ``NAME@LAYER``, not ``all``
     nor a wildcard): :func:`within_budget` never leaves them out."""
-    from methods import expand_specs
+    from methods import expand_specs, spec_tokens
 
-    tokens = [t.strip() for item in methods for t in item.split(",") if t.strip()]
+    tokens = spec_tokens(methods)
     broad = {t for t in tokens if t == "all" or any(c in t for c in "*?[")}
     return expand_specs([t for t in tokens if t not in broad]) if len(broad) < len(tokens) else []
 

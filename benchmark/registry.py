@@ -117,8 +117,9 @@ class Registry:
 
     def _unknown_message(self, name: str) -> str:
         known = sorted(self._entries, key=natural_key)
-        close = difflib.get_close_matches(name, known, n=5, cutoff=0.6)
-        close += [k for k in known if name and name in k and k not in close][: 5 - len(close)]
+        lower = name.lower()  # names are lower-case: LayerCAM is close to layercam
+        close = difflib.get_close_matches(lower, known, n=5, cutoff=0.6)
+        close += [k for k in known if lower and lower in k and k not in close][: 5 - len(close)]
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         return (
             f"unknown {self.kind} {name!r}{hint} "

@@ -8,7 +8,7 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Sequence
 
-from methods import METHODS, expand_specs, parse_spec
+from methods import METHODS, expand_specs, parse_spec, spec_tokens
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -37,9 +37,8 @@ def select_specs(methods: Sequence[str], exclude: Sequence[str]) -> tuple[list[s
     when they match the spec (``scorecam@4``) or its method (``scorecam``, every layer),
     never those of a method named outright.
     """
-    tokens = [t.strip() for item in methods for t in item.split(",") if t.strip()]
-    specs, left_out = [], []
-    for token in tokens:
+    specs, left_out, exclude = [], [], spec_tokens(exclude)
+    for token in spec_tokens(methods):
         broad = token == "all" or any(c in token for c in "*?[")
         for spec in expand_specs(token):
             if broad and (matches(spec, exclude) or matches(spec.partition("@")[0], exclude)):

@@ -13,6 +13,7 @@ from methods.registry import (
     method_class,
     parse_spec,
     register_method,
+    spec_tokens,
 )
 
 __all__ = [
@@ -25,4 +26,5 @@ __all__ = [
     "method_class",
     "parse_spec",
     "register_method",
+    "spec_tokens",
 ]

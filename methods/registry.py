@@ -247,15 +247,21 @@ def list_methods(pattern: str | Iterable[str] = "*", *, specs: bool = False) -> 
     return sorted(expanded, key=natural_key)
 
 
+def spec_tokens(methods: str | Iterable[str]) -> list[str]:
+    """``--methods`` items to tokens: split at commas, stripped and lower-cased, as the
+    registered names are (``ToNNO,LayerCAM@2`` -> ``tonno``, ``layercam@2``)."""
+    items = [methods] if isinstance(methods, str) else list(methods)
+    return [t.strip().lower() for item in items for t in item.split(",") if t.strip()]
+
+
 def expand_specs(requested: str | Iterable[str]) -> list[str]:
-    """CLI ``--methods`` to specs: ``all``, wildcards, names (every layer) and exact specs.
+    """CLI ``--methods`` to specs: ``all``, wildcards, names (every layer) and exact specs,
+    in any case.
 
     Order is preserved and duplicates dropped; an unknown name raises with suggestions.
     """
-    items = [requested] if isinstance(requested, str) else list(requested)
-    tokens = [t.strip() for item in items for t in item.split(",") if t.strip()]
     out: list[str] = []
-    for token in tokens:
+    for token in spec_tokens(requested):
         if token == "all":
             found = list_methods("*", specs=True)
         elif any(c in token for c in "*?["):

@@ -7,7 +7,10 @@ afterwards. ``-v`` keeps the traceback.
 from __future__ import annotations
 
 import io
+import os
 import re
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -16,7 +19,10 @@ import yaml
 
 from benchmark.cli import main, user_message
 from benchmark.config import PRESETS, RunConfig, check_fields, load_settings, resolve
+from benchmark.specs import select_specs
 from methods.config import TomographyConfig
+
+REPO = Path(__file__).resolve().parents[1]
 
 # Cases checked where the methods, the run folder and the caches are first used
 # (benchmark/runner.py, benchmark/commands/run.py): they pass once those check up front.
@@ -331,3 +337,51 @@ def test_a_set_in_another_section_says_how_it_is_spelled(command, item, tmp_path
     assert err.count("\n") == 1 and err.startswith("error: "), err
     assert SETS[command, item] in err
     assert not (tmp_path / "out").exists(), "it started before failing"
+
+
+# --- instant mistakes: answered before torch is imported, in about a second ------------------
+
+INSTANT = {  # run arguments: the one error line
+    "--dataset nosuch": "error: unknown dataset 'nosuch' (`python -m benchmark ls datasets` "
+    "lists all 6)",
+    "--dataset synthetc": "error: unknown dataset 'synthetc'; did you mean synthetic? "
+    "(`python -m benchmark ls datasets` lists all 6)",
+    "--dataset autopet": "error: autopet: no root given: pass the data set's folder (--root)",
+    "--dataset synthetic --methods tonno,layercm": "error: unknown method 'layercm'; did you "
+    "mean layercam",
+    # methods in any case pass; the data set's name is then the mistake
+    "--dataset nosuch --methods ToNNO,LayerCAM@2": "error: unknown dataset 'nosuch'",
+    "--dataset synthetic --reference LayerCM": "error: unknown method 'LayerCM'; did you mean "
+    "layercam",
+}
+
+
+# the CLI, then whether it loaded torch: sys.modules, not -X importtime (which leaves
+# out modules that importlib.import_module loads inside a registry query)
+LOADED = (
+    "import sys; from benchmark.cli import main; code = main(sys.argv[1:]); "
+    "print(*sorted({m.split('.')[0] for m in sys.modules} & {'torch'})); "
+    "sys.exit(code)"
+)
+
+
+@pytest.mark.parametrize("arguments", list(INSTANT))
+def test_an_instant_mistake_is_answered_before_torch_is_imported(arguments, tmp_path):
+    argv = [sys.executable, "-c", LOADED, "run", *arguments.split(), "--out", str(tmp_path / "o")]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TONNO_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert done.returncode == 2 and done.stderr.startswith(INSTANT[arguments]), done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert "torch" not in done.stdout.split()
+    assert not (tmp_path / "o").exists()
+
+
+def test_method_names_are_read_in_any_case():
+    assert select_specs(["ToNNO,LayerCAM@2", "Intensity"], ["tonno"]) == (
+        ["tonno", "layercam@2", "intensity"],
+        [],
+    )
+    assert select_specs(["TOMOGRAPHIC_*@2"], ["Tomographic_ScoreCAM"])[1] == [
+        "tomographic_scorecam@2"
+    ]
+    assert select_specs(["ALL"], ["ScoreCAM"])[1] == [f"scorecam@{k}" for k in (1, 2, 3, 4)]

@@ -97,7 +97,7 @@ def seed_folder(out: Path, seed: int, base: int) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    settings, shard, specs, left_out = _requested(args)  # checked before torch is imported
+    settings, shard, specs, left_out, dataset = _requested(args)  # before torch is imported
 
     from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     context = distributed.init(args.device)
     try:
         with logging_redirect_tqdm():
-            return _run(args, context, settings, shard, specs, left_out)
+            return _run(args, context, settings, shard, specs, left_out, dataset)
     except Exception as error:
         from benchmark.runner import ChanceError, RunError
 
@@ -123,8 +123,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _requested(args: argparse.Namespace):
-    """(settings per section, shard, specs, specs left out by ``exclude``): every setting
-    and method name checked, in a fraction of a second."""
+    """(settings per section, shard, specs, specs left out by ``exclude``, the data set):
+    every setting, method name and the data set's name, root and options checked, in
+    about a second (no torch)."""
     from benchmark.config import RunConfig, check_fields, load_settings
     from benchmark.specs import check_reference, parse_shard, select_specs
 
@@ -151,10 +152,10 @@ def _requested(args: argparse.Namespace):
     )
     if not specs:
         raise ValueError(f"no method to run: --methods {','.join(run['methods'])!r}")
-    return settings, shard, specs, left_out
+    return settings, shard, specs, left_out, open_dataset(args)
 
 
-def _run(args: argparse.Namespace, context, settings, shard, specs, left_out) -> int:
+def _run(args: argparse.Namespace, context, settings, shard, specs, left_out, dataset) -> int:
     """Everything that can fail in seconds first (settings, methods, folders, every
     volume), then the classifiers (one per seed), then the heatmaps and the protocol."""
     import dataclasses
@@ -172,7 +173,6 @@ def _run(args: argparse.Namespace, context, settings, shard, specs, left_out) ->
     tomography = resolve(
         TomographyConfig, preset, overrides=settings["tomography"], section="tomography"
     )
-    dataset = open_dataset(args)
     if not dataset.ids("val"):
         raise ValueError(f"{dataset.name}: the validation split is empty: nothing to evaluate")
     default_out = Path("runs") / args.dataset / f"{train_config.model}-{preset}"

@@ -49,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
     for field in ("model", "weights"):
         if getattr(args, field) is not None:
             settings[field] = getattr(args, field)
+    dataset = open_dataset(args)  # a wrong name, root or option: before torch is imported
 
     from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -62,7 +63,6 @@ def run(args: argparse.Namespace) -> int:
     try:
         preset = chosen_preset(args.preset, context)  # as run's, so run finds the classifier
         config = resolve(SECTIONS[section], preset, overrides=settings, section=section)
-        dataset = open_dataset(args)
         default_out = Path("runs") / args.dataset / f"{config.model}-{preset}"
         out = writable(args.out or default_out, "--out")
         with logging_redirect_tqdm():
