@@ -1,5 +1,6 @@
 """What an evaluation writes beside the leaderboards: ``results.csv`` (with intervals and
-deltas), ``folds.csv``, ``per_case.csv`` and ``summary.json``.
+deltas), ``folds.csv``, ``per_case.csv`` and ``summary.json``; and what a run folder's
+tables keep of the earlier runs into it (:func:`keep_earlier`).
 
 ``summary.json`` follows the shape medical-imaging users know from nnU-Net and Grand
 Challenge: ``metric_per_case`` (one entry per validation volume and method), then the
@@ -23,7 +24,16 @@ import pandas as pd
 from benchmark import __version__
 from benchmark.evaluation import EvaluationResult
 from benchmark.io import atomic_save_json, atomic_write
-from benchmark.leaderboard import KEY
+from benchmark.leaderboard import KEY, context_mismatch, merge_rows, read_cases, read_rows
+
+# A run folder's tables by name, the rows of each keyed by ``KEY`` (the timings, summed
+# over classifiers, by ``method`` alone).
+RUN_TABLES = {
+    "results": "results.csv",
+    "folds": "folds.csv",
+    "cases": "per_case.csv",
+    "timings": "timings.csv",
+}
 
 
 def results_tables(
@@ -199,10 +209,44 @@ def write_reports(
 ) -> list[Path]:
     """``results.csv``, ``folds.csv``, ``per_case.csv`` and ``summary.json`` into ``out_dir``."""
     out_dir = Path(out_dir)
-    paths = [
-        write_csv(results, out_dir / "results.csv"),
-        write_csv(folds, out_dir / "folds.csv"),
-        write_csv(cases, out_dir / "per_case.csv"),
-    ]
+    tables = {"results": results, "folds": folds, "cases": cases}
+    paths = [write_csv(table, out_dir / RUN_TABLES[name]) for name, table in tables.items()]
     atomic_save_json(out_dir / "summary.json", summary)
     return [*paths, out_dir / "summary.json"]
+
+
+def read_tables(out_dir: str | Path) -> dict[str, pd.DataFrame]:
+    """The :data:`RUN_TABLES` an earlier run left in ``out_dir``; {} without its
+    ``results.csv``. A damaged file raises a ValueError that names it."""
+    out_dir = Path(out_dir)
+    if not (out_dir / RUN_TABLES["results"]).is_file():
+        return {}
+    tables = {"results": read_rows(out_dir / RUN_TABLES["results"])}
+    tables["cases"] = read_cases(out_dir / RUN_TABLES["cases"])
+    for name in ("folds", "timings"):
+        path = out_dir / RUN_TABLES[name]
+        try:
+            tables[name] = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=KEY)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+            raise ValueError(f"{path}: not a {name} CSV ({type(error).__name__})") from None
+    return tables
+
+
+def keep_earlier(
+    earlier: Mapping[str, pd.DataFrame], new: Mapping[str, pd.DataFrame]
+) -> tuple[dict[str, pd.DataFrame], str | None]:
+    """(tables, why the earlier rows were dropped): ``new``'s :data:`RUN_TABLES` with the
+    ``earlier`` rows of the methods ``new`` did not compute, when both rest on the same
+    data, protocol and heatmap source per classifier (:func:`context_mismatch`); rows
+    ``new`` recomputed replace their earlier versions."""
+    new = dict(new)
+    if not earlier or earlier["results"].empty:
+        return new, None
+    reason = context_mismatch(earlier["results"], new["results"])
+    if reason is not None:
+        return new, reason
+    tables = {k: merge_rows(earlier[k], new[k]) for k in ("results", "folds", "cases")}
+    timings = earlier["timings"]
+    timings = timings[~timings.method.isin(new["timings"].method)]
+    tables["timings"] = pd.concat([timings, new["timings"]], ignore_index=True)
+    return tables, None

@@ -75,10 +75,13 @@ from benchmark.leaderboard import (
 from benchmark.metrics import KEYS
 from benchmark.registry import natural_key
 from benchmark.report import (
+    RUN_TABLES,
     cases_table,
     environment_note,
+    keep_earlier,
     provenance,
     provenance_columns,
+    read_tables,
     results_tables,
     summary_document,
     write_csv,
@@ -435,14 +438,17 @@ def evaluate_specs(
 
 @dataclass(frozen=True)
 class RunOutputs:
-    """What a run produced: its tables (one row per spec, per fold, per spec's heatmap
-    time; written as CSVs to the run folder) and the files of the other outputs."""
+    """What a run produced: the run folder's tables (one row per spec, per fold, per
+    spec's heatmap time; this run's specs and those of earlier runs it keeps, written as
+    CSVs to the run folder) and the files of the other outputs."""
 
     results: pd.DataFrame
     folds: pd.DataFrame
     timings: pd.DataFrame
     leaderboards: list[Path]  # <dataset>.md, .csv, .html and .png
     nifti: list[Path]  # with save_heatmaps
+    page: Path  # the HTML leaderboard
+    computed: tuple[str, ...]  # the specs of this run; the tables also keep earlier ones
 
 
 def timings_table(job: Job) -> pd.DataFrame:
@@ -857,7 +863,8 @@ def write_outputs(
     preset: str | None,
 ) -> RunOutputs:
     """Stage 5: results (with intervals over volumes and seeds), folds, per-case and
-    timing CSVs, summary.json, leaderboards, the Figure 6 layout, NIfTI on request."""
+    timing CSVs (with the earlier runs' rows they keep, :func:`with_earlier`),
+    summary.json, leaderboards, the Figure 6 layout, NIfTI on request."""
     first = seeded[0]
     job, dataset = first.job, first.job.dataset
     results, folds, cases = combine_seeds(seeded)
@@ -870,12 +877,17 @@ def write_outputs(
         ),
         **provenance_columns(environment, preset, seeds),
     )
-    intervals = Intervals(config.reference, config.bootstrap_resamples, seed=config.seed)
-    results = with_intervals(results, cases, intervals)
     timings = pd.concat([timings_table(s.job) for s in seeded])  # summed over classifiers
     timings = timings.groupby(["method", "family", "volumes"], sort=False, as_index=False).sum()
-
     out_dir = Path(out_dir)
+    computed = tuple(results.method)
+    shown = folds[folds.seed == first.seed] if "seed" in folds else folds  # for the figures
+    new = {"results": results, "folds": folds, "cases": cases, "timings": timings}
+    tables, kept = with_earlier(out_dir, new)
+    folds, cases, timings = tables["folds"], tables["cases"], tables["timings"]
+    intervals = Intervals(config.reference, config.bootstrap_resamples, seed=config.seed)
+    results = with_intervals(tables["results"], cases, intervals)
+    mine = results[results.method.isin(computed)]
     settings = {
         "preset": preset,
         "seeds": seeds,
@@ -899,7 +911,7 @@ def write_outputs(
     ]
     summary = summary_document(results, cases, folds, settings, classifiers, environment)
     write_reports(out_dir, results, folds, cases, summary)
-    write_csv(timings, out_dir / "timings.csv")
+    write_csv(timings, out_dir / RUN_TABLES["timings"])
     lines = [sanity_lines(s.report, s.model_name, s.classifier) for s in seeded]
     prefix = [f"Seed {s.seed}: " if len(seeds) > 1 else "" for s in seeded]
     page_notes = [p + note for p, (note, _) in zip(prefix, lines, strict=True)]
@@ -911,8 +923,7 @@ def write_outputs(
             f"classification only: {', '.join(sorted(job.unscored, key=natural_key))}."
         )
     fallback = out_dir / "leaderboards"
-    shown = folds[folds.seed == first.seed] if "seed" in folds else folds
-    specs, rows = figures.figure_rows(jobs, results, shown, config, ["*"])  # a strip per family
+    specs, rows = figures.figure_rows(jobs, mine, shown, config, ["*"])  # a strip per family
     pages = write_leaderboards(
         results,
         leaderboards,
@@ -925,14 +936,40 @@ def write_outputs(
     )
     folder = fallback if dataset.name in pages.fell_back else Path(leaderboards)
     figure = folder / f"{dataset.name}.png"
-    if dataset.name in pages.merged and figure.exists():
+    if (dataset.name in pages.merged or kept) and figure.exists():
         log.info("%s left standing: it shows methods this run did not compute", figure)
         figure = None
     else:
-        specs, rows = figures.figure_rows(jobs, results, shown, config, config.figure_methods)
+        specs, rows = figures.figure_rows(jobs, mine, shown, config, config.figure_methods)
         title = f"{dataset.name}: heatmaps and masks"
         figure = figures.save_png(figures.draw(rows, title=title), figure) if rows else None
         if not rows:
             log.info("no annotated validation positive to show: no figure")
     nifti = export_nifti(job, out_dir / "heatmaps") if config.save_heatmaps else []
-    return RunOutputs(results, folds, timings, [*pages, *([figure] if figure else [])], nifti)
+    page = folder / f"{dataset.name}.html"
+    written = [*pages, *([figure] if figure else [])]
+    return RunOutputs(results, folds, timings, written, nifti, page, computed)
+
+
+def with_earlier(
+    out_dir: Path, new: Mapping[str, pd.DataFrame]
+) -> tuple[dict[str, pd.DataFrame], int]:
+    """The run folder's tables: ``new`` with the rows of the methods that earlier runs into
+    ``out_dir`` computed and this one did not (:func:`~benchmark.report.keep_earlier`), and
+    how many methods they keep; rows resting on another classifier or data are dropped,
+    said in one line."""
+    try:
+        earlier = read_tables(out_dir)
+    except ValueError as error:
+        log.warning("%s: replaced by this run's", error)
+        earlier = {}
+    tables, dropped = keep_earlier(earlier, new)
+    if dropped is not None:
+        lost = set(earlier["results"].method) - set(new["results"].method)
+        log.warning(
+            "%s: dropped the earlier rows of %d method(s) this run did not compute: %s",
+            out_dir / RUN_TABLES["results"],
+            len(lost),
+            dropped,
+        )
+    return tables, len(tables["results"]) - len(new["results"])

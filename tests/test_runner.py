@@ -163,7 +163,7 @@ def test_shards_then_a_merge_equal_one_run(reference, config, tmp_path, monkeypa
     )
     assert main(tiny_args(config, out, *checkpoint, "--shard", "2/2")) == 0
     assert main(tiny_args(config, out, *checkpoint, "--merge")) == 0
-    assert "leaderboards: " in capsys.readouterr().out
+    assert capsys.readouterr().out.endswith(f"page: {out / 'leaderboards' / 'synthetic.html'}\n")
     expected = (reference / "run" / "results.csv").read_text()
     assert (out / "results.csv").read_text() == expected
     # the cache keeps records and summaries, and full heatmaps of the figure's volumes only
@@ -455,7 +455,7 @@ def test_torchrun_ranks_split_the_volumes_and_match_one_process(reference, confi
     checkpoint = ["--checkpoint", str(reference / "run" / "checkpoint.pt")]
     done = torchrun(tiny_args(config, tmp_path / "run", *checkpoint), tmp_path / "cache", tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.count("leaderboards: ") == 1  # rank 0 alone evaluates and writes
+    assert done.stdout.count("page: ") == 1  # rank 0 alone evaluates and writes
     expected = (reference / "run" / "results.csv").read_text()
     assert (tmp_path / "run" / "results.csv").read_text() == expected
 
@@ -592,6 +592,50 @@ def test_external_heatmaps_join_the_runs_page(reference, tmp_path, monkeypatch, 
     cases = pd.read_csv(tmp_path / "Masks" / "per_case.csv")
     assert len(cases) == 12 and set(cases.method) == {"masks"}
     assert "Masks:" in capsys.readouterr().out
+
+
+def test_a_run_adds_its_methods_to_the_run_folders_tables(
+    reference, config, tmp_path, monkeypatch, capsys, caplog
+):
+    """intensity, then centre: the tables hold both; intensity again: still both, its row
+    the recomputed one; another protocol (folds=2): the earlier rows are dropped, said once.
+    Each run ends with one line naming its page."""
+    use_cache(monkeypatch, reference / "cache")
+    out = tmp_path / "run"
+    checkpoint = ["--checkpoint", str(reference / "run" / "checkpoint.pt")]
+    page = out / "leaderboards" / "synthetic.html"
+
+    def run(methods: str, *extra: str) -> pd.DataFrame:
+        assert main(tiny_args(config, out, *checkpoint, *extra, methods=methods)) == 0
+        assert capsys.readouterr().out.splitlines()[-1] == f"page: {page}"
+        return pd.read_csv(out / "results.csv").set_index("method")
+
+    alone = run("intensity")
+    both = run("centre")
+    assert list(both.index) == ["intensity", "centre"] and page.is_file()
+    assert both.loc["intensity", "dice"] == alone.loc["intensity", "dice"]
+    assert len(pd.read_csv(out / "folds.csv")) == 2 * 3
+    assert set(pd.read_csv(out / "per_case.csv").method) == {"intensity", "centre"}
+    assert set(pd.read_csv(out / "timings.csv").method) == {"intensity", "centre"}
+    board = pd.read_csv(out / "leaderboards" / "synthetic.csv")
+    assert set(board.method) == {"intensity", "centre"}
+    stale = both.assign(dice=both.dice.where(both.index != "intensity", -1.0))
+    stale.reset_index()[pd.read_csv(out / "results.csv").columns].to_csv(
+        out / "results.csv", index=False
+    )
+    again = run("intensity")
+    assert sorted(again.index) == ["centre", "intensity"]
+    assert again.loc["intensity", "dice"] == alone.loc["intensity", "dice"]
+    assert again.loc["centre", "dice"] == both.loc["centre", "dice"]
+    caplog.clear()
+    other = run("intensity", "--set", "folds=2")
+    assert list(other.index) == ["intensity"]
+    dropped = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert dropped == [
+        f"{out / 'results.csv'}: dropped the earlier rows of 1 method(s) this run did not "
+        f"compute: its evaluation context is {both.context.iloc[0]}, the new rows' "
+        f"{other.context.iloc[0]}"
+    ]
 
 
 def test_seeds_average_classifiers_and_a_rerun_is_byte_identical(

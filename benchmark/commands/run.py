@@ -340,15 +340,22 @@ def _within_budget(specs, config, tomography, train_configs, dataset, context, s
 
 
 def _report(outputs, out: Path) -> None:
-    """The final summary: what was evaluated, the heatmap compute time, where the tables are."""
-    timings, seeds = outputs.timings, str(outputs.results.seeds.iloc[0]).split()
+    """The final summary: what was evaluated, the heatmap compute time, where the tables
+    are; the last line is the page (every file written: at -v)."""
+    mine = outputs.results[outputs.results.method.isin(outputs.computed)]
+    seconds = outputs.timings[outputs.timings.method.isin(outputs.computed)].seconds.sum()
+    seeds = str(mine.seeds.iloc[0]).split()
     classifiers = f" x {len(seeds)} classifiers" if len(seeds) > 1 else ""
     print(
-        f"{len(outputs.results)} methods on {timings.volumes.iloc[0]} validation "
-        f"volumes{classifiers}; heatmaps took {timings.seconds.sum():.0f} s (per method: "
+        f"{len(outputs.computed)} methods on {outputs.timings.volumes.iloc[0]} validation "
+        f"volumes{classifiers}; heatmaps took {seconds:.0f} s (per method: "
         f"{out / 'timings.csv'})"
     )
+    kept = len(outputs.results) - len(outputs.computed)
+    if kept:
+        print(f"the tables also keep {kept} methods of earlier runs into {out}")
     print(f"results: {out / 'results.csv'}, per fold: {out / 'folds.csv'}")
     if outputs.nifti:
         print(f"NIfTI heatmaps: {len(outputs.nifti)} files in {out / 'heatmaps'}")
-    print("leaderboards: " + ", ".join(str(p) for p in outputs.leaderboards))
+    log.debug("leaderboards: %s", ", ".join(str(p) for p in outputs.leaderboards))
+    print(f"page: {outputs.page}")
