@@ -28,7 +28,8 @@ layer by default), computed from the per-case scores kept beside the page in
 ``<dataset>.per_case.csv`` (:func:`with_intervals`). Heatmaps of other tools enter as
 *external* rows (model ``external``, shown beside every model's rows). ``intensity`` and
 ``centre`` are the trivial baselines: the best-layer table states each method's gain over
-the better of the two.
+the better of the two. Each page opens with a plain-language verdict and a legend of what
+its tables show (:mod:`benchmark.captions`).
 
 The best layer has the highest Dice (MaxIoU for boxes), then F1-score, then balanced
 accuracy, then the lowest layer: on the paper's Tables 6-9 this rule picks every layer of
@@ -50,6 +51,21 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
+from benchmark.captions import (
+    BOLD,
+    CLASSIFIER_AUC,
+    GAIN,
+    MISSING,
+    PAPER,
+    PAPER_LAYER,
+    SEED_SD,
+    SIGNIFICANT,
+    Quote,
+    legend,
+    scores_note,
+    shown,
+    verdict,
+)
 from benchmark.config import RunConfig
 from benchmark.io import atomic_write
 from benchmark.metrics import HEADERS, KEYS, overlap_key, reported
@@ -72,7 +88,6 @@ EXTERNAL = "external"  # the model of rows scored from another tool's heatmaps
 # The paper's numbers, shipped as package data (benchmark/data/, with its README): read
 # them only through published_numbers(), which finds them in a wheel, a zip or a checkout.
 PAPER_CSV = "data/published_results.csv"
-MISSING = "–"
 # Where a row's numbers come from, as opaque strings: ``context`` (a digest of the protocol's
 # settings and the validation set's content) must be one value per page; ``source`` (what
 # made the heatmaps: the classifier checkpoint and tomography settings) one value per model
@@ -80,8 +95,6 @@ MISSING = "–"
 CONTEXT_COLUMNS = ("context", "source")
 KEY = ["dataset", "model", "method"]
 CASE_COLUMNS = ["dataset", "model", "method", "volume", "label", "max", "n_scored", "correct"]
-CLASSIFIER_AUC = "Classifier AUC"  # the column of each row's classifier's validation AUC
-SIGNIFICANT = "†"  # after a delta whose 95% interval excludes 0
 STRIP_NAME = re.compile(r"\w[\w.+-]*")  # a family or "input": a file name in <dataset>.figure/
 
 
@@ -154,16 +167,20 @@ def table_truth(frame: pd.DataFrame) -> str:
     return "boxes" if frame.dice.isna().all() and frame.maxiou.notna().any() else "mask"
 
 
-def best_layers(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per (dataset, model, family): highest overlap, then F1, BA, lowest layer."""
-    ranked = frame.assign(_overlap=frame.dice.fillna(frame.maxiou)).sort_values(
+def ranked(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame``'s rows best first: highest overlap, then F1, BA, lowest layer."""
+    order = frame.assign(_overlap=frame.dice.fillna(frame.maxiou)).sort_values(
         ["_overlap", "f1", "balanced_accuracy", "layer"],
         ascending=[False, False, False, True],
         na_position="last",
         kind="stable",
     )
-    best = ranked.groupby(["dataset", "model", "family"], sort=False).head(1)
-    return best.drop(columns="_overlap")
+    return order.drop(columns="_overlap")
+
+
+def best_layers(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per (dataset, model, family): its best by :func:`ranked`."""
+    return ranked(frame).groupby(["dataset", "model", "family"], sort=False).head(1)
 
 
 def _model_rank(model: str) -> tuple:
@@ -322,10 +339,6 @@ def _aligned(ours: pd.DataFrame, paper: pd.DataFrame, keys: list[str]) -> pd.Dat
     return paper.set_index(keys).reindex(index).reset_index(drop=True)
 
 
-def _shown(value: float) -> float:
-    return float(f"{value:.2f}")
-
-
 def _column(frame: pd.DataFrame, name: str) -> np.ndarray:
     """``frame[name]`` as floats; NaN when the column is absent."""
     if name not in frame:
@@ -354,7 +367,7 @@ def _cell(
     if not np.isnan(interval[0]):
         text += f" [{interval[0]:.2f}, {interval[1]:.2f}]"
     if not np.isnan(base):
-        delta = round(_shown(value) - _shown(base), 2)
+        delta = round(shown(value) - shown(base), 2)
         text += (f" ({delta:+.2f})" if delta else " (=)") + (SIGNIFICANT if marked else "")
     return text
 
@@ -379,7 +392,7 @@ def _table(
     cells, bold = {"Method": list(labels)}, {"Method": [False] * len(ours)}
     is_reference = np.zeros(len(ours), bool) if reference is None else reference
     nan = np.full(len(ours), np.nan)
-    for source, suffix in ((ours, ""), (paper, " (paper)")):
+    for source, suffix in ((ours, ""), (paper, PAPER)):
         if suffix and source[list(metrics)].isna().all().all():
             continue
         for metric in metrics:
@@ -399,9 +412,9 @@ def _table(
                     values, spreads, is_reference, lows, highs, marked, seed_sds, strict=True
                 )
             ]
-            shown = np.array([np.nan if np.isnan(v) else _shown(v) for v in values])
-            best = np.nanmax(shown) if mine and np.isfinite(shown).any() else np.nan
-            bold[HEADERS[metric] + suffix] = list(shown == best)
+            as_shown = np.array([np.nan if np.isnan(v) else shown(v) for v in values])
+            best = np.nanmax(as_shown) if mine and np.isfinite(as_shown).any() else np.nan
+            bold[HEADERS[metric] + suffix] = list(as_shown == best)
     return pd.DataFrame(cells), pd.DataFrame(bold)
 
 
@@ -436,10 +449,15 @@ def _section(title: str, rows: pd.DataFrame, cells: pd.DataFrame, bold: pd.DataF
     return Section(title, cells, bold, meta.assign(external=meta.model == EXTERNAL))
 
 
+def _trivial(rows: pd.DataFrame) -> np.ndarray:
+    """Which rows are trivial baselines (``intensity``, ``centre``: kind "baseline")."""
+    return np.array([method_name(f).kind == "baseline" for f in rows.family], dtype=bool)
+
+
 def _gain(rows: pd.DataFrame, overlap: str) -> list[str] | None:
     """Each row's overlap minus the better trivial baseline's, as shown; None without one."""
-    trivial = np.array([method_name(f).kind == "baseline" for f in rows.family], dtype=bool)
-    values = np.array([np.nan if np.isnan(v) else _shown(v) for v in _column(rows, overlap)])
+    trivial = _trivial(rows)
+    values = np.array([np.nan if np.isnan(v) else shown(v) for v in _column(rows, overlap)])
     if not np.isfinite(values[trivial]).any():
         return None
     best = np.nanmax(values[trivial])
@@ -482,8 +500,8 @@ def _sections(ours: pd.DataFrame, paper: pd.DataFrame, reference: str = REFERENC
         marker = ((rows.method == spec) & (rows.model == model)).to_numpy()
         cells, bold = _table(rows, published, metrics, rows.name, reference=marker)
         extra = {
-            f"{HEADERS[overlap]} gain over baselines": _gain(rows, overlap),
-            f"{HEADERS[overlap]} sd over seeds": _spread(rows, overlap),
+            f"{HEADERS[overlap]} {GAIN}": _gain(rows, overlap),
+            f"{HEADERS[overlap]} {SEED_SD}": _spread(rows, overlap),
         }
         _add_classifier_auc(cells, bold, rows, metrics)
         for header, column in reversed(extra.items()):
@@ -492,8 +510,8 @@ def _sections(ours: pd.DataFrame, paper: pd.DataFrame, reference: str = REFERENC
                 bold.insert(len(metrics) + 1, header, False)
         if published[metrics].notna().any().any():
             layer = [MISSING if pd.isna(v) else str(v) for v in published.layer]
-            cells.insert(len(metrics) + 1, "Layer (paper)", layer)
-            bold.insert(len(metrics) + 1, "Layer (paper)", False)
+            cells.insert(len(metrics) + 1, PAPER_LAYER, layer)
+            bold.insert(len(metrics) + 1, PAPER_LAYER, False)
         title = f"Best layer per method: {model} (Table 2 layout)"
         sections.append(_section(title, rows, cells, bold))
         rows = _in_order(ours[ours.model.isin([model, *beside])])
@@ -531,42 +549,6 @@ def _csv_table(ours: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(parts, axis=1)
 
 
-def _notes(
-    overlap: str, with_paper: bool, reference: str, intervals: bool, seeds: int = 1
-) -> list[str]:
-    notes = [
-        "Scores: mean ± standard deviation over the Monte-Carlo folds of the paper's protocol "
-        "(A.7, `benchmark/evaluation.py`); bold: our best per column.",
-        f"Best layer: highest {HEADERS[overlap]}, then F1-score, then balanced accuracy; "
-        f"deltas versus `{reference}` (at its best layer unless a layer is named), from the "
-        "values as shown.",
-    ]
-    if intervals and seeds > 1:
-        notes.append(
-            f"Means over {seeds} classifiers that differ only in their training seed; "
-            "(seeds ± s): their standard deviation. [low, high]: 95% percentile bootstrap "
-            "interval over the validation volumes and the seeds (each volume's scores "
-            "averaged over the folds that scored it; `<dataset>.per_case.csv`). "
-            f"{SIGNIFICANT} after a delta: its paired bootstrap interval (same resampled "
-            "volumes and seeds for both methods) excludes 0, a difference that survives both."
-        )
-    elif intervals:
-        notes.append(
-            "[low, high]: 95% percentile bootstrap interval over the validation volumes (each "
-            "volume's scores averaged over the folds that scored it; `<dataset>.per_case.csv`). "
-            f"{SIGNIFICANT} after a delta: its paired bootstrap interval (same resampled "
-            "volumes for both methods) excludes 0. The fold spread holds the classifier fixed, "
-            "and so do these intervals: `run --seeds N` varies it."
-        )
-    if with_paper:
-        notes.append(
-            "(paper): Schmidt-Mengin et al., CVPR 2024, CC BY-NC-SA 4.0 "
-            "(`benchmark/data/README.md`): Tables 2 and 5-9 with R-10-T and frozen batch "
-            "norm (our `resnet10t`), Table 4 for ToNNO with the other classifiers."
-        )
-    return notes
-
-
 def _warning_block(warning: str | None) -> list[str]:
     """The page's first block, a Markdown quote; nothing without a warning."""
     if not warning:
@@ -576,13 +558,61 @@ def _warning_block(warning: str | None) -> list[str]:
 
 
 def _document(
-    dataset: str, notes: list[str], sections: list[Section], warning: str | None = None
+    dataset: str,
+    notes: list[str],
+    sections: list[Section],
+    warning: str | None = None,
+    opening: str = "",
+    symbols: Sequence[tuple[str, str]] = (),
 ) -> str:
-    """The Markdown page: title, the warning, notes, then each section's table."""
-    parts = [f"# Leaderboard: {dataset}", *_warning_block(warning)]
+    """The Markdown page: title, the warning, the opening paragraph, notes, the legend of
+    ``symbols``, then each section's table."""
+    parts = [f"# Leaderboard: {dataset}", *_warning_block(warning), *([opening] if opening else [])]
     parts.append("\n".join(f"- {n}" for n in notes))
+    if symbols:
+        keys = [f"**{k}**" if k == BOLD else f"`{k}`" for k, _ in symbols]
+        lines = [f"- {k}: {meaning}" for k, (_, meaning) in zip(keys, symbols, strict=True)]
+        parts.append("\n".join(["Legend:", *lines]))
     parts += [f"## {x.title}\n\n{render(x.cells, 'md', x.bold)}" for x in sections]
     return "\n\n".join(parts) + "\n"
+
+
+def _opening(rows: pd.DataFrame, overlap: str, reference: str, seeds: int) -> str:
+    """The page's first paragraph (:func:`benchmark.captions.verdict`) on its first best-layer
+    table: that model's classifier, its best method by the ranking (:func:`ranked`), the
+    reference and the better trivial baseline it is compared with."""
+    model = reference_model(rows)
+    best = best_layers(rows[rows.model.isin([model, *shown_beside(rows)])])
+    trivial = _trivial(best)
+    methods = ranked(best[~trivial & np.isfinite(_column(best, overlap))])
+    baselines = ranked(best[trivial & np.isfinite(_column(best, overlap))])
+    leader = methods.iloc[0] if len(methods) else None
+    spec = reference_spec(rows, model, reference)
+    ref = rows[(rows.model == model) & (rows.method == spec)]
+    auc = rows[(rows.model == model) & np.isfinite(_column(rows, "classifier_auc"))]
+    classifier = None
+    if len(auc):
+        first = auc.iloc[0]
+        low, high = (first.get(f"classifier_auc_ci_{k}", np.nan) for k in ("low", "high"))
+        classifier = Quote(model, first.classifier_auc, low, high)
+    paired = (np.nan, np.nan)
+    if leader is not None:
+        paired = tuple(leader.get(f"{overlap}_delta_ci_{k}", np.nan) for k in ("low", "high"))
+    return verdict(
+        HEADERS[overlap],
+        classifier,
+        None if leader is None else _quote(leader, overlap),
+        _quote(ref.iloc[0], overlap) if len(ref) else None,
+        paired,
+        _quote(baselines.iloc[0], overlap) if len(baselines) else None,
+        seeds,
+    )
+
+
+def _quote(row: pd.Series, metric: str) -> Quote:
+    """A row's ``metric`` with its interval, under the row's name."""
+    low, high = (row.get(f"{metric}_ci_{k}", np.nan) for k in ("low", "high"))
+    return Quote(row["name"], row[metric], low, high)
 
 
 @dataclass(frozen=True)
@@ -807,18 +837,21 @@ def _write_pages(
     rows = _prepare(table)
     theirs = published[published.dataset == plan.dataset]
     sections = _sections(rows, theirs, intervals.reference)
-    with_paper = any(" (paper)" in c for x in sections for c in x.cells.columns)
     overlap = overlap_key(table_truth(pd.concat([rows, theirs])))
     seeds = plan.cases.seed.nunique() if "seed" in plan.cases else 1
-    header = _notes(overlap, with_paper, intervals.reference, has_cases, seeds) + notes
+    header = [scores_note(seeds), *notes]
+    opening = _opening(rows, overlap, intervals.reference, seeds)
+    symbols = legend(sections, HEADERS[overlap], intervals.reference, seeds)
     figure = plan.folder / f"{plan.dataset}.figure"
     written = []
     for name, png in strips.items():
         written.append(figure / f"{name}.png")
         _write_bytes(written[-1], png)
     pages = {
-        "md": _document(plan.dataset, header, sections, warning),
-        "html": html_page(plan.dataset, header, sections, warning, _stored_strips(figure)),
+        "md": _document(plan.dataset, header, sections, warning, opening, symbols),
+        "html": html_page(
+            plan.dataset, header, sections, warning, _stored_strips(figure), opening, symbols
+        ),
         "csv": render(_csv_table(rows, theirs), "csv"),
     }
     if has_cases:

@@ -1,6 +1,8 @@
 """The HTML leaderboard: one self-contained page that sorts, filters and links to Figure 6.
 
-Inline CSS and JavaScript, nothing fetched. A click on a column's header sorts every row of
+It opens with a plain-language paragraph and a legend (:mod:`benchmark.captions`). Inline
+CSS and JavaScript, nothing fetched; each table scrolls sideways with its method column
+kept in view (readable at 1400 px). A click on a column's header sorts every row of
 that table by it (numbers first, best first; again: reversed; a third time: the paper's
 order); a family and a layer filter hide rows in every table; each method's name links to
 its strip of the Figure 6 layout, embedded at the end as PNG data. The query string does the
@@ -18,6 +20,8 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from benchmark.captions import BOLD
+
 if TYPE_CHECKING:
     from benchmark.leaderboard import Section
 
@@ -34,17 +38,24 @@ code { background: #f2f2f2; padding: 0 0.25em; border-radius: 3px; }
 .controls { display: flex; flex-wrap: wrap; gap: 0.5em 1.5em; align-items: center;
   padding: 0.6em 0; border-top: 1px solid #ddd; border-bottom: 1px solid #ddd; }
 .hint { color: #666; }
-.scroll { overflow-x: auto; }
-table { border-collapse: collapse; font-variant-numeric: tabular-nums; }
+.verdict { font-size: 1.1em; max-width: 60em; }
+.legend { display: grid; grid-template-columns: max-content 1fr; gap: 0.1em 1em;
+  max-width: 70em; margin: 0.5em 0 1em; color: #444; }
+.legend dt { font-weight: 600; white-space: nowrap; }
+.legend dd { margin: 0; }
+.scroll { overflow-x: auto; max-width: 100%; }
+table { border-collapse: separate; border-spacing: 0; font-variant-numeric: tabular-nums; }
 th, td { padding: 0.3em 0.8em; text-align: left; white-space: nowrap;
-  border-bottom: 1px solid #e4e4e4; }
-th { background: #f5f5f5; vertical-align: bottom; }
+  border-bottom: 1px solid #e4e4e4; background: #fff; }
+th { background: #f5f5f5; vertical-align: bottom; white-space: normal; min-width: 4em; }
+th:first-child, td:first-child { position: sticky; left: 0; z-index: 1;
+  border-right: 1px solid #ddd; }
+tbody tr:hover td { background: #f3f7ff; }
 th button { all: unset; cursor: pointer; font-weight: 600; }
 th button:focus-visible { outline: 2px solid #36c; }
 th button::after { content: " \\2195"; opacity: 0.3; }
 th[aria-sort=ascending] button::after { content: " \\25B2"; opacity: 1; }
 th[aria-sort=descending] button::after { content: " \\25BC"; opacity: 1; }
-tbody tr:hover { background: #f3f7ff; }
 .ci { color: #888; font-size: 0.85em; }
 a { color: #2456b3; }
 .strip { display: flex; align-items: center; gap: 1em; margin: 0.25em 0; }
@@ -129,9 +140,12 @@ def html_page(
     sections: Sequence[Section],
     warning: str | None = None,
     strips: Mapping[str, bytes] | None = None,
+    opening: str = "",
+    legend: Sequence[tuple[str, str]] = (),
 ) -> str:
-    """The page: title, the warning, notes, filters, each section's table, then the Figure 6
-    strips (``strips``: family or ``"input"`` to PNG bytes) of the families on the page."""
+    """The page: title, the warning, the ``opening`` paragraph, notes, the ``legend``
+    ((symbol, meaning) pairs), filters, each section's table, then the Figure 6 strips
+    (``strips``: family or ``"input"`` to PNG bytes) of the families on the page."""
     rows = pd.concat([x.rows for x in sections], ignore_index=True)
     names = dict(zip(rows.family, rows.family_name, strict=True))
     strips = strips or {}
@@ -143,7 +157,9 @@ def html_page(
         f"<title>{title}</title>\n<style>{STYLE}</style>\n</head>\n<body>",
         f"<h1>{title}</h1>",
         *_warning(warning),
+        *([f'<p class="verdict">{_markup(opening)}</p>'] if opening else []),
         "<ul>" + "".join(f"<li>{_markup(n)}</li>" for n in notes) + "</ul>",
+        *([_legend(legend)] if legend else []),
         _controls(names, rows.layer),
     ]
     for section in sections:
@@ -157,6 +173,16 @@ def html_page(
 def _markup(note: str) -> str:
     """A note as HTML: escaped, Markdown's `code` as <code>."""
     return re.sub(r"`([^`]*)`", r"<code>\1</code>", html.escape(note))
+
+
+def _legend(legend: Sequence[tuple[str, str]]) -> str:
+    """The legend: each symbol or column, then its meaning (``bold`` set in bold)."""
+    items = "".join(
+        f"<dt>{'<b>bold</b>' if symbol == BOLD else html.escape(symbol)}</dt>"
+        f"<dd>{_markup(meaning)}</dd>"
+        for symbol, meaning in legend
+    )
+    return f'<dl class="legend">{items}</dl>'
 
 
 def _warning(warning: str | None) -> list[str]:

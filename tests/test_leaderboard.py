@@ -255,9 +255,9 @@ def test_a_warning_is_the_pages_first_block(tmp_path):
     blocks = text.split("\n\n")
     assert blocks[0] == "# Leaderboard: autopet"
     assert blocks[1] == f"> **Warning:** {warning}"
-    assert "AUC 0.52" in blocks[2]
+    assert blocks[2].startswith("The best method by Dice is") and "AUC 0.52" in blocks[3]
     page = (tmp_path / "autopet.html").read_text()
-    box = page.split("</h1>", 1)[1].split("<ul>", 1)[0]
+    box = page.split("</h1>", 1)[1].split('<p class="verdict">', 1)[0]
     assert 'class="warning"' in box and "0.41-0.63" in box and "border" in box
     write_leaderboards(results(SYNTHETIC), tmp_path / "calm")
     assert "Warning" not in (tmp_path / "calm" / "autopet.md").read_text()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import html
 import io
+import json
 import os
 import re
 import shutil
@@ -190,6 +192,144 @@ def test_method_strips_line_up_and_show_each_heatmaps_sign():
     assert green[1] > max(green[0], green[2]) and red[0] > max(red[1], red[2])
 
 
+# --- the words: a verdict first, a legend of what the tables show ----------------------------
+
+VERDICT = {  # spec: (precision, recall, f1, dice, balanced accuracy), dice's interval
+    "layercam@1": ((0.40, 0.30, 0.29, 0.28, 0.70), (0.22, 0.34)),
+    "layercam@2": ((0.59, 0.29, 0.35, 0.31, 0.80), (0.25, 0.37)),
+    "tonno": ((0.65, 0.41, 0.41, 0.45, 0.74), (0.38, 0.52)),
+    "intensity": ((0.30, 0.30, 0.30, 0.40, 0.60), (0.33, 0.47)),
+    "centre": ((0.10, 0.10, 0.10, 0.20, 0.50), (0.15, 0.25)),
+}
+
+
+def verdict_rows(auc=(0.91, 0.80, 0.98), tonno_delta=(0.06, 0.22), **dice) -> pd.DataFrame:
+    """Made-up rows with Dice intervals, ToNNO's paired interval against LayerCAM and the
+    classifier's AUC; ``dice``: other Dice values by spec."""
+    frame = results({spec: scores for spec, (scores, _) in VERDICT.items()}, dataset="synthetic")
+    frame["dice"] = [dice.get(spec, d) for spec, d in zip(frame.method, frame.dice, strict=True)]
+    frame["dice_ci_low"] = [VERDICT[spec][1][0] for spec in frame.method]
+    frame["dice_ci_high"] = [VERDICT[spec][1][1] for spec in frame.method]
+    tonno = frame.method == "tonno"
+    frame["dice_delta_ci_low"] = np.where(tonno, tonno_delta[0], np.nan)
+    frame["dice_delta_ci_high"] = np.where(tonno, tonno_delta[1], np.nan)
+    return frame.assign(
+        classifier_auc=auc[0], classifier_auc_ci_low=auc[1], classifier_auc_ci_high=auc[2]
+    )
+
+
+def opening(folder) -> tuple[str, str]:
+    """(the Markdown page's paragraph after its title, the HTML page's verdict markup)."""
+    md = (folder / "synthetic.md").read_text().split("\n\n")[1]
+    [page] = re.findall(r'<p class="verdict">(.*?)</p>', (folder / "synthetic.html").read_text())
+    return md, page
+
+
+def test_the_page_opens_with_who_learned_who_won_and_by_how_much(tmp_path):
+    write_leaderboards(verdict_rows(), tmp_path)
+    md, page = opening(tmp_path)
+    assert md == (
+        "The classifier `resnet10t` learned: validation AUC 0.91 [0.80, 0.98], above chance "
+        "(the interval's lower bound exceeds 0.5). The best method by Dice is ToNNO at 0.45 "
+        "[0.38, 0.52]: 0.14 above the reference, LayerCAM (layer 2) at 0.31 [0.25, 0.37] (the "
+        "paired 95% interval of the difference, [0.06, 0.22], excludes 0), and 0.05 above the "
+        "better trivial baseline, Intensity at 0.40 [0.33, 0.47]."
+    )
+    assert page == md.replace("`resnet10t`", "<code>resnet10t</code>").replace("'", "&#x27;")
+    after_title = (tmp_path / "synthetic.html").read_text().split("</h1>")[1]
+    assert after_title.lstrip().startswith(f'<p class="verdict">{page}</p>')
+
+
+def test_the_verdict_says_a_classifier_at_chance_and_a_method_that_loses(tmp_path):
+    write_leaderboards(
+        verdict_rows(auc=(0.55, 0.40, 0.70), tonno_delta=(-0.02, 0.30), intensity=0.5), tmp_path
+    )
+    md, _ = opening(tmp_path)
+    assert md == (
+        "The classifier `resnet10t` has not been shown to learn: validation AUC 0.55 [0.40, 0.70], "
+        "an interval that does not lie above chance (0.5), so its heatmaps may explain nothing. "
+        "The best method by Dice is ToNNO at 0.45 [0.38, 0.52]: 0.14 above the reference, "
+        "LayerCAM (layer 2) at 0.31 [0.25, 0.37] (the paired 95% interval of the difference, "
+        "[-0.02, 0.30], includes 0), and 0.05 below the better trivial baseline, Intensity at "
+        "0.50 [0.33, 0.47]."
+    )
+
+
+def test_the_verdict_without_a_classifier_a_reference_or_baselines():
+    from benchmark.captions import Quote, verdict
+
+    leader = Quote("ToNNO", 0.454)
+    assert verdict("Dice", None, leader) == "The best method by Dice is ToNNO at 0.45."
+    assert verdict("MaxIoU", None, leader, Quote("ToNNO", 0.454)) == (
+        "The best method by MaxIoU is ToNNO at 0.45: it is the reference."
+    )
+    assert verdict("Dice", None, leader, baseline=Quote("Centre prior", 0.446)) == (
+        "The best method by Dice is ToNNO at 0.45: level with the better trivial baseline, "
+        "Centre prior at 0.45."
+    )
+    assert verdict("Dice", None, None) == "No method besides the trivial baselines has a Dice."
+
+
+LEGEND_ROWS = {**SYNTHETIC, "scorecam@3": (0.2, 0.2, 0.2, np.nan, 0.6)}
+LEGEND_ROWS["intensity"] = (0.3, 0.3, 0.3, 0.2, 0.6)
+HEADER_NAMES = ("Method", "Precision", "Recall", "F1-score", "Dice", "Balanced accuracy")
+
+
+def legend_of(page: str) -> dict[str, str]:
+    """The HTML legend: {symbol or column: meaning}."""
+    [block] = re.findall(r'<dl class="legend">(.*?)</dl>', page)
+    pairs = re.findall(r"<dt>(.*?)</dt><dd>(.*?)</dd>", block)
+    return {re.sub(r"</?b>", "", html.unescape(k)): v for k, v in pairs}
+
+
+def test_the_legend_explains_each_symbol_and_derived_column_the_tables_show(tmp_path):
+    frame = results(LEGEND_ROWS).assign(dice_seed_sd=0.05, classifier_auc=0.9)
+    frame["dice_ci_low"], frame["dice_ci_high"] = frame.dice - 0.05, frame.dice + 0.05
+    frame["dice_delta_ci_low"] = np.where(frame.method == "tonno", 0.01, -0.1)
+    frame["dice_delta_ci_high"] = 0.2
+    write_leaderboards(frame, tmp_path)
+    page = (tmp_path / "autopet.html").read_text()
+    shown = Tables(page)
+    cells = [c for t in shown.found for row in t.cells for c in row[1:]]
+    names = [row[0] for t in shown.found for row in t.cells]
+    headers = {h for t in shown.found for h in t.headers}
+    assert "†" in "".join(cells) and "★" in "".join(names) and "–" in cells  # the test's premise
+    legend = legend_of(page)
+    expected = {
+        "bold",
+        "±",
+        "(seeds ± s)",
+        "[low, high]",
+        "(+0.06), (=)",
+        "†",
+        "★",
+        "(layer N)",
+        "Dice gain over baselines",
+        "Dice sd over seeds",
+        "Classifier AUC",
+        "(paper)",
+        "Layer (paper)",
+        "–",
+    }
+    assert set(legend) == expected
+    assert {h for h in headers if h.removesuffix(" (paper)") not in HEADER_NAMES} == {
+        "Dice gain over baselines",
+        "Dice sd over seeds",
+        "Classifier AUC",
+        "Layer (paper)",
+    }  # every derived column is in the legend
+    assert "A.8" in legend["★"] and "excludes 0" in legend["†"]
+    assert "the better trivial baseline" in legend["Dice gain over baselines"]
+    notes = page.split('<dl class="legend">')[0].split("<ul>")[1]
+    assert not any(symbol in notes for symbol in ("†", "★", "±", "[low"))  # explained once
+    md = (tmp_path / "autopet.md").read_text()
+    assert "- `†`: after a difference: its paired bootstrap interval" in md
+
+    plain = results({"tonno": SYNTHETIC["tonno"]}, dataset="synthetic", std=np.nan)
+    write_leaderboards(plain, tmp_path)
+    assert set(legend_of((tmp_path / "synthetic.html").read_text())) == {"bold"}
+
+
 # --- in Chromium -----------------------------------------------------------------------------
 
 WITH_MISSING = {**SYNTHETIC, "scorecam@3": (0.2, 0.2, 0.2, np.nan, 0.6)}
@@ -272,3 +412,38 @@ def test_chromium_sorts_and_filters_every_table(
     dice = every.headers.index("Dice")
     assert cells["tomographic_layercam@2"][dice] == "0.40 ± 0.01"
     assert cells["scorecam@3"][dice] == "–"
+
+
+# scrolls the first wide table to its end and records where its first body cell is
+PROBE = """<script>
+const wrap = [...document.querySelectorAll(".scroll")].find((w) => w.scrollWidth > w.clientWidth);
+const cell = wrap.querySelector("tbody td");
+const before = cell.getBoundingClientRect().left;
+wrap.scrollLeft = wrap.scrollWidth;
+document.body.dataset.probe = JSON.stringify({
+  page: document.documentElement.scrollWidth, scrolled: wrap.scrollLeft,
+  before, after: cell.getBoundingClientRect().left,
+});
+</script>"""
+
+
+def test_chromium_at_1400_px_keeps_the_method_column_in_view(chromium, tmp_path):
+    frame = results(WITH_MISSING).assign(classifier_auc=0.9)
+    for metric in ("precision", "recall", "f1", "dice", "balanced_accuracy"):
+        frame[f"{metric}_seed_sd"] = 0.05
+        frame[f"{metric}_ci_low"], frame[f"{metric}_ci_high"] = 0.11, 0.99
+    write_leaderboards(frame, tmp_path)
+    page = tmp_path / "probed.html"
+    page.write_text((tmp_path / "autopet.html").read_text().replace("</body>", PROBE + "</body>"))
+    args = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1400,900"]
+    done = subprocess.run(
+        [*args, f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", page.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    [probe] = re.findall(r'data-probe="([^"]*)"', done.stdout)
+    probe = json.loads(html.unescape(probe))
+    assert probe["page"] <= 1400  # only the tables scroll, not the page
+    assert probe["scrolled"] > 100 and probe["after"] == probe["before"]

@@ -314,6 +314,9 @@ def test_the_page_says_when_the_classifier_is_at_chance(reference, config, tmp_p
         auc = f"AUC {report['auc']:.2f} [{report['auc_ci_low']:.2f}, {report['auc_ci_high']:.2f}]"
         assert auc in page
         assert ("is at chance on the evaluation volumes" in page) == at_chance
+        verdict = page.split("\n\n")[2 if at_chance else 1]  # after the warning, if any
+        learned = "has not been shown to learn" if at_chance else "learned"
+        assert verdict.startswith(f"The classifier `test_resnet` {learned}: validation {auc}")
         results = pd.read_csv(out / "results.csv")
         assert (results.classifier_auc == report["auc"]).all()
         assert (results.classifier_at_chance == at_chance).all()
