@@ -766,7 +766,7 @@ def train(
     precision = training_precision(device, config.precision)
     meta = {"dataset": info, "in_chans": in_chans, "precision_used": precision, **data}
     net = _distributed_model(model, context)
-    loop = _Loop(dataset, batches, split, context, model, run)
+    loop = _Loop(dataset, batches, split, context, model, run, scheduler)
     with tqdm(
         total=config.iterations,
         initial=run["step"],
@@ -779,7 +779,7 @@ def train(
             positions = context.share(range(config.batch_volumes))
             inputs, labels = batches.cut(dataset, plan, positions, device)
             loop.check_inputs(step, plan, positions, inputs)
-            lr = scheduler.get_last_lr()[0]
+            lr = optimizer.param_groups[0]["lr"]
             check = loop.step_check(step, plan)
             loss = train_step(
                 net,
@@ -824,8 +824,9 @@ def training_summary(state: dict[str, Any]) -> str:
 
 def _optimiser(model: nn.Module, config: TrainConfig | Train3DConfig) -> tuple[Any, Any]:
     """Adam and the learning-rate schedule, updated every step: ``warmup`` steps of linear
-    warm-up, then ``cosine`` from lr to lr_min over the remaining ``iterations`` (A.6) or
-    ``constant`` lr (so that no schedule ends before early stopping does)."""
+    warm-up, then ``cosine`` from lr to lr_min over the remaining ``iterations`` (A.6), or
+    ``constant`` lr, or ``plateau`` (constant but halved by :meth:`_Loop._early_stopping`
+    on a plateau), so that no schedule ends before early stopping does."""
     optimizer = torch.optim.Adam(
         model.parameters(), lr=config.lr, betas=config.betas, eps=config.eps
     )
@@ -839,7 +840,8 @@ def _optimiser(model: nn.Module, config: TrainConfig | Train3DConfig) -> tuple[A
 
 
 def learning_rate(config: TrainConfig | Train3DConfig) -> Callable[[int], float]:
-    """The factor of lr at a step (LambdaLR): linear warm-up, then cosine or constant.
+    """The factor of lr at a step (LambdaLR): linear warm-up, then cosine or constant (a
+    plateau's halvings scale LambdaLR's ``base_lrs``, which its state_dict keeps).
 
     A function, not a callable object: LambdaLR would checkpoint an object's attributes (the
     config), which ``torch.load(weights_only=True)`` refuses to read back.
@@ -848,7 +850,7 @@ def learning_rate(config: TrainConfig | Train3DConfig) -> Callable[[int], float]
     def factor(step: int) -> float:
         if step < config.warmup:
             return (step + 1) / config.warmup
-        if config.schedule == "constant":
+        if config.schedule != "cosine":
             return 1.0
         progress = (step - config.warmup) / max(config.iterations - config.warmup, 1)
         floor = config.lr_min / config.lr
@@ -916,14 +918,14 @@ def _all_finite(tensors) -> bool:
 class _Loop:
     """Per-step checks, logging and validation of :func:`train` (the same on every rank)."""
 
-    def __init__(self, dataset, batches, split, context, model, run):
+    def __init__(self, dataset, batches, split, context, model, run, scheduler):
         self.dataset, self.batches, self.config, self.split = (
             dataset,
             batches,
             batches.config,
             split,
         )
-        self.context, self.model, self.run = context, model, run
+        self.context, self.model, self.run, self.scheduler = context, model, run, scheduler
         self.postfix: dict[str, str] = {}
 
     def check_inputs(self, step: int, plan: BatchPlan, positions, inputs: Tensor) -> None:
@@ -1032,16 +1034,22 @@ class _Loop:
 
     def _early_stopping(self, step: int) -> bool:
         """Score the holdout and decide (beyond the paper), on its AUC and its loss (the mean
-        BCE of the volume logits) each averaged over the last ``window`` validations (fewer
-        at first): the AUC of a dozen held-out volumes moves in steps of 1/36, can read 0.86
-        once by luck and saturates at 1 while the classifier still improves; the loss moves
-        with every volume's margin.
+        BCE of the volume logits) each averaged over the last ``window`` validations
+        (nothing is decided, nor kept, before the first ``window`` are in): the AUC of a
+        dozen held-out volumes moves in steps of 1/36, can read 0.86 once by luck and
+        saturates at 1 while the classifier still improves; the loss moves with every
+        volume's margin.
 
         - An improvement is a mean AUC ``min_delta`` above its best so far, or a mean loss
           ``min_delta`` below its best so far; the weights of the last one are kept.
         - Training stops once ``patience`` validations brought none *and* every validation
           of the kept weights' window is above chance (its AUC's 95 % bootstrap interval
           excludes 0.5), so that a classifier that has not learned trains on to the cap.
+        - With ``schedule="plateau"`` and a ``patience``, every ``patience // 2``
+          validations without one (at least 1) halve the learning rate (down to
+          ``lr_min``) once the kept weights are above chance: a constant lr keeps the
+          weights moving around a minimum, a smaller one settles them; a classifier that
+          has not learned keeps its lr.
         """
         config, run = self.config, self.run
         result = self._validate(self.split["holdout"])
@@ -1050,6 +1058,18 @@ class _Loop:
         row = {"step": step, **{k: float(result[k]) for k in VAL_SCORES}}
         run["holdout"].append({**row, "auc_ci_low": low, "auc_ci_high": high})
         recent = run["holdout"][-config.window :]
+        if len(recent) < config.window:  # two lucky validations are not a window of four
+            log.info(
+                "step %d: holdout AUC %.4f [%.3f, %.3f], loss %.4f; the window fills (%d of %d)",
+                step,
+                result["auc"],
+                low,
+                high,
+                result["loss"],
+                len(recent),
+                config.window,
+            )
+            return False
         auc = float(np.mean([r["auc"] for r in recent]))
         loss = float(np.mean([r["loss"] for r in recent]))
         best = run["best"]
@@ -1074,6 +1094,10 @@ class _Loop:
                 f"no gain >= {config.min_delta:g} for {run['stale']} validations "
                 f"(patience {config.patience})"
             )
+            every = max(config.patience // 2, 1)
+            halve = config.schedule == "plateau" and config.patience and run["stale"] % every == 0
+            if halve and best["above_chance"]:
+                verdict += f", lr halved to {self._halve_lr():.2e}"
         best = run["best"]
         self.postfix.update(holdout_auc=f"{auc:.3f}", holdout_loss=f"{loss:.3f}")
         stop = 0 < config.patience <= run["stale"] and step < config.iterations
@@ -1102,6 +1126,15 @@ class _Loop:
             f": stopping early at step {step} of at most {config.iterations}" if stop else "",
         )
         return stop
+
+    def _halve_lr(self) -> float:
+        """Halve the plateau schedule's lr from the next step on (not below ``lr_min``): the
+        optimizer's, and LambdaLR's ``base_lrs`` that it recomputes it from."""
+        scheduler, floor = self.scheduler, self.config.lr_min
+        scheduler.base_lrs = [max(0.5 * lr, floor) for lr in scheduler.base_lrs]
+        for group in scheduler.optimizer.param_groups:
+            group["lr"] = max(0.5 * group["lr"], floor)
+        return scheduler.optimizer.param_groups[0]["lr"]
 
 
 def _data_record(dataset: Any, split: dict[str, Any]) -> dict[str, Any]:

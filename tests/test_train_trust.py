@@ -273,6 +273,49 @@ def test_a_classifier_at_chance_is_not_stopped_early(tmp_path, caplog):
     assert decision in caplog.text
 
 
+def test_plateau_halves_the_lr_after_half_the_patience_and_resumes_exactly(tmp_path, monkeypatch):
+    # validations every 2 steps: the first improves, none after; patience 6 halves the lr at
+    # 3 and 6 validations without a gain (steps 8 and 14), and stops at the second
+    _scripted_holdout(monkeypatch, [(0.9, 0.5)])
+    config = dataclasses.replace(
+        EARLY, schedule="plateau", patience=6, val_every=2, log_every=1, iterations=40
+    )
+    state = read_checkpoint(train(BlobSet(3.0), config, tmp_path / "whole", progress=False))
+    assert state["stopped_early"] == 14
+    lrs = {row["step"]: row["lr"] for row in state["log"]}
+    expected = {s: config.lr * 0.5 ** ((s > 8) + (s > 14)) for s in lrs}
+    assert lrs == pytest.approx(expected, rel=1e-12)
+    original, calls = training.train_step, []
+
+    def dying(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 11:  # after the first halving and the checkpoint of step 9
+            raise RuntimeError("killed")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(training, "train_step", dying)
+    with pytest.raises(RuntimeError, match="killed"):
+        train(BlobSet(3.0), config, tmp_path / "killed", progress=False)
+    monkeypatch.setattr(training, "train_step", original)
+    _scripted_holdout(monkeypatch, [(0.9, 0.5)] * 4)  # the validations before the kill, again
+    resumed = read_checkpoint(
+        train(BlobSet(3.0), config, tmp_path / "killed", resume=True, progress=False)
+    )
+    assert resumed["log"] == state["log"] and resumed["stopped_early"] == 14
+    for key, value in state["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
+
+
+def test_plateau_keeps_the_lr_of_a_classifier_at_chance(tmp_path, monkeypatch):
+    _scripted_holdout(monkeypatch, [(0.7, 0.5)])  # its interval's lower bound: 0.4
+    config = dataclasses.replace(
+        EARLY, schedule="plateau", patience=6, val_every=2, log_every=1, iterations=20
+    )
+    state = read_checkpoint(train(BlobSet(3.0), config, tmp_path, progress=False))
+    assert state["stopped_early"] is None and state["step"] == 20
+    assert {row["lr"] for row in state["log"]} == {config.lr}
+
+
 # --- distributed: 2 gloo ranks on the CPU ---------------------------------------------------
 
 # Group norm: no batch statistics, so each rank's share is normalised as in one process.
