@@ -1,15 +1,12 @@
 """``synthetic``: the embedded default data set, generated in code from a seed.
 
-Every volume is a textured ellipsoidal "body" with distractors present in both classes,
-so that a classifier must find the lesions, not brightness: organs with physiological
-uptake at their places in the body (a solid bladder, the hollow shells of two kidneys'
-cortex and of the heart's wall, as on AutoPET's PET), brighter than all lesions but the
-brightest; bright tubes; and a larger, dimmer blob. Thresholding the image therefore
-finds the organs first. Positives carry 1-3 lesions clear of the organs: rotated
-ellipsoids of varied size and contrast (a factor of 0.8-1.25) with a smooth (sigmoid)
-edge; the mask is each lesion's half-maximum support and the boxes are their half-open
-bounding boxes. Negatives have an empty mask and no box. Lesions lie inside the unit
-ball of the [-1, 1]^3 volume, the part the tomographic reconstruction covers.
+Every volume is a textured ellipsoidal "body" with distractors present in both classes
+(bright tubes as bright as the lesions, and a larger, dimmer blob), so that a classifier
+must find the lesions, not brightness. Positives carry 1-3 lesions: rotated ellipsoids
+of varied size and contrast with a smooth (sigmoid) edge; the mask is each lesion's
+half-maximum support and the boxes are their half-open bounding boxes. Negatives have
+an empty mask and no box. Lesions lie inside the unit ball of the [-1, 1]^3 volume, the
+part the tomographic reconstruction covers.
 
 Volume ``i`` is drawn from ``numpy.random.default_rng([seed, i])``: deterministic,
 generated lazily and cheaply (a 32x64x64 volume in a few milliseconds), so nothing is
@@ -27,20 +24,6 @@ from datasets.registry import register_dataset
 from datasets.volume import Box, DatasetError, Volume
 
 EDGE = 0.03  # width of the sigmoid edges, in normalised [-1, 1] units
-# Organs with physiological uptake, in both classes (as on AutoPET's PET): (centre,
-# semi-axes, hollow) in normalised (z, y, x), jittered per volume, and a brightness above
-# the tissue drawn from UPTAKE, above every lesion's but the brightest. A hollow organ is
-# a shell whose inner surface is at HOLLOW of its outer (the heart's myocardium, the
-# kidneys' cortex); the bladder is solid and larger than any lesion.
-ORGANS = (
-    ((-0.62, 0.0, 0.0), (0.16, 0.24, 0.26), False),  # bladder, low in the body
-    ((0.05, 0.3, 0.42), (0.26, 0.13, 0.12), True),  # kidneys, left and right at the back
-    ((0.05, 0.3, -0.42), (0.26, 0.13, 0.12), True),
-    ((0.5, -0.2, 0.12), (0.24, 0.26, 0.26), True),  # heart, high and in front
-)
-HOLLOW = 0.55
-UPTAKE = (0.8, 1.3)
-LESION_GAIN = (0.8, 1.25)  # a lesion's contrast: the difficulty's times this factor
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -113,46 +96,24 @@ def make_volume(
             )
         )
 
-    uptake = [  # (brightness, centre, semi-axes, hollow) of each organ with uptake
-        (
-            rng.uniform(*UPTAKE),
-            centre + rng.uniform(-0.05, 0.05, 3),
-            axes * rng.uniform(0.85, 1.15, 3),
-            hollow,
-        )
-        for centre, axes, hollow in ORGANS
-    ]
-    organs = 0.0
-    for brightness, centre, axes, hollow in uptake:
-        rho = ellipsoid_radius(coords, centre, axes, np.eye(3))
-        inside = sigmoid((1.0 - rho) / 0.05)
-        if hollow:
-            inside = inside - sigmoid((HOLLOW - rho) / 0.05)
-        organs = organs + brightness * inside
-
     mask = np.zeros(shape, dtype=bool)
     boxes: list[Box] = []
     lesions = np.zeros(shape, dtype=np.float32)
     scale, contrast = 1.0 - 0.5 * difficulty, 1.0 - 0.6 * difficulty
     for _ in range(rng.integers(1, 4) if positive else 0):
         axes = np.maximum(rng.uniform(0.13, 0.24) * scale * rng.uniform(0.75, 1.25, 3), 1.5 * voxel)
-        while True:  # inside the unit ball, well inside the body and clear of the organs
+        while True:  # inside the unit ball and well inside the body
             centre = rng.uniform(-0.7, 0.7, size=3)
-            point = [np.float32(c) for c in centre]
             if (
                 np.linalg.norm(centre) + axes.max() < 0.85
                 and np.linalg.norm(centre / body_axes) < 0.75
-                and all(
-                    ellipsoid_radius(point, c, r + axes.max(), np.eye(3)) > 1.2
-                    for _, c, r, _ in uptake
-                )
             ):
                 break
         rho = ellipsoid_radius(coords, centre, axes, rotation(rng))
         support = rho < 1.0  # the sigmoid profile's half maximum
         lesions = np.maximum(
             lesions,
-            contrast * rng.uniform(*LESION_GAIN) * sigmoid((1.0 - rho) * axes.min() / (0.5 * EDGE)),
+            contrast * rng.uniform(0.8, 1.25) * sigmoid((1.0 - rho) * axes.min() / (0.5 * EDGE)),
         )
         mask |= support
         where = np.argwhere(support)
@@ -162,9 +123,7 @@ def make_volume(
     image = np.empty((channels, *shape), dtype=np.float32)
     for c in range(channels):
         gain = 1.0 if c == 0 else rng.uniform(0.5, 1.0)  # how visible lesions are in channel c
-        tissue = (
-            1.0 + 0.12 * texture(rng, shape) + 0.35 * organ + sum(a * t for a, t in tubes) + organs
-        )
+        tissue = 1.0 + 0.12 * texture(rng, shape) + 0.35 * organ + sum(a * t for a, t in tubes)
         image[c] = body * (tissue + gain * lesions) + 0.05 * rng.standard_normal(
             shape, dtype=np.float32
         )
@@ -245,7 +204,7 @@ class Synthetic(GeneratedDataset):
     of the contrast), ``seed``, ``max_abs`` (the value check of ``datasets.checks``).
     """
 
-    version = "2"  # 2: organs with uptake
+    version = "1"
 
     def __init__(
         self,
