@@ -74,6 +74,7 @@ VOLUME_VOXEL_FORWARDS = 2.0
 ALWAYS_IN_ALL = ("tonno", "averaged_layercam", "tomographic_layercam")
 # The plan's rows after the families: the run's stages and their sum.
 STAGE_ROWS = ("heatmaps", "training", "total")
+PLAN_CSV = "plan.csv"  # run --plan writes the plan there, in the run folder
 
 
 @dataclass(frozen=True)

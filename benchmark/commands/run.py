@@ -192,7 +192,7 @@ def _run(args: argparse.Namespace, context, settings, shard, specs, left_out, da
         trained["3d"] = (config3d, out.parent / f"{config3d.model}-{preset}", None)
     seeds = parse_seeds(args.seeds, train_config.seed)
     specs, budget_note = _within_budget(
-        specs, config, tomography, trained, seeds, dataset, context, args.plan
+        specs, config, tomography, trained, seeds, dataset, context, out if args.plan else None
     )
     if args.plan:
         return 0
@@ -284,14 +284,16 @@ def _slice_size(tomography, explicit: bool, checkpoints):
     return dataclasses.replace(tomography, slice_size=trained)
 
 
-def _within_budget(specs, config, tomography, trained, seeds, dataset, context, show: bool):
+def _within_budget(specs, config, tomography, trained, seeds, dataset, context, plan_dir):
     """The specs the run's budget keeps (counted on rank 0, every rank follows: no clock)
-    and the leaderboard note on the families it leaves out; with ``show``, the plan is
-    printed, priced on this device, for the classifiers of ``seeds`` and with the
-    training of each classifier in ``trained`` ({"2d"|"3d": (config, folder, checkpoint
-    given)}) that is not given and not finished for every seed."""
+    and the leaderboard note on the families it leaves out; with ``plan_dir`` (the run
+    folder), the plan is printed and written to ``<plan_dir>/plan.csv``, priced on this
+    device, for the classifiers of ``seeds`` and with the training of each classifier in
+    ``trained`` ({"2d"|"3d": (config, folder, checkpoint given)}) that is not given and
+    not finished for every seed."""
     from benchmark.checkpoint import CHECKPOINT, is_finished
-    from benchmark.plan import format_plan, plan_run
+    from benchmark.plan import PLAN_CSV, format_plan, plan_run
+    from benchmark.report import write_csv
     from benchmark.train import batches_for, training_estimate
 
     plan = None
@@ -304,7 +306,7 @@ def _within_budget(specs, config, tomography, trained, seeds, dataset, context, 
         }
         base = trained["2d"][0].seed
         training = None
-        if show:
+        if plan_dir is not None:
             training = {
                 f"{kind} classifier {train.model}": training_estimate(
                     train, dataset, context.device
@@ -323,13 +325,15 @@ def _within_budget(specs, config, tomography, trained, seeds, dataset, context, 
             config.budget_passes,
             in_chans,
             volume_model=models.get("3d"),
-            measure=show,
+            measure=plan_dir is not None,
             seeds=len(seeds),
             training=training,
         )
         plan = (kept, left_out)
-        if show:
+        if plan_dir is not None:
             print(format_plan(frame, calibration, left_out, training))
+            path = write_csv(frame.assign(specs=frame.specs.map(" ".join)), plan_dir / PLAN_CSV)
+            print(f"plan: {path}")
     kept, left_out = context.gather(plan)[0]
     left_out = {s: why for s, why in left_out.items() if s in specs}
     if not left_out:
