@@ -428,11 +428,13 @@ def plan(
     the specs :func:`within_budget` keeps (``budget_passes``, ``named_specs``) run together,
     their shared passes counted once (:func:`shared_passes`, per classifier), on every
     volume for each of ``seeds`` classifiers. ``training`` is each classifier the run
-    trains ({name: :func:`~benchmark.train.training_estimate`}), times ``seeds``: its step
-    cap, an upper bound when early stopping ends sooner. ``total`` = heatmaps + training;
-    the protocol and the pages are not counted. Unknown costs (a plugin that states none, a
-    3D CAM without a priced volume classifier) are NaN. ``in_chans``: the classifier's
-    input channels when there is no ``calibration`` (which holds them).
+    trains ({name: :func:`~benchmark.train.training_estimate`}, its steps to the cap, an
+    upper bound when early stopping ends sooner, and validations) and its report on the
+    ``shapes``' volumes (as many validated volumes), times ``seeds``. ``total`` = heatmaps
+    + training; start-up, the protocol and the pages are not counted. Unknown costs (a
+    plugin that states none, a 3D CAM without a priced volume classifier) are NaN.
+    ``in_chans``: the classifier's input channels when there is no ``calibration`` (which
+    holds them).
     """
     specs = list(dict.fromkeys(specs))
     shapes = [tuple(int(n) for n in s) for s in shapes]
@@ -497,10 +499,10 @@ def plan(
     families: dict[str, list[str]] = {}
     for spec in specs:
         families.setdefault(family_of(spec), []).append(spec)
+    heatmap_peak = math.prod(mean_shape) * 4 / 2**20
     rows = []
     for family, members in families.items():
         first, passes = methods[members[0]], work([methods[s] for s in members])
-        heatmap_peak = math.prod(mean_shape) * 4 / 2**20
         if calibration is None:
             peak = math.nan
         elif first.classifier == "3d":  # one volume at a time, and its upsampled heatmap
@@ -516,8 +518,9 @@ def plan(
     kept, _ = within_budget(frame, budget_passes, named_specs)
     holding = frame[[any(s in kept for s in f) for f in frame.specs]]
     stages = [row("heatmaps", kept, work([methods[s] for s in kept]), holding.peak_mb.max())]
-    if training is not None:
-        hours = sum(e.seconds for e in training.values()) * seeds / HOUR
+    if training is not None:  # and each classifier's report on the evaluation split
+        seconds_each = [e.seconds + e.s_per_validated * len(shapes) for e in training.values()]
+        hours = sum(seconds_each) * seeds / HOUR
         stages.append({"family": "training", "specs": (), "hours": hours})
     total = {**stages[0], "family": "total"}
     total["hours"] = sum(stage["hours"] for stage in stages)
@@ -624,12 +627,15 @@ def format_plan(
         " budget (--set budget_passes=N) compares it. s / vol and hours: at the prices"
         " measured above, shown, never used to choose. A family row is that family run"
         " alone; heatmaps: the kept specs run together (shared passes counted once) on every"
-        " validation volume, for each classifier (--seeds); total: heatmaps + training."
+        " validation volume, for each classifier (--seeds); training: the lines below and"
+        " each classifier's report; total: heatmaps + training (start-up, the protocol and"
+        " the pages not counted)."
     )
-    for name, estimate in (training or {}).items():
+    for name, e in (training or {}).items():
         text += (
-            f"\n\ntraining {name}: {estimate.s_per_step:.2f} s / step x {estimate.iterations}"
-            f" steps (cap) = {estimate.seconds / HOUR:.2f} h a classifier, before the methods"
+            f"\n\ntraining {name}: {e.s_per_step:.2f} s / step x {e.iterations} steps (cap)"
+            f" + {e.s_per_validated:.2f} s x {e.validated} validated volumes"
+            f" = {e.seconds / HOUR:.2f} h a classifier, before the methods"
         )
     reasons = sorted(set(left_out.values()))
     if reasons:

@@ -237,9 +237,12 @@ def test_budget_leaves_an_expensive_family_out_of_all_but_runs_it_when_named(tin
     assert set(left_out) == {"tomographic_scorecam@1"}
     table = format_plan(frame, PRICES, left_out)
     assert "| tomographic_scorecam" in table and reason in table
-    training = {"3d classifier resnet10_3d": TrainingEstimate(s_per_step=0.6, iterations=150)}
+    training = {"3d classifier resnet10_3d": TrainingEstimate(0.6, 150, 0.5, 36)}
     table = format_plan(frame, PRICES, left_out, training)
-    assert "training 3d classifier resnet10_3d: 0.60 s / step x 150 steps (cap) = 0.03 h" in table
+    assert (
+        "training 3d classifier resnet10_3d: 0.60 s / step x 150 steps (cap) + 0.50 s x 36"
+        " validated volumes = 0.03 h a classifier" in table
+    )
 
 
 def test_a_plugin_of_unknown_cost_is_shown_unknown_and_kept(tiny_model):
@@ -376,13 +379,17 @@ def test_a_pass_shared_by_two_families_is_counted_once(tiny_model):
     specs, shapes = ["layercam@1", "gradcam@1"], [SHAPE] * 3
     training = {"2d classifier test": TrainingEstimate(s_per_step=0.6, iterations=150)}
     frame = plan(specs, shapes, tiny_model, TINY, 16, PRICES, seeds=2, training=training)
+    with_report = TrainingEstimate(0.6, 150, s_per_validated=0.5, validated=20)
+    reported = plan(specs, shapes, tiny_model, TINY, 16, PRICES, training={"2d": with_report})
+    # 150 steps, 20 validated volumes, and the report on the 3 evaluation volumes
+    assert reported.iloc[-2]["hours"] == pytest.approx((0.6 * 150 + 0.5 * (20 + 3)) / 3600)
     rows = frame.set_index("family")
     # per volume: D axial slices cut once, one forward + backward each for both CAMs; each
     # CAM reads its map back at every voxel
     shared_s = D * PRICES.cut_s + D * PRICES.backward_s + 2 * D * H * W * PRICES.read_s
     assert rows.loc["heatmaps", "s_per_volume"] == pytest.approx(shared_s)
     assert rows.loc["heatmaps", "hours"] == pytest.approx(3 * 2 * shared_s / 3600)
-    assert rows.loc["training", "hours"] == pytest.approx(2 * 0.6 * 150 / 3600)
+    assert rows.loc["training", "hours"] == pytest.approx(2 * 0.6 * 150 / 3600)  # 2 seeds
     total = (3 * 2 * shared_s + 2 * 0.6 * 150) / 3600  # 3 volumes, 2 seeds, training
     assert rows.loc["total", "hours"] == pytest.approx(total)
     alone = rows.loc[["layercam", "gradcam"], "hours"].sum()  # each family with its own pass
