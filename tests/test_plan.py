@@ -464,7 +464,7 @@ def test_timings_split_a_groups_measured_seconds_among_its_specs(tiny_model, mon
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_RUN = ["run", "--plan", "--dataset", "synthetic", "--device", "cpu", "--preset", "quick"]
-TINY_RUN += ["--dataset-option", "n_train=4", "--dataset-option", "n_val=4"]
+TINY_RUN += ["--dataset-option", "n_train=8", "--dataset-option", "n_val=4"]
 TINY_RUN += ["--dataset-option", "shape=[8,16,16]", "--set", "batch_size=8"]
 TINY_RUN += ["train.slices_per_volume=4", "train.slice_size=16", "tomography.slice_size=16"]
 TINY_RUN += ["train3d.input_size=[8,8,8]", "train3d.batch_volumes=2"]  # fast estimates
