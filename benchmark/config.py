@@ -127,12 +127,14 @@ class RunConfig:
 
     methods: tuple[str, ...] = ("all",)  # specs, names or wildcards (``expand_specs``)
     exclude: tuple[str, ...] = ()  # spec patterns that ``all`` and wildcards leave out
-    # a method family whose estimated hours alone exceed this leaves ``all`` and wildcards
-    # (benchmark.plan.within_budget); named specs always run. Paper: two days of one GPU
-    # per family keeps every family the paper reports (the largest, ScoreCAM 3-axis on an
-    # MS-sized set, ~1 day at the paper's 3090 speeds) and leaves out Averaged /
-    # Tomographic ScoreCAM (~5 GPU-hours per volume, hundreds of hours per data set)
-    budget_hours: float = 48.0
+    # a method family whose counted work per validation volume exceeds this leaves ``all``
+    # and wildcards (benchmark.plan.within_budget), but benchmark.plan.ALWAYS_IN_ALL; named
+    # specs always run. Forward-equivalent slice passes (a backward counts
+    # benchmark.plan.BACKWARD_FORWARDS more), counted, never timed: the same command keeps
+    # the same methods on every machine. Paper: keeps every family the paper reports (3-axis
+    # ScoreCAM ~1.1 M on a 326x400x400 volume) and the iterative ones (~5 M), leaves out
+    # Averaged / Tomographic ScoreCAM (~96 M)
+    budget_passes: float = 2e7
     # a classifier at chance (AUC interval includes 0.5) stops the run before its heatmaps
     # (exit code 3); true: compute and rank them anyway, the page warning that they mean nothing
     allow_chance: bool = False
@@ -233,13 +235,11 @@ PRESETS: dict[type, dict[str, Any]] = {
     },
     RunConfig: {
         "paper": RunConfig(),
-        # benchmark.plan on a shared 2-core CPU, synthetic (24 val volumes of 32x64x64),
-        # measured at two loads: the ScoreCAM families (one forward pass per channel, 64-512,
-        # per slice) estimate 1.2-3.2 h (slice-wise) to 58-165 h (tomographic), every other
-        # family at most 0.14-0.40 h (ToNNO); on the idle machine slice-wise ScoreCAM
-        # estimates 0.42-0.61 h and ToNNO 0.06-0.08 h. 12 min per classifier (seed), near
-        # their geometric mean, leaves ScoreCAM out and keeps ToNNO with >= 2x margins idle
-        "quick": RunConfig(budget_hours=0.2),
+        # synthetic (32x64x64): keeps every gradient family (ToNNO and Tomographic CAM the
+        # most, ~4,200 per volume), leaves out the iterative ones (~70,000, a solve per
+        # layer) and every ScoreCAM family (31,000 to 1.6 M): on a 2-core CPU what the
+        # measured budget of 0.2 h kept on an idle machine, without depending on its load
+        "quick": RunConfig(budget_passes=10_000),
     },
 }
 
@@ -256,6 +256,16 @@ def parse_overrides(items: list[str] | None) -> dict[str, str]:
 
 
 # --- checks at the boundary: a bad value fails here, naming its setting, not deep in torch ---
+
+# Fields that were replaced: {(config class, old name): what to set instead, and why}.
+REPLACED: dict[tuple[type, str], str] = {
+    (RunConfig, "budget_hours"): (
+        "budget_hours was replaced by budget_passes, counted classifier work per validation "
+        "volume and method family in forward-equivalent slice passes, so that the methods "
+        "kept do not depend on the machine's load (run --plan shows each family's), e.g. "
+        f"--set budget_passes={PRESETS[RunConfig]['quick'].budget_passes:g}"
+    ),
+}
 
 MINIMUM: dict[type, dict[str, int]] = {
     TomographyConfig: {
@@ -306,27 +316,34 @@ def check_fields(
 ) -> dict[str, Any]:
     """``values`` converted to the types of ``cls``'s fields, each checked.
 
-    Raises a ValueError for an unknown field name, a value that cannot be read as its type
-    or one out of range, spelled as the user wrote it: ``--set tomography.chunk=0: chunk
-    must be >= 1`` when ``where`` is ``"command line"``, else ``<where>: tomography.chunk=0:
-    ...`` (``section``: the prefix of the field in ``--set``, e.g. ``tomography``).
+    Raises a ValueError for an unknown or replaced field name (:data:`REPLACED`: what
+    replaced it), a value that cannot be read as its type or one out of range, spelled as
+    the user wrote it: ``--set tomography.chunk=0: chunk must be >= 1`` when ``where`` is
+    ``"command line"``, else ``<where>: tomography.chunk=0: ...`` (``section``: the prefix
+    of the field in ``--set``, e.g. ``tomography``).
     """
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}
+    prefix = f"{section}." if section else ""
+
+    def label(name: str, raw: Any) -> str:
+        setting = f"{prefix}{name}={raw}"
+        return f"--set {setting}" if where == "command line" else f"{where}: {setting}"
+
+    for name, raw in values.items():
+        if (cls, name) in REPLACED:
+            raise ValueError(f"{label(name, raw)}: {REPLACED[cls, name]}")
     unknown = sorted(set(values) - fields)
     if unknown:
         raise ValueError(
             f"{where}: unknown {cls.__name__} field(s) {unknown}; known: {sorted(fields)}"
         )
-    prefix = f"{section}." if section else ""
     converted = {}
     for name, raw in values.items():
-        setting = f"{prefix}{name}={raw}"
-        label = f"--set {setting}" if where == "command line" else f"{where}: {setting}"
-        value = convert_value(raw, hints[name], label)
+        value = convert_value(raw, hints[name], label(name, raw))
         problem = field_problem(cls, name, value)
         if problem:
-            raise ValueError(f"{label}: {problem}")
+            raise ValueError(f"{label(name, raw)}: {problem}")
         converted[name] = value
     return converted
 

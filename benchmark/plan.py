@@ -1,23 +1,33 @@
-"""A run's plan: classifier work, measured cost and a budget, before anything runs.
+"""A run's plan: counted classifier work, measured cost, and what ``all`` keeps.
 
-Every method states its work per volume in slices (:meth:`methods.Method.passes`); a short
-measured run on the chosen model and device (:func:`calibrate`) prices a slice; the plan
-(:func:`plan`) multiplies them out per method family over the validation volumes, and
-:func:`within_budget` leaves the families that alone exceed the budget out of ``all`` and
-wildcards. At the paper's settings (3.6: L = 2000 for ToNNO, 1000 for the stacked CAMs,
-M = 100, 224 px) Tomographic ScoreCAM at stage 4 is 1000 x 102 slices x 513 forward passes
-per volume: the plan says so before the run starts.
+Every method states its work per volume in slices (:meth:`methods.Method.passes`). Two
+price lists turn that work into one number per volume (:func:`seconds`):
 
-Cost model per volume: cut x t_cut + (forward - backward) x t_forward + backward x
-t_forward+backward + backprojected x t_read, each t measured by :func:`calibrate` (t_read
-is the map backprojection's, an upper bound for ToNNO's scalar one, ~3x cheaper on a CPU);
-the 3D CAMs add the same two terms for whole volumes through the volume classifier, priced
-when the plan is given one (else their cost is unknown).
+- counted work (:func:`counted_prices`): fixed prices in forward-equivalents, one slice
+  through the 2D classifier = 1, a backward pass BACKWARD_FORWARDS more, never measured
+  at run time. It alone decides what ``all`` and wildcards keep (:func:`within_budget`:
+  a family whose work per validation volume exceeds ``RunConfig.budget_passes`` is left
+  out, but for ALWAYS_IN_ALL), so the same command keeps the same methods on any
+  machine, idle or busy;
+- measured seconds (:func:`calibrate`, a short run on the chosen model and device):
+  what ``run --plan`` shows, never used to choose.
 
-Budgets (``RunConfig.budget_hours``, per family): ``quick`` 0.75 h, which on a 2-core CPU
-leaves every ScoreCAM family out of the synthetic run and keeps all else; ``paper`` 48 h,
-which on a GPU keeps every family the paper reports and leaves out Averaged / Tomographic
-ScoreCAM (hundreds of GPU-hours per data set). ``--set budget_hours=...`` changes it.
+Budgets: ``quick`` 10,000 forward-equivalents per volume, which on the synthetic set
+(32 x 64 x 64) keeps every gradient family (Tomographic CAM and ToNNO the most, ~4,200)
+and leaves out the iterative families (~70,000: a solve per layer) and every ScoreCAM
+family (31,000 to 1.6 M); ``paper`` 20 M, which keeps every family the paper reports
+(3-axis ScoreCAM ~1.1 M on a 326 x 400 x 400 volume) and the iterative ones (~5 M), and
+leaves out Averaged / Tomographic ScoreCAM (~96 M: L = 1000 x M = 100 slices x 964
+forward passes for the four stages of a ResNet-10-T).
+
+Cost model per volume: cut x p_cut + (forward - backward) x p_forward + backward x
+p_forward+backward + backprojected x p_read, each p a price (seconds measured by
+:func:`calibrate`, t_read the map backprojection's, an upper bound for ToNNO's scalar one;
+or a fixed counted price); the 3D CAMs add the same two terms for whole volumes through
+the volume classifier (unknown when the plan has none). The plan (:func:`plan`) prices
+each family alone, then the run's stages as they will run: the kept specs together, their
+shared passes counted once (:func:`shared_passes`), on every validation volume, times the
+classifiers (``--seeds``), and their training (:func:`benchmark.train.training_estimate`).
 """
 
 from __future__ import annotations
@@ -49,6 +59,22 @@ log = logging.getLogger(__name__)
 SUMMARY_MAX_VOXELS = 2**21  # summaries are measured on at most this many voxels (see below)
 GEOMETRY_BYTES_PER_READ = 20  # backprojection buffers per voxel-direction of a chunk (float32)
 HOUR = 3600.0
+
+# Counted work's fixed prices (:func:`counted_prices`), in forward-equivalents. Measured
+# once with calibrate() on the 2-core CPU, shared (load ~2.5), resnet10t_gn_np at 64 px
+# (batch 64) and 224 px (batch 16), resnet10_3d at 32 x 48 x 48: a backward pass on top of
+# its forward 0.68 (64 px), 0.58 (224 px), 0.71 (3D) forwards; cutting a slice 0.051 and
+# 0.049; one forward of an S-pixel slice as long as 8.8 (64 px) and 4.0 (224 px) x S
+# voxel-direction reads; a 3D pass per input voxel 1.87 x a 2D pass per slice pixel.
+BACKWARD_FORWARDS = 0.65
+CUT_FORWARDS = 0.05
+READS_PER_FORWARD_PIXEL = 6.0
+VOLUME_VOXEL_FORWARDS = 2.0
+# The paper's methods (its Table 2): ``all`` never leaves them out, whatever the budget.
+ALWAYS_IN_ALL = ("tonno", "averaged_layercam", "tomographic_layercam")
+# The plan's rows after the families: the run's stages and their sum.
+STAGE_ROWS = ("heatmaps", "training", "total")
+PLAN_CSV = "plan.csv"  # run --plan writes the plan there, in the run folder
 
 
 @dataclass(frozen=True)
@@ -191,8 +217,9 @@ def layer_channels(
     model: torch.nn.Module, in_chans: int, size: int | tuple[int, ...]
 ) -> dict[int, int]:
     """{stage: channels} of ``model``'s stages 1-4, from hooks on a one-input forward of
-    ``size`` pixels (a slice of size x size, or a volume of size (D, H, W)); {} for a
-    model without ResNet-like stages: ScoreCAM's cost is then unknown."""
+    ``size`` pixels (a slice of size x size, or a volume of size (D, H, W)) in eval mode
+    (then restored); {} for a model without ResNet-like stages: ScoreCAM's cost is then
+    unknown."""
     from methods.cam import captured_output
     from methods.stages import stage_modules
 
@@ -204,11 +231,16 @@ def layer_channels(
     spatial = (size, size) if isinstance(size, int) else tuple(size)
     probe = torch.zeros(1, in_chans, *spatial, device=device)
     out: dict[int, int] = {}
-    with torch.no_grad():
-        for k, stage in stages.items():
-            with captured_output(stage) as outputs:
-                model(probe)
-            out[k] = int(outputs[0].shape[1])
+    training = model.training
+    model.eval()  # a batch norm in training mode refuses one input
+    try:
+        with torch.no_grad():
+            for k, stage in stages.items():
+                with captured_output(stage) as outputs:
+                    model(probe)
+                out[k] = int(outputs[0].shape[1])
+    finally:
+        model.train(training)
     return out
 
 
@@ -217,15 +249,15 @@ def family_of(spec: str) -> str:
     return spec.partition("@")[0]
 
 
-def family_passes(
+def shared_passes(
     methods: Sequence[Method], shape: tuple[int, int, int], channels: Mapping[int, int]
 ) -> Passes | None:
-    """The work of a family's methods run together on one volume of ``shape``, as
-    :func:`methods.heatmaps.compute_heatmaps` runs them: methods of one ``pass_group``
-    (gradient CAMs of one geometry, all layers) share one forward + backward pass (of
-    slices or volumes) and the slices it cuts (counted once: the largest), and each
-    backprojects its own maps; other methods add up. None when any method's cost is
-    unknown."""
+    """The work of ``methods`` (of one classifier) run together on one volume of
+    ``shape``, as :func:`methods.heatmaps.compute_heatmaps` runs them: methods of one
+    ``pass_group`` (gradient CAMs of one geometry, all layers and families) share one
+    forward + backward pass (of slices or volumes) and the slices it cuts (counted once:
+    the largest), and each backprojects its own maps; other methods add up. A family's
+    work, or a run's. None when any method's cost is unknown."""
     groups: dict[object, list[Passes]] = {}
     total = Passes(0)
     for method in methods:
@@ -246,6 +278,61 @@ def family_passes(
         reads = sum(p.backprojected for p in members)
         total = total + dataclasses.replace(shared, backprojected=reads)
     return total
+
+
+def volume_input_voxels(
+    volume_model: torch.nn.Module | None, shape: tuple[int, int, int]
+) -> int | None:
+    """Voxels the volume classifier sees of a volume of ``shape``: its ``input_size`` (it
+    resizes every volume to it), else the volume's own; None without a volume classifier."""
+    if volume_model is None:
+        return None
+    return math.prod(getattr(volume_model, "input_size", shape))
+
+
+def counted_prices(slice_size: int, volume_voxels: int | None = None) -> Calibration:
+    """The fixed prices of counted work, for :func:`seconds`: forward-equivalents (one
+    slice through the 2D classifier = 1) instead of seconds, the same on every machine.
+    Cuts and forward passes scale alike with the slice's pixels, reads do not: a read is
+    1 / (READS_PER_FORWARD_PIXEL x ``slice_size``^2) forwards. A whole volume through the
+    volume classifier is VOLUME_VOXEL_FORWARDS x ``volume_voxels`` (its input,
+    :func:`volume_input_voxels`) / the slice's pixels forwards; None: unknown."""
+    pixels = slice_size**2
+    volume = None if volume_voxels is None else VOLUME_VOXEL_FORWARDS * volume_voxels / pixels
+    return Calibration(
+        device="counted",
+        in_chans=0,
+        slice_size=slice_size,
+        batch_size=0,
+        forward_s=1.0,
+        backward_s=1.0 + BACKWARD_FORWARDS,
+        cut_s=CUT_FORWARDS,
+        read_s=1.0 / (READS_PER_FORWARD_PIXEL * pixels),
+        peak_memory_mb=None,
+        volume_forward_s=volume,
+        volume_backward_s=None if volume is None else volume * (1.0 + BACKWARD_FORWARDS),
+    )
+
+
+def split_seconds(
+    total: float,
+    methods: Sequence[Method],
+    shape: tuple[int, int, int],
+    channels: Mapping[int, int],
+    prices: Calibration,
+) -> dict[str, float]:
+    """{spec: seconds}: the ``total`` seconds of ``methods`` computed together (one group
+    of :func:`methods.heatmaps.compute_groups`, sharing slices and passes) split among
+    them by their share of counted work, each method's work as run alone at ``prices``
+    (:func:`counted_prices`): two LayerCAM layers of one pass get half each, a ScoreCAM
+    beside them most. Equal shares when a cost is unknown. The parts sum to ``total``."""
+    weights = []
+    for method in methods:
+        work = shared_passes([method], shape, channels)
+        weights.append(math.nan if work is None else seconds(work, prices))
+    if not all(math.isfinite(w) and w >= 0 for w in weights) or sum(weights) <= 0:
+        weights = [1.0] * len(methods)
+    return {m.spec: total * w / sum(weights) for m, w in zip(methods, weights, strict=True)}
 
 
 def seconds(passes: Passes, calibration: Calibration) -> float:
@@ -311,118 +398,157 @@ def plan(
     specs: Iterable[str],
     shapes: Sequence[tuple[int, int, int]],
     model: torch.nn.Module,
-    tomography: TomographyConfig,
+    tomography: TomographyConfig | None,
     batch_size: int,
-    calibration: Calibration,
+    calibration: Calibration | None,
     *,
+    in_chans: int | None = None,
     channels: Mapping[int, int] | None = None,
     volume_model: torch.nn.Module | None = None,
+    budget_passes: float = math.inf,
+    named_specs: Iterable[str] = (),
+    seeds: int = 1,
+    training: Mapping[str, TrainingEstimate] | None = None,
 ) -> pd.DataFrame:
-    """One row per method family (specs without their @layer) and a ``total`` row.
+    """One row per method family (specs without their @layer), then the run's stages:
+    ``heatmaps``, ``training`` (with ``training``) and ``total``.
 
     Columns: ``family``, ``specs`` (tuple), ``forward`` and ``backward`` (slices through the
     classifier per volume, mean over ``shapes``, the validation volumes' (D, H, W)),
     ``volume_forward`` and ``volume_backward`` (the same for whole volumes through
-    ``volume_model``, the volume classifier of the 3D CAMs),
-    ``s_per_volume``, ``hours`` (all its specs and volumes), ``peak_mb`` (one batch,
-    measured, plus slicing and backprojection buffers, modelled; without classifier
-    passes, as the baselines: a float32 heatmap), ``summary_kb`` (kept per
-    volume and spec: the A.7 summary) and ``heatmap_mb`` (a float32 heatmap, kept only on
-    request). Each family is estimated as run alone through ``compute_heatmaps`` (sharing
-    inside the family only); a run of several families shares slices between them too, so
-    the total is an upper bound. Unknown costs (a plugin that states none, a 3D CAM
-    without a priced volume classifier) are NaN.
+    ``volume_model``, the volume classifier of the 3D CAMs), ``work`` (counted work per
+    volume, :func:`counted_prices`: what the budget reads), ``s_per_volume`` and ``hours``
+    (every volume, times ``seeds`` classifiers) at ``calibration``'s measured prices (NaN
+    without), ``peak_mb`` (one batch, measured, plus slicing and backprojection buffers,
+    modelled; without classifier passes, as the baselines: a float32 heatmap),
+    ``summary_kb`` (kept per volume and spec: the A.7 summary) and ``heatmap_mb`` (a
+    float32 heatmap, kept only on request); in the stage rows, for all their specs.
+
+    A family row is that family run alone. The ``heatmaps`` row is what the run computes:
+    the specs :func:`within_budget` keeps (``budget_passes``, ``named_specs``) run together,
+    their shared passes counted once (:func:`shared_passes`, per classifier), on every
+    volume for each of ``seeds`` classifiers. ``training`` is each classifier the run
+    trains ({name: :func:`~benchmark.train.training_estimate`}, its steps to the cap, an
+    upper bound when early stopping ends sooner, and validations) and its report on the
+    ``shapes``' volumes (as many validated volumes), times ``seeds``. ``total`` = heatmaps
+    + training; start-up, the protocol and the pages are not counted. Unknown costs (a
+    plugin that states none, a 3D CAM without a priced volume classifier) are NaN.
+    ``in_chans``: the classifier's input channels when there is no ``calibration`` (which
+    holds them).
     """
     specs = list(dict.fromkeys(specs))
     shapes = [tuple(int(n) for n in s) for s in shapes]
     if not shapes:
         raise ValueError("plan: no validation volumes to estimate")
-    if channels is None:
-        channels = layer_channels(model, calibration.in_chans, calibration.slice_size)
-    volume_channels = {}
-    if volume_model is not None:  # it resizes any volume to its input size
-        volume_channels = layer_channels(volume_model, calibration.in_chans, shapes[0])
-    mean_shape = tuple(int(round(float(np.mean([s[i] for s in shapes])))) for i in range(3))
-    kept = summary_bytes(mean_shape) / 1024
-    heatmap_mb = float(np.mean([math.prod(s) for s in shapes])) * 4 / 2**20
-    families: dict[str, list[str]] = {}
     for spec in specs:
         parse_spec(spec)
+    tomography = tomography or TomographyConfig()
+    in_chans = calibration.in_chans if calibration is not None else in_chans
+    if channels is None:
+        channels = layer_channels(model, in_chans, tomography.slice_size)
+    volume_channels = {}
+    if volume_model is not None:  # it resizes any volume to its input size
+        volume_channels = layer_channels(volume_model, in_chans, shapes[0])
+    counted = [
+        counted_prices(tomography.slice_size, volume_input_voxels(volume_model, s)) for s in shapes
+    ]
+    mean_shape = tuple(int(round(float(np.mean([s[i] for s in shapes])))) for i in range(3))
+    kept_kb = summary_bytes(mean_shape) / 1024
+    heatmap_mb = float(np.mean([math.prod(s) for s in shapes])) * 4 / 2**20
+    methods = {s: create_method(s, config=tomography, batch_size=batch_size) for s in specs}
+
+    def work(members: Sequence[Method]) -> list[Passes] | None:
+        """Per volume, the passes of ``members`` run together, one call per classifier."""
+        kinds: dict[str, list[Method]] = {}
+        for method in members:
+            kinds.setdefault(method.classifier, []).append(method)
+        out = []
+        for shape in shapes:
+            total = Passes(0)
+            for kind, group in kinds.items():
+                passes = shared_passes(group, shape, volume_channels if kind == "3d" else channels)
+                if passes is None:
+                    return None
+                total = total + passes
+            out.append(total)
+        return out
+
+    def row(name: str, members: Sequence[str], passes: list[Passes] | None, peak: float) -> dict:
+        stage = name in STAGE_ROWS  # sizes for all its specs, not per spec
+        passes = passes or []  # unknown: NaN
+        priced = [math.nan] if calibration is None else [seconds(p, calibration) for p in passes]
+        return {
+            "family": name,
+            "specs": tuple(members),
+            **{
+                field: float(np.mean([getattr(p, field) for p in passes])) if passes else math.nan
+                for field in ("forward", "backward", "volume_forward", "volume_backward")
+            },
+            "work": (
+                float(np.mean([seconds(p, c) for p, c in zip(passes, counted, strict=True)]))
+                if passes
+                else math.nan
+            ),
+            "s_per_volume": float(np.mean(priced)) if passes else math.nan,
+            "hours": float(np.sum(priced)) * seeds / HOUR if passes else math.nan,
+            "peak_mb": peak,
+            "summary_kb": kept_kb * (len(members) if stage else 1),
+            "heatmap_mb": heatmap_mb * (len(members) if stage else 1),
+        }
+
+    families: dict[str, list[str]] = {}
+    for spec in specs:
         families.setdefault(family_of(spec), []).append(spec)
+    heatmap_peak = math.prod(mean_shape) * 4 / 2**20
     rows = []
     for family, members in families.items():
-        methods = [create_method(s, config=tomography, batch_size=batch_size) for s in members]
-        volume = methods[0].classifier == "3d"
-        stage_channels = volume_channels if volume else channels
-        work = [family_passes(methods, shape, stage_channels) for shape in shapes]
-        known = all(w is not None for w in work)
-        per_volume = [seconds(w, calibration) for w in work] if known else [math.nan]
-        if volume:  # one volume at a time, and its upsampled heatmap
+        first, passes = methods[members[0]], work([methods[s] for s in members])
+        if calibration is None:
+            peak = math.nan
+        elif first.classifier == "3d":  # one volume at a time, and its upsampled heatmap
             peak = (calibration.volume_peak_mb or 0.0) if volume_model is not None else math.nan
-            peak += math.prod(mean_shape) * 4 / 2**20
-        elif known and not any(w.forward for w in work):  # no classifier: the heatmap alone
-            peak = math.prod(mean_shape) * 4 / 2**20
+            peak += heatmap_peak
+        elif passes is not None and not any(p.forward for p in passes):  # no classifier
+            peak = heatmap_peak  # the heatmap alone
         else:
             peak = calibration.peak_memory_mb or 0.0
-            peak += _geometry_mb(methods[0], mean_shape, calibration.in_chans)
-        rows.append(
-            {
-                "family": family,
-                "specs": tuple(members),
-                "forward": float(np.mean([w.forward for w in work])) if known else math.nan,
-                "backward": float(np.mean([w.backward for w in work])) if known else math.nan,
-                "volume_forward": (
-                    float(np.mean([w.volume_forward for w in work])) if known else math.nan
-                ),
-                "volume_backward": (
-                    float(np.mean([w.volume_backward for w in work])) if known else math.nan
-                ),
-                "s_per_volume": float(np.mean(per_volume)),
-                "hours": float(np.sum(per_volume)) / HOUR if known else math.nan,
-                "peak_mb": peak if known else math.nan,
-                "summary_kb": kept,
-                "heatmap_mb": heatmap_mb,
-            }
-        )
+            peak += _geometry_mb(first, mean_shape, calibration.in_chans)
+        rows.append(row(family, members, passes, peak if passes is not None else math.nan))
     frame = pd.DataFrame(rows)
-    total = {
-        "family": "total",
-        "specs": tuple(specs),
-        "forward": frame["forward"].sum(),
-        "backward": frame["backward"].sum(),
-        "volume_forward": frame["volume_forward"].sum(),
-        "volume_backward": frame["volume_backward"].sum(),
-        "s_per_volume": frame["s_per_volume"].sum(),
-        "hours": frame["hours"].sum(),
-        "peak_mb": frame["peak_mb"].max(),
-        "summary_kb": kept * len(specs),
-        "heatmap_mb": heatmap_mb * len(specs),
-    }
-    return pd.concat([frame, pd.DataFrame([total])], ignore_index=True)
+    kept, _ = within_budget(frame, budget_passes, named_specs)
+    holding = frame[[any(s in kept for s in f) for f in frame.specs]]
+    stages = [row("heatmaps", kept, work([methods[s] for s in kept]), holding.peak_mb.max())]
+    if training is not None:  # and each classifier's report on the evaluation split
+        seconds_each = [e.seconds + e.s_per_validated * len(shapes) for e in training.values()]
+        hours = sum(seconds_each) * seeds / HOUR
+        stages.append({"family": "training", "specs": (), "hours": hours})
+    total = {**stages[0], "family": "total"}
+    total["hours"] = sum(stage["hours"] for stage in stages)
+    return pd.concat([frame, pd.DataFrame([*stages, total])], ignore_index=True)
 
 
 def within_budget(
-    plan_frame: pd.DataFrame, budget_hours: float, named_specs: Iterable[str] = ()
+    plan_frame: pd.DataFrame, budget_passes: float, named_specs: Iterable[str] = ()
 ) -> tuple[list[str], dict[str, str]]:
-    """(kept specs, {left-out spec: reason}): a family whose estimated hours alone exceed
-    ``budget_hours`` leaves ``all`` and wildcards; a spec in ``named_specs`` always runs,
-    and so does a family of unknown cost.
+    """(kept specs, {left-out spec: reason}): a family whose counted ``work`` per volume
+    exceeds ``budget_passes`` leaves ``all`` and wildcards; the families of ALWAYS_IN_ALL
+    never do, nor a spec in ``named_specs``, nor a family of unknown cost.
 
     Each family is judged alone against the whole budget, not greedily in order: its
-    estimate does not depend on which families come before it or on the order a user
-    wrote them, a plugin cannot push a built-in out, and families share slices when run
+    work does not depend on which families come before it or on the order a user wrote
+    them, a plugin cannot push a built-in out, and families share passes when run
     together, so a running sum would overstate the cost of the later ones. The plan's
-    total row says whether the kept families together fit.
+    stage rows say what the kept families cost together.
     """
     named = set(named_specs)
     kept: list[str] = []
     left_out: dict[str, str] = {}
-    for row in plan_frame[plan_frame["family"] != "total"].itertuples():
-        over = not math.isnan(row.hours) and row.hours > budget_hours
+    for row in plan_frame[~plan_frame["family"].isin(STAGE_ROWS)].itertuples():
+        over = row.family not in ALWAYS_IN_ALL and row.work > budget_passes  # NaN: kept
         for spec in row.specs:
             if over and spec not in named:
                 left_out[spec] = (
-                    f"{row.family}: {row.hours:,.1f} h estimated > budget {budget_hours:g} h"
+                    f"{row.family}: {row.work:,.0f} passes / volume > budget {budget_passes:,.0f}"
                 )
             else:
                 kept.append(spec)
@@ -449,23 +575,23 @@ def format_plan(
     rows = []
     for row in plan_frame.itertuples():
         out = [s for s in row.specs if s in left_out]
-        status = "" if not out or row.family == "total" else f"left out ({len(out)})"
-        rows.append(
-            (
-                row.family,
-                len(row.specs),
-                _number(row.forward),
-                _number(row.backward),
-                _number(row.volume_forward),
-                _number(row.volume_backward),
-                _number(row.s_per_volume, 2),
-                _number(row.hours, 2),
-                _number(row.peak_mb),
-                _number(row.summary_kb, 1),
-                _number(row.heatmap_mb, 1),
-                status,
-            )
-        )
+        status = f"left out ({len(out)})" if out and row.family not in STAGE_ROWS else ""
+        cells = [
+            _number(row.forward),
+            _number(row.backward),
+            _number(row.volume_forward),
+            _number(row.volume_backward),
+            _number(row.work),
+            _number(row.s_per_volume, 2),
+            _number(row.hours, 2),
+            _number(row.peak_mb),
+            _number(row.summary_kb, 1),
+            _number(row.heatmap_mb, 1),
+        ]
+        if row.family == "training":  # its hours alone
+            cells = ["" if i != 6 else cell for i, cell in enumerate(cells)]
+        specs = len(row.specs) if row.family != "training" else ""
+        rows.append((row.family, specs, *cells, status))
     headers = (
         "family",
         "specs",
@@ -473,6 +599,7 @@ def format_plan(
         "backward / vol",
         "3D forward / vol",
         "3D backward / vol",
+        "work / vol",
         "s / vol",
         "hours",
         "peak MiB",
@@ -495,13 +622,20 @@ def format_plan(
                 f" {c.volume_backward_s:.3f} s forward+backward per volume\n" + text
             )
     text += (
-        "\n\nEach family is estimated as run alone; families run together share slices, so"
-        " the total is an upper bound."
+        "\n\nwork / vol: counted work in forward-equivalents (a slice through the classifier"
+        f" = 1, its backward {BACKWARD_FORWARDS:g} more), the same on every machine: the"
+        " budget (--set budget_passes=N) compares it. s / vol and hours: at the prices"
+        " measured above, shown, never used to choose. A family row is that family run"
+        " alone; heatmaps: the kept specs run together (shared passes counted once) on every"
+        " validation volume, for each classifier (--seeds); training: the lines below and"
+        " each classifier's report; total: heatmaps + training (start-up, the protocol and"
+        " the pages not counted)."
     )
-    for name, estimate in (training or {}).items():
+    for name, e in (training or {}).items():
         text += (
-            f"\n\ntraining {name}: {estimate.s_per_step:.2f} s / step x {estimate.iterations}"
-            f" steps (cap) = {estimate.seconds / HOUR:.2f} h, before the methods"
+            f"\n\ntraining {name}: {e.s_per_step:.2f} s / step x {e.iterations} steps (cap)"
+            f" + {e.s_per_validated:.2f} s x {e.validated} validated volumes"
+            f" = {e.seconds / HOUR:.2f} h a classifier, before the methods"
         )
     reasons = sorted(set(left_out.values()))
     if reasons:
@@ -527,30 +661,50 @@ def plan_run(
     tomography: TomographyConfig,
     batch_size: int,
     device: torch.device,
-    budget_hours: float,
+    budget_passes: float,
     in_chans: int,
     volume_model: torch.nn.Module | None = None,
-) -> tuple[pd.DataFrame, Calibration, list[str], dict[str, str]]:
-    """Everything ``run --plan`` needs in one call: (plan, calibration, kept specs,
-    {left-out spec: reason}) for ``--methods`` tokens ``methods`` over the validation
-    volumes' ``shapes``; print ``format_plan(plan, calibration, left_out)``. Without a
+    *,
+    measure: bool = True,
+    seeds: int = 1,
+    training: Mapping[str, TrainingEstimate] | None = None,
+) -> tuple[pd.DataFrame, Calibration | None, list[str], dict[str, str]]:
+    """Everything ``run`` needs in one call: (plan, calibration, kept specs, {left-out
+    spec: reason}) for ``--methods`` tokens ``methods`` over the validation volumes'
+    ``shapes``; print ``format_plan(plan, calibration, left_out, training)``. What is kept
+    is counted, not measured: ``measure`` (``run --plan``) prices the plan on ``device``
+    (:func:`calibrate`); without, the calibration is None and the times NaN. Without a
     ``volume_model`` (the volume classifier) the 3D CAMs' cost is unknown."""
     from methods import expand_specs
 
     methods = list(methods)
     specs = expand_specs(methods)
-    mean_shape = tuple(int(round(float(np.mean([s[i] for s in shapes])))) for i in range(3))
-    calibration = calibrate(
-        model,
-        in_chans,
-        tomography.slice_size,
-        batch_size,
-        device,
-        shape=mean_shape,
-        volume_model=volume_model,
-    )
+    calibration = None
+    if measure:
+        mean_shape = tuple(int(round(float(np.mean([s[i] for s in shapes])))) for i in range(3))
+        calibration = calibrate(
+            model,
+            in_chans,
+            tomography.slice_size,
+            batch_size,
+            device,
+            shape=mean_shape,
+            volume_model=volume_model,
+        )
+    named = named_outright(methods)
     frame = plan(
-        specs, shapes, model, tomography, batch_size, calibration, volume_model=volume_model
+        specs,
+        shapes,
+        model,
+        tomography,
+        batch_size,
+        calibration,
+        in_chans=in_chans,
+        volume_model=volume_model,
+        budget_passes=budget_passes,
+        named_specs=named,
+        seeds=seeds,
+        training=training,
     )
-    kept, left_out = within_budget(frame, budget_hours, named_outright(methods))
+    kept, left_out = within_budget(frame, budget_passes, named)
     return frame, calibration, kept, left_out

@@ -73,6 +73,7 @@ from benchmark.leaderboard import (
     write_leaderboards,
 )
 from benchmark.metrics import KEYS
+from benchmark.plan import counted_prices, layer_channels, split_seconds, volume_input_voxels
 from benchmark.registry import natural_key
 from benchmark.report import (
     RUN_TABLES,
@@ -93,7 +94,7 @@ from benchmark.validation import calibration_ids, evaluation_context, ground_tru
 from datasets.base import safe_stem
 from methods import method_class
 from methods.config import TomographyConfig
-from methods.heatmaps import compute_heatmaps
+from methods.heatmaps import compute_groups
 from methods.registry import method_name
 
 log = logging.getLogger(__name__)
@@ -163,10 +164,11 @@ class Job:
 
     ``images``/``truths`` are the volumes' content digests (cache addresses); ``options``
     the specs' fitted options (:func:`fitted_options`), folded into their entries'
-    addresses (:meth:`image`); ``keep`` the volumes whose full heatmaps stay on disk (the
-    figure's; all with ``save_heatmaps``); ``unscored`` the positives whose annotation is
-    empty (no localisation score); ``failed`` the specs and volumes that failed in this
-    run (not tried again).
+    addresses (:meth:`image`); ``channels`` its classifier's per stage
+    (:func:`~benchmark.plan.layer_channels`, to split shared seconds); ``keep`` the volumes
+    whose full heatmaps stay on disk (the figure's; all with ``save_heatmaps``);
+    ``unscored`` the positives whose annotation is empty (no localisation score);
+    ``failed`` the specs and volumes that failed in this run (not tried again).
     """
 
     dataset: Any
@@ -179,6 +181,7 @@ class Job:
     keep: set[str]
     unscored: set[str]
     options: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    channels: dict[int, int] = dataclasses.field(default_factory=dict)  # per stage
     images: dict[str, str] = dataclasses.field(default_factory=dict)
     truths: dict[str, str] = dataclasses.field(default_factory=dict)
     failed: set[str] = dataclasses.field(default_factory=set)  # specs and volumes: not again
@@ -317,15 +320,23 @@ def _store_heatmaps(
     bar: tqdm,
     specs: list[str],
 ) -> None:
-    """Compute ``specs`` on one volume in one call, keeping each heatmap as it arrives
-    (:meth:`Job.save`); its seconds run from the previous arrival."""
+    """Compute ``specs`` on one volume in one call, group by group (:func:`compute_groups`),
+    keeping each heatmap as its group arrives (:meth:`Job.save`); a group's seconds, from
+    the previous group's arrival, are split among its specs by their share of counted work
+    (:func:`~benchmark.plan.split_seconds`)."""
+    shape = tuple(image.shape[1:])
     start = time.perf_counter()
-    heatmaps = compute_heatmaps(specs, image, model, job.tomography, job.batch_size, job.options)
-    for spec, heatmap in heatmaps:
-        array = _valid_heatmap(heatmap, image.shape[1:])
-        job.save(spec, volume, array, time.perf_counter() - start, grids)
-        bar.set_postfix_str(f"{volume.id} {spec}", refresh=False)
-        bar.update()
+    groups = compute_groups(specs, image, model, job.tomography, job.batch_size, job.options)
+    for methods, heatmaps in groups:
+        seconds = time.perf_counter() - start
+        voxels = volume_input_voxels(model if methods[0].classifier == "3d" else None, shape)
+        prices = counted_prices(job.tomography.slice_size, voxels)
+        shares = split_seconds(seconds, methods, shape, job.channels, prices)
+        for spec, heatmap in heatmaps.items():
+            array = _valid_heatmap(heatmap, shape)
+            job.save(spec, volume, array, shares[spec], grids)
+            bar.set_postfix_str(f"{volume.id} {spec}", refresh=False)
+            bar.update()
         start = time.perf_counter()
 
 
@@ -361,8 +372,8 @@ def compute_missing_heatmaps(
     not complete in the store; failures, one line each.
 
     A volume that cannot be loaded is reported and skipped; a spec that fails is reported
-    and not run again: everything else is computed and stored. A heatmap's seconds run
-    from the previous arrival: work that specs share counts for the first to arrive.
+    and not run again: everything else is computed and stored. Work that specs share is
+    split among them (:func:`_store_heatmaps`).
     """
     todo = {
         v: [s for s in job.specs if s not in job.failed and not job.complete(s, v, grids)]
@@ -454,8 +465,10 @@ class RunOutputs:
 def timings_table(job: Job) -> pd.DataFrame:
     """Seconds spent on each spec's heatmaps (when they were computed), with its family.
 
-    Work that :func:`compute_heatmaps` shares between specs counts for the spec that
-    delivered first.
+    Work that :func:`~methods.heatmaps.compute_groups` shares between specs (one pass for
+    the gradient CAMs of a geometry) is split among them by their share of counted work,
+    each spec's as run alone (:func:`~benchmark.plan.split_seconds`): the specs' seconds
+    sum to the measured time.
     """
     rows = [
         {
@@ -591,6 +604,17 @@ def check_classifier(
     )
     calibration = calibration_ids(volume_ids, config.calibration_volumes, config.seed)
     keep = set(figures.figure_ids(dataset, volume_ids, set(unscored), config.figure_volumes))
+    model = load_classifier(checkpoint, context.device)
+    trained = read_checkpoint(checkpoint)
+    classifier = trained.get("classifier", "2d")  # what the checkpoint holds
+    wrong = [s for s in specs if method_class(s).classifier != classifier]
+    if wrong:
+        raise ValueError(
+            f"{checkpoint} holds a {classifier} classifier; {wrong[0]} explains a "
+            f"{method_class(wrong[0]).classifier} one"
+        )
+    # a slice, or a volume: the volume classifier resizes it to its input size
+    probe = tomography.slice_size if classifier == "2d" else dataset.geometry(volume_ids[0])[0]
     job = Job(
         dataset,
         list(specs),
@@ -602,16 +626,8 @@ def check_classifier(
         keep=set(volume_ids) if config.save_heatmaps or config.keep_heatmaps else keep,
         unscored=set(unscored),
         options=dict(options or {}),
+        channels=layer_channels(model, len(dataset.channels), probe),
     )
-    model = load_classifier(checkpoint, context.device)
-    trained = read_checkpoint(checkpoint)
-    classifier = trained.get("classifier", "2d")  # what the checkpoint holds
-    wrong = [s for s in specs if method_class(s).classifier != classifier]
-    if wrong:
-        raise ValueError(
-            f"{checkpoint} holds a {classifier} classifier; {wrong[0]} explains a "
-            f"{method_class(wrong[0]).classifier} one"
-        )
     report = None
     if context.is_main:
         report = classifier_sanity(job, model, trained["config"])

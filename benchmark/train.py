@@ -1260,14 +1260,20 @@ def _write_config(
 @dataclasses.dataclass(frozen=True)
 class TrainingEstimate:
     """Measured seconds per training step times the config's iterations (the cap: early
-    stopping may end sooner; validations are not counted)."""
+    stopping may end sooner), and measured seconds per validated volume times the volumes
+    that the validations of those iterations score."""
 
     s_per_step: float
     iterations: int
+    s_per_validated: float = 0.0
+    validated: int = 0
 
     @property
     def seconds(self) -> float:
-        return self.s_per_step * self.iterations
+        return self.s_per_step * self.iterations + self.s_per_validated * self.validated
+
+
+VALIDATION_SAMPLE = 2  # volumes whose validation training_estimate times
 
 
 def training_estimate(
@@ -1278,12 +1284,29 @@ def training_estimate(
     steps: int = 2,
 ) -> TrainingEstimate:
     """Time ``steps`` steps of :func:`train`'s loop (:func:`step_function`) on ``device``
-    after one warm-up step: the one measurement of training cost, for ``bench train`` and
-    the run's plan."""
+    after one warm-up step, and the validation of VALIDATION_SAMPLE volumes: the one
+    measurement of training cost, for ``bench train`` and the run's plan. The validations
+    (:meth:`_Loop.validate`), every ``val_every`` steps and at the end, score the holdout
+    (then the evaluation split once, at the end) or, without one, the evaluation split."""
     device = resolve_device(device)
     config = resolve_iterations(config, _dataset_info(dataset)["name"])
     step = step_function(config, dataset, device)
-    return TrainingEstimate(mean_seconds(step, device, steps), config.iterations)
+    s_per_step = mean_seconds(step, device, steps)
+    split = _split_ids(dataset, config)
+    checked = split["holdout"] or split["val"]
+    due = -(-config.iterations // config.val_every)  # every val_every steps, and the last
+    validated = due * len(checked) + (len(split["val"]) if split["holdout"] else 0)
+    sample = checked[:VALIDATION_SAMPLE]
+    if not sample:
+        return TrainingEstimate(s_per_step, config.iterations)
+    batches = batches_for(config)
+    model = batches.build_model(len(dataset.channels), initial=False).to(device)
+
+    def validate() -> None:
+        batches.volume_logits(model, dataset, sample, batches.chunk)
+
+    s_per_validated = mean_seconds(validate, device, 1) / len(sample)
+    return TrainingEstimate(s_per_step, config.iterations, s_per_validated, validated)
 
 
 def step_function(

@@ -136,10 +136,16 @@ def slice_wise_heatmaps(
     methods: Sequence[SliceWiseCAM], volume: Tensor, model: nn.Module
 ) -> dict[str, Tensor]:
     """{spec: heatmap} of slice-wise methods sharing a configuration: each axis is sliced
-    once, and each (equation, layer) map computed once for all methods that need it."""
-    maps, size = cam_maps(methods, model), methods[0].config.slice_size
+    once, and each (equation, layer) map computed once for the methods that need it on
+    that axis (an axial ScoreCAM beside a 3-axis CAM is not run on the other two)."""
+    size = methods[0].config.slice_size
     axes = sorted({axis for m in methods for axis in m.axes})
-    per_axis = {axis: tomography.reslice(volume, maps, axis, size) for axis in axes}
+    per_axis = {
+        axis: tomography.reslice(
+            volume, cam_maps([m for m in methods if axis in m.axes], model), axis, size
+        )
+        for axis in axes
+    }
     return {m.spec: sum(per_axis[a][m.maps_key] for a in m.axes) / len(m.axes) for m in methods}
 
 

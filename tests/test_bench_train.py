@@ -84,3 +84,17 @@ def test_the_share_of_slices_that_cut_a_lesion_is_the_share_of_offsets_inside_a_
     share = lesion_slice_share(config, Balls(), volumes=2, draws=8)
     offsets = torch.linspace(-1, 1, 32)
     assert share == pytest.approx(float((offsets.abs() < 0.5).float().mean()), abs=1 / 32)
+
+
+def test_the_training_estimate_counts_the_volumes_every_validation_scores():
+    config = dataclasses.replace(EARLY, iterations=10, batch_volumes=2, slices_per_volume=4)
+    data = BlobSet(3.0, n_val=6)  # 32 training volumes, 4 + 4 held out
+    estimate = training.training_estimate(config, data, "cpu")
+    # the holdout at steps 4, 8 and 10 (the last), the evaluation split once at the end
+    assert (estimate.iterations, estimate.validated) == (10, 3 * 8 + 6)
+    assert estimate.s_per_step > 0 and estimate.s_per_validated > 0
+    assert estimate.seconds == pytest.approx(
+        10 * estimate.s_per_step + 30 * estimate.s_per_validated
+    )
+    without = training.training_estimate(dataclasses.replace(config, holdout=0.0), data, "cpu")
+    assert without.validated == 3 * 6  # the evaluation split at each

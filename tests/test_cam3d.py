@@ -190,7 +190,7 @@ def test_the_plan_prices_3d_cams_in_volumes_through_the_volume_classifier(model)
     unpriced = dataclasses.replace(PRICES, volume_forward_s=None, volume_backward_s=None)
     unknown = plan(specs, shapes, None, None, 4, unpriced, channels={})
     assert unknown[:-1].s_per_volume.isna().all()  # no volume classifier: unknown, kept
-    assert within_budget(unknown, budget_hours=0.0) == (specs, {})
+    assert within_budget(unknown, 0.0) == (specs, {})
 
 
 def test_calibration_prices_a_volume_through_the_volume_classifier(model):

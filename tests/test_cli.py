@@ -164,6 +164,23 @@ def test_bench_scale_prints_slopes_and_writes_a_png(tmp_path, capsys):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow  # a plan and a tiny run, in subprocesses: ~25 s on an idle 2-core CPU
+def test_bench_plan_prints_the_estimate_beside_the_measured_time(capsys):
+    args = ["bench", "plan", "--device", "cpu", "--methods", "tonno,layercam@1,gradcam@1"]
+    for option in ("n_train=8", "n_val=4", "shape=[8,16,16]"):
+        args += ["--dataset-option", option]
+    args += ["--set", "train.iterations=2", "train.slices_per_volume=4", "train.slice_size=16"]
+    args += ["tomography.slice_size=16", "tomography.n_angles=8", "batch_size=8", "folds=2"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    plan = next(line for line in out.splitlines() if line.startswith("| heatmaps "))
+    assert plan.split("|")[2].strip() == "3"  # the plan's row, then the stages side by side
+    for stage in ("heatmaps", "training (measured: and the rest)", "total"):
+        row = next(line for line in out.splitlines() if line.startswith(f"| {stage} "))
+        estimated, measured = (float(cell) for cell in row.split("|")[2:4])
+        assert estimated >= 0 and measured > 0
+
+
 @pytest.mark.parametrize("mistake", [["--set", "folds=0"], ["--methods", "nosuchmethod"]])
 def test_an_instant_mistake_is_answered_before_torch_is_imported(mistake):
     probe = (

@@ -69,6 +69,11 @@ CASES = {
     "seeds-and-checkpoint": ([], ["--seeds", "2", "--checkpoint", "{text}"], "pick one"),
     "bootstrap-0": ([], ["--set", "bootstrap_resamples=0"], "bootstrap_resamples"),
     "allow_chance-not-a-bool": ([], ["--set", "allow_chance=maybe"], "expected true/false"),
+    "budget_hours-replaced": (
+        [],
+        ["--set", "budget_hours=0.2"],
+        "--set budget_hours=0.2: budget_hours was replaced by budget_passes",
+    ),
     "plugin-missing": (["--plugins", "nosuchmodule"], [], "nosuchmodule"),
     "cache-under-a-file": ([], ["--set", "TONNO_CACHE={file}/cache"], "a_file"),
 }

@@ -12,7 +12,7 @@ from timm.models.resnet import BasicBlock, ResNet
 
 from benchmark.config import TomographyConfig
 from benchmark.leaderboard import method_name
-from benchmark.plan import family_passes
+from benchmark.plan import shared_passes
 from methods import create_method, expand_specs, list_methods
 from methods.heatmaps import compute_heatmaps
 from methods.tomography import (
@@ -282,7 +282,7 @@ def test_stated_passes_are_the_counted_classifier_passes_and_solver_cuts(tiny_mo
     averaged = L * SHAPE[0] * SHAPE[1] * SHAPE[2]  # where the solver starts: eq. (12)
     assert stated.backprojected == averaged + 2 * (iterations + 2) * L * M * size**2
     family = [create_method(f"iterative_layercam@{k}", config=TINY) for k in (1, 2, 3, 4)]
-    work = family_passes(family, SHAPE, {})
+    work = shared_passes(family, SHAPE, {})
     assert (work.forward, work.cut) == (L * M, L * M)  # one shared pass for the 4 layers
     assert work.backprojected == 4 * stated.backprojected  # but a solve per layer
 

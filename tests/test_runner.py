@@ -120,11 +120,11 @@ def test_run_writes_tables_figure_and_the_folds(reference, capsys):
 def test_a_killed_run_resumes_to_the_same_numbers(reference, config, tmp_path, monkeypatch):
     cache = use_cache(monkeypatch, tmp_path / "cache")
     args = tiny_args(config, tmp_path / "run")
-    slow = (  # each heatmap takes 0.2 s more, so that the kill lands among them
-        "import sys, time; import benchmark.runner as r; compute = r.compute_heatmaps\n"
+    slow = (  # each group of heatmaps takes 0.2 s more, so that the kill lands among them
+        "import sys, time; import benchmark.runner as r; compute = r.compute_groups\n"
         "def slow(*a, **k):\n    for item in compute(*a, **k):\n"
         "        time.sleep(0.2)\n        yield item\n"
-        "r.compute_heatmaps = slow\nfrom benchmark.cli import main\nsys.exit(main(sys.argv[1:]))"
+        "r.compute_groups = slow\nfrom benchmark.cli import main\nsys.exit(main(sys.argv[1:]))"
     )
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     process = subprocess.Popen(

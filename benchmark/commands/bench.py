@@ -1,10 +1,12 @@
-"""``bench tomography|methods|scale|figure4|train``: throughput, overhead and speed-up
+"""``bench tomography|methods|scale|figure4|train|plan``: throughput, overhead and speed-up
 ratios, how time, memory and bytes kept grow with the volume and with L, side by side,
-and the 2D and 3D classifiers' estimated training times."""
+the 2D and 3D classifiers' estimated training times, and ``run --plan``'s estimate beside
+the measured time of the same run."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from benchmark.commands import add_dataset_arguments, add_set_argument, open_dataset
 
@@ -22,19 +24,25 @@ SCALE_CPU = {"n_angles": "16", "n_angles_cam": "16", "n_slices": "16", "slice_si
 # slices cost 12x more: --grids paper on a GPU)
 FIGURE4_SHAPE = (32, 64, 64)
 FIGURE4_CPU = {"n_angles_cam": "32", "n_slices": "16"}
+# bench plan: a small but real run, the paper's core and both baselines; 100 steps may
+# leave the classifier at chance, which would stop the run before its heatmaps
+PLAN_METHODS = "tonno,gradcam,layercam,averaged_layercam,tomographic_layercam,intensity,centre"
+PLAN_DATASET_OPTIONS = ("n_val=8",)
+PLAN_SETTINGS = {"train.iterations": "100", "allow_chance": "true"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "target",
-        choices=("tomography", "methods", "scale", "figure4", "train"),
+        choices=("tomography", "methods", "scale", "figure4", "train", "plan"),
         help="tomography: the core and ToNNO's overhead over its classifier; methods: "
         "slice-wise CAMs vs pytorch-grad-cam, per-volume times (3D CAMs too), peak memory vs "
         "chunk; "
         "scale: ToNNO and Tomographic LayerCAM@2 as the volume and L grow, log-log slopes; "
         "figure4: the paper's Figure 4 measured, Averaged vs Tomographic vs Iterative CAM; "
         "train: seconds per training step of the 2D and 3D classifiers (the preset's) on "
-        "--dataset, times their iterations",
+        "--dataset, times their iterations; plan: run --plan's estimate per stage beside the "
+        "measured time of the same run (--methods, --dataset-option, --set: the run's)",
     )
     add_dataset_arguments(parser, default="synthetic")
     parser.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda")
@@ -60,6 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "the steps and minutes to evaluation AUC --auc, where it stopped, its AUC",
     )
     parser.add_argument("--seeds", type=int, default=1, help="train --learn: classifiers")
+    parser.add_argument("--methods", default=PLAN_METHODS, help="plan: the run's methods")
     parser.add_argument(
         "--auc", type=float, default=0.95, help="train --learn: the evaluation AUC to reach"
     )
@@ -101,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
     preset = args.preset or ("paper" if device.type == "cuda" else "quick")
     if args.target == "train":
         return _run_train(args, preset, device)
+    if args.target == "plan":
+        return _run_plan(args, device)
     overrides = parse_overrides(args.overrides)
     if args.target == "scale" and device.type == "cpu" and args.preset is None:
         overrides = {**SCALE_CPU, **overrides}
@@ -298,4 +309,41 @@ def _run_train(args: argparse.Namespace, preset: str, device) -> int:
     if share is not None:
         print(f"training slices of positive volumes that cut a lesion: {share:.3f}")
     print(tabulate(rows, tablefmt="github", headers=headers, disable_numparse=True))
+    return 0
+
+
+def _run_plan(args: argparse.Namespace, device) -> int:
+    """``bench plan``: ``run --plan`` and the same run (by default a small one: PLAN_*),
+    in a temporary folder; its estimate per stage beside the measured seconds."""
+    import tempfile
+
+    from tabulate import tabulate
+
+    from benchmark.bench import bench_plan
+    from benchmark.config import parse_overrides
+
+    settings = {**PLAN_SETTINGS, **parse_overrides(args.overrides)}
+    options = args.dataset_option or PLAN_DATASET_OPTIONS
+    run_args = ["--dataset", args.dataset, "--methods", args.methods, "--device", device.type]
+    run_args += [a for option in options for a in ("--dataset-option", option)]
+    run_args += ["--set", *(f"{k}={v}" for k, v in settings.items())]
+    if args.root:
+        run_args += ["--root", args.root]
+    if args.preset:
+        run_args += ["--preset", args.preset]
+    with tempfile.TemporaryDirectory(prefix="bench-plan-") as folder:
+        text, stages = bench_plan(run_args, Path(folder))
+    print(text)
+    print(f"bench plan: python -m benchmark run {' '.join(run_args)}")
+    rows = [
+        (
+            s.stage,
+            f"{s.estimated:.0f}",
+            f"{s.measured:.0f}",
+            f"{s.measured / s.estimated:.2f}" if s.estimated > 0 else "n/a",
+        )
+        for s in stages
+    ]
+    headers = ("stage", "estimated s", "measured s", "measured / estimated")
+    print(tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True))
     return 0

@@ -63,8 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--plan",
         action="store_true",
-        help="print each method family's passes, estimated time, memory and disk on this "
-        "device, and what the budget (--set budget_hours=H) leaves out; compute nothing",
+        help="print each method family's counted work, its estimated time, memory and disk "
+        "on this device, what the budget (--set budget_passes=N) leaves out and what the "
+        "run costs in all (shared passes once, --seeds, training); compute nothing",
     )
     parser.add_argument(
         "--save-heatmaps",
@@ -189,9 +190,9 @@ def _run(args: argparse.Namespace, context, settings, shard, specs, left_out, da
     if "3d" in specs_by_classifier(specs):  # beside the 2D one: runs/<dataset>/<model>-<preset>
         config3d = resolve(Train3DConfig, preset, overrides=settings["train3d"], section="train3d")
         trained["3d"] = (config3d, out.parent / f"{config3d.model}-{preset}", None)
-    train_configs = {kind: train for kind, (train, _, _) in trained.items()}
+    seeds = parse_seeds(args.seeds, train_config.seed)
     specs, budget_note = _within_budget(
-        specs, config, tomography, train_configs, dataset, context, args.plan
+        specs, config, tomography, trained, seeds, dataset, context, out if args.plan else None
     )
     if args.plan:
         return 0
@@ -212,7 +213,6 @@ def _run(args: argparse.Namespace, context, settings, shard, specs, left_out, da
             ", ".join(unscored),
         )
 
-    seeds = parse_seeds(args.seeds, train_config.seed)
     checkpoints = [  # per seed, each classifier the specs need (the seed is both's)
         {
             kind: prepare_classifier(
@@ -284,11 +284,16 @@ def _slice_size(tomography, explicit: bool, checkpoints):
     return dataclasses.replace(tomography, slice_size=trained)
 
 
-def _within_budget(specs, config, tomography, train_configs, dataset, context, show: bool):
-    """The specs the run's budget keeps (rank 0 measures, every rank follows) and the
-    leaderboard note on the families it leaves out; with ``show``, the plan is printed,
-    with the training time of each classifier in ``train_configs`` ({"2d"|"3d": config})."""
-    from benchmark.plan import format_plan, plan_run
+def _within_budget(specs, config, tomography, trained, seeds, dataset, context, plan_dir):
+    """The specs the run's budget keeps (counted on rank 0, every rank follows: no clock)
+    and the leaderboard note on the families it leaves out; with ``plan_dir`` (the run
+    folder), the plan is printed and written to ``<plan_dir>/plan.csv``, priced on this
+    device, for the classifiers of ``seeds`` and with the training of each classifier in
+    ``trained`` ({"2d"|"3d": (config, folder, checkpoint given)}) that is not given and
+    not finished for every seed."""
+    from benchmark.checkpoint import CHECKPOINT, is_finished
+    from benchmark.plan import PLAN_CSV, format_plan, plan_run
+    from benchmark.report import write_csv
     from benchmark.train import batches_for, training_estimate
 
     plan = None
@@ -297,8 +302,19 @@ def _within_budget(specs, config, tomography, train_configs, dataset, context, s
         in_chans = len(dataset.channels)
         models = {
             kind: batches_for(train).build_model(in_chans, initial=False).to(context.device)
-            for kind, train in train_configs.items()
+            for kind, (train, _, _) in trained.items()
         }
+        base = trained["2d"][0].seed
+        training = None
+        if plan_dir is not None:
+            training = {
+                f"{kind} classifier {train.model}": training_estimate(
+                    train, dataset, context.device
+                )
+                for kind, (train, folder, given) in trained.items()
+                if given is None
+                and not all(is_finished(seed_folder(folder, s, base) / CHECKPOINT) for s in seeds)
+            }
         frame, calibration, kept, left_out = plan_run(
             config.methods,
             shapes,
@@ -306,35 +322,35 @@ def _within_budget(specs, config, tomography, train_configs, dataset, context, s
             tomography,
             config.batch_size,
             context.device,
-            config.budget_hours,
+            config.budget_passes,
             in_chans,
             volume_model=models.get("3d"),
+            measure=plan_dir is not None,
+            seeds=len(seeds),
+            training=training,
         )
         plan = (kept, left_out)
-        if show:
-            training = {
-                f"{kind} classifier {train.model}": training_estimate(
-                    train, dataset, context.device
-                )
-                for kind, train in train_configs.items()
-            }
+        if plan_dir is not None:
             print(format_plan(frame, calibration, left_out, training))
+            path = write_csv(frame.assign(specs=frame.specs.map(" ".join)), plan_dir / PLAN_CSV)
+            print(f"plan: {path}")
     kept, left_out = context.gather(plan)[0]
     left_out = {s: why for s, why in left_out.items() if s in specs}
     if not left_out:
         return specs, None
     reasons = sorted({why.split(" > ")[0] for why in left_out.values()})
+    budget = f"budget_passes={config.budget_passes:,.0f}"
     log.warning(
-        "the budget (budget_hours=%g) leaves out %d specs: %s; --set budget_hours=H raises "
-        "it, and a method named in --methods always runs",
-        config.budget_hours,
+        "the budget (%s forward-equivalent passes per volume) leaves out %d specs: %s; "
+        "--set budget_passes=N raises it, and a method named in --methods always runs",
+        budget,
         len(left_out),
         "; ".join(reasons),
     )
     note = (
-        f"Left out of `all` by the run's budget (`budget_hours={config.budget_hours:g}`, "
-        f"estimated on this device by `run --plan`): {'; '.join(reasons)}. "
-        "`--set budget_hours=H` raises it; a method named in `--methods` always runs."
+        f"Left out of `all` by the run's budget (`{budget}`, classifier work counted per "
+        f"validation volume by `run --plan`): {'; '.join(reasons)}. "
+        "`--set budget_passes=N` raises it; a method named in `--methods` always runs."
     )
     return [s for s in specs if s in kept], note
 
