@@ -1095,8 +1095,8 @@ class _Loop:
                 f"(patience {config.patience})"
             )
             every = max(config.patience // 2, 1)
-            halve = config.schedule == "plateau" and config.patience and run["stale"] % every == 0
-            if halve and best["above_chance"]:
+            halve = config.schedule == "plateau" and 0 < run["stale"] < config.patience
+            if halve and run["stale"] % every == 0 and best["above_chance"]:
                 verdict += f", lr halved to {self._halve_lr():.2e}"
         best = run["best"]
         self.postfix.update(holdout_auc=f"{auc:.3f}", holdout_loss=f"{loss:.3f}")

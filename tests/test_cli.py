@@ -170,6 +170,7 @@ def test_bench_plan_prints_the_estimate_beside_the_measured_time(capsys):
     for option in ("n_train=8", "n_val=4", "shape=[8,16,16]"):
         args += ["--dataset-option", option]
     args += ["--set", "train.iterations=2", "train.slices_per_volume=4", "train.slice_size=16"]
+    args += ["train.precision=float32"]  # bf16 overflowed at step 2 of this 16-px network
     args += ["tomography.slice_size=16", "tomography.n_angles=8", "batch_size=8", "folds=2"]
     assert main(args) == 0
     out = capsys.readouterr().out
