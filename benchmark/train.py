@@ -63,6 +63,8 @@ log = logging.getLogger(__name__)
 # the settings of checkpoints written before these fields existed
 OLD_CHECKPOINT_DEFAULTS = {"schedule": "cosine", "warmup": 0, "precision": "auto", "window": 1}
 VAL_SCORES = ("balanced_accuracy", "balanced_accuracy_at_0", "auc", "loss")
+# the progress bar of a training that stops early: no time "remaining" to the cap
+EARLY_STOPPING_BAR = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}, {rate_fmt}{postfix}]"
 T = TypeVar("T")
 
 
@@ -767,12 +769,14 @@ def train(
     meta = {"dataset": info, "in_chans": in_chans, "precision_used": precision, **data}
     net = _distributed_model(model, context)
     loop = _Loop(dataset, batches, split, context, model, run, scheduler)
+    stops_early = bool(split["holdout"]) and config.patience > 0
     with tqdm(
         total=config.iterations,
         initial=run["step"],
-        desc=f"train {info['name']}",
+        desc=f"train {info['name']}" + " (stops early; the total is the cap)" * stops_early,
         disable=not (progress and context.is_main),
         dynamic_ncols=True,
+        bar_format=EARLY_STOPPING_BAR if stops_early else None,
     ) as bar:  # closed on an error too: the error line starts on a line of its own
         for step in range(run["step"] + 1, config.iterations + 1):
             plan = batches.draw(split["positives"], split["negatives"], generator)

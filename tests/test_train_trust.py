@@ -306,6 +306,16 @@ def test_plateau_halves_the_lr_after_half_the_patience_and_resumes_exactly(tmp_p
         assert torch.equal(value, resumed["model"][key]), key
 
 
+def test_the_progress_bar_of_early_stopping_promises_no_time_to_the_cap(tmp_path, capsys):
+    config = dataclasses.replace(EARLY, iterations=8, patience=2)
+    train(BlobSet(3.0), config, tmp_path / "early", progress=True)
+    early = capsys.readouterr().err
+    assert "(stops early; the total is the cap)" in early and "/8 [" in early
+    assert not re.search(r"/8 \[\d+:\d+<", early)  # no "elapsed<remaining"
+    train(TinySet(), dataclasses.replace(TINY, iterations=4), tmp_path / "fixed", progress=True)
+    assert re.search(r"/4 \[\d+:\d+<\d+:\d+", capsys.readouterr().err)  # a fixed count: ETA
+
+
 def test_plateau_keeps_the_lr_of_a_classifier_at_chance(tmp_path, monkeypatch):
     _scripted_holdout(monkeypatch, [(0.7, 0.5)])  # its interval's lower bound: 0.4
     config = dataclasses.replace(
