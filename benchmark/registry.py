@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import importlib
+import math
 import re
 import types
 import typing
@@ -155,7 +156,14 @@ def convert_value(value: Any, annotation: Any, where: str) -> Any:
                 raise ValueError(f"{where}: expected true/false, got {value!r}")
             return lowered in ("true", "1", "yes")
         return bool(value)
+    if annotation is int and (
+        isinstance(value, bool) or (isinstance(value, float) and not value.is_integer())
+    ):
+        raise ValueError(f"{where}: expected a whole number, got {value!r}")  # YAML 2.7, true
     try:
-        return annotation(value)
+        converted = annotation(value)
     except (TypeError, ValueError) as error:
         raise ValueError(f"{where}: cannot read {value!r} as {annotation.__name__}") from error
+    if annotation is float and math.isnan(converted):
+        raise ValueError(f"{where}: expected a number, got nan")
+    return converted

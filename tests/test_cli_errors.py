@@ -186,6 +186,9 @@ def test_range_checks_name_the_yaml_file(tmp_path):
         ({"methods": 5}, None),  # a YAML scalar where a list goes: a one-item tuple
         ({"folds": [1, 2]}, "--set folds=[1, 2]: cannot read"),
         ({"methods": []}, "no method was given"),
+        ({"folds": 2.7}, "--set folds=2.7: expected a whole number, got 2.7"),  # YAML 2.7
+        ({"folds": True}, "--set folds=True: expected a whole number, got True"),
+        ({"budget_passes": "nan"}, "--set budget_passes=nan: expected a number, got nan"),
     ],
 )
 def test_values_of_the_wrong_shape_are_value_errors(overrides, message):
