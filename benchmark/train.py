@@ -769,7 +769,7 @@ def train(
     meta = {"dataset": info, "in_chans": in_chans, "precision_used": precision, **data}
     net = _distributed_model(model, context)
     loop = _Loop(dataset, batches, split, context, model, run, scheduler)
-    stops_early = bool(split["holdout"]) and config.patience > 0
+    stops_early = config.patience > 0  # _check: only with a holdout
     with tqdm(
         total=config.iterations,
         initial=run["step"],
@@ -1062,17 +1062,12 @@ class _Loop:
         row = {"step": step, **{k: float(result[k]) for k in VAL_SCORES}}
         run["holdout"].append({**row, "auc_ci_low": low, "auc_ci_high": high})
         recent = run["holdout"][-config.window :]
+        seen = (
+            f"step {step}: holdout AUC {result['auc']:.4f} [{low:.3f}, {high:.3f}], "
+            f"loss {result['loss']:.4f}"
+        )
         if len(recent) < config.window:  # two lucky validations are not a window of four
-            log.info(
-                "step %d: holdout AUC %.4f [%.3f, %.3f], loss %.4f; the window fills (%d of %d)",
-                step,
-                result["auc"],
-                low,
-                high,
-                result["loss"],
-                len(recent),
-                config.window,
-            )
+            log.info("%s; the window fills (%d of %d)", seen, len(recent), config.window)
             return False
         auc = float(np.mean([r["auc"] for r in recent]))
         loss = float(np.mean([r["loss"] for r in recent]))
@@ -1099,7 +1094,7 @@ class _Loop:
                 f"(patience {config.patience})"
             )
             every = max(config.patience // 2, 1)
-            halve = config.schedule == "plateau" and 0 < run["stale"] < config.patience
+            halve = config.schedule == "plateau" and run["stale"] < config.patience
             if halve and run["stale"] % every == 0 and best["above_chance"]:
                 verdict += f", lr halved to {self._halve_lr():.2e}"
         best = run["best"]
@@ -1115,13 +1110,8 @@ class _Loop:
             )
         smoothed = f"mean of {len(recent)}: " if config.window > 1 else ""
         log.info(
-            "step %d: holdout AUC %.4f [%.3f, %.3f], loss %.4f (%sAUC %.4f, loss %.4f), %s; "
-            "kept step %d%s",
-            step,
-            result["auc"],
-            low,
-            high,
-            result["loss"],
+            "%s (%sAUC %.4f, loss %.4f), %s; kept step %d%s",
+            seen,
             smoothed,
             auc,
             loss,
