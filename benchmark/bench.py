@@ -7,6 +7,7 @@ hold on any machine; nothing here is a pass/fail test.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -871,6 +872,21 @@ def lesion_slice_share(config, dataset, volumes: int = 12, draws: int = 4) -> fl
             slices = cut_slices(volume, params, config.slice_size)
             hits.append(slices.flatten(1).amax(1) > 0.5)
     return float(torch.cat(hits).float().mean())
+
+
+def slice_loss_floor(share: float) -> float:
+    """The smallest mean A.6 loss (nats; balanced classes) that any classifier reaches when
+    a share ``share`` of a positive volume's slices cut its lesion: a perfect lesion
+    detector says 1 on those, and on every other slice, of either class, the chance that
+    its volume is positive, q = (1 - share) / (2 - share). At chance the loss is ln 2; the
+    gap is all the signal A.6's labels give a classifier."""
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"share must be in [0, 1], got {share}")
+    q = (1.0 - share) / (2.0 - share)
+    if q == 0.0:
+        return 0.0
+    entropy = -(q * math.log(q) + (1.0 - q) * math.log(1.0 - q))
+    return (1.0 - share / 2.0) * entropy
 
 
 # --- bench plan: run --plan's estimate beside the same run's measured time ---

@@ -428,8 +428,8 @@ def plan(
     the specs :func:`within_budget` keeps (``budget_passes``, ``named_specs``) run together,
     their shared passes counted once (:func:`shared_passes`, per classifier), on every
     volume for each of ``seeds`` classifiers. ``training`` is each classifier the run
-    trains ({name: :func:`~benchmark.train.training_estimate`}, its steps to the cap, an
-    upper bound when early stopping ends sooner, and validations) and its report on the
+    trains ({name: :func:`~benchmark.train.training_estimate`}, its expected steps,
+    :func:`~benchmark.train.expected_steps`, and validations) and its report on the
     ``shapes``' volumes (as many validated volumes), times ``seeds``. ``total`` = heatmaps
     + training; start-up, the protocol and the pages are not counted. Unknown costs (a
     plugin that states none, a 3D CAM without a priced volume classifier) are NaN.
@@ -633,10 +633,16 @@ def format_plan(
     )
     for name, e in (training or {}).items():
         text += (
-            f"\n\ntraining {name}: {e.s_per_step:.2f} s / step x {e.iterations} steps (cap)"
+            f"\n\ntraining {name}: {e.s_per_step:.2f} s / step x {e.iterations} steps"
             f" + {e.s_per_validated:.2f} s x {e.validated} validated volumes"
             f" = {e.seconds / HOUR:.2f} h a classifier, before the methods"
         )
+        if e.cap is not None:
+            text += (
+                f" ({e.iterations} steps: twice the fewest early stopping takes; at most"
+                f" {e.cap} steps, {e.s_per_step * e.cap / HOUR:.2f} h of steps, when the"
+                " classifier keeps improving or never learns)"
+            )
     reasons = sorted(set(left_out.values()))
     if reasons:
         text += "\n\nleft out of all / wildcards (name a spec to run it anyway):\n"

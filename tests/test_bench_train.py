@@ -5,12 +5,19 @@ from __future__ import annotations
 import dataclasses
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from test_train_trust import EARLY, BlobSet
 
 import benchmark.train as training
-from benchmark.bench import StepVariant, bench_learning, bench_training_step, lesion_slice_share
+from benchmark.bench import (
+    StepVariant,
+    bench_learning,
+    bench_training_step,
+    lesion_slice_share,
+    slice_loss_floor,
+)
 
 
 def test_each_step_variant_runs_the_step_it_names(monkeypatch):
@@ -98,3 +105,29 @@ def test_the_training_estimate_counts_the_volumes_every_validation_scores():
     )
     without = training.training_estimate(dataclasses.replace(config, holdout=0.0), data, "cpu")
     assert without.validated == 3 * 6  # the evaluation split at each
+
+
+def test_early_stopping_is_priced_at_twice_its_fewest_steps_below_the_cap():
+    data = BlobSet(3.0, n_val=6)
+    config = dataclasses.replace(EARLY, iterations=200, batch_volumes=2, slices_per_volume=4)
+    # a window of 1 then patience 3 validations, every 4 steps: 16 steps at the fewest
+    estimate = training.training_estimate(config, data, "cpu")
+    assert (estimate.iterations, estimate.cap) == (32, 200)
+    assert estimate.validated == 8 * 8 + 6  # holdout at steps 4, 8, ..., 32; then the split
+    fixed = training.training_estimate(dataclasses.replace(config, patience=0), data, "cpu")
+    assert (fixed.iterations, fixed.cap) == (200, None)  # no early stopping: the count
+
+
+@pytest.mark.parametrize("share", [0.0, 0.065, 0.275, 0.5])
+def test_the_slice_loss_floor_is_the_best_loss_any_classifier_reaches(share):
+    """Oracle: minimise A.6's expected loss over what a classifier says on slices without
+    a lesion (a perfect detector says 1 on the rest; they cost nothing)."""
+    from scipy.optimize import minimize_scalar
+
+    def expected(p):  # a positive's lesion-free slices say 1, a negative's all say 0
+        return ((1 - share) * -np.log(p) + -np.log(1 - p)) / 2
+
+    best = minimize_scalar(expected, bounds=(1e-9, 1 - 1e-9), method="bounded").fun
+    assert slice_loss_floor(share) == pytest.approx(best, abs=1e-6)
+    assert slice_loss_floor(0.0) == pytest.approx(np.log(2))
+    assert slice_loss_floor(1.0) == 0.0  # every positive slice cuts a lesion: no noise

@@ -240,8 +240,14 @@ def test_budget_leaves_an_expensive_family_out_of_all_but_runs_it_when_named(tin
     training = {"3d classifier resnet10_3d": TrainingEstimate(0.6, 150, 0.5, 36)}
     table = format_plan(frame, PRICES, left_out, training)
     assert (
-        "training 3d classifier resnet10_3d: 0.60 s / step x 150 steps (cap) + 0.50 s x 36"
-        " validated volumes = 0.03 h a classifier" in table
+        "training 3d classifier resnet10_3d: 0.60 s / step x 150 steps + 0.50 s x 36"
+        " validated volumes = 0.03 h a classifier, before the methods\n" in table + "\n"
+    )
+    early = {"2d classifier r": TrainingEstimate(0.6, 600, 0.5, 36, cap=4000)}
+    assert (
+        "x 600 steps + 0.50 s x 36 validated volumes = 0.11 h a classifier, before the methods"
+        " (600 steps: twice the fewest early stopping takes; at most 4000 steps, 0.67 h of"
+        " steps," in format_plan(frame, PRICES, left_out, early)
     )
 
 

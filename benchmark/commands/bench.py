@@ -6,6 +6,7 @@ the measured time of the same run."""
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from benchmark.commands import add_dataset_arguments, add_set_argument, open_dataset
@@ -229,7 +230,12 @@ def _run_train(args: argparse.Namespace, preset: str, device) -> int:
     classifier takes to learn ``--dataset``."""
     from tabulate import tabulate
 
-    from benchmark.bench import bench_learning, bench_training_step, lesion_slice_share
+    from benchmark.bench import (
+        bench_learning,
+        bench_training_step,
+        lesion_slice_share,
+        slice_loss_floor,
+    )
     from benchmark.config import (
         TRAIN_SECTIONS,
         Train3DConfig,
@@ -273,10 +279,11 @@ def _run_train(args: argparse.Namespace, preset: str, device) -> int:
                     training_precision(device, chosen.precision),
                     f"{estimate.s_per_step:.3f}",
                     estimate.iterations,
+                    estimate.cap or estimate.iterations,
                     f"{estimate.seconds / 3600:.2f}",
                 )
             )
-        headers = ("classifier", "model", "precision", "s / step", "iterations (cap)", "hours")
+        headers = ("classifier", "model", "precision", "s / step", "steps expected", "cap", "hours")
         print(tabulate(rows, tablefmt="github", headers=headers))
         return 0
     seeds = range(config.seed, config.seed + args.seeds)
@@ -307,7 +314,12 @@ def _run_train(args: argparse.Namespace, preset: str, device) -> int:
     print(f"learning: {args.dataset} {options} ({len(dataset.ids('train'))} training volumes)")
     share = lesion_slice_share(config, dataset)
     if share is not None:
-        print(f"training slices of positive volumes that cut a lesion: {share:.3f}")
+        floor = slice_loss_floor(share)
+        print(
+            f"training slices of positive volumes that cut a lesion: {share:.3f}; A.6's loss:"
+            f" ln 2 = 0.693 at chance, at best {floor:.3f} for a perfect lesion detector"
+            f" (the signal: {math.log(2) - floor:.3f} nats)"
+        )
     print(tabulate(rows, tablefmt="github", headers=headers, disable_numparse=True))
     return 0
 
