@@ -121,3 +121,26 @@ def test_a_negative_with_a_lesion_in_its_mask_is_refused(tmp_path, config, monke
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "case11" in err and "masks/case11.nii.gz" in err
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_a_volume_edited_during_the_run_is_not_filed_under_its_old_address(tmp_path):
+    """A heatmap is filed under the digests the job began with: a volume whose cache entry
+    is rebuilt from other content before its heatmap is computed is a failure, not a
+    result under the old address."""
+    import torch
+
+    from benchmark.cache import HeatmapStore
+    from benchmark.runner import Job, compute_missing_heatmaps
+
+    root = write_folder(tmp_path / "data")
+    dataset = load_dataset("folder", root=root, cache_dir=tmp_path / "cache")
+    store = HeatmapStore(tmp_path / "store")
+    job = Job(dataset, ["intensity"], ["case07"], store, None, 1, [], set(), set())
+    edit(root, 7, np.zeros_like)
+    model = torch.nn.Linear(1, 1)
+    failures = compute_missing_heatmaps(job, ["case07"], model, {}, progress=False)
+    assert failures == [
+        "volume case07: case07 changed during the run (its cache entry was rebuilt from other "
+        "content): rerun the command"
+    ]
+    assert not list(store.root.rglob("*.json"))
