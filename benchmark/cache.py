@@ -60,7 +60,8 @@ def heatmap_key(
 ) -> dict[str, Any]:
     """Everything that changes a heatmap besides its spec and the volume's content.
 
-    ``checkpoint`` is the classifier file's hash; ``device`` its type (CUDA runs in bf16).
+    ``checkpoint`` is the classifier's :func:`~benchmark.checkpoint.checkpoint_id`;
+    ``device`` its type (CUDA runs in bf16).
     """
     key = {
         "cache_version": CACHE_VERSION,

@@ -48,7 +48,7 @@ from benchmark import figures
 from benchmark.cache import HeatmapStore, digest, heatmap_key
 from benchmark.checkpoint import (
     CHECKPOINT,
-    checkpoint_hash,
+    checkpoint_id,
     is_finished,
     load_classifier,
     read_checkpoint,
@@ -568,7 +568,7 @@ class Trained:
     model: torch.nn.Module  # on this rank's device, in eval mode
     classifier: str  # which one (Method.classifier): "2d" slices, "3d" volumes
     model_name: str
-    key: str  # the checkpoint file's hash
+    key: str  # the checkpoint's identity (checkpoint_id)
     train_config: dict[str, Any]
     step: int  # the steps it trained
     stopped_early: bool  # before its cap, train_config["iterations"]
@@ -587,7 +587,7 @@ class Seeded:
     job: Job
     classifier: str  # which one (Method.classifier): "2d" slices, "3d" volumes
     model_name: str
-    checkpoint: str  # the checkpoint file's hash
+    checkpoint: str  # the checkpoint's identity (checkpoint_id)
     train_config: dict[str, Any]
     report: dict[str, Any]  # classifier_sanity
     evaluations: dict[str, EvaluationResult]
@@ -613,17 +613,17 @@ def check_classifier(
     at-chance warning, when ``allow_chance`` lets the run go on). ``options``: the specs'
     fitted options (:func:`fitted_options`)."""
     volume_ids = dataset.ids("val")
+    trained = read_checkpoint(checkpoint)  # the identity and the model from one read
     key = heatmap_key(
         dataset.name,
-        checkpoint_hash(checkpoint),
+        checkpoint_id(trained),
         tomography,
         config.batch_size,
         context.device.type,
     )
     calibration = calibration_ids(volume_ids, config.calibration_volumes, config.seed)
     keep = set(figures.figure_ids(dataset, volume_ids, set(unscored), config.figure_volumes))
-    model = load_classifier(checkpoint, context.device)
-    trained = read_checkpoint(checkpoint)
+    model = load_classifier(checkpoint, context.device, trained)
     classifier = trained.get("classifier", "2d")  # what the checkpoint holds
     wrong = [s for s in specs if method_class(s).classifier != classifier]
     if wrong:
