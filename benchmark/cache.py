@@ -20,8 +20,9 @@ the image's with the options and the revision: ``Job.image`` in :mod:`benchmark.
 so an edited image or mask, or a method whose code changed its heatmaps, gets new
 entries and never an old one. ``<grid>`` hashes the grid's levels and the protocol's
 settings (connectivity, matching IoU, tail fractions). Every file is written atomically and verified
-when read: a record that does not parse, a heatmap whose sha256 differs from its
-record's, a summary whose zip CRC fails. A damaged file is logged, deleted and recomputed.
+when read: a record that does not match its seal (:mod:`benchmark.seal`: a digit flipped
+in its maximum is seen), a heatmap whose sha256 differs from its record's, a summary
+whose zip CRC fails. A damaged file is logged (WARNING), deleted and recomputed.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import numpy as np
 from benchmark import __version__
 from benchmark.evaluation import GRID_LEVELS, MATCH_IOU, STRUCTURE, Summary, tail_fractions
 from benchmark.io import atomic_save_json, atomic_write, cache_root
+from benchmark.seal import read_sealed, save_sealed
 from datasets.base import safe_stem
 
 log = logging.getLogger(__name__)
@@ -58,7 +60,8 @@ def heatmap_key(
 ) -> dict[str, Any]:
     """Everything that changes a heatmap besides its spec and the volume's content.
 
-    ``checkpoint`` is the classifier file's hash; ``device`` its type (CUDA runs in bf16).
+    ``checkpoint`` is the classifier's :func:`~benchmark.checkpoint.checkpoint_id`;
+    ``device`` its type (CUDA runs in bf16).
     """
     key = {
         "cache_version": CACHE_VERSION,
@@ -120,7 +123,7 @@ class HeatmapStore:
         Its ``sketch`` holds the heatmap's :func:`~benchmark.evaluation.tail_quantiles`."""
         path = self._stem(spec, volume, image).with_suffix(".json")
         try:
-            record = json.loads(path.read_text())
+            record = read_sealed(path)
             if not (isinstance(record, dict) and isinstance(record["sketch"], list)):
                 raise ValueError("not a heatmap record")
             float(record["max"]), float(record["seconds"])
@@ -132,7 +135,7 @@ class HeatmapStore:
         return record if len(record["sketch"]) == self.levels + 1 else None
 
     def save_record(self, spec: str, volume: str, image: str, record: dict[str, Any]) -> None:
-        atomic_save_json(self._stem(spec, volume, image).with_suffix(".json"), record)
+        save_sealed(self._stem(spec, volume, image).with_suffix(".json"), record)
 
     # -- full heatmaps ------------------------------------------------------------------
 

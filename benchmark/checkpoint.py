@@ -5,13 +5,19 @@ A checkpoint holds the model's weights, the optimiser, the schedule and the rand
 the data set it was trained on (name, options and the content digest of its training
 volumes) and, once training ends, ``finished: True``. Only a finished checkpoint whose
 weights are all finite is ever reused.
+
+It also holds ``digest``, the sha256 of everything else in it (:func:`state_digest`:
+every tensor's dtype, shape and bytes, and every other value), written with it and checked
+on every read: a flipped bit, a truncated file or one without a digest is a
+:class:`DamagedCheckpoint`, never a classifier. The digest, not the file's bytes (torch
+writes a new ``serialization_id`` into every file), is the checkpoint's identity
+(:func:`checkpoint_id`), the same for a training that was killed and resumed as for an
+uninterrupted one.
 """
 
 from __future__ import annotations
 
 import hashlib
-import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -22,28 +28,88 @@ from benchmark.distributed import memory_format, resolve_device
 from benchmark.io import atomic_write
 
 CHECKPOINT = "checkpoint.pt"
-_UNREADABLE = (pickle.UnpicklingError, EOFError, RuntimeError, zipfile.BadZipFile, KeyError)
+REQUIRED = {"model", "config", "step", "arch", "norm", "in_chans"}
+
+
+class DamagedCheckpoint(ValueError):
+    """A checkpoint that is unreadable, truncated, lacks its digest or does not match it:
+    the message names the file."""
+
+
+def _feed(digest, value: Any) -> None:
+    """Feed ``value`` (tensors, dicts, lists, tuples, scalars) to ``digest``, unambiguously."""
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().cpu().contiguous()
+        digest.update(f"tensor:{tensor.dtype}{list(tensor.shape)}:".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    elif isinstance(value, dict):
+        digest.update(f"dict:{len(value)}:".encode())
+        for key in sorted(value, key=repr):
+            _feed(digest, key)
+            _feed(digest, value[key])
+    elif isinstance(value, (list, tuple)):
+        digest.update(f"list:{len(value)}:".encode())
+        for item in value:
+            _feed(digest, item)
+    elif value is None or isinstance(value, (bool, int, float, str)):
+        digest.update(f"{type(value).__name__}:{value!r};".encode())
+    else:
+        raise TypeError(f"a checkpoint holds no {type(value).__name__}")
+
+
+def state_digest(state: dict[str, Any]) -> str:
+    """sha256 (hex) of a checkpoint's state, its ``digest`` left out: every tensor (dtype,
+    shape, bytes) and every other value, dict keys in sorted order."""
+    digest = hashlib.sha256()
+    _feed(digest, {k: v for k, v in state.items() if k != "digest"})
+    return digest.hexdigest()
+
+
+def checkpoint_id(state: dict[str, Any]) -> str:
+    """The identity of a checkpoint read by :func:`read_checkpoint`: its digest, truncated.
+    A cache key for everything computed from it, and the results' ``checkpoint``."""
+    return state["digest"][:16]
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """``torch.save(state)`` through :func:`~benchmark.io.atomic_write`."""
+    """``torch.save`` of ``state`` and its :func:`state_digest`, through
+    :func:`~benchmark.io.atomic_write`."""
+    state = {**state, "digest": state_digest(state)}
     with atomic_write(path) as file:
         torch.save(state, file)
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The saved state (CPU tensors, ``weights_only``); a ValueError naming the file if it
-    is missing, damaged or not a checkpoint of this benchmark."""
+    """The saved state (CPU tensors, ``weights_only``), checked against its digest: a
+    :class:`DamagedCheckpoint` naming the file if it is not, a ValueError if it is not a
+    checkpoint of this benchmark, FileNotFoundError if missing."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint {path}: train one with `python -m benchmark train`")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except _UNREADABLE as error:
-        raise ValueError(f"{path} is not a readable checkpoint ({type(error).__name__})") from None
-    missing = {"model", "config", "step", "arch", "norm", "in_chans"} - set(state)
-    if not isinstance(state, dict) or missing:
-        raise ValueError(f"{path} is not a checkpoint of this benchmark (lacks {sorted(missing)})")
+    except (OSError, MemoryError):  # the machine's trouble, not the file's
+        raise
+    except Exception as error:  # a damaged zip or pickle can fail in any way
+        raise DamagedCheckpoint(
+            f"{path} is not a readable checkpoint ({type(error).__name__})"
+        ) from None
+    keys = set(state) if isinstance(state, dict) else set()
+    foreign = ValueError(
+        f"{path} is not a checkpoint of this benchmark (lacks {sorted(REQUIRED - keys)})"
+    )
+    if "digest" not in keys:
+        if REQUIRED - keys:
+            raise foreign
+        raise DamagedCheckpoint(f"{path} has no digest of its tensors (written before them)")
+    try:
+        intact = state_digest(state) == state["digest"]
+    except TypeError:  # a value no checkpoint of ours holds
+        intact = False
+    if not intact:
+        raise DamagedCheckpoint(f"{path} does not match the digest of its tensors")
+    if REQUIRED - keys:
+        raise foreign
     return state
 
 
@@ -55,29 +121,25 @@ def weights_finite(state: dict[str, Any]) -> bool:
 
 
 def is_finished(path: str | Path) -> bool:
-    """Whether ``path`` is a checkpoint whose training ended (all iterations, or stopped
-    early when it stopped improving) with finite weights."""
-    if not Path(path).is_file():
+    """Whether ``path`` is an intact checkpoint (not a :class:`DamagedCheckpoint`) whose
+    training ended (all iterations, or stopped early when it stopped improving) with
+    finite weights."""
+    try:
+        state = read_checkpoint(path)
+    except (FileNotFoundError, DamagedCheckpoint):
         return False
-    state = read_checkpoint(path)
     finished = state.get("finished", state["step"] >= (state["config"]["iterations"] or 0))
     return bool(finished) and weights_finite(state)
 
 
-def checkpoint_hash(path: str | Path, length: int = 16) -> str:
-    """Truncated sha256 of the checkpoint file: a cache key for everything computed from it."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:length]
-
-
-def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+def load_classifier(
+    path: str | Path, device: str | torch.device = "cpu", state: dict[str, Any] | None = None
+) -> nn.Module:
     """The trained classifier of a checkpoint, in eval mode on ``device``: the 2D slice
     classifier, or a :class:`~benchmark.classifier3d.VolumeClassifier` for a checkpoint of
-    the 3D one (``classifier: "3d"``)."""
-    state = read_checkpoint(path)
+    the 3D one (``classifier: "3d"``). ``state``: the file as :func:`read_checkpoint` read
+    it (None: read it)."""
+    state = read_checkpoint(path) if state is None else state
     if not weights_finite(state):
         raise ValueError(f"{path} holds non-finite weights: retrain the classifier")
     device = resolve_device(device)

@@ -28,7 +28,6 @@ finds them and evaluates.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import gzip
@@ -49,7 +48,7 @@ from benchmark import figures
 from benchmark.cache import HeatmapStore, digest, heatmap_key
 from benchmark.checkpoint import (
     CHECKPOINT,
-    checkpoint_hash,
+    checkpoint_id,
     is_finished,
     load_classifier,
     read_checkpoint,
@@ -65,7 +64,7 @@ from benchmark.evaluation import (
     tail_quantiles,
     threshold_grid,
 )
-from benchmark.io import atomic_save_json, atomic_write
+from benchmark.io import atomic_write
 from benchmark.leaderboard import (
     KEY,
     Intervals,
@@ -88,6 +87,7 @@ from benchmark.report import (
     write_csv,
     write_reports,
 )
+from benchmark.seal import read_sealed, save_sealed
 from benchmark.specs import shard_ids
 from benchmark.train import classifier_report, config_from_record, train
 from benchmark.validation import calibration_ids, evaluation_context, ground_truth
@@ -223,6 +223,20 @@ class Job:
         image, truth = self.image(spec, volume_id), self.truths[volume_id]
         return self.store.summary(spec, volume_id, image, truth, grid)
 
+    def volume(self, volume_id: str) -> Any:
+        """The volume as the data set serves it (a cached one hashed against its digests,
+        ``datasets.cache``), or a ValueError if its digests are no longer the job's: its
+        entry was rebuilt from other content since, whose results would be filed under
+        the old address."""
+        volume = self.dataset[volume_id]
+        digests = (self.dataset.fingerprint(volume_id), self.dataset.truth_fingerprint(volume_id))
+        if digests != (self.images[volume_id], self.truths[volume_id]):
+            raise ValueError(
+                f"{volume_id} changed during the run (its cache entry was rebuilt from other "
+                "content): rerun the command"
+            )
+        return volume
+
     def ground_truth(self, volume: Any) -> GroundTruth:
         """A.7's reference of a volume (:func:`benchmark.validation.ground_truth`)."""
         return ground_truth(self.dataset, volume, self.unscored)
@@ -286,8 +300,7 @@ class Job:
         heatmap = self.heatmap(spec, volume_id)
         if heatmap is None:
             return None
-        volume = self.dataset[volume_id]
-        summary = summarize(heatmap, self.ground_truth(volume), grid)
+        summary = summarize(heatmap, self.ground_truth(self.volume(volume_id)), grid)
         image, truth = self.image(spec, volume_id), self.truths[volume_id]
         self.store.save_summary(spec, volume_id, image, truth, grid, summary)
         if volume_id not in self.keep:
@@ -394,7 +407,7 @@ def compute_missing_heatmaps(
             if not pending:
                 continue
             try:
-                volume = job.dataset[volume_id]
+                volume = job.volume(volume_id)
                 image = torch.from_numpy(np.array(volume.image, dtype=np.float32)).to(device)
             except (ValueError, OSError) as error:
                 job.failed.add(volume_id)
@@ -504,15 +517,20 @@ def export_nifti(job: Job, out_dir: Path) -> list[Path]:
 
 def classifier_sanity(job: Job, model: torch.nn.Module, train_config: dict) -> dict:
     """The classifier's validation AUC and balanced accuracy with 95% bootstrap intervals
-    over the evaluation split's volumes (cached with the heatmaps, keyed by their content)."""
+    over the evaluation split's volumes (cached with the heatmaps, keyed by their content,
+    sealed: a damaged one is logged and recomputed)."""
     volumes = [(v, job.dataset.label(v), job.images[v]) for v in job.volume_ids]
     path = job.store.root / f"classifier-{digest(json.dumps(volumes))}.json"
-    with contextlib.suppress(FileNotFoundError, ValueError):
-        return json.loads(path.read_text())
+    try:
+        return read_sealed(path)
+    except FileNotFoundError:
+        pass
+    except ValueError as error:
+        log.warning("cache: %s; recomputing it", error)
     config = config_from_record(train_config)
     report = classifier_report(model, job.dataset, job.volume_ids, config, job.batch_size)
     report = {k: v for k, v in report.items() if isinstance(v, (int, float, bool))}
-    atomic_save_json(path, report)
+    save_sealed(path, report)
     return report
 
 
@@ -550,7 +568,7 @@ class Trained:
     model: torch.nn.Module  # on this rank's device, in eval mode
     classifier: str  # which one (Method.classifier): "2d" slices, "3d" volumes
     model_name: str
-    key: str  # the checkpoint file's hash
+    key: str  # the checkpoint's identity (checkpoint_id)
     train_config: dict[str, Any]
     step: int  # the steps it trained
     stopped_early: bool  # before its cap, train_config["iterations"]
@@ -569,7 +587,7 @@ class Seeded:
     job: Job
     classifier: str  # which one (Method.classifier): "2d" slices, "3d" volumes
     model_name: str
-    checkpoint: str  # the checkpoint file's hash
+    checkpoint: str  # the checkpoint's identity (checkpoint_id)
     train_config: dict[str, Any]
     report: dict[str, Any]  # classifier_sanity
     evaluations: dict[str, EvaluationResult]
@@ -595,17 +613,17 @@ def check_classifier(
     at-chance warning, when ``allow_chance`` lets the run go on). ``options``: the specs'
     fitted options (:func:`fitted_options`)."""
     volume_ids = dataset.ids("val")
+    trained = read_checkpoint(checkpoint)  # the identity and the model from one read
     key = heatmap_key(
         dataset.name,
-        checkpoint_hash(checkpoint),
+        checkpoint_id(trained),
         tomography,
         config.batch_size,
         context.device.type,
     )
     calibration = calibration_ids(volume_ids, config.calibration_volumes, config.seed)
     keep = set(figures.figure_ids(dataset, volume_ids, set(unscored), config.figure_volumes))
-    model = load_classifier(checkpoint, context.device)
-    trained = read_checkpoint(checkpoint)
+    model = load_classifier(checkpoint, context.device, trained)
     classifier = trained.get("classifier", "2d")  # what the checkpoint holds
     wrong = [s for s in specs if method_class(s).classifier != classifier]
     if wrong:

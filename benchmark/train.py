@@ -12,7 +12,8 @@ draws the whole batch from that generator and cuts its share of the volumes (DDP
 
 Trust (beyond the paper): a non-finite batch, loss, gradient or weight stops training
 with the step and the volumes; the checkpoint records a content digest of the training
-data and is set aside, not reused, when the data change; ``holdout``/``patience`` stop
+data and is set aside, not reused, when the data change, or when it does not match the
+digest of its own tensors (:mod:`benchmark.checkpoint`); ``holdout``/``patience`` stop
 training once a held-out part of the train split is classified as well as it will be;
 :func:`classifier_report` says whether the classifier beats chance on the evaluation split.
 """
@@ -38,7 +39,8 @@ from tqdm import tqdm
 
 from benchmark.checkpoint import (
     CHECKPOINT,
-    checkpoint_hash,
+    DamagedCheckpoint,
+    checkpoint_id,
     read_checkpoint,
     save_checkpoint,
     weights_finite,
@@ -712,7 +714,9 @@ def train(
     ``config.yaml`` and ``train_log.csv``. With ``resume``, an existing checkpoint of the
     same config, data set and training data (content digest) is continued to the same
     result, or reused when finished; one trained on other data is kept aside as
-    ``checkpoint.<digest[:8]>.pt`` and training restarts; without ``resume``, an existing
+    ``checkpoint.<digest[:8]>.pt`` and training restarts, and so does a damaged one
+    (unreadable, truncated, or not matching the digest of its tensors: a WARNING names it,
+    kept aside as ``checkpoint.unverified.pt``); without ``resume``, an existing
     checkpoint is an error (nothing is overwritten).
 
     A non-finite input batch or loss stops training with a ValueError naming the step and
@@ -1145,14 +1149,21 @@ def _load_for_resume(
     path: Path, batches, info: dict[str, Any], data: dict[str, Any], resume: bool
 ) -> dict[str, Any] | None:
     """The checkpoint to continue, or None to start; refuses to overwrite, to mix configs
-    and to reuse non-finite weights; sets aside one trained on other data."""
+    and to reuse non-finite weights; sets aside one trained on other data, and a damaged one
+    (:class:`~benchmark.checkpoint.DamagedCheckpoint`) as ``checkpoint.unverified.pt``."""
     if not path.exists():
         if resume:
             log.info("no checkpoint at %s: starting from step 0", path)
         return None
     if not resume:
         raise ValueError(f"{path} exists: pass --resume to continue it, or choose another --out")
-    state = read_checkpoint(path)
+    try:
+        state = read_checkpoint(path)
+    except DamagedCheckpoint as damage:
+        aside = path.with_name("checkpoint.unverified.pt")
+        path.replace(aside)
+        log.warning("%s: kept aside as %s; retraining from step 0", damage, aside.name)
+        return None
     config, arch = batches.config, batches.record()["arch"]
     if state["config"].get("model") == config.model and state["arch"] != arch:
         # the variant's architecture changed: resnet50_gn was a converted resnet50
@@ -1181,7 +1192,7 @@ def _load_for_resume(
 def _set_aside(path: Path, state: dict[str, Any], data: dict[str, Any]) -> None:
     """Rename a checkpoint trained on other data to ``checkpoint.<digest[:8]>.pt``; warn."""
     old_digest = state.get("data_digest")
-    tag = old_digest[:8] if old_digest else checkpoint_hash(path)[:8]
+    tag = old_digest[:8] if old_digest else checkpoint_id(state)[:8]
     aside = path.with_name(f"checkpoint.{tag}.pt")
     new = data["data_volumes"]
     if "data_volumes" in state:

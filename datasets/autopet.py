@@ -29,9 +29,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from benchmark.io import atomic_save_json
 from datasets.base import Record, VolumeDataset
-from datasets.cache import read_memo
+from datasets.cache import read_memo, save_memo
 from datasets.nifti import check_same_grid, nifti_geometry, read_nifti
 from datasets.registry import register_dataset
 from datasets.volume import DatasetError, Volume, relative_path, shift_affine, spacing_of
@@ -181,7 +180,7 @@ class AutoPET(VolumeDataset):
             memo[sample_id] = [labels[sample_id], *key]
             changed = True
         if changed:
-            atomic_save_json(memo_path, memo)
+            save_memo(memo_path, memo)
         return labels
 
     # -- volumes --------------------------------------------------------------------

@@ -11,8 +11,9 @@ and applies the paper's preprocessing (A.4). Everything else lives here:
   under ``<cache_dir>/<adapter>/<version>-<hash of options>/``, written atomically and
   read back memory-mapped, so a second pass reads the cache and 1,000 volumes never sit
   in memory. An entry follows the content of the files it was read from (``_sources``)
-  and of the sample's index record, and a damaged entry is rebuilt, never served: the
-  rule and its one blind spot are in ``datasets.cache``;
+  and of the sample's index record; its arrays are hashed before they are first served
+  and a damaged entry is rebuilt, never served: the rule and its one blind spot are in
+  ``datasets.cache``;
 - every loaded sample is checked (``datasets.checks``: finite values within
   ``max_abs``, no annotation on a negative); ``verify(id)`` reads every voxel and
   returns a :class:`SampleCheck`; ``fingerprint(id)`` and ``truth_fingerprint(id)`` are
@@ -256,6 +257,7 @@ class VolumeDataset(ABC):
         self.mask_threshold = None if mask_threshold is None else float(mask_threshold)
         self._checks: dict[str, SampleCheck] = {}  # uncached adapters: verify, memoised
         self._digests: dict[str, tuple[str, str]] = {}  # uncached: fingerprints, memoised
+        self._hashed: dict[str, tuple] = {}  # cached: arrays found matching, by file stats
         if root is None and self.needs_root:
             raise DatasetError(f"{self.name}: no root given: pass the data set's folder (--root)")
         self.root = Path(root).expanduser() if root is not None else None
@@ -421,10 +423,9 @@ class VolumeDataset(ABC):
     def verify(self, sample_id: str) -> SampleCheck:
         """Read every voxel of the preprocessed sample, check it, and say what it holds.
 
-        Cached adapters: the cached arrays are hashed and compared with the entry's
-        fingerprints (a mismatch is a damaged entry: rebuilt once); the result is stored
-        in the entry, so verifying an unchanged entry again reads no voxel. Uncached
-        adapters: memoised in the process. Raises DatasetError for a bad sample.
+        Cached adapters: the result is stored in the entry, so verifying an unchanged
+        entry again reads no voxel (reading the arrays hashes them, see :meth:`_open`).
+        Uncached adapters: memoised in the process. Raises DatasetError for a bad sample.
         """
         record = self.record(sample_id)
         return self._verify_cached(record) if self.cached else self._verify_uncached(record)
@@ -436,17 +437,10 @@ class VolumeDataset(ABC):
         return self._checks[record.id]
 
     def _verify_cached(self, record: Record) -> SampleCheck:
-        entry, meta, volume = self._open(record)
-        known = _known_check(record, meta)
+        known = _known_check(record, self._ready(self._entry(record), record))
         if known is not None:
             return known
-        damage = _mismatch(entry, meta, volume)
-        if damage is not None:
-            self._discard(entry, damage)
-            entry, meta, volume = self._open(record)  # the entry is gone: rebuilt
-            damage = _mismatch(entry, meta, volume)
-            if damage is not None:
-                raise DatasetError(f"{self.name}: {damage} right after rebuilding it")
+        entry, meta, volume = self._open(record)
         self._named_errors(self._check, volume, record)
         check = _sample_check(volume, meta["fingerprint"], meta["truth_fingerprint"])
         meta["verified"] = {
@@ -500,16 +494,17 @@ class VolumeDataset(ABC):
         return CacheEntry(self.cache_path / safe_stem(record.id))
 
     def _open(self, record: Record) -> tuple[CacheEntry, dict[str, Any], Volume]:
-        """The sample's valid entry (rebuilt if stale or damaged) and its Volume."""
+        """The sample's valid entry (rebuilt if stale or damaged) and its Volume, whose
+        arrays hash to the entry's fingerprints (:meth:`_checked`)."""
         entry = self._entry(record)
         meta = self._ready(entry, record)
         try:
-            return entry, meta, self._volume(entry, meta, record)
+            return entry, meta, self._checked(entry, meta, record)
         except DamagedEntry as damage:
             self._discard(entry, damage)
         meta = self._rebuild(entry, record, self._sources(record))
         try:
-            return entry, meta, self._volume(entry, meta, record)
+            return entry, meta, self._checked(entry, meta, record)
         except DamagedEntry as damage:
             raise DatasetError(f"{self.name}: {damage} right after rebuilding it") from None
 
@@ -575,6 +570,19 @@ class VolumeDataset(ABC):
     def _discard(self, entry: CacheEntry, damage: DamagedEntry) -> None:
         log.warning("%s: damaged cache entry: %s; deleting and rebuilding it", self.name, damage)
         entry.delete()
+
+    def _checked(self, entry: CacheEntry, meta: dict[str, Any], record: Record) -> Volume:
+        """The entry's Volume once its arrays hash to the entry's fingerprints: hashed on
+        the first read by this object and again whenever an array file's inode, size or
+        mtime changes (DamagedEntry when they do not match)."""
+        volume = self._volume(entry, meta, record)
+        stats = [entry.array_path(name).stat() for name in meta["arrays"]]
+        key = (meta["fingerprint"], meta["truth_fingerprint"])
+        key += tuple((s.st_ino, s.st_size, s.st_mtime_ns) for s in stats)
+        if self._hashed.get(record.id) != key:
+            entry.check_content(meta, volume)
+            self._hashed[record.id] = key
+        return volume
 
     def _volume(self, entry: CacheEntry, meta: dict[str, Any], record: Record) -> Volume:
         """The Volume of a valid entry, arrays memory-mapped (DamagedEntry if unreadable)."""
@@ -642,17 +650,3 @@ def _known_check(record: Record, meta: dict[str, Any]) -> SampleCheck | None:
     if (done.get("fingerprint"), done.get("truth_fingerprint")) != digests:
         return None
     return SampleCheck(record.id, tuple(meta["shape"]), *digests, bool(done["empty_truth"]))
-
-
-def _mismatch(entry: CacheEntry, meta: dict[str, Any], volume: Volume) -> DamagedEntry | None:
-    """Whether the cached arrays' content differs from the fingerprints in the JSON
-    (reads every voxel)."""
-    if image_fingerprint(volume.image) != meta["fingerprint"]:
-        name = "image"
-    elif truth_fingerprint(volume.label, volume.mask, volume.boxes) != meta["truth_fingerprint"]:
-        name = "mask"
-    else:
-        return None
-    return DamagedEntry(
-        f"{entry.array_path(name)} does not match the sha recorded in {entry.json_path.name}"
-    )

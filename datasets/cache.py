@@ -2,7 +2,8 @@
 
 An entry is ``<stem>.image.npy``, ``<stem>.mask.npy`` (when masked) and ``<stem>.json``,
 written in that order, atomically, so the JSON's presence marks a complete entry. The
-JSON records, besides the geometry and the boxes:
+JSON is sealed with the sha256 of its content (``benchmark.seal``) and records, besides
+the geometry and the boxes:
 
 - ``fields``: what of the sample's index record changes the arrays (id, label,
   annotated, the adapter's ``source`` and the list of source files). Index files (the
@@ -14,30 +15,36 @@ JSON records, besides the geometry and the boxes:
 - ``fingerprint`` and ``truth_fingerprint`` (``datasets.content``), and ``verified``
   once ``VolumeDataset.verify`` has read every voxel and found them matching.
 
-Validity, checked on every read with stat calls only:
+Validity, checked on every read with stat calls and the JSON's seal:
 
-1. the JSON parses and the ``.npy`` files exist with their recorded byte sizes, and
-   open memory-mapped with their recorded shape and dtype; otherwise the entry is
-   *damaged*: a WARNING names the file, the entry is deleted and rebuilt;
+1. the JSON parses and matches its seal, and the ``.npy`` files exist with their
+   recorded byte sizes, and open memory-mapped with their recorded shape and dtype;
+   otherwise the entry is *damaged*: a WARNING names the file, the entry is deleted and
+   rebuilt;
 2. the record's fields equal the stored ones; otherwise the entry is *stale*;
 3. for each source file: same size and mtime -> unchanged; size differs -> stale;
    mtime differs but size same -> re-hash: same sha256 -> unchanged (the new mtime is
    stored, so the hash runs once), else stale. A stale entry is logged (INFO, naming the
    changed file) and recomputed.
 
-Blind spot: an edit that keeps both the size and the mtime of a file (a tool that
-restores mtimes, or an edit within the file system's timestamp resolution) is not
-seen; delete the cache entry (or the cache) after such an edit. The full sha of the
-cached arrays is checked by ``verify``, not on every (memory-mapped, hot) read.
+Before its arrays are served they are hashed and compared with ``fingerprint`` and
+``truth_fingerprint`` (:meth:`CacheEntry.check_content`): a mismatch (bytes flipped in
+place) is damage, rule 1. ``VolumeDataset`` hashes an entry on its first read and again
+whenever an array file's inode, size or mtime changes, so bytes that rot after that first
+read, keeping all three, are seen by the next data set object (the next run).
 
-Adapters' memo files beside the entries (AutoPET's labels, Duke's series index) are read
-with :func:`read_memo`: a damaged one is logged and rebuilt, never fatal.
+Blind spot: an edit that keeps both the size and the mtime of a *source* file (a tool
+that restores mtimes, or an edit within the file system's timestamp resolution) is not
+seen; delete the cache entry (or the cache) after such an edit.
+
+Adapters' memo files beside the entries (AutoPET's labels, Duke's series index) are
+sealed too (:func:`save_memo`, :func:`read_memo`): a damaged one is logged and rebuilt,
+never fatal.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -46,11 +53,12 @@ from typing import Any
 
 import numpy as np
 
-from benchmark.io import atomic_save_json, atomic_save_npy
+from benchmark.io import atomic_save_npy
+from benchmark.seal import read_sealed, save_sealed
 from datasets.content import file_sha256, image_fingerprint, truth_fingerprint
 from datasets.volume import DatasetError, Volume
 
-FORMAT = 2  # of the JSON; an entry of another format is stale
+FORMAT = 3  # of the JSON; an entry of another format is stale
 
 log = logging.getLogger(__name__)
 
@@ -122,19 +130,25 @@ def _well_formed(meta: Any) -> bool:
 
 
 def read_memo(path: Path) -> dict[str, Any]:
-    """An adapter's memo file (labels, index): {} when missing, or when unreadable or
-    not a mapping (then with a WARNING naming it: it is rebuilt, never fatal)."""
+    """An adapter's memo file (labels, index): {} when missing, or when damaged (unreadable,
+    not matching its seal, not a mapping; then with a WARNING naming it: it is rebuilt,
+    never fatal)."""
     try:
-        memo = json.loads(path.read_text())
+        memo = read_sealed(path)
     except FileNotFoundError:
         return {}
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        log.warning("damaged cache file %s (%s); rebuilding it", path, error)
+    except ValueError as error:
+        log.warning("damaged cache file %s; rebuilding it", error)
         return {}
     if not isinstance(memo, dict):
         log.warning("damaged cache file %s (not a mapping); rebuilding it", path)
         return {}
     return memo
+
+
+def save_memo(path: Path, memo: dict[str, Any]) -> None:
+    """Write an adapter's memo file, sealed, for :func:`read_memo`."""
+    save_sealed(path, memo)
 
 
 @dataclass(frozen=True)
@@ -153,11 +167,11 @@ class CacheEntry:
     def read_meta(self) -> dict[str, Any] | None:
         """The entry's JSON, None when there is none; DamagedEntry when unreadable."""
         try:
-            meta = json.loads(self.json_path.read_text())
+            meta = read_sealed(self.json_path)
         except FileNotFoundError:
             return None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise DamagedEntry(f"{self.json_path} is unreadable ({error})") from error
+        except ValueError as error:
+            raise DamagedEntry(str(error)) from error
         if not _well_formed(meta):
             raise DamagedEntry(f"{self.json_path} lacks the fields of a cache entry")
         return meta
@@ -186,6 +200,21 @@ class CacheEntry:
                 f"{info['dtype']} {info['shape']} recorded"
             )
         return array
+
+    def check_content(self, meta: dict[str, Any], volume: Volume) -> None:
+        """DamagedEntry unless the served arrays hash to the JSON's fingerprints (reads
+        every voxel)."""
+        if image_fingerprint(volume.image) != meta["fingerprint"]:
+            name = "image"
+        elif (
+            truth_fingerprint(volume.label, volume.mask, volume.boxes) != meta["truth_fingerprint"]
+        ):
+            name = "mask"
+        else:
+            return
+        raise DamagedEntry(
+            f"{self.array_path(name)} does not match the sha recorded in {self.json_path.name}"
+        )
 
     def write(
         self, volume: Volume, fields: dict[str, Any], stamps: list[dict], options: dict
@@ -221,7 +250,7 @@ class CacheEntry:
         return meta
 
     def save_meta(self, meta: dict[str, Any]) -> None:
-        atomic_save_json(self.json_path, meta)
+        save_sealed(self.json_path, meta)
 
     def delete(self) -> None:
         """Remove the entry's files (the JSON first, so no half entry looks complete)."""

@@ -44,9 +44,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmark.io import atomic_save_json
 from datasets.base import Record, VolumeDataset
-from datasets.cache import read_memo
+from datasets.cache import read_memo, save_memo
 from datasets.dicom import read_header, read_series, series_files
 from datasets.registry import register_dataset
 from datasets.volume import (
@@ -256,7 +255,7 @@ class Duke(VolumeDataset):
                 continue
             folders = [re.split(r"/+", str(p or ""))[-2:-1] for p in (classic, descriptive)]
             series.setdefault(parts[-3], {})[parts[-2]] = [(f or [""])[0] for f in folders]
-        atomic_save_json(memo_path, {"key": key, "series": series})
+        save_memo(memo_path, {"key": key, "series": series})
         return series
 
     def _index(self, patients: list[Path], mapping: dict) -> dict[str, dict]:
@@ -273,7 +272,7 @@ class Duke(VolumeDataset):
                 changed = True
             index[folder.name] = entry
         if changed:
-            atomic_save_json(memo_path, memo)
+            save_memo(memo_path, memo)
         return index
 
     def _locate(self, patient_dir: Path, mapped: dict[str, list[str]]) -> dict:

@@ -1,18 +1,20 @@
-"""Numbers you can trust, data-set part: caches follow content, damaged entries are
-rebuilt, bad values and contradictory annotations are errors naming the file, ``verify``
-reads every voxel, ``inspect --check`` lists every problem, options are typed."""
+"""Numbers you can trust, data-set part: caches follow content, damaged entries (flipped
+bits included) are rebuilt, bad values and contradictory annotations are errors naming
+the file, ``verify`` reads every voxel, ``inspect --check`` lists every problem, options
+are typed."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
+import re
 
 import nibabel as nib
 import numpy as np
 import pytest
 
 from benchmark.cli import main
+from benchmark.seal import read_sealed
 from datasets import DatasetError, load_dataset
 
 SHAPE = (6, 5, 4)  # file axes x, y, z
@@ -61,6 +63,14 @@ def open_folder(tmp_path, **options):
     )
 
 
+def flip_digit(path, field: str) -> None:
+    """Flip the lowest bit of the first digit after ``"field":`` in a JSON file: another
+    digit, so the file still parses."""
+    data = bytearray(path.read_bytes())
+    data[re.search(rf'"{re.escape(field)}":[^0-9]*(\d)'.encode(), data).start(1)] ^= 1
+    path.write_bytes(bytes(data))
+
+
 def cache_files(ds) -> dict[str, int]:
     return {p.name: p.stat().st_mtime_ns for p in ds.cache_path.iterdir()}
 
@@ -104,7 +114,7 @@ def test_a_touched_file_is_hashed_once_and_kept(tmp_path, monkeypatch):
     mtime = path.stat().st_mtime_ns + 5 * 10**9
     os.utime(path, ns=(mtime, mtime))  # same bytes, new mtime: the hash says unchanged
     assert ds["c1"].image.shape == (1, 4, 5, 6)
-    stored = json.loads((ds.cache_path / "c1.json").read_text())["sources"]
+    stored = read_sealed(ds.cache_path / "c1.json")["sources"]
     assert [s["mtime_ns"] for s in stored if s["path"].endswith("c1.nii")][0] == mtime
     assert cache_files(ds)["c1.image.npy"] == before["c1.image.npy"]  # not recomputed
 
@@ -169,25 +179,63 @@ def test_a_damaged_entry_is_rebuilt_with_a_warning(tmp_path, caplog, name, damag
     assert name in caplog.text and "damaged cache entry" in caplog.text
 
 
-def test_verify_detects_flipped_bytes_and_rebuilds(tmp_path, caplog, monkeypatch):
+@pytest.mark.parametrize("bit_rot", [False, True])
+def test_flipped_bytes_in_an_array_are_seen_before_it_is_served(tmp_path, caplog, bit_rot):
+    make(tmp_path / "data")
+    ds = open_folder(tmp_path)
+    right, served = ds.fingerprint("c1"), np.array(ds["c1"].image)
+    path = ds.cache_path / "c1.image.npy"
+    stat = path.stat()
+    data = bytearray(path.read_bytes())
+    data[-4:] = bytes(b ^ 0xFF for b in data[-4:])  # same size: the stat calls do not see it
+    path.write_bytes(bytes(data))
+    if bit_rot:  # nor the mtime
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    caplog.set_level(logging.WARNING, logger="datasets")
+    again = open_folder(tmp_path)  # the next run's
+    assert np.array_equal(again["c1"].image, served)
+    assert "c1.image.npy does not match the sha" in caplog.text
+    assert again.fingerprint("c1") == right
+
+
+def test_arrays_are_hashed_once_per_data_set_object(tmp_path, monkeypatch):
+    make(tmp_path / "data")
+    ds = open_folder(tmp_path)
+    check = ds.verify("c1")
+
+    def no_hash(*args):
+        raise AssertionError("hashed again")
+
+    monkeypatch.setattr("datasets.cache.image_fingerprint", no_hash)
+    assert ds["c1"].image.shape == (1, 4, 5, 6)  # hashed by verify: not again
+    assert open_folder(tmp_path).verify("c1") == check  # verified content: no voxel read
+    with pytest.raises(AssertionError, match="hashed again"):
+        open_folder(tmp_path)["c1"]  # another object hashes before it serves
+
+
+def test_verify_detects_flipped_bytes_and_rebuilds(tmp_path, caplog):
     make(tmp_path / "data")
     ds = open_folder(tmp_path)
     right = ds.fingerprint("c1")
-    path = ds.cache_path / "c1.image.npy"
+    path = ds.cache_path / "c1.mask.npy"
     data = bytearray(path.read_bytes())
-    data[-4:] = bytes(b ^ 0xFF for b in data[-4:])  # same size: a read does not see it
+    data[-4:] = bytes(b ^ 0x01 for b in data[-4:])  # other bools
     path.write_bytes(bytes(data))
     caplog.set_level(logging.WARNING, logger="datasets")
     check = ds.verify("c1")
-    assert "c1.image.npy does not match the sha" in caplog.text
+    assert "c1.mask.npy does not match the sha" in caplog.text
     assert check.fingerprint == right and check.shape == (1, 4, 5, 6) and not check.empty_truth
-    assert np.allclose(ds["c1"].image[0], oriented(image(1)))
+    assert np.array_equal(ds["c1"].mask, oriented(lesion()) > 0)
 
-    def no_voxel_read(*args):
-        raise AssertionError("verify read voxels of an entry already verified")
 
-    monkeypatch.setattr("datasets.base.image_fingerprint", no_voxel_read)
-    assert open_folder(tmp_path).verify("c1") == check
+def test_a_flipped_digit_in_an_entry_json_is_damage(tmp_path, caplog):
+    make(tmp_path / "data")
+    ds = open_folder(tmp_path)
+    affine = ds["c1"].affine
+    flip_digit(ds.cache_path / "c1.json", "affine")  # still JSON, another affine
+    caplog.set_level(logging.WARNING, logger="datasets")
+    assert np.array_equal(open_folder(tmp_path)["c1"].affine, affine)
+    assert "c1.json does not match the sha256 it was sealed with" in caplog.text
 
 
 def test_fingerprints_follow_content_not_names(tmp_path):

@@ -297,3 +297,13 @@ def test_a_damaged_labels_memo_is_rebuilt_with_a_warning(release, tmp_path, capl
     assert "damaged cache file" in caplog.text and "labels.json" in caplog.text
     memo.write_text('{"PETCT_0bbb/03-03-2003-NA-PET-3": 7}')  # JSON, not a memo entry
     assert load_dataset("autopet", root=release, cache_dir=tmp_path, val_fraction=0).label(FIRST)
+
+
+def test_a_flipped_label_in_the_labels_memo_is_not_served(release, tmp_path, caplog):
+    from test_dataset_trust import flip_digit
+
+    first = load_dataset("autopet", root=release, cache_dir=tmp_path, val_fraction=0)
+    flip_digit(first.cache_path / "labels.json", FIRST)  # [1, size, mtime] -> [0, ...]
+    again = load_dataset("autopet", root=release, cache_dir=tmp_path, val_fraction=0)
+    assert [again.label(i) for i in again] == [first.label(i) for i in first]
+    assert "labels.json does not match the sha256 it was sealed with" in caplog.text

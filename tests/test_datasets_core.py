@@ -245,6 +245,26 @@ def test_atomic_writes_get_the_permissions_of_an_ordinary_file(tmp_path):
     assert os.stat(tmp_path / "a.json").st_mode == os.stat(tmp_path / "b.json").st_mode
 
 
+def test_a_sealed_file_reads_back_its_content_and_refuses_any_other(tmp_path):
+    import hashlib
+    import json
+
+    from benchmark.seal import read_sealed, save_sealed
+
+    path = tmp_path / "a.json"
+    save_sealed(path, {"b": [1.5, None], 10: "x", 9: (True,)})
+    content = {"b": [1.5, None], "10": "x", "9": [True]}  # as JSON reads it back
+    assert read_sealed(path) == content
+    text = json.dumps(content, sort_keys=True, separators=(",", ":"))
+    assert json.loads(path.read_text())["sha256"] == hashlib.sha256(text.encode()).hexdigest()
+    path.write_text(path.read_text().replace("1.5", "1.4"))
+    with pytest.raises(ValueError, match=f"^{path} does not match the sha256"):
+        read_sealed(path)
+    path.write_text('{"b": [1.5, null]}')
+    with pytest.raises(ValueError, match="is not sealed"):
+        read_sealed(path)
+
+
 def test_a_negative_with_a_marked_mask_is_refused_by_the_base_class(tmp_path):
     ds = Tiny(cache_dir=tmp_path, val_fraction=0)
     with pytest.raises(

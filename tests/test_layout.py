@@ -1,7 +1,7 @@
 """The house: ``methods`` and ``datasets`` stand on the shared basement only.
 
 ``benchmark`` is the roof (CLI, runner, leaderboards); what the packages below it need from
-``benchmark`` is the basement: the registry, file writing and lazy imports.
+``benchmark`` is the basement: the registry, file writing (atomic, sealed) and lazy imports.
 """
 
 import ast
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-BASEMENT = {"benchmark.registry", "benchmark.io", "benchmark.lazy"}
+BASEMENT = {"benchmark.registry", "benchmark.io", "benchmark.seal", "benchmark.lazy"}
 
 
 def imported_modules(path: Path) -> set[str]:

@@ -1,11 +1,18 @@
-"""``run`` end to end on a ``folder`` data set of NIfTI files: edits between runs give the
-numbers of a fresh cache, and bad input is one error line before any training."""
+"""``run`` end to end on a ``folder`` data set of NIfTI files: edits between runs, bits
+flipped in any cache file and a killed training give the numbers of a fresh cache, and
+bad input is one error line before any training."""
 
 from __future__ import annotations
+
+import logging
+import shutil
 
 import nibabel as nib
 import numpy as np
 import pytest
+from test_dataset_trust import flip_digit
+from test_train import _recording_train_step
+from test_train_trust import flip_first_tensor
 
 from benchmark.cli import main
 from datasets import load_dataset
@@ -91,6 +98,107 @@ def test_edited_files_give_the_numbers_of_a_fresh_cache(tmp_path, config, monkey
     assert len({before, edited, retrained}) == 3
 
 
+def negate(path) -> None:
+    """Flip the sign bit of every value of a float32 ``.npy``, in place (same size)."""
+    array = np.load(path, mmap_mode="r+")
+    array *= -1
+    array.flush()
+
+
+def invert(path) -> None:
+    """Flip every voxel of a bool ``.npy``, in place."""
+    array = np.load(path, mmap_mode="r+")
+    array[...] = ~array
+    array.flush()
+
+
+def flip_bytes(path) -> None:
+    """Invert 8 bytes in the middle of a file."""
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 8] = bytes(b ^ 0xFF for b in data[middle : middle + 8])
+    path.write_bytes(bytes(data))
+
+
+def test_flipped_bits_in_cached_arrays_give_the_numbers_of_a_fresh_cache(
+    tmp_path, config, monkeypatch, caplog
+):
+    """Arrays are hashed before anything is computed from them: a damaged one is rebuilt,
+    so the classifier and the heatmaps made again from them are those of a fresh cache."""
+    root = write_folder(tmp_path / "data")
+    cache, run = tmp_path / "cache", tmp_path / "run"
+    monkeypatch.setenv("TONNO_CACHE", str(cache))
+    assert main(run_args(root, run, config)) == 0
+    fresh = (run / "results.csv").read_text()
+
+    (entries,) = cache.glob("folder/*/")
+    damaged = [entries / "case13.image.npy", entries / "case11.mask.npy"]  # validation
+    damaged.append(entries / "case01.image.npy")  # training
+    negate(damaged[0])
+    invert(damaged[1])
+    negate(damaged[2])
+    shutil.rmtree(cache / "heatmaps")  # what was computed from them is computed again
+    (run / "checkpoint.pt").unlink()
+    with caplog.at_level(logging.WARNING):
+        assert main(run_args(root, run, config)) == 0
+    for path in damaged:
+        assert f"{path} does not match the sha" in caplog.text
+    assert (run / "results.csv").read_text() == fresh
+
+
+def test_flipped_bits_in_derived_cache_files_give_the_numbers_of_a_fresh_cache(
+    tmp_path, config, monkeypatch, caplog
+):
+    """Heatmaps, summaries, records, the classifier report and the checkpoint are checked
+    against their digests: a damaged one is logged, recomputed (the classifier retrained
+    to the same identity) and never served."""
+    root = write_folder(tmp_path / "data")
+    cache, run = tmp_path / "cache", tmp_path / "run"
+    monkeypatch.setenv("TONNO_CACHE", str(cache))
+    assert main(run_args(root, run, config)) == 0
+    fresh = (run / "results.csv").read_text()
+
+    (store,) = cache.glob("heatmaps/folder/*/")
+    heatmap = sorted(store.glob("layercam@1/*.npy"))[0]  # kept for the figure
+    summary = sorted(store.glob("layercam@1/summaries/*/*.npz"))[-1]  # of another volume
+    records = sorted(store.glob("tonno/*.json"))  # their tail quantiles set tonno's grid
+    report = next(store.glob("classifier-*.json"))
+    negate(heatmap)
+    flip_bytes(summary)
+    for record in records:
+        flip_digit(record, "sketch")
+    flip_digit(report, "auc")
+    flip_first_tensor(run / "checkpoint.pt", bit=22)  # the top bit of the mantissa
+    with caplog.at_level(logging.WARNING):
+        assert main(run_args(root, run, config)) == 0
+    for path in (heatmap, summary, *records, report, run / "checkpoint.pt"):
+        assert str(path) in caplog.text
+    assert "checkpoint.pt does not match the digest of its tensors" in caplog.text
+    assert (run / "results.csv").read_text() == fresh
+
+
+def test_a_killed_training_resumed_gives_the_rows_of_an_uninterrupted_one(
+    tmp_path, config, monkeypatch
+):
+    """The checkpoint's identity is its content: resumed, its heatmaps are those cached for
+    the uninterrupted run, and its rows (``checkpoint`` and ``source`` columns included)
+    are the same."""
+    root = write_folder(tmp_path / "data")
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("TONNO_CACHE", str(cache))
+    assert main(run_args(root, tmp_path / "whole", config)) == 0
+    kept = records(cache)
+
+    _recording_train_step(monkeypatch, kill_at=6)  # dies in step 6, after the step-4 save
+    with pytest.raises(RuntimeError, match="killed"):
+        main(run_args(root, tmp_path / "killed", config))
+    _recording_train_step(monkeypatch)
+    assert main(run_args(root, tmp_path / "killed", config)) == 0
+    assert records(cache) == kept  # no heatmap computed again
+    whole = (tmp_path / "whole" / "results.csv").read_text()
+    assert (tmp_path / "killed" / "results.csv").read_text() == whole
+
+
 @pytest.mark.parametrize(
     ("damage", "message"),
     [
@@ -121,3 +229,26 @@ def test_a_negative_with_a_lesion_in_its_mask_is_refused(tmp_path, config, monke
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "case11" in err and "masks/case11.nii.gz" in err
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_a_volume_edited_during_the_run_is_not_filed_under_its_old_address(tmp_path):
+    """A heatmap is filed under the digests the job began with: a volume whose cache entry
+    is rebuilt from other content before its heatmap is computed is a failure, not a
+    result under the old address."""
+    import torch
+
+    from benchmark.cache import HeatmapStore
+    from benchmark.runner import Job, compute_missing_heatmaps
+
+    root = write_folder(tmp_path / "data")
+    dataset = load_dataset("folder", root=root, cache_dir=tmp_path / "cache")
+    store = HeatmapStore(tmp_path / "store")
+    job = Job(dataset, ["intensity"], ["case07"], store, None, 1, [], set(), set())
+    edit(root, 7, np.zeros_like)
+    model = torch.nn.Linear(1, 1)
+    failures = compute_missing_heatmaps(job, ["case07"], model, {}, progress=False)
+    assert failures == [
+        "volume case07: case07 changed during the run (its cache entry was rebuilt from other "
+        "content): rerun the command"
+    ]
+    assert not list(store.root.rglob("*.json"))

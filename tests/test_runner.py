@@ -744,7 +744,7 @@ def test_3d_cams_explain_their_own_classifier_beside_the_2d_one(
     """3D CAMs in a run: a 3D classifier is trained beside the 2D one, its specs are
     computed in a store keyed by its checkpoint, its rows carry its model and its AUC, and
     the 2D rows keep their numbers."""
-    from benchmark.checkpoint import checkpoint_hash, load_classifier
+    from benchmark.checkpoint import checkpoint_id, load_classifier, read_checkpoint
 
     use_cache(monkeypatch, reference / "cache")
     run = tmp_path / "run"
@@ -761,7 +761,7 @@ def test_3d_cams_explain_their_own_classifier_beside_the_2d_one(
     checkpoint = tmp_path / "resnet10_3d-quick" / "checkpoint.pt"
     assert isinstance(load_classifier(checkpoint), torch.nn.Module)
     keys = [json.loads(p.read_text()) for p in (reference / "cache").glob("heatmaps/*/*/key.json")]
-    assert checkpoint_hash(checkpoint) in {key["checkpoint"] for key in keys}
+    assert checkpoint_id(read_checkpoint(checkpoint)) in {key["checkpoint"] for key in keys}
 
     results = pd.read_csv(run / "results.csv").set_index("method")
     before = pd.read_csv(reference / "run" / "results.csv").set_index("method")

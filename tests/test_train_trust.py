@@ -8,7 +8,10 @@ import logging
 import math
 import os
 import re
+import shutil
 import socket
+import struct
+import zipfile
 from types import SimpleNamespace
 
 import numpy as np
@@ -21,7 +24,15 @@ from test_train import SHAPE, TINY, TinySet, _recording_train_step
 from torch import nn
 
 import benchmark.train as training
-from benchmark.checkpoint import is_finished, read_checkpoint, save_checkpoint
+from benchmark.checkpoint import (
+    DamagedCheckpoint,
+    checkpoint_id,
+    is_finished,
+    load_classifier,
+    read_checkpoint,
+    save_checkpoint,
+    state_digest,
+)
 from benchmark.config import TrainConfig
 from benchmark.distributed import Context
 from benchmark.train import classifier_report, draw_batch, holdout_split, train
@@ -83,6 +94,89 @@ def test_non_finite_checkpoint_is_not_reused(tmp_path):
     assert not is_finished(path)
     with pytest.raises(ValueError, match="non-finite weights.*not reused"):
         train(data, dataclasses.replace(TINY, iterations=2), tmp_path, resume=True, progress=False)
+
+
+def flip_first_tensor(path, bit: int) -> None:
+    """Flip ``bit`` of every float32 of the checkpoint's first tensor (the model's first
+    weight: its storage is the zip member ``.../data/0``), in place (the size stays)."""
+    with zipfile.ZipFile(path) as archive:
+        (info,) = [i for i in archive.infolist() if i.filename.endswith("/data/0")]
+    data = bytearray(path.read_bytes())
+    name, extra = struct.unpack("<HH", data[info.header_offset + 26 : info.header_offset + 30])
+    start = info.header_offset + 30 + name + extra
+    values = np.frombuffer(bytes(data[start : start + info.file_size]), np.uint32)
+    data[start : start + info.file_size] = (values ^ np.uint32(1 << bit)).tobytes()
+    path.write_bytes(bytes(data))
+
+
+def _without_digest(path):
+    """A checkpoint as written before digests: the same state, no ``digest``."""
+    state = read_checkpoint(path)
+    del state["digest"]
+    torch.save(state, path)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda path: flip_first_tensor(path, bit=0),  # the lowest bit of the mantissa
+        lambda path: flip_first_tensor(path, bit=30),  # the top bit of the exponent
+        lambda path: path.write_bytes(path.read_bytes()[: path.stat().st_size // 2]),
+        _without_digest,
+    ],
+    ids=["mantissa", "exponent", "truncated", "no-digest"],
+)
+def test_a_damaged_checkpoint_is_named_set_aside_and_retrained(tmp_path, caplog, damage):
+    data, config = TinySet(), dataclasses.replace(TINY, iterations=2)
+    fresh = read_checkpoint(train(data, config, tmp_path / "fresh", progress=False))
+    shutil.copytree(tmp_path / "fresh", tmp_path / "run")
+    path = tmp_path / "run" / "checkpoint.pt"
+    damage(path)
+    with pytest.raises(DamagedCheckpoint, match=f"^{path} "):
+        load_classifier(path)
+    assert not is_finished(path)
+    with caplog.at_level(logging.WARNING, logger="benchmark.train"):
+        assert train(data, config, tmp_path / "run", resume=True, progress=False) == path
+    assert f"{path} " in caplog.text and "kept aside as checkpoint.unverified.pt" in caplog.text
+    assert (tmp_path / "run" / "checkpoint.unverified.pt").exists()
+    retrained = read_checkpoint(path)  # from step 0: the weights of a fresh training
+    for key, value in fresh["model"].items():
+        assert torch.equal(retrained["model"][key], value), key
+    assert checkpoint_id(retrained) == checkpoint_id(fresh)
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # a flipped protocol byte
+def test_a_flipped_byte_anywhere_in_a_checkpoint_is_damage_or_harmless(tmp_path):
+    """Every byte, one at a time: the read is refused, or gives the saved state (bytes that
+    hold no value: zip padding, timestamps)."""
+    path = tmp_path / "checkpoint.pt"
+    state = {"model": {"w": torch.arange(6.0)}, "config": {"lr": 0.1}, "step": 3, "arch": "a"}
+    save_checkpoint(path, {**state, "norm": "gn", "in_chans": 1})
+    saved, right = path.read_bytes(), read_checkpoint(path)["digest"]
+    outcomes = set()
+    for at in range(len(saved)):
+        path.write_bytes(saved[:at] + bytes([saved[at] ^ 0x10]) + saved[at + 1 :])
+        try:
+            outcomes.add(read_checkpoint(path)["digest"] == right or "another state")
+        except DamagedCheckpoint:
+            outcomes.add("refused")
+    assert outcomes == {True, "refused"}
+
+
+def test_the_digest_covers_every_value_and_not_the_key_order():
+    state = {"model": {"w": torch.zeros(2), "b": torch.ones(1)}, "log": [{"loss": 0.5}]}
+    digest = state_digest(state)
+    reordered = {"log": state["log"], "model": {"b": torch.ones(1), "w": torch.zeros(2)}}
+    assert state_digest(reordered) == digest
+    changed = [
+        {**state, "model": {"w": torch.zeros(2, dtype=torch.int32), "b": torch.ones(1)}},
+        {**state, "model": {"w": torch.zeros(1, 2), "b": torch.ones(1)}},
+        {**state, "log": [{"loss": math.nextafter(0.5, 1.0)}]},
+        {**state, "log": [{"loss": "0.5"}]},
+        {**state, "extra": None},
+    ]
+    assert len({digest, *map(state_digest, changed)}) == 1 + len(changed)
+    assert state_digest({**state, "digest": "anything"}) == digest
 
 
 class EditedSet(TinySet):

@@ -161,7 +161,7 @@ def _run(args: argparse.Namespace, context, settings, shard, specs, left_out, da
     volume), then the classifiers (one per seed), then the heatmaps and the protocol."""
     import dataclasses
 
-    from benchmark.checkpoint import is_finished
+    from benchmark.checkpoint import is_finished, read_checkpoint
     from benchmark.config import RunConfig, Train3DConfig, TrainConfig, resolve
     from benchmark.io import cache_root
     from benchmark.preflight import check_volumes, writable
@@ -183,6 +183,7 @@ def _run(args: argparse.Namespace, context, settings, shard, specs, left_out, da
     writable(args.leaderboards, "--leaderboards")
     writable(cache_root(), "the cache ($TONNO_CACHE)")
     if args.checkpoint and not is_finished(args.checkpoint):
+        read_checkpoint(args.checkpoint)  # damaged, or not ours: that error, naming it
         raise ValueError(f"{args.checkpoint} is not a finished classifier with finite weights")
     checks = check_volumes(dataset, dataset.ids(), context)
     unscored = [c.id for c in checks if c.empty_truth and dataset.split(c.id) == "val"]
