@@ -24,6 +24,7 @@ and applies the paper's preprocessing (A.4). Everything else lives here:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import json
@@ -395,7 +396,8 @@ class VolumeDataset(ABC):
         """(D, H, W) shape and spacing: from the cache if there, else from file headers."""
         record = self.record(sample_id)
         if self.cached:
-            meta = self._valid_meta(self._entry(record), record, self._sources(record))
+            entry, sources = self._entry(record), self._sources(record)
+            meta = self._valid_meta(entry, record, sources, locked=False)
             if meta is not None:
                 return tuple(meta["shape"][1:]), tuple(meta["spacing"])
         return self._named_errors(self._header, record)
@@ -440,22 +442,27 @@ class VolumeDataset(ABC):
         known = _known_check(record, meta)
         if known is not None:
             return known
-        damage = _mismatch(entry, meta, volume)
-        if damage is not None:
-            self._discard(entry, damage)
-            entry, meta, volume = self._open(record)  # the entry is gone: rebuilt
+        with entry.lock():  # the entry as it is now, while no other process changes it
+            entry, meta, volume = self._open(record)
+            known = _known_check(record, meta)  # verified by another process meanwhile
+            if known is not None:
+                return known
             damage = _mismatch(entry, meta, volume)
             if damage is not None:
-                raise DatasetError(f"{self.name}: {damage} right after rebuilding it")
-        self._named_errors(self._check, volume, record)
-        check = _sample_check(volume, meta["fingerprint"], meta["truth_fingerprint"])
-        meta["verified"] = {
-            "fingerprint": check.fingerprint,
-            "truth_fingerprint": check.truth_fingerprint,
-            "empty_truth": check.empty_truth,
-        }
-        entry.save_meta(meta)
-        return check
+                self._discard(entry, damage)
+                entry, meta, volume = self._open(record)  # the entry is gone: rebuilt
+                damage = _mismatch(entry, meta, volume)
+                if damage is not None:
+                    raise DatasetError(f"{self.name}: {damage} right after rebuilding it")
+            self._named_errors(self._check, volume, record)
+            check = _sample_check(volume, meta["fingerprint"], meta["truth_fingerprint"])
+            meta["verified"] = {
+                "fingerprint": check.fingerprint,
+                "truth_fingerprint": check.truth_fingerprint,
+                "empty_truth": check.empty_truth,
+            }
+            entry.save_meta(meta)
+            return check
 
     def _fingerprints(self, record: Record) -> tuple[str, str]:
         if self.cached:
@@ -503,21 +510,29 @@ class VolumeDataset(ABC):
         """The sample's valid entry (rebuilt if stale or damaged) and its Volume."""
         entry = self._entry(record)
         meta = self._ready(entry, record)
-        try:
+        with contextlib.suppress(DamagedEntry):  # else replaced since, or damaged: locked
             return entry, meta, self._volume(entry, meta, record)
-        except DamagedEntry as damage:
-            self._discard(entry, damage)
-        meta = self._rebuild(entry, record, self._sources(record))
-        try:
-            return entry, meta, self._volume(entry, meta, record)
-        except DamagedEntry as damage:
-            raise DatasetError(f"{self.name}: {damage} right after rebuilding it") from None
+        with entry.lock():
+            meta = self._ready(entry, record)
+            try:
+                return entry, meta, self._volume(entry, meta, record)
+            except DamagedEntry as damage:
+                self._discard(entry, damage)
+            meta = self._rebuild(entry, record, self._sources(record))
+            try:
+                return entry, meta, self._volume(entry, meta, record)
+            except DamagedEntry as damage:
+                raise DatasetError(f"{self.name}: {damage} right after rebuilding it") from None
 
     def _ready(self, entry: CacheEntry, record: Record) -> dict[str, Any]:
-        """The entry's JSON once the entry is valid, rebuilding it if needed."""
+        """The entry's JSON once the entry is valid, rebuilding it (under its lock) if needed."""
         sources = self._sources(record)
-        meta = self._valid_meta(entry, record, sources)
-        return meta if meta is not None else self._rebuild(entry, record, sources)
+        meta = self._valid_meta(entry, record, sources, locked=False)
+        if meta is not None:
+            return meta
+        with entry.lock():
+            meta = self._valid_meta(entry, record, sources)
+            return meta if meta is not None else self._rebuild(entry, record, sources)
 
     def _fields(self, record: Record, sources: list[Path]) -> dict[str, Any]:
         """What of the record the cached arrays depend on (compared on every read)."""
@@ -535,19 +550,25 @@ class VolumeDataset(ABC):
         )
 
     def _valid_meta(
-        self, entry: CacheEntry, record: Record, sources: list[Path]
+        self, entry: CacheEntry, record: Record, sources: list[Path], *, locked: bool = True
     ) -> dict[str, Any] | None:
-        """The entry's JSON if the entry may be served, else None (logged, see
-        ``datasets.cache``: damaged -> WARNING and deleted, stale -> INFO)."""
+        """The entry's JSON if the entry may be served, else None. Under the entry's lock
+        (``locked``) logged, see ``datasets.cache``: damaged -> WARNING and deleted, stale
+        -> INFO, new mtimes stored; without it, None says only "look again under the lock"
+        (another process may be writing the entry) and nothing is logged or changed."""
         try:
             meta = entry.read_meta()
             if meta is None:
                 return None
             entry.check_files(meta)
         except DamagedEntry as damage:
-            self._discard(entry, damage)
+            if locked:
+                self._discard(entry, damage)
             return None
         fields = self._fields(record, sources)
+        if not locked:
+            unchanged = meta.get("format") == FORMAT and meta["fields"] == fields
+            return meta if unchanged and changed_source(meta["sources"]) == (None, False) else None
         if meta.get("format") != FORMAT or meta["fields"] != fields:
             changed = sorted(k for k in fields if meta["fields"].get(k) != fields[k])
             log.info(

@@ -25,6 +25,12 @@ Validity, checked on every read with stat calls only:
    stored, so the hash runs once), else stale. A stale entry is logged (INFO, naming the
    changed file) and recomputed.
 
+Processes sharing the cache (job arrays, ``--shard`` jobs) serve a valid entry without
+locking; anything else (deleting a damaged entry, rebuilding a stale one, storing a
+verification) happens under the entry's lock, ``<stem>.lock`` (:func:`~benchmark.io.file_lock`),
+after looking at the entry again: what another process is writing is waited for, never
+taken for damage.
+
 Blind spot: an edit that keeps both the size and the mtime of a file (a tool that
 restores mtimes, or an edit within the file system's timestamp resolution) is not
 seen; delete the cache entry (or the cache) after such an edit. The full sha of the
@@ -46,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmark.io import atomic_save_json, atomic_save_npy
+from benchmark.io import atomic_save_json, atomic_save_npy, file_lock
 from datasets.content import file_sha256, image_fingerprint, truth_fingerprint
 from datasets.volume import DatasetError, Volume
 
@@ -149,6 +155,10 @@ class CacheEntry:
 
     def array_path(self, name: str) -> Path:
         return Path(f"{self.stem}.{name}.npy")
+
+    def lock(self) -> contextlib.AbstractContextManager[None]:
+        """The entry's lock (module docstring), held while it is changed."""
+        return file_lock(f"{self.stem}.lock")
 
     def read_meta(self) -> dict[str, Any] | None:
         """The entry's JSON, None when there is none; DamagedEntry when unreadable."""

@@ -5,15 +5,22 @@ is writing for damage; a classifier is trained once."""
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import numpy as np
+from test_dataset_trust import lesion, make, open_folder, oriented
 
 import benchmark.io
 from benchmark.io import file_lock
+from datasets.cache import CacheEntry
 
 REPO = Path(__file__).resolve().parents[1]
+FORK = multiprocessing.get_context("fork")  # the children run this module's functions
 
 COUNT = """\
 import sys, time
@@ -65,3 +72,33 @@ def test_without_flock_the_block_runs_unlocked_after_one_warning(tmp_path, monke
     assert ran == ["a", "b"]
     assert caplog.text.count("concurrent runs here are not safe") == 1
     assert "a.lock (" in caplog.text and "No locks available" in caplog.text
+
+
+def hold_while(lock, between, after, ready) -> None:
+    """In a child process: hold ``lock``, ``between()``, say so, wait, ``after()``."""
+    with lock:
+        between()
+        ready.set()
+        time.sleep(1.0)
+        after()
+
+
+def test_a_dataset_entry_being_written_is_waited_for_not_deleted(tmp_path, caplog):
+    make(tmp_path / "data")
+    open_folder(tmp_path)["c1"]
+    entry = CacheEntry(open_folder(tmp_path).cache_path / "c1")
+    mask, meta = entry.array_path("mask"), entry.json_path
+    data, built = mask.read_bytes(), meta.stat().st_mtime_ns
+    ready = FORK.Event()
+    writer = FORK.Process(
+        target=hold_while,  # another process between the entry's files: the mask not there yet
+        args=(entry.lock(), mask.unlink, lambda: mask.write_bytes(data), ready),
+    )
+    writer.start()
+    assert ready.wait(timeout=30)
+    caplog.set_level(logging.INFO, logger="datasets")
+    volume = open_folder(tmp_path)["c1"]
+    writer.join(timeout=30)
+    assert writer.exitcode == 0
+    assert np.array_equal(volume.mask, oriented(lesion()) > 0)
+    assert "damaged" not in caplog.text and meta.stat().st_mtime_ns == built  # not rebuilt
