@@ -215,9 +215,7 @@ class Job:
         return self.store.record(spec, volume_id, self.image(spec, volume_id))
 
     def heatmap(self, spec: str, volume_id: str) -> np.ndarray | None:
-        record = self.record(spec, volume_id)
-        sha = record.get("heatmap") if record else None
-        return self.store.heatmap(spec, volume_id, self.image(spec, volume_id), sha)
+        return self.store.heatmap(spec, volume_id, self.image(spec, volume_id))
 
     def summary(self, spec: str, volume_id: str, grid: np.ndarray) -> Summary | None:
         image, truth = self.image(spec, volume_id), self.truths[volume_id]
@@ -268,14 +266,17 @@ class Job:
             "seconds": seconds,
             "heatmap": None,
         }
-        if spec in grids:
-            summary = summarize(heatmap, self.ground_truth(volume), grids[spec])
-            self.store.save_summary(spec, v, image, self.truths[v], grids[spec], summary)
-        if v in self.keep or spec not in grids:
-            record["heatmap"] = self.store.save_heatmap(spec, v, image, heatmap)
-        else:
-            self.store.drop_heatmap(spec, v, image)
-        self.store.save_record(spec, v, image, record)
+        summary = (
+            summarize(heatmap, self.ground_truth(volume), grids[spec]) if spec in grids else None
+        )
+        with self.store.lock(spec, v, image):
+            if summary is not None:
+                self.store.save_summary(spec, v, image, self.truths[v], grids[spec], summary)
+            if v in self.keep or spec not in grids:
+                record["heatmap"] = self.store.save_heatmap(spec, v, image, heatmap)
+            else:
+                self.store.drop_heatmap(spec, v, image)
+            self.store.save_record(spec, v, image, record)
 
     def settle(self, spec: str, volume_id: str, grid: np.ndarray) -> Summary | None:
         """The entry's summary, made from its kept heatmap if missing (the heatmap is then
@@ -289,11 +290,12 @@ class Job:
         volume = self.dataset[volume_id]
         summary = summarize(heatmap, self.ground_truth(volume), grid)
         image, truth = self.image(spec, volume_id), self.truths[volume_id]
-        self.store.save_summary(spec, volume_id, image, truth, grid, summary)
-        if volume_id not in self.keep:
-            record = {**self.record(spec, volume_id), "heatmap": None}
-            self.store.save_record(spec, volume_id, image, record)
-            self.store.drop_heatmap(spec, volume_id, image)
+        with self.store.lock(spec, volume_id, image):
+            self.store.save_summary(spec, volume_id, image, truth, grid, summary)
+            if volume_id not in self.keep:
+                record = {**self.record(spec, volume_id), "heatmap": None}
+                self.store.save_record(spec, volume_id, image, record)
+                self.store.drop_heatmap(spec, volume_id, image)
         return summary
 
 

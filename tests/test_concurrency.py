@@ -16,6 +16,8 @@ import numpy as np
 from test_dataset_trust import lesion, make, open_folder, oriented
 
 import benchmark.io
+from benchmark.cache import HeatmapStore
+from benchmark.evaluation import GRID_LEVELS
 from benchmark.io import file_lock
 from datasets.cache import CacheEntry
 
@@ -102,3 +104,31 @@ def test_a_dataset_entry_being_written_is_waited_for_not_deleted(tmp_path, caplo
     assert writer.exitcode == 0
     assert np.array_equal(volume.mask, oriented(lesion()) > 0)
     assert "damaged" not in caplog.text and meta.stat().st_mtime_ns == built  # not rebuilt
+
+
+def test_a_heatmap_entry_being_written_is_waited_for_not_deleted(tmp_path, caplog):
+    store = HeatmapStore(tmp_path)
+    old, new = np.zeros((2, 3, 4), np.float32), np.ones((2, 3, 4), np.float32)
+
+    def record(sha: str) -> dict:
+        return {"sketch": [0.0] * (GRID_LEVELS + 1), "max": 1.0, "seconds": 0.0, "heatmap": sha}
+
+    store.save_record("tonno", "v", "img", record(store.save_heatmap("tonno", "v", "img", old)))
+    ready = FORK.Event()
+    shas = FORK.Queue()
+    writer = FORK.Process(  # the new heatmap written, its record not yet
+        target=hold_while,
+        args=(
+            store.lock("tonno", "v", "img"),
+            lambda: shas.put(store.save_heatmap("tonno", "v", "img", new)),
+            lambda: store.save_record("tonno", "v", "img", record(shas.get())),
+            ready,
+        ),
+    )
+    writer.start()
+    assert ready.wait(timeout=30)
+    with caplog.at_level(logging.WARNING, logger="benchmark.cache"):
+        heatmap = store.heatmap("tonno", "v", "img")
+    writer.join(timeout=30)
+    assert writer.exitcode == 0
+    assert np.array_equal(heatmap, new) and "damaged" not in caplog.text
