@@ -21,7 +21,8 @@ so an edited image or mask, or a method whose code changed its heatmaps, gets ne
 entries and never an old one. ``<grid>`` hashes the grid's levels and the protocol's
 settings (connectivity, matching IoU, tail fractions). Every file is written atomically and verified
 when read: a record that does not parse, a heatmap whose sha256 differs from its
-record's, a summary whose zip CRC fails. A damaged file is logged, deleted and recomputed.
+record's, a summary whose zip CRC fails, a ``key.json`` that does not hold the key. A
+damaged file is logged, deleted and recomputed (``key.json``: rewritten).
 
 Processes sharing the cache (job arrays, ``--shard`` jobs, runs side by side) write an
 entry's files under its lock, ``<spec>/<volume>-<image>.lock``
@@ -109,8 +110,18 @@ class HeatmapStore:
         tau' grids have ``levels`` tail fractions."""
         text = json.dumps(key, sort_keys=True)
         root = Path(base or cache_root()) / "heatmaps" / key["dataset"] / digest(text)
-        if not (root / "key.json").exists():
-            atomic_save_json(root / "key.json", key)
+        path = root / "key.json"
+        try:
+            stored = json.loads(path.read_text())
+        except FileNotFoundError:
+            stored = None
+        except (OSError, ValueError) as error:
+            stored = error
+        if stored != json.loads(text):
+            if stored is not None:
+                why = stored if isinstance(stored, Exception) else "not this store's key"
+                log.warning("cache: %s is damaged (%s); rewriting it", path, why)
+            atomic_save_json(path, key)
         return cls(root, levels)
 
     def _stem(self, spec: str, volume: str, image: str) -> Path:
