@@ -19,6 +19,7 @@ training once a held-out part of the train split is classified as well as it wil
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -52,7 +53,7 @@ from benchmark.distributed import (
     resolve_device,
     training_precision,
 )
-from benchmark.io import atomic_write
+from benchmark.io import atomic_write, file_lock
 from benchmark.metrics import weighted_balanced_accuracy
 from benchmark.models import create_classifier, model_spec
 from benchmark.stats import bootstrap_ci
@@ -723,8 +724,28 @@ def train(
     across the ranks and the model wrapped in DistributedDataParallel; rank 0 writes.
     ``monitor(step, model)`` is called at every validation and at the end (``bench train``
     scores the evaluation split there; training never sees what it does).
+
+    Processes training into one ``out_dir`` take turns: rank 0 holds the folder's
+    ``checkpoint.lock`` (:func:`~benchmark.io.file_lock`) while it trains, so that with
+    ``resume`` the one that waited reuses (or continues) the other's checkpoint.
     """
-    out_dir, context = Path(out_dir), context or Context(device=resolve_device(device))
+    context = context or Context(device=resolve_device(device))
+    lock = Path(out_dir) / "checkpoint.lock"
+    waiting = f"another process trains into {out_dir}: waiting for it to finish"
+    with file_lock(lock, waiting) if context.is_main else contextlib.nullcontext():
+        return _train(dataset, config, Path(out_dir), resume, progress, context, monitor)
+
+
+def _train(
+    dataset: Any,
+    config: TrainConfig | Train3DConfig,
+    out_dir: Path,
+    resume: bool,
+    progress: bool,
+    context: Context,
+    monitor: Callable[[int, nn.Module], None] | None,
+) -> Path:
+    """:func:`train`, with its folder's lock held."""
     path, device = out_dir / CHECKPOINT, context.device
     info = _dataset_info(dataset)
     config = resolve_iterations(config, info["name"])

@@ -13,14 +13,19 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import pytest
 from test_dataset_trust import lesion, make, open_folder, oriented
+from test_run_trust import CONFIG, write_folder
 
 import benchmark.io
 from benchmark.cache import HeatmapStore
+from benchmark.cli import main
 from benchmark.evaluation import GRID_LEVELS
 from benchmark.io import file_lock
 from datasets.cache import CacheEntry
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one thread is faster
 REPO = Path(__file__).resolve().parents[1]
 FORK = multiprocessing.get_context("fork")  # the children run this module's functions
 
@@ -132,3 +137,77 @@ def test_a_heatmap_entry_being_written_is_waited_for_not_deleted(tmp_path, caplo
     writer.join(timeout=30)
     assert writer.exitcode == 0
     assert np.array_equal(heatmap, new) and "damaged" not in caplog.text
+
+
+# --- whole runs side by side: subprocesses on one fresh cache and one leaderboards folder ---
+
+
+def run_args(root: Path, *extra: str) -> list[str]:
+    return [
+        "run", "--dataset", "folder", "--root", str(root / "data"), "--preset", "quick",
+        "--device", "cpu", "--config", str(root / "tiny.yaml"), "--out", str(root / "run"),
+        "--leaderboards", str(root / "leaderboards"), *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture
+def shared(tmp_path, monkeypatch):
+    """A tiny ``folder`` data set, its settings, and a fresh cache for every process."""
+    write_folder(tmp_path / "data")
+    (tmp_path / "tiny.yaml").write_text(CONFIG)
+    monkeypatch.setenv("TONNO_CACHE", str(tmp_path / "cache"))
+    return tmp_path
+
+
+def side_by_side(commands: list[list[str]]) -> list[subprocess.CompletedProcess]:
+    """``python -m benchmark COMMAND`` for each command, all started at once."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    started = [
+        subprocess.Popen(
+            [sys.executable, "-m", "benchmark", *command],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for command in commands
+    ]
+    done = []
+    for process, command in zip(started, commands, strict=True):
+        out, err = process.communicate(timeout=300)
+        done.append(subprocess.CompletedProcess(command, process.returncode, out, err))
+    return done
+
+
+@pytest.mark.slow  # two runs at once, training included: 15 s on a busy 2-core CPU (load 5)
+def test_two_runs_side_by_side_keep_every_row_and_train_once(shared):
+    methods = ["tonno", "layercam@2"]
+    done = side_by_side([run_args(shared, "--methods", m) for m in methods])
+    for process in done:
+        assert process.returncode == 0, process.stderr
+        assert "damaged" not in process.stderr, process.stderr
+    assert sum("is finished (step 8): reusing it" in p.stderr for p in done) == 1
+    assert sorted(pd.read_csv(shared / "run" / "results.csv").method) == sorted(methods)
+    page = pd.read_csv(shared / "leaderboards" / "folder.csv")
+    assert sorted(page.method) == sorted(methods)
+    cases = pd.read_csv(shared / "leaderboards" / "folder.per_case.csv")
+    assert len(cases) == len(methods) * 8  # every validation volume of each
+    assert not list(shared.rglob("*.lock"))
+
+
+@pytest.mark.slow  # a training, four shards at once, a merge: 31 s on a busy 2-core CPU
+def test_four_shards_side_by_side_then_a_merge_score_every_volume(shared):
+    train = ["train", *run_args(shared)[1:13]]  # data set, preset, device, config, out
+    assert main(train) == 0
+    methods = "tonno,layercam@1,intensity"
+    shards = [run_args(shared, "--methods", methods, "--shard", f"{i}/4") for i in (1, 2, 3, 4)]
+    for i, process in enumerate(side_by_side(shards), start=1):
+        assert process.returncode == 0, process.stderr
+        assert "damaged" not in process.stderr, process.stderr
+        assert f"shard {i}/4 done" in process.stdout
+    records = list((shared / "cache").glob("heatmaps/folder/*/*/*.json"))
+    assert len(records) == 3 * 8
+    assert main(run_args(shared, "--methods", methods, "--merge")) == 0
+    cases = pd.read_csv(shared / "run" / "per_case.csv")
+    assert sorted(cases.method.unique()) == sorted(methods.split(","))
+    assert cases.groupby("method").volume.nunique().tolist() == [8, 8, 8]
