@@ -44,7 +44,13 @@ from benchmark.checkpoint import (
     save_checkpoint,
     weights_finite,
 )
-from benchmark.config import PAPER_ITERATION_FACTOR, PAPER_ITERATIONS, Train3DConfig, TrainConfig
+from benchmark.config import (
+    PAPER_ITERATION_FACTOR,
+    PAPER_ITERATIONS,
+    Train3DConfig,
+    TrainConfig,
+    check_config,
+)
 from benchmark.distributed import (
     Context,
     mean_seconds,
@@ -523,17 +529,7 @@ class SliceBatches:
         return {"model_name": self.config.model, "arch": spec.arch, "norm": spec.norm}
 
     def check(self) -> None:
-        config = self.config
-        for field in ("slice_size", "val_slices"):
-            if getattr(config, field) < 1:
-                raise ValueError(
-                    f"train config: {field} must be >= 1, got {getattr(config, field)}"
-                )
-        for field in ("slices_per_volume", "val_slices"):
-            if getattr(config, field) < 2:
-                raise ValueError(f"train config: {field} must be >= 2 (offsets span [-1, 1])")
-        if not 0 <= config.scale < 1:
-            raise ValueError(f"train config: scale must be in [0, 1), got {config.scale}")
+        model_spec(self.config.model)  # an unknown name: the error with the close matches
 
     def saved_defaults(self, state: dict[str, Any]) -> dict[str, Any]:
         # before gn_init existed, group norms replacing batch norms copied their affine parameters
@@ -576,19 +572,10 @@ def resolve_iterations(config: TrainConfig, dataset_name: str) -> TrainConfig:
 
 
 def _check(config: TrainConfig | Train3DConfig, world_size: int = 1) -> None:
-    """Reject settings that cannot train (at the boundary, with the field's name)."""
-    fields = ("batch_volumes", "iterations", "val_every", "checkpoint_every", "log_every", "window")
-    for field in fields:
-        if getattr(config, field) < 1:
-            raise ValueError(f"train config: {field} must be >= 1, got {getattr(config, field)}")
+    """Reject settings that cannot train (at the boundary, with the field's name): each
+    field's range (:func:`~benchmark.config.check_config`), then the fields together."""
+    check_config(config)
     batches_for(config).check()
-    for field in ("intensity", "holdout"):
-        if not 0 <= getattr(config, field) < 1:
-            raise ValueError(
-                f"train config: {field} must be in [0, 1), got {getattr(config, field)}"
-            )
-    if config.patience < 0 or config.min_delta < 0 or config.warmup < 0:
-        raise ValueError("train config: patience, min_delta and warmup must be >= 0")
     if config.patience and not config.holdout:
         raise ValueError(
             "train config: early stopping (patience > 0) needs a holdout > 0 to validate on"
