@@ -212,11 +212,13 @@ def channel_names(n: int) -> tuple[str, ...]:
 
 
 def safe_stem(sample_id: str) -> str:
-    """A file name for ``sample_id``: itself when harmless, else sanitised + hash."""
+    """A file name for ``sample_id``: itself when harmless, else sanitised + hash, never
+    hidden (a leading "." becomes "_": tools and ``evaluate`` skip hidden files)."""
     if _SAFE.match(sample_id) and len(sample_id) <= 120:
         return sample_id
     digest = hashlib.sha1(sample_id.encode()).hexdigest()[:10]
-    return f"{re.sub(r'[^A-Za-z0-9._-]+', '_', sample_id)[:100]}-{digest}"
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", sample_id)[:100]
+    return f"{re.sub(r'^[.]', '_', stem)}-{digest}"
 
 
 class VolumeDataset(ABC):
