@@ -420,12 +420,22 @@ def _table(
     return pd.DataFrame(cells), pd.DataFrame(bold)
 
 
+# Markdown's active characters in a name as shown (a user's ``--name``): as entities or
+# escaped, so that a "|" stays in its cell and HTML shows as text
+MARKDOWN_TEXT = str.maketrans({"\\": "\\\\", "|": "\\|", "&": "&amp;", "<": "&lt;", ">": "&gt;"})
+
+
+def markdown_text(text: str) -> str:
+    """``text`` shown as written in a Markdown paragraph or table cell."""
+    return text.translate(MARKDOWN_TEXT)
+
+
 def render(table: pd.DataFrame, fmt: str, bold: pd.DataFrame | None = None) -> str:
     """The one table formatter: ``"md"`` (GitHub Markdown) or ``"csv"``; the HTML page lays
     out the same cells (:func:`benchmark.page.html_page`)."""
     if fmt == "csv":
         return table.to_csv(index=False)
-    cells = table.map(str)
+    cells = table.map(lambda cell: markdown_text(str(cell)))
     if bold is not None:
         cells = cells.where(~bold.to_numpy(bool), cells.map("**{}**".format))
     return tabulate(
@@ -569,7 +579,8 @@ def _document(
 ) -> str:
     """The Markdown page: title, the warning, the opening paragraph, notes, the legend of
     ``symbols``, then each section's table."""
-    parts = [f"# Leaderboard: {dataset}", *_warning_block(warning), *([opening] if opening else [])]
+    parts = [f"# Leaderboard: {dataset}", *_warning_block(warning)]
+    parts += [markdown_text(opening)] if opening else []
     parts.append("\n".join(f"- {n}" for n in notes))
     if symbols:
         keys = [f"**{k}**" if k == BOLD else f"`{k}`" for k, _ in symbols]
