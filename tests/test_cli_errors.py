@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import pickle
 import re
 import subprocess
 import sys
@@ -300,6 +301,31 @@ def test_a_damaged_zip_is_a_user_error(monkeypatch, capsys):
     assert capsys.readouterr().err == (
         "error: a damaged zip-based file (.xlsx, .pt, .npz): File is not a zip file\n"
     )
+
+
+class Payload:
+    """A pickle whose loading would create ``path``: a weights file must never run it."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+@pytest.mark.parametrize("section", ["train", "train3d"])
+def test_a_pickle_given_as_weights_is_one_line_naming_the_file(section, tmp_path, capsys):
+    weights, marker = tmp_path / "weights.pt", tmp_path / "it-ran"
+    weights.write_bytes(pickle.dumps(Payload(str(marker))))
+    kind = ["--set", "train.model=resnet10t"] if section == "train" else ["--classifier", "3d"]
+    settings = [f"{section}.weights={weights}", f"{section}.holdout=0", f"{section}.patience=0"]
+    argv = ["train", *SYNTHETIC, *kind, "--out", str(tmp_path / "out")]
+    assert main([*argv, *(a for s in settings for a in ("--set", s))]) == 2
+    err = capsys.readouterr().err  # after the volumes' progress bar
+    (line,) = [line for line in err.splitlines() if "error" in line or "Traceback" in line]
+    assert line.startswith(f"error: {weights}: not ") and "loads safely" in line, err
+    assert "weights_only" not in err
+    assert not marker.exists() and not (tmp_path / "out" / "checkpoint.pt").exists()
 
 
 # --- one settings schema for `train` and `run`: the same file, the same `--set` spellings ---
