@@ -22,7 +22,15 @@ entries and never an old one. ``<grid>`` hashes the grid's levels and the protoc
 settings (connectivity, matching IoU, tail fractions). Every file is written atomically and verified
 when read: a record that does not match its seal (:mod:`benchmark.seal`: a digit flipped
 in its maximum is seen), a heatmap whose sha256 differs from its record's, a summary
-whose zip CRC fails. A damaged file is logged (WARNING), deleted and recomputed.
+whose zip CRC fails, a ``key.json`` that does not hold the key. A damaged file is logged
+(WARNING), deleted and recomputed (``key.json``: rewritten).
+
+Processes sharing the cache (job arrays, ``--shard`` jobs, runs side by side) write an
+entry's files under its lock, ``<spec>/<volume>-<image>.lock``
+(:func:`~benchmark.io.file_lock`), and read a file that looks damaged again under that
+lock before deleting it: another process between an entry's files is waited for, never
+taken for damage. Two processes that miss the same entry both compute it; the files
+are the same, the last written stays.
 """
 
 from __future__ import annotations
@@ -32,15 +40,16 @@ import hashlib
 import json
 import logging
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from benchmark import __version__
 from benchmark.evaluation import GRID_LEVELS, MATCH_IOU, STRUCTURE, Summary, tail_fractions
-from benchmark.io import atomic_save_json, atomic_write, cache_root
+from benchmark.io import atomic_save_json, atomic_write, cache_root, file_lock
 from benchmark.seal import read_sealed, save_sealed
 from datasets.base import safe_stem
 
@@ -48,6 +57,7 @@ log = logging.getLogger(__name__)
 
 CACHE_VERSION = 2  # the layout above
 _DAMAGED = (OSError, ValueError, EOFError, KeyError, TypeError, zipfile.BadZipFile)
+T = TypeVar("T")
 
 
 def digest(data: bytes | str, length: int = 16) -> str:
@@ -103,16 +113,45 @@ class HeatmapStore:
         tau' grids have ``levels`` tail fractions."""
         text = json.dumps(key, sort_keys=True)
         root = Path(base or cache_root()) / "heatmaps" / key["dataset"] / digest(text)
-        if not (root / "key.json").exists():
-            atomic_save_json(root / "key.json", key)
+        path = root / "key.json"
+        try:
+            stored = json.loads(path.read_text())
+        except FileNotFoundError:
+            stored = None
+        except (OSError, ValueError) as error:
+            stored = error
+        if stored != json.loads(text):
+            if stored is not None:
+                why = stored if isinstance(stored, Exception) else "not this store's key"
+                log.warning("cache: %s is damaged (%s); rewriting it", path, why)
+            atomic_save_json(path, key)
         return cls(root, levels)
 
     def _stem(self, spec: str, volume: str, image: str) -> Path:
         return self.root / spec / f"{safe_stem(volume)}-{image[:16]}"
 
-    def _damaged(self, path: Path, error: BaseException) -> None:
-        log.warning("cache: %s is damaged (%s); recomputing it", path, error)
-        path.unlink(missing_ok=True)
+    def lock(self, spec: str, volume: str, image: str):
+        """The entry's lock (module docstring), held while its files are written."""
+        return file_lock(self._stem(spec, volume, image).with_suffix(".lock"))
+
+    def _read(self, entry: tuple[str, str, str], path: Path, read: Callable[[], T]) -> T | None:
+        """``read()``; None when its file is missing. A damaged file is read again under the
+        lock of ``entry`` (spec, volume, image) and, damaged still, logged and deleted."""
+        try:
+            return read()
+        except FileNotFoundError:
+            return None
+        except _DAMAGED:
+            pass
+        with self.lock(*entry):
+            try:
+                return read()
+            except FileNotFoundError:
+                return None
+            except _DAMAGED as error:
+                log.warning("cache: %s is damaged (%s); recomputing it", path, error)
+                path.unlink(missing_ok=True)
+                return None
 
     # -- records ------------------------------------------------------------------------
 
@@ -122,17 +161,16 @@ class HeatmapStore:
 
         Its ``sketch`` holds the heatmap's :func:`~benchmark.evaluation.tail_quantiles`."""
         path = self._stem(spec, volume, image).with_suffix(".json")
-        try:
+
+        def read() -> dict[str, Any]:
             record = read_sealed(path)
             if not (isinstance(record, dict) and isinstance(record["sketch"], list)):
                 raise ValueError("not a heatmap record")
             float(record["max"]), float(record["seconds"])
-        except FileNotFoundError:
-            return None
-        except _DAMAGED as error:
-            self._damaged(path, error)
-            return None
-        return record if len(record["sketch"]) == self.levels + 1 else None
+            return record
+
+        record = self._read((spec, volume, image), path, read)
+        return record if record and len(record["sketch"]) == self.levels + 1 else None
 
     def save_record(self, spec: str, volume: str, image: str, record: dict[str, Any]) -> None:
         save_sealed(self._stem(spec, volume, image).with_suffix(".json"), record)
@@ -146,19 +184,21 @@ class HeatmapStore:
             np.save(file, heatmap, allow_pickle=False)
         return _array_sha(heatmap)
 
-    def heatmap(self, spec: str, volume: str, image: str, sha: str | None) -> np.ndarray | None:
-        """The kept heatmap if its content matches ``sha`` (from the record), else None."""
+    def heatmap(self, spec: str, volume: str, image: str) -> np.ndarray | None:
+        """The kept heatmap if its record names it and its content matches, else None."""
         path = self._stem(spec, volume, image).with_suffix(".npy")
-        if sha is None or not path.exists():
-            return None
-        try:
+
+        def read() -> np.ndarray | None:
+            record = self.record(spec, volume, image)
+            sha = record.get("heatmap") if record else None
+            if sha is None:
+                return None
             heatmap = np.load(path, allow_pickle=False)
             if _array_sha(heatmap) != sha:
                 raise ValueError("its sha256 differs from its record's")
-        except _DAMAGED as error:
-            self._damaged(path, error)
-            return None
-        return heatmap
+            return heatmap
+
+        return self._read((spec, volume, image), path, read)
 
     def drop_heatmap(self, spec: str, volume: str, image: str) -> None:
         self._stem(spec, volume, image).with_suffix(".npy").unlink(missing_ok=True)
@@ -174,17 +214,15 @@ class HeatmapStore:
     ) -> Summary | None:
         """The entry's summary on ``grid``, or None when missing or damaged (then deleted)."""
         path = self._summary_path(spec, volume, image, truth, grid)
-        try:
+
+        def read() -> Summary:
             with np.load(path, allow_pickle=False) as data:
                 summary = Summary.from_dict({k: data[k] for k in data.files})
             if not np.array_equal(summary.levels, grid):
                 raise ValueError("made on another grid")
-        except FileNotFoundError:
-            return None
-        except _DAMAGED as error:
-            self._damaged(path, error)
-            return None
-        return summary
+            return summary
+
+        return self._read((spec, volume, image), path, read)
 
     def save_summary(
         self, spec: str, volume: str, image: str, truth: str, grid: np.ndarray, summary: Summary

@@ -12,9 +12,10 @@ import difflib
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from benchmark.checkpoint import read_weights
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,7 @@ def load_medicalnet(net: nn.Module, path: str | Path) -> None:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no MedicalNet weights file {path}")
-    saved = torch.load(path, map_location="cpu", weights_only=True)
+    saved = read_weights(path, "a MedicalNet weights file")
     saved = saved.get("state_dict", saved)
     saved = {k.removeprefix("module."): v for k, v in saved.items()}
     own = net.state_dict()

@@ -11,6 +11,7 @@ every field name and converting values to the field's type.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -267,22 +268,84 @@ REPLACED: dict[tuple[type, str], str] = {
     ),
 }
 
-MINIMUM: dict[type, dict[str, int]] = {
+
+@dataclass(frozen=True)
+class Bounds:
+    """The values a numeric field takes: finite, ``low <= value <= high`` (``< high`` when
+    ``open``); ``why`` says what an upper bound guards."""
+
+    low: float = -math.inf
+    high: float = math.inf
+    open: bool = False
+    why: str = ""
+
+    def problem(self, name: str, value: float) -> str | None:
+        if not math.isfinite(value):
+            return f"{name} must be a finite number, got {value}"
+        if value < self.low:
+            return f"{name} must be >= {self.low:g}, got {value}"
+        if self.open and value >= self.high:
+            return f"{name} must be in [{self.low:g}, {self.high:g}), got {value}"
+        if value > self.high:
+            return f"{name} must be <= {self.high:g} ({self.why}), got {value}"
+        return None
+
+
+AT_LEAST_0, AT_LEAST_1, FRACTION = Bounds(0), Bounds(1), Bounds(0, 1, open=True)
+SEED = AT_LEAST_0  # numpy's generators take no negative seed
+_TRAINING = {  # the fields TrainConfig and Train3DConfig share
+    "batch_volumes": AT_LEAST_1,
+    "intensity": FRACTION,
+    "lr": AT_LEAST_0,
+    "lr_min": AT_LEAST_0,
+    "warmup": AT_LEAST_0,
+    "eps": AT_LEAST_0,
+    "iterations": AT_LEAST_1,
+    "val_every": AT_LEAST_1,
+    "checkpoint_every": AT_LEAST_1,
+    "log_every": AT_LEAST_1,
+    "seed": SEED,
+    "holdout": FRACTION,
+    "patience": AT_LEAST_0,
+    "min_delta": AT_LEAST_0,
+    "window": AT_LEAST_1,
+}
+
+# Every numeric field's range, checked for the presets, config files, --set and the
+# configs that callers of train() build (check_config): what passes runs to the end.
+BOUNDS: dict[type, dict[str, Bounds]] = {
     TomographyConfig: {
-        "n_angles": 1,
-        "n_angles_cam": 1,
-        "n_slices": 2,  # the step 2/(M-1) of eq. (9); methods/tomography.py asks for >= 2
-        "slice_size": 2,  # eq. (4)'s pixel grid has pixels at both ends of [-1, 1]
-        "chunk": 1,
+        "n_angles": AT_LEAST_1,
+        "n_angles_cam": AT_LEAST_1,
+        "n_slices": Bounds(2),  # the step 2/(M-1) of eq. (9)
+        "slice_size": Bounds(2),  # eq. (4)'s pixel grid has pixels at both ends of [-1, 1]
+        "chunk": AT_LEAST_1,
+        "seed": SEED,
     },
     RunConfig: {
-        "folds": 1,
-        "n_tune": 1,
-        "batch_size": 1,
-        "figure_volumes": 0,
-        "bootstrap_resamples": 1,
-        "grid_levels": 2,
+        "budget_passes": AT_LEAST_0,
+        # a spread over folds needs two; 1000 folds take 100x the protocol's default time
+        "folds": Bounds(2, 1000, why="100 times A.7's 10 folds"),
+        "seed": SEED,
+        "n_tune": AT_LEAST_1,
+        "batch_size": AT_LEAST_1,
+        "calibration_volumes": AT_LEAST_1,
+        # each level is a connected-component pass over every heatmap: 33x the default's
+        # time at 1000 (480, 16x finer, moved Dice by 0.02: benchmark.evaluation)
+        "grid_levels": Bounds(2, 1000, why="33 times the default's work per heatmap"),
+        # its index table holds resamples x volumes integers: 160 MB for 1000 volumes
+        "bootstrap_resamples": Bounds(1, 20_000, why="10 times the default, memory"),
+        "figure_volumes": AT_LEAST_0,
     },
+    TrainConfig: {
+        **_TRAINING,
+        "slices_per_volume": Bounds(2),  # offsets span [-1, 1]
+        "slice_size": AT_LEAST_1,
+        "scale": FRACTION,
+        "translation": AT_LEAST_0,
+        "val_slices": Bounds(2),
+    },
+    Train3DConfig: {**_TRAINING, "input_size": Bounds(2), "rotation": Bounds(0, 180)},
 }
 
 
@@ -296,15 +359,30 @@ CHOICES: dict[str, tuple[str, ...]] = {  # the training configs' fields of named
 
 def field_problem(cls: type, name: str, value: Any) -> str | None:
     """What is wrong with ``value`` for field ``name`` of ``cls`` (already converted), or None."""
-    minimum = MINIMUM.get(cls, {}).get(name)
-    if minimum is not None and isinstance(value, int) and value < minimum:
-        return f"{name} must be >= {minimum}, got {value}"
+    bounds = BOUNDS.get(cls, {}).get(name)
+    numbers = value if isinstance(value, tuple) else (value,)  # a tuple: each of its values
+    for number in numbers if bounds is not None else ():
+        if isinstance(number, (int, float)) and not isinstance(number, bool):
+            problem = bounds.problem(name, number)
+            if problem:
+                return problem
     choices = CHOICES.get(name)
     if cls in (TrainConfig, Train3DConfig) and choices and value not in choices:
         return f"{name} must be one of {', '.join(choices)}, got {value!r}"
     if cls is RunConfig and name == "methods" and not _names_a_method(value):
         return "no method was given: name at least one spec, name or wildcard (or all)"
     return None
+
+
+def check_config(config: Any) -> None:
+    """A ValueError naming the first field of ``config`` (a config of :data:`SECTIONS`,
+    however built) whose value :func:`field_problem` refuses, spelled as ``--set`` spells it."""
+    section = next(s for s, cls in SECTIONS.items() if cls is type(config))
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        problem = field_problem(type(config), field.name, value)
+        if problem:
+            raise ValueError(f"{_spelled(section, field.name)}={value}: {problem}")
 
 
 def _names_a_method(methods: tuple[str, ...]) -> bool:

@@ -20,7 +20,9 @@ A page only ever gains rows: :func:`write_leaderboards` merges ``results`` into 
 already in ``<dataset>.csv`` (a row of ``results`` replaces the one with its dataset, model
 and method), but only when both come from the same evaluation context (the optional
 ``context`` and ``source`` columns, see :data:`CONTEXT_COLUMNS`); otherwise the page is
-left standing and the new tables go to a fallback folder, with a warning.
+left standing and the new tables go to a fallback folder, with a warning. Pages are read,
+merged and written under their folder's :func:`page_lock`: runs side by side that write
+into one folder each add their rows.
 
 Beyond the paper, every number gets a 95% percentile-bootstrap interval over volumes and
 each method a paired difference to a reference method (slice-wise LayerCAM at its best
@@ -67,7 +69,7 @@ from benchmark.captions import (
     verdict,
 )
 from benchmark.config import RunConfig
-from benchmark.io import atomic_write
+from benchmark.io import atomic_write, file_lock
 from benchmark.metrics import HEADERS, KEYS, overlap_key, reported
 from benchmark.page import html_page
 from benchmark.stats import case_intervals
@@ -418,12 +420,22 @@ def _table(
     return pd.DataFrame(cells), pd.DataFrame(bold)
 
 
+# Markdown's active characters in a name as shown (a user's ``--name``): as entities or
+# escaped, so that a "|" stays in its cell and HTML shows as text
+MARKDOWN_TEXT = str.maketrans({"\\": "\\\\", "|": "\\|", "&": "&amp;", "<": "&lt;", ">": "&gt;"})
+
+
+def markdown_text(text: str) -> str:
+    """``text`` shown as written in a Markdown paragraph or table cell."""
+    return text.translate(MARKDOWN_TEXT)
+
+
 def render(table: pd.DataFrame, fmt: str, bold: pd.DataFrame | None = None) -> str:
     """The one table formatter: ``"md"`` (GitHub Markdown) or ``"csv"``; the HTML page lays
     out the same cells (:func:`benchmark.page.html_page`)."""
     if fmt == "csv":
         return table.to_csv(index=False)
-    cells = table.map(str)
+    cells = table.map(lambda cell: markdown_text(str(cell)))
     if bold is not None:
         cells = cells.where(~bold.to_numpy(bool), cells.map("**{}**".format))
     return tabulate(
@@ -567,7 +579,8 @@ def _document(
 ) -> str:
     """The Markdown page: title, the warning, the opening paragraph, notes, the legend of
     ``symbols``, then each section's table."""
-    parts = [f"# Leaderboard: {dataset}", *_warning_block(warning), *([opening] if opening else [])]
+    parts = [f"# Leaderboard: {dataset}", *_warning_block(warning)]
+    parts += [markdown_text(opening)] if opening else []
     parts.append("\n".join(f"- {n}" for n in notes))
     if symbols:
         keys = [f"**{k}**" if k == BOLD else f"`{k}`" for k, _ in symbols]
@@ -742,6 +755,11 @@ def _plan(
     return _Plan(dataset, new, cases, fallback_dir, reason=reason)
 
 
+def page_lock(folder: str | Path):
+    """The lock of the pages in ``folder``: held from reading them to writing them."""
+    return file_lock(Path(folder) / "pages.lock")
+
+
 def _write_bytes(path: Path, data: bytes) -> None:
     with atomic_write(path) as file:
         file.write(data)
@@ -795,25 +813,26 @@ def write_leaderboards(
     fallback = Path(fallback_dir) if fallback_dir is not None else None
     frame = results if "model" in results else results.assign(model=PAPER_MODEL)
     cases = pd.DataFrame(columns=CASE_COLUMNS) if cases is None else cases
-    plans = [
-        _plan(str(dataset), rows, cases[cases.dataset == dataset], out_dir, fallback)
-        for dataset, rows in frame.groupby("dataset", sort=True)
-    ]
     empty = pd.DataFrame(columns=["dataset", "model", "method", *KEYS])
     published = _prepare(paper_results() if paper else empty)
     written, tables = [], {}
-    for plan in plans:
-        paths, tables[plan.dataset] = _write_pages(
-            plan, published, list(notes), warning, intervals, strips
-        )
-        written += paths
-        if plan.reason is not None:
-            log.warning(
-                "%s left standing: %s; this run's tables are in %s",
-                out_dir / f"{plan.dataset}.md",
-                plan.reason,
-                plan.folder,
+    with page_lock(out_dir):
+        plans = [
+            _plan(str(dataset), rows, cases[cases.dataset == dataset], out_dir, fallback)
+            for dataset, rows in frame.groupby("dataset", sort=True)
+        ]
+        for plan in plans:
+            paths, tables[plan.dataset] = _write_pages(
+                plan, published, list(notes), warning, intervals, strips
             )
+            written += paths
+            if plan.reason is not None:
+                log.warning(
+                    "%s left standing: %s; this run's tables are in %s",
+                    out_dir / f"{plan.dataset}.md",
+                    plan.reason,
+                    plan.folder,
+                )
     return Written(
         tuple(written),
         merged=tuple(p.dataset for p in plans if p.merged),

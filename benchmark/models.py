@@ -42,6 +42,7 @@ import torch
 from timm.layers import BatchNormAct2d, GroupNormAct, freeze_batch_norm_2d
 from torch import nn
 
+from benchmark.checkpoint import read_weights
 from benchmark.config import GN_INITS
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,7 @@ def create_classifier(
     elif weights is not None:
         if not Path(weights).is_file():
             raise FileNotFoundError(f"pretrained weights for {name!r}: no file {weights}")
+        read_weights(weights, f"a weights file for {name!r}")  # checked before timm loads it
         overlay = {"file": str(weights)}
         model = timm.create_model(
             spec.arch, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs

@@ -1,6 +1,7 @@
 """What an evaluation writes beside the leaderboards: ``results.csv`` (with intervals and
 deltas), ``folds.csv``, ``per_case.csv`` and ``summary.json``; and what a run folder's
-tables keep of the earlier runs into it (:func:`keep_earlier`).
+tables keep of the earlier runs into it (:func:`keep_earlier`), read and written under
+the folder's :func:`tables_lock` so that runs into one folder side by side keep every row.
 
 ``summary.json`` follows the shape medical-imaging users know from nnU-Net and Grand
 Challenge: ``metric_per_case`` (one entry per validation volume and method), then the
@@ -23,7 +24,7 @@ import pandas as pd
 
 from benchmark import __version__
 from benchmark.evaluation import EvaluationResult
-from benchmark.io import atomic_save_json, atomic_write
+from benchmark.io import atomic_save_json, atomic_write, file_lock
 from benchmark.leaderboard import KEY, context_mismatch, merge_rows, read_cases, read_rows
 
 # A run folder's tables by name, the rows of each keyed by ``KEY`` (the timings, summed
@@ -213,6 +214,11 @@ def write_reports(
     paths = [write_csv(table, out_dir / RUN_TABLES[name]) for name, table in tables.items()]
     atomic_save_json(out_dir / "summary.json", summary)
     return [*paths, out_dir / "summary.json"]
+
+
+def tables_lock(out_dir: str | Path):
+    """The lock of a run folder's tables: held from reading them to writing them."""
+    return file_lock(Path(out_dir) / "tables.lock")
 
 
 def read_tables(out_dir: str | Path) -> dict[str, pd.DataFrame]:

@@ -68,6 +68,7 @@ from benchmark.io import atomic_write
 from benchmark.leaderboard import (
     KEY,
     Intervals,
+    page_lock,
     with_intervals,
     write_leaderboards,
 )
@@ -84,6 +85,7 @@ from benchmark.report import (
     read_tables,
     results_tables,
     summary_document,
+    tables_lock,
     write_csv,
     write_reports,
 )
@@ -215,9 +217,7 @@ class Job:
         return self.store.record(spec, volume_id, self.image(spec, volume_id))
 
     def heatmap(self, spec: str, volume_id: str) -> np.ndarray | None:
-        record = self.record(spec, volume_id)
-        sha = record.get("heatmap") if record else None
-        return self.store.heatmap(spec, volume_id, self.image(spec, volume_id), sha)
+        return self.store.heatmap(spec, volume_id, self.image(spec, volume_id))
 
     def summary(self, spec: str, volume_id: str, grid: np.ndarray) -> Summary | None:
         image, truth = self.image(spec, volume_id), self.truths[volume_id]
@@ -282,14 +282,17 @@ class Job:
             "seconds": seconds,
             "heatmap": None,
         }
-        if spec in grids:
-            summary = summarize(heatmap, self.ground_truth(volume), grids[spec])
-            self.store.save_summary(spec, v, image, self.truths[v], grids[spec], summary)
-        if v in self.keep or spec not in grids:
-            record["heatmap"] = self.store.save_heatmap(spec, v, image, heatmap)
-        else:
-            self.store.drop_heatmap(spec, v, image)
-        self.store.save_record(spec, v, image, record)
+        summary = (
+            summarize(heatmap, self.ground_truth(volume), grids[spec]) if spec in grids else None
+        )
+        with self.store.lock(spec, v, image):
+            if summary is not None:
+                self.store.save_summary(spec, v, image, self.truths[v], grids[spec], summary)
+            if v in self.keep or spec not in grids:
+                record["heatmap"] = self.store.save_heatmap(spec, v, image, heatmap)
+            else:
+                self.store.drop_heatmap(spec, v, image)
+            self.store.save_record(spec, v, image, record)
 
     def settle(self, spec: str, volume_id: str, grid: np.ndarray) -> Summary | None:
         """The entry's summary, made from its kept heatmap if missing (the heatmap is then
@@ -302,11 +305,12 @@ class Job:
             return None
         summary = summarize(heatmap, self.ground_truth(self.volume(volume_id)), grid)
         image, truth = self.image(spec, volume_id), self.truths[volume_id]
-        self.store.save_summary(spec, volume_id, image, truth, grid, summary)
-        if volume_id not in self.keep:
-            record = {**self.record(spec, volume_id), "heatmap": None}
-            self.store.save_record(spec, volume_id, image, record)
-            self.store.drop_heatmap(spec, volume_id, image)
+        with self.store.lock(spec, volume_id, image):
+            self.store.save_summary(spec, volume_id, image, truth, grid, summary)
+            if volume_id not in self.keep:
+                record = {**self.record(spec, volume_id), "heatmap": None}
+                self.store.save_record(spec, volume_id, image, record)
+                self.store.drop_heatmap(spec, volume_id, image)
         return summary
 
 
@@ -898,7 +902,9 @@ def write_outputs(
 ) -> RunOutputs:
     """Stage 5: results (with intervals over volumes and seeds), folds, per-case and
     timing CSVs (with the earlier runs' rows they keep, :func:`with_earlier`),
-    summary.json, leaderboards, the Figure 6 layout, NIfTI on request."""
+    summary.json, leaderboards, the Figure 6 layout, NIfTI on request. The run folder's
+    tables and the pages are read and written under their locks, so that runs into the same
+    folders side by side each add their rows."""
     first = seeded[0]
     job, dataset = first.job, first.job.dataset
     results, folds, cases = combine_seeds(seeded)
@@ -917,68 +923,69 @@ def write_outputs(
     computed = tuple(results.method)
     shown = folds[folds.seed == first.seed] if "seed" in folds else folds  # for the figures
     new = {"results": results, "folds": folds, "cases": cases, "timings": timings}
-    tables, kept = with_earlier(out_dir, new)
-    folds, cases, timings = tables["folds"], tables["cases"], tables["timings"]
-    intervals = Intervals(config.reference, config.bootstrap_resamples, seed=config.seed)
-    results = with_intervals(tables["results"], cases, intervals)
-    mine = results[results.method.isin(computed)]
-    settings = {
-        "preset": preset,
-        "seeds": seeds,
-        "run": dataclasses.asdict(config),
-        "tomography": dataclasses.asdict(tomography),
-        **{  # the first seed's training settings of each classifier
-            TRAIN_SECTIONS[s.classifier]: s.train_config for s in seeded if s.seed == first.seed
-        },
-        "dataset": {"name": dataset.name, "options": dataset.options()},
-        "unscored": sorted(job.unscored, key=natural_key),
-    }
-    classifiers = [
-        {
-            "seed": s.seed,
-            "classifier": s.classifier,
-            "model": s.model_name,
-            "checkpoint": s.checkpoint,
-            **s.report,
+    with tables_lock(out_dir), page_lock(leaderboards):  # runs side by side take turns
+        tables, kept = with_earlier(out_dir, new)
+        folds, cases, timings = tables["folds"], tables["cases"], tables["timings"]
+        intervals = Intervals(config.reference, config.bootstrap_resamples, seed=config.seed)
+        results = with_intervals(tables["results"], cases, intervals)
+        mine = results[results.method.isin(computed)]
+        settings = {
+            "preset": preset,
+            "seeds": seeds,
+            "run": dataclasses.asdict(config),
+            "tomography": dataclasses.asdict(tomography),
+            **{  # the first seed's training settings of each classifier
+                TRAIN_SECTIONS[s.classifier]: s.train_config for s in seeded if s.seed == first.seed
+            },
+            "dataset": {"name": dataset.name, "options": dataset.options()},
+            "unscored": sorted(job.unscored, key=natural_key),
         }
-        for s in seeded
-    ]
-    summary = summary_document(results, cases, folds, settings, classifiers, environment)
-    write_reports(out_dir, results, folds, cases, summary)
-    write_csv(timings, out_dir / RUN_TABLES["timings"])
-    lines = [sanity_lines(s.report, s.model_name, s.classifier) for s in seeded]
-    prefix = [f"Seed {s.seed}: " if len(seeds) > 1 else "" for s in seeded]
-    page_notes = [p + note for p, (note, _) in zip(prefix, lines, strict=True)]
-    warnings = [p + w for p, (_, w) in zip(prefix, lines, strict=True) if w]
-    page_notes += [environment_note(environment, preset, seeds), *notes]
-    if job.unscored:
-        page_notes.append(
-            f"{len(job.unscored)} positive(s) with an empty annotation are scored for "
-            f"classification only: {', '.join(sorted(job.unscored, key=natural_key))}."
+        classifiers = [
+            {
+                "seed": s.seed,
+                "classifier": s.classifier,
+                "model": s.model_name,
+                "checkpoint": s.checkpoint,
+                **s.report,
+            }
+            for s in seeded
+        ]
+        summary = summary_document(results, cases, folds, settings, classifiers, environment)
+        write_reports(out_dir, results, folds, cases, summary)
+        write_csv(timings, out_dir / RUN_TABLES["timings"])
+        lines = [sanity_lines(s.report, s.model_name, s.classifier) for s in seeded]
+        prefix = [f"Seed {s.seed}: " if len(seeds) > 1 else "" for s in seeded]
+        page_notes = [p + note for p, (note, _) in zip(prefix, lines, strict=True)]
+        warnings = [p + w for p, (_, w) in zip(prefix, lines, strict=True) if w]
+        page_notes += [environment_note(environment, preset, seeds), *notes]
+        if job.unscored:
+            page_notes.append(
+                f"{len(job.unscored)} positive(s) with an empty annotation are scored for "
+                f"classification only: {', '.join(sorted(job.unscored, key=natural_key))}."
+            )
+        fallback = out_dir / "leaderboards"
+        specs, rows = figures.figure_rows(jobs, mine, shown, config, ["*"])  # a strip per family
+        pages = write_leaderboards(
+            results,
+            leaderboards,
+            strips=figures.method_strips(rows, specs) if rows else None,
+            notes=page_notes,
+            warning="\n".join(warnings) or None,
+            fallback_dir=fallback,
+            cases=cases,
+            intervals=intervals,
         )
-    fallback = out_dir / "leaderboards"
-    specs, rows = figures.figure_rows(jobs, mine, shown, config, ["*"])  # a strip per family
-    pages = write_leaderboards(
-        results,
-        leaderboards,
-        strips=figures.method_strips(rows, specs) if rows else None,
-        notes=page_notes,
-        warning="\n".join(warnings) or None,
-        fallback_dir=fallback,
-        cases=cases,
-        intervals=intervals,
-    )
-    folder = fallback if dataset.name in pages.fell_back else Path(leaderboards)
-    figure = folder / f"{dataset.name}.png"
-    if (dataset.name in pages.merged or kept) and figure.exists():
-        log.info("%s left standing: it shows methods this run did not compute", figure)
-        figure = None
-    else:
-        specs, rows = figures.figure_rows(jobs, mine, shown, config, config.figure_methods)
-        title = f"{dataset.name}: heatmaps and masks"
-        figure = figures.save_png(figures.draw(rows, title=title), figure) if rows else None
-        if not rows:
-            log.info("no annotated validation positive to show: no figure")
+        folder = fallback if dataset.name in pages.fell_back else Path(leaderboards)
+        figure = folder / f"{dataset.name}.png"
+        if (dataset.name in pages.merged or kept) and figure.exists():
+            log.info("%s left standing: it shows methods this run did not compute", figure)
+            figure = None
+        else:
+            specs, rows = figures.figure_rows(jobs, mine, shown, config, config.figure_methods)
+            title = f"{dataset.name}: heatmaps and masks"
+            figure = figures.save_png(figures.draw(rows, title=title), figure) if rows else None
+            if not rows:
+                log.info("no annotated validation positive to show: no figure")
     nifti = export_nifti(job, out_dir / "heatmaps") if config.save_heatmaps else []
     page = folder / f"{dataset.name}.html"
     written = [*pages, *([figure] if figure else [])]

@@ -20,6 +20,7 @@ training once a held-out part of the train split is classified as well as it wil
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -45,7 +46,13 @@ from benchmark.checkpoint import (
     save_checkpoint,
     weights_finite,
 )
-from benchmark.config import PAPER_ITERATION_FACTOR, PAPER_ITERATIONS, Train3DConfig, TrainConfig
+from benchmark.config import (
+    PAPER_ITERATION_FACTOR,
+    PAPER_ITERATIONS,
+    Train3DConfig,
+    TrainConfig,
+    check_config,
+)
 from benchmark.distributed import (
     Context,
     mean_seconds,
@@ -54,7 +61,7 @@ from benchmark.distributed import (
     resolve_device,
     training_precision,
 )
-from benchmark.io import atomic_write
+from benchmark.io import atomic_write, file_lock
 from benchmark.metrics import weighted_balanced_accuracy
 from benchmark.models import create_classifier, model_spec
 from benchmark.stats import bootstrap_ci
@@ -524,17 +531,7 @@ class SliceBatches:
         return {"model_name": self.config.model, "arch": spec.arch, "norm": spec.norm}
 
     def check(self) -> None:
-        config = self.config
-        for field in ("slice_size", "val_slices"):
-            if getattr(config, field) < 1:
-                raise ValueError(
-                    f"train config: {field} must be >= 1, got {getattr(config, field)}"
-                )
-        for field in ("slices_per_volume", "val_slices"):
-            if getattr(config, field) < 2:
-                raise ValueError(f"train config: {field} must be >= 2 (offsets span [-1, 1])")
-        if not 0 <= config.scale < 1:
-            raise ValueError(f"train config: scale must be in [0, 1), got {config.scale}")
+        model_spec(self.config.model)  # an unknown name: the error with the close matches
 
     def saved_defaults(self, state: dict[str, Any]) -> dict[str, Any]:
         # before gn_init existed, group norms replacing batch norms copied their affine parameters
@@ -577,19 +574,10 @@ def resolve_iterations(config: TrainConfig, dataset_name: str) -> TrainConfig:
 
 
 def _check(config: TrainConfig | Train3DConfig, world_size: int = 1) -> None:
-    """Reject settings that cannot train (at the boundary, with the field's name)."""
-    fields = ("batch_volumes", "iterations", "val_every", "checkpoint_every", "log_every", "window")
-    for field in fields:
-        if getattr(config, field) < 1:
-            raise ValueError(f"train config: {field} must be >= 1, got {getattr(config, field)}")
+    """Reject settings that cannot train (at the boundary, with the field's name): each
+    field's range (:func:`~benchmark.config.check_config`), then the fields together."""
+    check_config(config)
     batches_for(config).check()
-    for field in ("intensity", "holdout"):
-        if not 0 <= getattr(config, field) < 1:
-            raise ValueError(
-                f"train config: {field} must be in [0, 1), got {getattr(config, field)}"
-            )
-    if config.patience < 0 or config.min_delta < 0 or config.warmup < 0:
-        raise ValueError("train config: patience, min_delta and warmup must be >= 0")
     if config.patience and not config.holdout:
         raise ValueError(
             "train config: early stopping (patience > 0) needs a holdout > 0 to validate on"
@@ -727,8 +715,28 @@ def train(
     across the ranks and the model wrapped in DistributedDataParallel; rank 0 writes.
     ``monitor(step, model)`` is called at every validation and at the end (``bench train``
     scores the evaluation split there; training never sees what it does).
+
+    Processes training into one ``out_dir`` take turns: rank 0 holds the folder's
+    ``checkpoint.lock`` (:func:`~benchmark.io.file_lock`) while it trains, so that with
+    ``resume`` the one that waited reuses (or continues) the other's checkpoint.
     """
-    out_dir, context = Path(out_dir), context or Context(device=resolve_device(device))
+    context = context or Context(device=resolve_device(device))
+    lock = Path(out_dir) / "checkpoint.lock"
+    waiting = f"another process trains into {out_dir}: waiting for it to finish"
+    with file_lock(lock, waiting) if context.is_main else contextlib.nullcontext():
+        return _train(dataset, config, Path(out_dir), resume, progress, context, monitor)
+
+
+def _train(
+    dataset: Any,
+    config: TrainConfig | Train3DConfig,
+    out_dir: Path,
+    resume: bool,
+    progress: bool,
+    context: Context,
+    monitor: Callable[[int, nn.Module], None] | None,
+) -> Path:
+    """:func:`train`, with its folder's lock held."""
     path, device = out_dir / CHECKPOINT, context.device
     info = _dataset_info(dataset)
     config = resolve_iterations(config, info["name"])

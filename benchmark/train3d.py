@@ -165,14 +165,8 @@ class VolumeBatches:
     def check(self) -> None:
         config = self.config
         resnet3d_spec(config.model)  # an unknown name: the error with the close matches
-        if len(config.input_size) != 3 or min(config.input_size) < 2:
-            raise ValueError(
-                f"train3d config: input_size must be 3 sizes >= 2, got {config.input_size}"
-            )
-        if not 0 <= config.rotation <= 180:
-            raise ValueError(
-                f"train3d config: rotation must be in [0, 180] degrees, got {config.rotation}"
-            )
+        if len(config.input_size) != 3:
+            raise ValueError(f"train3d.input_size: 3 sizes (D, H, W), got {config.input_size}")
 
     def saved_defaults(self, state: dict[str, Any]) -> dict[str, Any]:
         return dict(OLD_CHECKPOINT_DEFAULTS)

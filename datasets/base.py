@@ -25,6 +25,7 @@ and applies the paper's preprocessing (A.4). Everything else lives here:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import json
@@ -212,11 +213,13 @@ def channel_names(n: int) -> tuple[str, ...]:
 
 
 def safe_stem(sample_id: str) -> str:
-    """A file name for ``sample_id``: itself when harmless, else sanitised + hash."""
+    """A file name for ``sample_id``: itself when harmless, else sanitised + hash, never
+    hidden (a leading "." becomes "_": tools and ``evaluate`` skip hidden files)."""
     if _SAFE.match(sample_id) and len(sample_id) <= 120:
         return sample_id
     digest = hashlib.sha1(sample_id.encode()).hexdigest()[:10]
-    return f"{re.sub(r'[^A-Za-z0-9._-]+', '_', sample_id)[:100]}-{digest}"
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", sample_id)[:100]
+    return f"{re.sub(r'^[.]', '_', stem)}-{digest}"
 
 
 class VolumeDataset(ABC):
@@ -397,7 +400,8 @@ class VolumeDataset(ABC):
         """(D, H, W) shape and spacing: from the cache if there, else from file headers."""
         record = self.record(sample_id)
         if self.cached:
-            meta = self._valid_meta(self._entry(record), record, self._sources(record))
+            entry, sources = self._entry(record), self._sources(record)
+            meta = self._valid_meta(entry, record, sources, locked=False)
             if meta is not None:
                 return tuple(meta["shape"][1:]), tuple(meta["spacing"])
         return self._named_errors(self._header, record)
@@ -440,16 +444,21 @@ class VolumeDataset(ABC):
         known = _known_check(record, self._ready(self._entry(record), record))
         if known is not None:
             return known
-        entry, meta, volume = self._open(record)
-        self._named_errors(self._check, volume, record)
-        check = _sample_check(volume, meta["fingerprint"], meta["truth_fingerprint"])
-        meta["verified"] = {
-            "fingerprint": check.fingerprint,
-            "truth_fingerprint": check.truth_fingerprint,
-            "empty_truth": check.empty_truth,
-        }
-        entry.save_meta(meta)
-        return check
+        entry = self._entry(record)
+        with entry.lock():  # the entry as it is now, while no other process changes it
+            entry, meta, volume = self._open(record)  # its arrays hashed (_checked)
+            known = _known_check(record, meta)  # verified by another process meanwhile
+            if known is not None:
+                return known
+            self._named_errors(self._check, volume, record)
+            check = _sample_check(volume, meta["fingerprint"], meta["truth_fingerprint"])
+            meta["verified"] = {
+                "fingerprint": check.fingerprint,
+                "truth_fingerprint": check.truth_fingerprint,
+                "empty_truth": check.empty_truth,
+            }
+            entry.save_meta(meta)
+            return check
 
     def _fingerprints(self, record: Record) -> tuple[str, str]:
         if self.cached:
@@ -498,21 +507,29 @@ class VolumeDataset(ABC):
         arrays hash to the entry's fingerprints (:meth:`_checked`)."""
         entry = self._entry(record)
         meta = self._ready(entry, record)
-        try:
+        with contextlib.suppress(DamagedEntry):  # else replaced since, or damaged: locked
             return entry, meta, self._checked(entry, meta, record)
-        except DamagedEntry as damage:
-            self._discard(entry, damage)
-        meta = self._rebuild(entry, record, self._sources(record))
-        try:
-            return entry, meta, self._checked(entry, meta, record)
-        except DamagedEntry as damage:
-            raise DatasetError(f"{self.name}: {damage} right after rebuilding it") from None
+        with entry.lock():
+            meta = self._ready(entry, record)
+            try:
+                return entry, meta, self._checked(entry, meta, record)
+            except DamagedEntry as damage:
+                self._discard(entry, damage)
+            meta = self._rebuild(entry, record, self._sources(record))
+            try:
+                return entry, meta, self._checked(entry, meta, record)
+            except DamagedEntry as damage:
+                raise DatasetError(f"{self.name}: {damage} right after rebuilding it") from None
 
     def _ready(self, entry: CacheEntry, record: Record) -> dict[str, Any]:
-        """The entry's JSON once the entry is valid, rebuilding it if needed."""
+        """The entry's JSON once the entry is valid, rebuilding it (under its lock) if needed."""
         sources = self._sources(record)
-        meta = self._valid_meta(entry, record, sources)
-        return meta if meta is not None else self._rebuild(entry, record, sources)
+        meta = self._valid_meta(entry, record, sources, locked=False)
+        if meta is not None:
+            return meta
+        with entry.lock():
+            meta = self._valid_meta(entry, record, sources)
+            return meta if meta is not None else self._rebuild(entry, record, sources)
 
     def _fields(self, record: Record, sources: list[Path]) -> dict[str, Any]:
         """What of the record the cached arrays depend on (compared on every read)."""
@@ -530,19 +547,25 @@ class VolumeDataset(ABC):
         )
 
     def _valid_meta(
-        self, entry: CacheEntry, record: Record, sources: list[Path]
+        self, entry: CacheEntry, record: Record, sources: list[Path], *, locked: bool = True
     ) -> dict[str, Any] | None:
-        """The entry's JSON if the entry may be served, else None (logged, see
-        ``datasets.cache``: damaged -> WARNING and deleted, stale -> INFO)."""
+        """The entry's JSON if the entry may be served, else None. Under the entry's lock
+        (``locked``) logged, see ``datasets.cache``: damaged -> WARNING and deleted, stale
+        -> INFO, new mtimes stored; without it, None says only "look again under the lock"
+        (another process may be writing the entry) and nothing is logged or changed."""
         try:
             meta = entry.read_meta()
             if meta is None:
                 return None
             entry.check_files(meta)
         except DamagedEntry as damage:
-            self._discard(entry, damage)
+            if locked:
+                self._discard(entry, damage)
             return None
         fields = self._fields(record, sources)
+        if not locked:
+            unchanged = meta.get("format") == FORMAT and meta["fields"] == fields
+            return meta if unchanged and changed_source(meta["sources"]) == (None, False) else None
         if meta.get("format") != FORMAT or meta["fields"] != fields:
             changed = sorted(k for k in fields if meta["fields"].get(k) != fields[k])
             log.info(

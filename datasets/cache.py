@@ -33,6 +33,12 @@ place) is damage, rule 1. ``VolumeDataset`` hashes an entry on its first read an
 whenever an array file's inode, size or mtime changes, so bytes that rot after that first
 read, keeping all three, are seen by the next data set object (the next run).
 
+Processes sharing the cache (job arrays, ``--shard`` jobs) serve a valid entry without
+locking; anything else (deleting a damaged entry, rebuilding a stale one, storing a
+verification) happens under the entry's lock, ``<stem>.lock`` (:func:`~benchmark.io.file_lock`),
+after looking at the entry again: what another process is writing is waited for, never
+taken for damage.
+
 Blind spot: an edit that keeps both the size and the mtime of a *source* file (a tool
 that restores mtimes, or an edit within the file system's timestamp resolution) is not
 seen; delete the cache entry (or the cache) after such an edit.
@@ -53,7 +59,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmark.io import atomic_save_npy
+from benchmark.io import atomic_save_npy, file_lock
 from benchmark.seal import read_sealed, save_sealed
 from datasets.content import file_sha256, image_fingerprint, truth_fingerprint
 from datasets.volume import DatasetError, Volume
@@ -163,6 +169,10 @@ class CacheEntry:
 
     def array_path(self, name: str) -> Path:
         return Path(f"{self.stem}.{name}.npy")
+
+    def lock(self) -> contextlib.AbstractContextManager[None]:
+        """The entry's lock (module docstring), held while it is changed."""
+        return file_lock(f"{self.stem}.lock")
 
     def read_meta(self) -> dict[str, Any] | None:
         """The entry's JSON, None when there is none; DamagedEntry when unreadable."""

@@ -7,7 +7,9 @@ afterwards. ``-v`` keeps the traceback.
 from __future__ import annotations
 
 import io
+import math
 import os
+import pickle
 import re
 import subprocess
 import sys
@@ -18,7 +20,16 @@ import pytest
 import yaml
 
 from benchmark.cli import main, user_message
-from benchmark.config import PRESETS, RunConfig, check_fields, load_settings, resolve
+from benchmark.config import (
+    PRESETS,
+    RunConfig,
+    Train3DConfig,
+    TrainConfig,
+    check_config,
+    check_fields,
+    load_settings,
+    resolve,
+)
 from benchmark.specs import select_specs
 from methods.config import TomographyConfig
 
@@ -37,7 +48,35 @@ CAP = ["--set", "train.iterations=2"]  # should a case not fail fast, it trains 
 
 # id: (arguments before the command, arguments after `run` + SYNTHETIC, text the line names)
 CASES = {
-    "folds-0": ([], ["--set", "folds=0"], "--set folds=0: folds must be >= 1"),
+    "folds-0": ([], ["--set", "folds=0"], "--set folds=0: folds must be >= 2"),
+    "folds-1": ([], ["--set", "folds=1"], "--set folds=1: folds must be >= 2, got 1"),
+    "folds-1e9": ([], ["--set", "folds=1000000000"], "folds must be <= 1000 (100 times"),
+    "folds-float": ([], ["--set", "folds=1e9"], "--set folds=1e9: cannot read '1e9' as int"),
+    "config-folds-2.7": ([], ["--config", "{folds_float}"], "run.folds=2.7: expected a whole"),
+    "config-folds-true": ([], ["--config", "{folds_bool}"], "run.folds=True: expected a whole"),
+    "config-folds-1e9": (
+        [],
+        ["--config", "{folds_huge}"],
+        "run.folds=1000000000.0: folds must be <= 1000",
+    ),
+    "grid_levels-1e9": ([], ["--set", "grid_levels=1000000000"], "grid_levels must be <= 1000"),
+    "bootstrap-1e9": ([], ["--set", "bootstrap_resamples=1000000000"], "must be <= 20000"),
+    "calibration-0": ([], ["--set", "calibration_volumes=0"], "calibration_volumes must be >= 1"),
+    "calibration-negative": ([], ["--set", "calibration_volumes=-1"], "calibration_volumes=-1"),
+    "budget-negative": ([], ["--set", "budget_passes=-1"], "budget_passes must be >= 0, got -1"),
+    "budget-inf": ([], ["--set", "budget_passes=inf"], "budget_passes must be a finite number"),
+    "seed-negative": ([], ["--set", "seed=-3"], "--set seed=-3: seed must be >= 0, got -3"),
+    "train-seed-negative": ([], ["--set", "train.seed=-1"], "--set train.seed=-1: seed must"),
+    "seeds-negative": ([], ["--seeds", "0,-3"], "--seeds '0,-3': seed must be >= 0, got -3"),
+    "seeds-negative-plan": ([], ["--plan", "--seeds", "0,-3"], "--seeds '0,-3': seed must"),
+    "iterations-0-plan": (
+        [],
+        ["--plan", "--set", "train.iterations=0"],
+        "--set train.iterations=0: iterations must be >= 1, got 0",
+    ),
+    "holdout-1": ([], ["--set", "train.holdout=1"], "--set train.holdout=1: holdout must be in"),
+    "train3d-rotation": ([], ["--set", "train3d.rotation=200"], "rotation must be <= 180"),
+    "train3d-input_size": ([], ["--set", "train3d.input_size=1,8,8"], "input_size must be >= 2"),
     "n_tune-0": ([], ["--set", "n_tune=0"], "--set n_tune=0: n_tune must be >= 1"),
     "batch_size-0": ([], ["--set", "batch_size=0"], "--set batch_size=0"),
     "figure_volumes-negative": ([], ["--set", "figure_volumes=-1"], "figure_volumes"),
@@ -93,6 +132,9 @@ def files(tmp_path):
     made["bad_value"].write_text("tomography:\n  chunk: 0\n")
     made["unknown_field"] = tmp_path / "unknown_field.yaml"
     made["unknown_field"].write_text("tomography:\n  nangles: 3\n")
+    for name, value in (("folds_float", "2.7"), ("folds_bool", "true"), ("folds_huge", "1.0e+9")):
+        made[name] = tmp_path / f"{name}.yaml"  # YAML reads 2.7 and true as 2 and 1 in an int
+        made[name].write_text(f"run:\n  folds: {value}\n")
     made["text"] = tmp_path / "notes.txt"
     made["text"].write_text("not a checkpoint\n")
     made["file"] = tmp_path / "a_file"
@@ -162,10 +204,27 @@ def test_a_genuine_bug_still_shows_its_traceback(monkeypatch, capsys):
 
 
 def test_every_preset_passes_the_checks():
-    for cls in (RunConfig, TomographyConfig):
-        for name, config in PRESETS[cls].items():
+    for cls, presets in PRESETS.items():
+        for name, config in presets.items():
             assert resolve(cls, name) == config
             check_fields(cls, vars(config), "preset")
+            check_config(config)
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        (TrainConfig(holdout=1.0), "train.holdout=1.0: holdout must be in [0, 1), got 1.0"),
+        (TrainConfig(lr=math.inf), "train.lr=inf: lr must be a finite number, got inf"),
+        (Train3DConfig(input_size=(8, 1, 8)), "train3d.input_size=(8, 1, 8): input_size must"),
+        (RunConfig(folds=1), "folds=1: folds must be >= 2, got 1"),
+        (TomographyConfig(seed=-1), "tomography.seed=-1: seed must be >= 0, got -1"),
+    ],
+)
+def test_a_config_built_in_code_is_checked_like_a_setting(config, message):
+    """What train() and the runner check (check_config): the table of the command line."""
+    with pytest.raises(ValueError, match=re.escape(message)):
+        check_config(config)
 
 
 def test_range_checks_name_the_yaml_file(tmp_path):
@@ -244,6 +303,31 @@ def test_a_damaged_zip_is_a_user_error(monkeypatch, capsys):
     )
 
 
+class Payload:
+    """A pickle whose loading would create ``path``: a weights file must never run it."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+@pytest.mark.parametrize("section", ["train", "train3d"])
+def test_a_pickle_given_as_weights_is_one_line_naming_the_file(section, tmp_path, capsys):
+    weights, marker = tmp_path / "weights.pt", tmp_path / "it-ran"
+    weights.write_bytes(pickle.dumps(Payload(str(marker))))
+    kind = ["--set", "train.model=resnet10t"] if section == "train" else ["--classifier", "3d"]
+    settings = [f"{section}.weights={weights}", f"{section}.holdout=0", f"{section}.patience=0"]
+    argv = ["train", *SYNTHETIC, *kind, "--out", str(tmp_path / "out")]
+    assert main([*argv, *(a for s in settings for a in ("--set", s))]) == 2
+    err = capsys.readouterr().err  # after the volumes' progress bar
+    (line,) = [line for line in err.splitlines() if "error" in line or "Traceback" in line]
+    assert line.startswith(f"error: {weights}: not ") and "loads safely" in line, err
+    assert "weights_only" not in err
+    assert not marker.exists() and not (tmp_path / "out" / "checkpoint.pt").exists()
+
+
 # --- one settings schema for `train` and `run`: the same file, the same `--set` spellings ---
 
 SETTINGS = {  # every section, as `run --config` reads it; `train` uses the train: section
@@ -297,7 +381,7 @@ FILES = {  # file name: (content, what the one error line says after the file's 
         "put iterations under train: or train3d:",
     ),
     "typo.yaml": ({"train": {"iteratons": 3}}, ": unknown TrainConfig field(s) ['iteratons']"),
-    "run_value.yaml": ({"run": {"folds": 0}}, ": run.folds=0: folds must be >= 1"),
+    "run_value.yaml": ({"run": {"folds": 0}}, ": run.folds=0: folds must be >= 2"),
     "list.yaml": (["train"], ": expected sections run, train, train3d, tomography of field: value"),
 }
 

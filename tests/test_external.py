@@ -91,6 +91,36 @@ def test_npy_in_volume_space_loads_as_is(ds, tmp_path):
     assert np.array_equal(heatmaps.load("s4"), ds["s4"].mask)
 
 
+def test_saved_heatmaps_of_ids_that_start_with_a_dot_are_found(tmp_path):
+    """``--save-heatmaps`` names files by the volume id (export_nifti); an id that starts
+    with "." gets a file name that does not, which ``evaluate`` does not skip as hidden."""
+    from types import SimpleNamespace
+
+    from benchmark.runner import export_nifti
+
+    root, lines = tmp_path / "data", ["id,label,image,mask,split"]
+    for k, (name, split) in enumerate([(".t0", "train"), (".t1", "train"), (".v0", "val"),
+                                       (".v1", "val"), ("..v3", "val")]):  # fmt: skip
+        save(root / f"c{k}.nii.gz", np.random.default_rng(k).normal(0, 1, SHAPE))
+        save(root / f"c{k}_mask.nii.gz", stored_mask(k))
+        lines.append(f"{name},{int(stored_mask(k).any())},c{k}.nii.gz,c{k}_mask.nii.gz,{split}")
+    (root / "dataset.csv").write_text("\n".join(lines) + "\n")
+    dataset = load_dataset("folder", root=root, cache_dir=tmp_path / "cache")
+    val = dataset.ids("val")
+    job = SimpleNamespace(  # what export_nifti reads of a run's job
+        dataset=dataset,
+        volume_ids=val,
+        specs=["mine"],
+        heatmap=lambda spec, v: dataset[v].mask.astype(np.float32),
+    )
+    files = export_nifti(job, tmp_path / "heatmaps")
+    assert not [f.name for f in files if f.name.startswith(".")]
+    heatmaps = ExternalHeatmaps(dataset, tmp_path / "heatmaps" / "mine", val)
+    heatmaps.check()
+    for volume_id in val:
+        assert np.array_equal(heatmaps.load(volume_id), dataset[volume_id].mask)
+
+
 def linear(world):
     """A linear function of world mm: trilinear interpolation reproduces it exactly."""
     return world[..., 0] + 2 * world[..., 1] - world[..., 2]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -402,3 +404,20 @@ def test_a_3d_classifiers_rows_stand_beside_the_2d_ones_with_each_classifiers_au
     comparison = md_table(text, "Model comparison")
     assert comparison.loc["3D GradCAM (layer 3), r3d", "Classifier AUC"] == "0.81"
     assert comparison.loc["ToNNO, resnet10t (R-10-T, FBN)", "Classifier AUC"] == "0.99"
+
+
+def test_a_name_with_a_pipe_or_html_is_shown_as_written(tmp_path):
+    """``evaluate --name`` is the user's: on the Markdown page a "|" stays in its cell and
+    HTML is text (entities), as on the HTML page (escaped)."""
+    name = "a | b <img src=x onerror=alert(1)> & c"
+    ours = results({"tonno": (0.5, 0.5, 0.5, 0.4, 0.7)}, dataset="synthetic")
+    theirs = results({"mine": (0.6, 0.6, 0.6, 0.6, 0.8)}, dataset="synthetic", model="external")
+    write_leaderboards(pd.concat([ours, theirs.assign(display_name=name)]), tmp_path)
+    text = (tmp_path / "synthetic.md").read_text()
+    shown = "a \\| b &lt;img src=x onerror=alert(1)&gt; &amp; c (external)"
+    assert "<img" not in text and f"The best method by Dice is {shown} at 0.60." in text
+    rows = [line for line in text.splitlines() if line.startswith("|")]
+    cells = {len(re.split(r"(?<!\\)\|", line)) - 2 for line in rows}  # GitHub's cell breaks
+    assert cells == {6} and sum(f"| {shown} " in line for line in rows) == 2
+    page = (tmp_path / "synthetic.html").read_text()
+    assert "<img src=x" not in page and "a | b &lt;img src=x onerror=alert(1)&gt; &amp; c" in page

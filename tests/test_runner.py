@@ -266,12 +266,15 @@ def test_a_damaged_cache_is_recomputed_to_the_same_numbers(
     record.write_text('{"spec": "tonno", "sk')  # a half-written record
     gone = next(root.glob("layercam@1/*.npy"))
     gone.unlink()  # a kept heatmap deleted while its record stays
+    key = json.loads((root / "key.json").read_text())
+    (root / "key.json").write_text("garbage")
 
     checkpoint = ["--checkpoint", str(reference / "run" / "checkpoint.pt")]
     with caplog.at_level("WARNING"):
         assert main(tiny_args(config, tmp_path / "run", *checkpoint)) == 0
-    for damaged in (heatmap, other, record):
+    for damaged in (heatmap, other, record, root / "key.json"):
         assert f"{damaged} is damaged" in caplog.text
+    assert json.loads((root / "key.json").read_text()) == key  # rewritten
     expected = (reference / "run" / "results.csv").read_text()
     assert (tmp_path / "run" / "results.csv").read_text() == expected
 

@@ -75,7 +75,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_seeds(text: str | None, base: int) -> list[int]:
-    """``--seeds``: ``"3"`` -> base, base + 1, base + 2; ``"0,4,7"`` -> those; None -> base."""
+    """``--seeds``: ``"3"`` -> base, base + 1, base + 2; ``"0,4,7"`` -> those; None -> base.
+    Each a valid ``train.seed`` (:data:`~benchmark.config.BOUNDS`)."""
+    from benchmark.config import TrainConfig, field_problem
+
     if text is None:
         return [base]
     items = [t.strip() for t in text.split(",") if t.strip()]
@@ -88,6 +91,9 @@ def parse_seeds(text: str | None, base: int) -> list[int]:
     seeds = [int(t) for t in items]
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"--seeds {text!r}: a seed is repeated")
+    problem = next(filter(None, (field_problem(TrainConfig, "seed", s) for s in seeds)), None)
+    if problem:
+        raise ValueError(f"--seeds {text!r}: {problem}")
     return seeds
 
 
