@@ -170,6 +170,8 @@ def read_weights(path: str | Path, what: str) -> dict[str, Any]:
     """A file of pretrained weights (``what``: whose, for the error), read with
     ``weights_only=True``: its mapping, or a ValueError naming the file (a pickle of
     anything but tensors and plain containers is refused, never run)."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no such file ({what})")
     try:
         with warnings.catch_warnings():  # torch's on the pickle protocol: the error says it
             warnings.simplefilter("ignore", UserWarning)

@@ -328,6 +328,19 @@ def test_a_pickle_given_as_weights_is_one_line_naming_the_file(section, tmp_path
     assert not marker.exists() and not (tmp_path / "out" / "checkpoint.pt").exists()
 
 
+@pytest.mark.parametrize("bad", ["pickle", "missing"])
+def test_run_names_a_bad_3d_weights_file_before_training_the_2d_classifier(bad, tmp_path, capsys):
+    weights, marker = tmp_path / "weights.pt", tmp_path / "it-ran"
+    if bad == "pickle":
+        weights.write_bytes(pickle.dumps(Payload(str(marker))))
+    out = tmp_path / "out"
+    argv = ["run", *SYNTHETIC, *CAP, "--methods", "tonno,cam3d_gradcam", "--out", str(out)]
+    assert main([*argv, "--set", f"train3d.weights={weights}"]) == 2
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert line.startswith(f"error: {weights}: ") and "train3d.weights" in line, line
+    assert not marker.exists() and not (out / "checkpoint.pt").exists()  # nothing trained
+
+
 # --- one settings schema for `train` and `run`: the same file, the same `--set` spellings ---
 
 SETTINGS = {  # every section, as `run --config` reads it; `train` uses the train: section

@@ -245,7 +245,7 @@ def test_budget_leaves_an_expensive_family_out_of_all_but_runs_it_when_named(tin
     )
     early = {"2d classifier r": TrainingEstimate(0.6, 600, 0.5, 36, cap=4000)}
     assert (
-        "x 600 steps + 0.50 s x 36 validated volumes = 0.11 h a classifier, before the methods"
+        "x 600 steps + 0.50 s x 36 validated volumes = 0.10 h a classifier, before the methods"
         " (600 steps: twice the fewest early stopping takes; at most 4000 steps, 0.67 h of"
         " steps," in format_plan(frame, PRICES, left_out, early)
     )

@@ -167,8 +167,8 @@ def _run(args: argparse.Namespace, context, settings, shard, specs, left_out, da
     volume), then the classifiers (one per seed), then the heatmaps and the protocol."""
     import dataclasses
 
-    from benchmark.checkpoint import is_finished, read_checkpoint
-    from benchmark.config import RunConfig, Train3DConfig, TrainConfig, resolve
+    from benchmark.checkpoint import is_finished, read_checkpoint, read_weights
+    from benchmark.config import TRAIN_SECTIONS, RunConfig, Train3DConfig, TrainConfig, resolve
     from benchmark.io import cache_root
     from benchmark.preflight import check_volumes, writable
     from benchmark.runner import prepare_classifier, run_benchmark, specs_by_classifier
@@ -197,6 +197,9 @@ def _run(args: argparse.Namespace, context, settings, shard, specs, left_out, da
     if "3d" in specs_by_classifier(specs):  # beside the 2D one: runs/<dataset>/<model>-<preset>
         config3d = resolve(Train3DConfig, preset, overrides=settings["train3d"], section="train3d")
         trained["3d"] = (config3d, out.parent / f"{config3d.model}-{preset}", None)
+    for kind, (chosen, _, checkpoint) in trained.items():  # a bad file before any training
+        if chosen.weights is not None and checkpoint is None:
+            read_weights(chosen.weights, f"--set {TRAIN_SECTIONS[kind]}.weights: a weights file")
     seeds = parse_seeds(args.seeds, train_config.seed)
     specs, budget_note = _within_budget(
         specs, config, tomography, trained, seeds, dataset, context, out if args.plan else None
