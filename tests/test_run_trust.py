@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -120,16 +121,21 @@ def flip_bytes(path) -> None:
     path.write_bytes(bytes(data))
 
 
+def fresh_run(tmp_path, config, monkeypatch) -> tuple[Path, Path, Path, str]:
+    """A run on a fresh cache: the data folder, the cache, the run folder, its results."""
+    root = write_folder(tmp_path / "data")
+    cache, run = tmp_path / "cache", tmp_path / "run"
+    monkeypatch.setenv("TONNO_CACHE", str(cache))
+    assert main(run_args(root, run, config)) == 0
+    return root, cache, run, (run / "results.csv").read_text()
+
+
 def test_flipped_bits_in_cached_arrays_give_the_numbers_of_a_fresh_cache(
     tmp_path, config, monkeypatch, caplog
 ):
     """Arrays are hashed before anything is computed from them: a damaged one is rebuilt,
     so the classifier and the heatmaps made again from them are those of a fresh cache."""
-    root = write_folder(tmp_path / "data")
-    cache, run = tmp_path / "cache", tmp_path / "run"
-    monkeypatch.setenv("TONNO_CACHE", str(cache))
-    assert main(run_args(root, run, config)) == 0
-    fresh = (run / "results.csv").read_text()
+    root, cache, run, fresh = fresh_run(tmp_path, config, monkeypatch)
 
     (entries,) = cache.glob("folder/*/")
     damaged = [entries / "case13.image.npy", entries / "case11.mask.npy"]  # validation
@@ -152,11 +158,7 @@ def test_flipped_bits_in_derived_cache_files_give_the_numbers_of_a_fresh_cache(
     """Heatmaps, summaries, records, the classifier report and the checkpoint are checked
     against their digests: a damaged one is logged, recomputed (the classifier retrained
     to the same identity) and never served."""
-    root = write_folder(tmp_path / "data")
-    cache, run = tmp_path / "cache", tmp_path / "run"
-    monkeypatch.setenv("TONNO_CACHE", str(cache))
-    assert main(run_args(root, run, config)) == 0
-    fresh = (run / "results.csv").read_text()
+    root, cache, run, fresh = fresh_run(tmp_path, config, monkeypatch)
 
     (store,) = cache.glob("heatmaps/folder/*/")
     heatmap = sorted(store.glob("layercam@1/*.npy"))[0]  # kept for the figure
