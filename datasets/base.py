@@ -441,10 +441,10 @@ class VolumeDataset(ABC):
         return self._checks[record.id]
 
     def _verify_cached(self, record: Record) -> SampleCheck:
-        known = _known_check(record, self._ready(self._entry(record), record))
+        entry = self._entry(record)
+        known = _known_check(record, self._ready(entry, record))
         if known is not None:
             return known
-        entry = self._entry(record)
         with entry.lock():  # the entry as it is now, while no other process changes it
             entry, meta, volume = self._open(record)  # its arrays hashed (_checked)
             known = _known_check(record, meta)  # verified by another process meanwhile

@@ -103,6 +103,20 @@ def seed_folder(out: Path, seed: int, base: int) -> Path:
     return out if seed == base else out / f"seed-{seed}"
 
 
+def to_train(trained: dict, seeds) -> list[str]:
+    """The kinds ("2d", "3d") of ``trained`` ({kind: (config, folder, checkpoint given)})
+    that the run must still train: not given and not finished for every seed."""
+    from benchmark.checkpoint import CHECKPOINT, is_finished
+
+    base = trained["2d"][0].seed
+    return [
+        kind
+        for kind, (_, folder, given) in trained.items()
+        if given is None
+        and not all(is_finished(seed_folder(folder, s, base) / CHECKPOINT) for s in seeds)
+    ]
+
+
 def run(args: argparse.Namespace) -> int:
     settings, shard, specs, left_out, dataset = _requested(args)  # before torch is imported
 
@@ -197,10 +211,10 @@ def _run(args: argparse.Namespace, context, settings, shard, specs, left_out, da
     if "3d" in specs_by_classifier(specs):  # beside the 2D one: runs/<dataset>/<model>-<preset>
         config3d = resolve(Train3DConfig, preset, overrides=settings["train3d"], section="train3d")
         trained["3d"] = (config3d, out.parent / f"{config3d.model}-{preset}", None)
-    for kind, (chosen, _, checkpoint) in trained.items():  # a bad file before any training
-        if chosen.weights is not None and checkpoint is None:
-            read_weights(chosen.weights, f"--set {TRAIN_SECTIONS[kind]}.weights: a weights file")
     seeds = parse_seeds(args.seeds, train_config.seed)
+    for kind in to_train(trained, seeds):  # a bad weights file before any training
+        if (weights := trained[kind][0].weights) is not None:
+            read_weights(weights, f"--set {TRAIN_SECTIONS[kind]}.weights: a weights file")
     specs, budget_note = _within_budget(
         specs, config, tomography, trained, seeds, dataset, context, out if args.plan else None
     )
@@ -301,7 +315,6 @@ def _within_budget(specs, config, tomography, trained, seeds, dataset, context, 
     device, for the classifiers of ``seeds`` and with the training of each classifier in
     ``trained`` ({"2d"|"3d": (config, folder, checkpoint given)}) that is not given and
     not finished for every seed."""
-    from benchmark.checkpoint import CHECKPOINT, is_finished
     from benchmark.plan import PLAN_CSV, format_plan, plan_run
     from benchmark.report import write_csv
     from benchmark.train import batches_for, training_estimate
@@ -314,16 +327,13 @@ def _within_budget(specs, config, tomography, trained, seeds, dataset, context, 
             kind: batches_for(train).build_model(in_chans, initial=False).to(context.device)
             for kind, (train, _, _) in trained.items()
         }
-        base = trained["2d"][0].seed
         training = None
         if plan_dir is not None:
             training = {
-                f"{kind} classifier {train.model}": training_estimate(
-                    train, dataset, context.device
+                f"{kind} classifier {trained[kind][0].model}": training_estimate(
+                    trained[kind][0], dataset, context.device
                 )
-                for kind, (train, folder, given) in trained.items()
-                if given is None
-                and not all(is_finished(seed_folder(folder, s, base) / CHECKPOINT) for s in seeds)
+                for kind in to_train(trained, seeds)
             }
         frame, calibration, kept, left_out = plan_run(
             config.methods,
