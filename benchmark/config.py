@@ -42,8 +42,8 @@ class TrainConfig:
     ``identity`` starts them at gamma = 1, beta = 0 (paper 3.6), ``copy`` at the batch norms'
     affine parameters: ImageNet's when pretrained, else timm's initialisation (gamma = 0 in
     each residual block's last norm, ``zero_init_last``). A model built with group norm
-    (``resnet50_gn``) keeps its own. Measured from scratch only (``resnet10t_gn_np``, no
-    ImageNet weights offline): ``copy`` learns sooner there (the quick preset's; figures).
+    (``resnet50_gn``) keeps its own. ``copy`` learns sooner from scratch (the quick
+    preset's; measured: docs/decisions.md#group-norm-initialisation).
 
     ``loss="slice"`` is A.6's: each slice's BCE against its volume's label, which labels
     every lesion-free slice of a positive volume positive. ``loss="mil"`` (beyond the paper)
@@ -183,7 +183,7 @@ PAPER_ITERATION_FACTOR: dict[str, float] = {"resnet50_gn": 0.4}
 PRESETS: dict[type, dict[str, Any]] = {
     TomographyConfig: {
         "paper": TomographyConfig(),
-        # `run --methods all --dataset synthetic` (no ScoreCAM) in 12 min on one CPU thread
+        # `run --methods all` on a CPU (measured: docs/decisions.md#quick-tomography-preset)
         "quick": TomographyConfig(n_angles=128, n_angles_cam=64, n_slices=24, slice_size=64),
     },
     TrainConfig: {
@@ -191,7 +191,7 @@ PRESETS: dict[type, dict[str, Any]] = {
         # 64 px as tomography's; A.6's loss; bf16 where native; an lr that no cap ends,
         # halved on a plateau, and early stopping on a window of holdout validations
         # (beyond the paper).
-        # The figures and the variants that lost: README, "Training on a CPU".
+        # The figures and the variants that lost: docs/training.md.
         "quick": TrainConfig(
             model="resnet10t_gn_np",
             gn_init="copy",  # not pretrained: timm's initialisation, zero_init_last kept
@@ -213,10 +213,8 @@ PRESETS: dict[type, dict[str, Any]] = {
     },
     Train3DConfig: {
         "paper": Train3DConfig(),
-        # synthetic's 32x64x64 volumes at 3/4 of their height and width; early stopping as
-        # the 2D quick preset's. Measured (synthetic, seed 0, 2 threads of a 2-core CPU
-        # shared with a benchmark run and tests, 4-7 s/step): holdout AUC 1.0 at step 100,
-        # stopped at 140 in 864 s; evaluation AUC 0.92 (95 % bootstrap 0.79-1.00)
+        # synthetic's volumes at 3/4 of their height and width; early stopping as the 2D
+        # quick preset's (measured: docs/decisions.md#quick-3d-classifier-preset)
         "quick": Train3DConfig(
             model="resnet10_3d",
             input_size=(32, 48, 48),
@@ -236,10 +234,8 @@ PRESETS: dict[type, dict[str, Any]] = {
     },
     RunConfig: {
         "paper": RunConfig(),
-        # synthetic (32x64x64): keeps every gradient family (ToNNO and Tomographic CAM the
-        # most, ~4,200 per volume), leaves out the iterative ones (~70,000, a solve per
-        # layer) and every ScoreCAM family (31,000 to 1.6 M): on a 2-core CPU what the
-        # measured budget of 0.2 h kept on an idle machine, without depending on its load
+        # on synthetic: every gradient family, not the iterative nor ScoreCAM ones
+        # (counted: docs/decisions.md#quick-budget)
         "quick": RunConfig(budget_passes=10_000),
     },
 }

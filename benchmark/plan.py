@@ -60,12 +60,8 @@ SUMMARY_MAX_VOXELS = 2**21  # summaries are measured on at most this many voxels
 GEOMETRY_BYTES_PER_READ = 20  # backprojection buffers per voxel-direction of a chunk (float32)
 HOUR = 3600.0
 
-# Counted work's fixed prices (:func:`counted_prices`), in forward-equivalents. Measured
-# once with calibrate() on the 2-core CPU, shared (load ~2.5), resnet10t_gn_np at 64 px
-# (batch 64) and 224 px (batch 16), resnet10_3d at 32 x 48 x 48: a backward pass on top of
-# its forward 0.68 (64 px), 0.58 (224 px), 0.71 (3D) forwards; cutting a slice 0.051 and
-# 0.049; one forward of an S-pixel slice as long as 8.8 (64 px) and 4.0 (224 px) x S
-# voxel-direction reads; a 3D pass per input voxel 1.87 x a 2D pass per slice pixel.
+# Counted work's fixed prices (:func:`counted_prices`), in forward-equivalents, measured
+# once with calibrate() (measured: docs/decisions.md#counted-prices).
 BACKWARD_FORWARDS = 0.65
 CUT_FORWARDS = 0.05
 READS_PER_FORWARD_PIXEL = 6.0

@@ -1293,9 +1293,8 @@ EARLY_STOP_FACTOR = 2  # expected steps: this times the fewest early stopping ca
 
 def expected_steps(config: TrainConfig | Train3DConfig) -> int:
     """The steps a plan prices: the cap, or under early stopping twice the fewest it can
-    take (a full window, then ``patience`` validations without a gain), at most the cap.
-    Measured against it: the quick preset's fewest is 300 steps; its classifiers stopped
-    at 400-975 on ``synthetic`` (README, Training on a CPU)."""
+    take (a full window, then ``patience`` validations without a gain), at most the cap
+    (measured: docs/decisions.md#expected-training-steps)."""
     if not (config.holdout > 0 and config.patience > 0):
         return config.iterations
     fewest = (max(config.window, 1) + config.patience) * config.val_every

@@ -36,10 +36,10 @@ matter). White matter sits near 1, no further normalisation.
 Geometry: a field of view of 145 x 180 x 155 mm (superior-inferior, anterior-posterior,
 right-left) sampled at ``shape`` = (D, H, W), (58, 72, 62) by default, i.e. 2.5 mm
 isotropic; D is the axial axis (d towards superior, h towards posterior, w towards
-left, as ``synthetic``). A volume takes about 90 ms at the default shape (one core,
-measured while the machine's two cores were busy with training; 80 volumes in 7.5 s),
-so nothing is cached on disk. Ids ``brain_0000``...; the first ``n_train`` are the
-training split; labels alternate 0, 1 by index, so both splits are balanced.
+left, as ``synthetic``). Volumes are quick to make, so nothing is cached on disk
+(measured: docs/decisions.md#brain-volumes-are-not-cached). Ids ``brain_0000``...; the
+first ``n_train`` are the training split; labels alternate 0, 1 by index, so both splits
+are balanced.
 """
 
 from __future__ import annotations

@@ -39,9 +39,8 @@ class IterativeCAM(AveragedCAM):
         """Averaged CAM's L_cam x M slices through the classifier and its backprojection
         (L_cam reads per voxel: where the solver starts), then the solver's reads: P^T maps,
         D = P^T P 1 and one P^T P per iteration, each a read per pixel (P, a sparse matrix
-        of ~1.5 entries a pixel at 64 px, 32x64x64) and a write per pixel (P^T). Measured
-        at the quick geometry: 31 sparse P^T P ~4 s, the matrices' builds ~12 s, on a par
-        with this count priced at the backprojection's read."""
+        of ~1.5 entries a pixel at 64 px, 32x64x64) and a write per pixel (P^T)
+        (measured: docs/decisions.md#iterative-cams-counted-passes)."""
         c = self.config
         slices = c.n_angles_cam * c.n_slices
         reads = c.n_angles_cam * math.prod(shape)

@@ -242,19 +242,8 @@ def _cell_grid(coord: Tensor, cells: int, pixels: int) -> Tensor:
     -1 + ((2c + 1) k - 1) / (pixels - 1) in the slice's [-1, 1] coordinates: where the
     pixels it pools lie, and where pytorch-grad-cam's resize (hence the slice-wise CAMs)
     puts it. Paper 3.5's text says "centered on the pixel a 224/h_CAM", pixel c k: (k - 1)/2
-    pixels towards the slice's first corner, 15.5 pixels at layer 4 (k = 32).
-
-    Measured once (script not kept). Figure 4's check (a 48^3 phantom of three Gaussians,
-    its "CAM" the slice average-pooled by k; L = 256, M = 48): the text's placement moves
-    the reconstructions by 27 % (Averaged) and 40 % (Tomographic) relative L2 at layer 4
-    of 224-pixel slices (7 x 7 cells), 13 % / 25 % at layer 3 (14 x 14) and 17 % / 30 % at
-    the quick preset's 2 x 2 cells of 64 pixels. The random frames turn its shift into a
-    blur: the correlation with the phantom drops for Averaged (0.92 -> 0.84 at layer 4,
-    0.98 -> 0.96 at layer 3) and rises for Tomographic (0.87 -> 0.92, 0.76 -> 0.81: the
-    blur offsets the over-sharpening that 3.5 notes); at 2 x 2 cells neither moves (0.49,
-    0.93). On ``synthetic`` (24 validation volumes, quick preset, one trained classifier,
-    10 folds), Dice of this placement vs the text's: Averaged / Tomographic LayerCAM@4
-    0.27 / 0.73 vs 0.26 / 0.69, @3 0.52 / 0.51 vs 0.55 / 0.53; fold sd 0.05-0.11.
+    pixels towards the slice's first corner, 15.5 pixels at layer 4 (k = 32)
+    (measured: docs/decisions.md#cam-cell-placement).
     """
     if cells == 1:
         return torch.zeros_like(coord)
@@ -434,30 +423,8 @@ class Iterative:
     arithmetic), unconstrained. ``damping`` is relative to the mean of D.
 
     Iterations start from Averaged CAM (eq. 12), so that what the maps leave undetermined
-    (between slices, inside a cell) keeps its interpolation: on sparse stacks (L = 16,
-    M = 6, 16 cells) a start from 0 left 0.20/0.19 relative error, Averaged CAM 0.16/0.33,
-    this start 0.029/0.073 after 30 iterations.
-
-    Measured (smooth ball / off-centre ellipsoid, 24x32x32, L = 32, M = 16, 32-px slices
-    pooled to 8, 4, 2 cells; relative L2 error inside the unit ball; Averaged CAM
-    0.19/0.35, 0.46/0.65, 0.86/0.92; Tomographic 0.70/1.37, 0.44/0.44, 0.79/0.74). After
-    30 iterations: accelerated SIRT with x >= 0 0.008/0.020, 0.045/0.082, 0.14/0.15; the
-    same without x >= 0 0.016/0.036, 0.087/0.17, 0.31/0.38; CGLS 0.013/0.029, 0.086/0.17,
-    0.28/0.35 (x >= 0 fills what coarse maps leave open). Damping 1e-3, 1e-2, 1e-1 of
-    mean(D): 0.14/0.15, 0.20/0.23, 0.51/0.55 at 2 cells; with 5 % noise on the maps at
-    most 0.004 better (8 cells) and up to 0.06 worse (2 cells): none by default.
-    Iterations (x >= 0, 2 cells): 0.28, 0.16, 0.14, 0.11, 0.090 for the ball after 10, 20,
-    30, 50, 100; with 5 % noise on maps cut from a 2x
-    finer phantom, 8 cells are best after 5 (0.027/0.064; 0.090/0.083 after 30, 0.12/0.10
-    after 50) and 2 cells after ~30 (0.155/0.153; 0.164/0.140 after 50). 30 is near the
-    coarse optimum, still 2-4x below Averaged CAM on fine maps, and each iteration cuts
-    every slice and its adjoint again, as sparse matrices built once per solve
-    (:func:`normal_operator`). Measured on one loaded CPU thread, quick geometry (32x64x64,
-    L = 64, M = 24, 64-px slices, the "CAM" the slice average-pooled): the solve (slice
-    pass, P^T maps, 30 iterations) takes 16 s at 2 and 17 s at 16 cells, ~12 s of it
-    building the matrices (twice: P^T maps, then the operator); the former grid_sample
-    autograd path took 4.7 s for 3 iterations, ~0.9 s per P^T P (~30 s for 30).
-    Max difference of the two after 3 iterations: 4e-6 of the maximum.
+    (between slices, inside a cell) keeps its interpolation. The defaults (30 iterations
+    of accelerated SIRT, x >= 0, no damping): measured, docs/decisions.md#iterative-solver.
     """
 
     iterations: int = 30
@@ -487,10 +454,8 @@ def normal_operator(
     """x [K,D,H,W] -> P^T P x = sum over blocks A^T (A x) (:func:`pooled_slice_matrices`).
 
     The blocks are built on the first call and kept while they fit in ``budget`` bytes;
-    the rest are rebuilt on every call, so memory stays bounded. Measured (float32 values,
-    int64 indices, A and A^T): the quick preset (32x64x64, L = 64, M = 24, 64-px slices,
-    2 cells) holds 8.9 M entries, ~215 MB: all kept; the paper's (L = 1000, M = 100,
-    224 px) ~1e10 entries: past the budget its blocks (10 slices each) are rebuilt.
+    the rest are rebuilt on every call, so memory stays bounded (the quick preset's are
+    all kept; measured: docs/decisions.md#normal-operator-memory).
     """
     kept: list[tuple[Tensor, Tensor]] = []
     built = complete = False

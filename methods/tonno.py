@@ -19,15 +19,7 @@ class ToNNO(Method):
 
     Each slice gets its own random in-plane frame (A.1: "whenever extracting a slice"),
     drawn from ``config.seed``, so G is a random variable; as in the paper's Figure 7, the
-    seed changes it little. Measured (Pearson correlation over voxels between the
-    heatmaps of seeds 0 and 1) on 8 validation volumes of ``synthetic`` (4 positive, 4
-    negative) with a trained quick classifier (resnet10t-GN, validation balanced accuracy
-    0.96) at the quick preset (L = 128, M = 24, 64-pixel slices): a frame per slice, mean
-    0.90, min 0.81 (positives 0.93-0.98, negatives, with no lesion to find, 0.81-0.85); the
-    former frame per direction, mean 0.94, min 0.89; the two kinds of frames, same seed,
-    0.92. More directions average the frames out (the paper uses L = 2000): at L = 512 the
-    least correlated volumes of each class rise from 0.81 to 0.90 (negative) and from
-    0.93 to 0.97 (positive).
+    seed changes it little (measured: docs/decisions.md#tonnos-frame-per-slice).
     """
 
     revision = 1  # 1: a frame per slice (A.1), no longer one per direction
