@@ -132,27 +132,6 @@ def cut_slices(volume: Tensor, params: dict[str, Tensor], size: int) -> Tensor:
     return slices * gain.view(-1, 1, 1, 1) + bias.view(-1, 1, 1, 1)
 
 
-def sample_training_slices(
-    volume: Tensor,
-    n_slices: int,
-    size: int,
-    generator: torch.Generator,
-    *,
-    scale: float = 0.3,
-    translation: float = 0.3,
-    intensity: float = 0.3,
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """A.6: ``n_slices`` augmented slices of one volume [C,D,H,W] -> [M, C, size, size].
-
-    :func:`draw_slice_params` then :func:`cut_slices`; the parameters come back with the
-    slices.
-    """
-    params = draw_slice_params(
-        n_slices, generator, scale=scale, translation=translation, intensity=intensity
-    )
-    return cut_slices(volume, params, size), params
-
-
 def sample_volume_ids(
     positives: list[str], negatives: list[str], n: int, generator: torch.Generator
 ) -> list[str]:
@@ -204,19 +183,6 @@ def cut_batch(
         slices.append(volume_slices)
         labels.append(torch.full((len(volume_slices),), float(dataset.label(sample_id))))
     return torch.cat(slices), torch.cat(labels).to(device)
-
-
-def sample_batch(
-    dataset: Any,
-    positives: list[str],
-    negatives: list[str],
-    config: TrainConfig,
-    generator: torch.Generator,
-    device: torch.device,
-) -> tuple[Tensor, Tensor]:
-    """A.6 batch: B volumes x M_train slices [B*M, C, h, w] and each slice's volume label."""
-    plan = draw_batch(positives, negatives, config, generator)
-    return cut_batch(dataset, plan, range(len(plan.ids)), config.slice_size, device)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,10 +23,12 @@ from benchmark.train import (
     best_threshold,
     build_model,
     cross_fitted_predictions,
+    cut_batch,
+    cut_slices,
+    draw_batch,
+    draw_slice_params,
     resolve_iterations,
     roc_auc,
-    sample_batch,
-    sample_training_slices,
     sample_volume_ids,
     slice_logits,
     train,
@@ -135,7 +137,8 @@ def test_augmentation_parameters_stay_in_range():
     volume = torch.linspace(-1, 1, 9).reshape(1, 9, 1, 1).expand(1, 9, 9, 9).contiguous()
     generator = torch.Generator().manual_seed(0)
     n_slices, size = 400, 5
-    slices, p = sample_training_slices(volume, n_slices, size, generator)
+    p = draw_slice_params(n_slices, generator)
+    slices = cut_slices(volume, p, size)
     assert slices.shape == (n_slices, 1, size, size)
     n, u, v = p["normal"], p["u"], p["v"]
     torch.testing.assert_close(n.norm(), torch.tensor(1.0, dtype=torch.float64))
@@ -185,9 +188,15 @@ def test_batches_pair_a_positive_with_a_negative():
     assert all(d[0][0] == d[2][0] == "p" and d[1][0] == d[3][0] == "n" for d in draws)
     assert {d[0] for d in draws} == set(positives)  # with replacement, all reachable
     data = TinySet()
-    slices, labels = sample_batch(data, *_pools(data), TINY, generator, torch.device("cpu"))
+    slices, labels = _batch(data, generator)
     assert slices.shape == (16, 1, 32, 32)
     assert labels.tolist() == [1.0] * 8 + [0.0] * 8  # each slice has its volume's label
+
+
+def _batch(data: TinySet, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """One A.6 step's slices and labels, drawn and cut as training does."""
+    plan = draw_batch(*_pools(data), TINY, generator)
+    return cut_batch(data, plan, range(len(plan.ids)), TINY.slice_size, torch.device("cpu"))
 
 
 def _pools(data: TinySet) -> tuple[list[str], list[str]]:
@@ -198,7 +207,7 @@ def _pools(data: TinySet) -> tuple[list[str], list[str]]:
 def test_training_steps_reduce_the_loss():
     data = TinySet()
     generator = torch.Generator().manual_seed(0)
-    slices, labels = sample_batch(data, *_pools(data), TINY, generator, torch.device("cpu"))
+    slices, labels = _batch(data, generator)
     model = build_model(dataclasses.replace(TINY, model="resnet10t_gn_np", pretrained=None), 1)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=100)
