@@ -112,9 +112,6 @@ def load_medicalnet(net: nn.Module, path: str | Path) -> None:
     convolution's input channels: a one-channel kernel is repeated over ``net``'s channels
     and divided by their number (the same response to a volume repeated on each channel).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no MedicalNet weights file {path}")
     saved = read_weights(path, "a MedicalNet weights file")
     saved = saved.get("state_dict", saved)
     saved = {k.removeprefix("module."): v for k, v in saved.items()}

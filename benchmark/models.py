@@ -114,8 +114,6 @@ def create_classifier(
     if not spec.pretrained:
         model = timm.create_model(spec.arch, pretrained=False, **kwargs)
     elif weights is not None:
-        if not Path(weights).is_file():
-            raise FileNotFoundError(f"pretrained weights for {name!r}: no file {weights}")
         read_weights(weights, f"a weights file for {name!r}")  # checked before timm loads it
         overlay = {"file": str(weights)}
         model = timm.create_model(

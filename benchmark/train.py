@@ -1263,7 +1263,7 @@ def expected_steps(config: TrainConfig | Train3DConfig) -> int:
     (measured: docs/decisions.md#expected-training-steps)."""
     if not (config.holdout > 0 and config.patience > 0):
         return config.iterations
-    fewest = (max(config.window, 1) + config.patience) * config.val_every
+    fewest = (config.window + config.patience) * config.val_every
     return min(config.iterations, EARLY_STOP_FACTOR * fewest)
 
 

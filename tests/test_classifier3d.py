@@ -146,7 +146,8 @@ def test_medicalnet_weights_load_tensor_for_tensor(tmp_path):
 
     with pytest.raises(ValueError, match="not MedicalNet weights of this architecture"):
         create_volume_classifier("resnet18_3d", 1, (8, 8, 8), weights=tmp_path / "resnet_10.pth")
-    with pytest.raises(FileNotFoundError, match="no MedicalNet weights file"):
+    missing = r"missing.pth: no such file \(a MedicalNet weights file\)"
+    with pytest.raises(FileNotFoundError, match=missing):
         create_volume_classifier("resnet10_3d", 1, (8, 8, 8), weights=tmp_path / "missing.pth")
 
 

@@ -230,7 +230,7 @@ def test_pretrained_weights_from_a_local_file(tmp_path, in_chans):
     torch.testing.assert_close(gn.state_dict()["conv1.0.weight"], expected_stem)
     with pytest.raises(ValueError, match="not pretrained"):
         create_classifier("resnet10t_gn_np", in_chans, weights=path)
-    with pytest.raises(FileNotFoundError, match="no file"):
+    with pytest.raises(FileNotFoundError, match="missing.pth: no such file"):
         create_classifier("resnet10t", in_chans, weights=tmp_path / "missing.pth")
     assert not batch_norms(gn)
 
