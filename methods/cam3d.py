@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from benchmark.lazy import lazy_import
-from methods.cam_methods import LAYERS, CAMMethod, cam_maps
-from methods.registry import Passes, register_method
+from methods.cam_methods import CAMMethod, Family, cam_maps, register_families
+from methods.registry import Passes
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -54,32 +54,13 @@ def volume_heatmaps(
     }
 
 
-# --- the registered 3D CAMs, one per equation ---
+VOLUME = Family(
+    "3d",
+    VolumeCAM,
+    "cam3d_{name}",
+    "3D {title}",
+    "Volume",
+    "{title} of the volume classifier.",
+)
 
-
-@register_method("cam3d_gradcam", layers=LAYERS, title="3D GradCAM")
-class VolumeGradCAM(VolumeCAM):
-    """GradCAM of the volume classifier."""
-
-    equation = "GradCAM"
-
-
-@register_method("cam3d_gradcampp", layers=LAYERS, title="3D GradCAM++")
-class VolumeGradCAMPlusPlus(VolumeCAM):
-    """GradCAM++ of the volume classifier."""
-
-    equation = "GradCAMPlusPlus"
-
-
-@register_method("cam3d_layercam", layers=LAYERS, title="3D LayerCAM")
-class VolumeLayerCAM(VolumeCAM):
-    """LayerCAM of the volume classifier."""
-
-    equation = "LayerCAM"
-
-
-@register_method("cam3d_scorecam", layers=LAYERS, title="3D ScoreCAM")
-class VolumeScoreCAM(VolumeCAM):
-    """ScoreCAM of the volume classifier: 1 + channels forward passes of the volume."""
-
-    equation = "ScoreCAM"
+globals().update(register_families(__name__, (VOLUME,)))  # the table's rows listing "3d"

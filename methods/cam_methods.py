@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 from benchmark.lazy import lazy_import
@@ -168,170 +169,123 @@ def stacked_heatmaps(
     return {m.spec: results[(m.maps_key, m.mode)] for m in methods}
 
 
-# --- the registered CAMs: (equation, geometry), in the paper's row order ---
+# --- the registered CAMs: a table of equations x families ---
 
 
-@register_method("gradcam", layers=LAYERS, title="GradCAM", paper=("GradCAM", ""))
-class SliceWiseGradCAM(SliceWiseCAM):
-    """GradCAM, slice-wise (paper 4.3)."""
+@dataclass(frozen=True)
+class Equation:
+    """A row of the table: a CAM equation, and the families it is registered in."""
 
-    equation = "GradCAM"
-
-
-@register_method("gradcam_3axis", layers=LAYERS, title="GradCAM ★", paper=("GradCAM", "3axis"))
-class ThreeAxisGradCAM(ThreeAxisCAM):
-    """GradCAM along the three axes, averaged (A.8's ★)."""
-
-    equation = "GradCAM"
+    equation: str  # its class in methods.cam, else in pytorch-grad-cam
+    name: str  # the stem of its specs: "gradcampp" -> gradcampp@k, averaged_gradcampp@k ...
+    title: str  # the stem of its row labels: "GradCAM++" -> "Averaged GradCAM++" ...
+    families: tuple[str, ...]  # keys of the families (the columns) it is registered in
 
 
-@register_method("gradcampp", layers=LAYERS, title="GradCAM++", paper=("GradCAM++", ""))
-class SliceWiseGradCAMPlusPlus(SliceWiseCAM):
-    """GradCAM++, slice-wise (paper 4.3)."""
+@dataclass(frozen=True)
+class Family:
+    """A column of the table: one geometry's base class and how it names its CAMs, each a
+    template of an :class:`Equation`'s fields (``{name}``, ``{title}``, ``{equation}``)."""
 
-    equation = "GradCAMPlusPlus"
+    key: str  # what the table's rows list: "tomographic"
+    base: type[CAMMethod]
+    name: str  # the registered name: "tomographic_{name}"
+    title: str  # the row label: "Tomographic {title}"
+    prefix: str  # the class name, before the equation: "Tomographic" -> TomographicLayerCAM
+    doc: str  # the class docstring: "Eq. (13) with {title}."
+    paper: tuple[str, str] | None = None  # (method, variant) in the paper's tables
+
+    def register(self, row: Equation, module: str) -> type[CAMMethod]:
+        """The class of ``row`` in this family, as if written in ``module``, registered at
+        every stage of :data:`LAYERS` with its title and paper row."""
+        fields = {"name": row.name, "title": row.title, "equation": row.equation}
+        name = f"{self.prefix}{row.equation}"
+        body = {"__module__": module, "__qualname__": name, "__doc__": self.doc.format(**fields)}
+        cls = type(self.base)(name, (self.base,), {**body, "equation": row.equation})
+        paper = tuple(p.format(**fields) for p in self.paper) if self.paper else None
+        title = self.title.format(**fields)
+        return register_method(self.name.format(**fields), LAYERS, title=title, paper=paper)(cls)
 
 
-@register_method(
-    "gradcampp_3axis", layers=LAYERS, title="GradCAM++ ★", paper=("GradCAM++", "3axis")
+def register_families(
+    module: str, *groups: Sequence[Family], table: Sequence[Equation] | None = None
+) -> dict[str, type[CAMMethod]]:
+    """Register every equation of ``table`` (default :data:`EQUATIONS`) in each family of
+    ``groups`` that its row lists, as classes of ``module``: group after group, and row by
+    row within a group (the registry's order, which is the tables' row order within a kind).
+    Returns {class name: class}, for the module's namespace (where pickle finds them)."""
+    classes = {}
+    for group in groups:
+        for row in EQUATIONS if table is None else table:
+            for family in group:
+                if family.key in row.families:
+                    cls = family.register(row, module)
+                    classes[cls.__name__] = cls
+    return classes
+
+
+SLICE_WISE = Family(
+    "slice-wise",
+    SliceWiseCAM,
+    "{name}",
+    "{title}",
+    "SliceWise",
+    "{title}, slice-wise (paper 4.3).",
+    ("{title}", ""),
 )
-class ThreeAxisGradCAMPlusPlus(ThreeAxisCAM):
-    """GradCAM++ along the three axes, averaged (A.8's ★)."""
-
-    equation = "GradCAMPlusPlus"
-
-
-@register_method("layercam", layers=LAYERS, title="LayerCAM", paper=("LayerCAM", ""))
-class SliceWiseLayerCAM(SliceWiseCAM):
-    """LayerCAM, slice-wise (paper 4.3)."""
-
-    equation = "LayerCAM"
-
-
-@register_method("layercam_3axis", layers=LAYERS, title="LayerCAM ★", paper=("LayerCAM", "3axis"))
-class ThreeAxisLayerCAM(ThreeAxisCAM):
-    """LayerCAM along the three axes, averaged (A.8's ★)."""
-
-    equation = "LayerCAM"
-
-
-@register_method("scorecam", layers=LAYERS, title="ScoreCAM", paper=("ScoreCAM", ""))
-class SliceWiseScoreCAM(SliceWiseCAM):
-    """ScoreCAM, slice-wise (paper 4.3)."""
-
-    equation = "ScoreCAM"
-
-
-@register_method("scorecam_3axis", layers=LAYERS, title="ScoreCAM ★", paper=("ScoreCAM", "3axis"))
-class ThreeAxisScoreCAM(ThreeAxisCAM):
-    """ScoreCAM along the three axes, averaged (A.8's ★)."""
-
-    equation = "ScoreCAM"
-
-
-@register_method(
-    "averaged_gradcam", layers=LAYERS, title="Averaged GradCAM", paper=("Averaged GradCAM", "")
+THREE_AXIS = Family(
+    "3axis",
+    ThreeAxisCAM,
+    "{name}_3axis",
+    "{title} ★",
+    "ThreeAxis",
+    "{title} along the three axes, averaged (A.8's ★).",
+    ("{title}", "3axis"),
 )
-class AveragedGradCAM(AveragedCAM):
-    """Eq. (12) with GradCAM."""
-
-    equation = "GradCAM"
-
-
-@register_method(
-    "averaged_gradcampp",
-    layers=LAYERS,
-    title="Averaged GradCAM++",
-    paper=("Averaged GradCAM++", ""),
+AVERAGED = Family(
+    "averaged",
+    AveragedCAM,
+    "averaged_{name}",
+    "Averaged {title}",
+    "Averaged",
+    "Eq. (12) with {title}.",
+    ("Averaged {title}", ""),
 )
-class AveragedGradCAMPlusPlus(AveragedCAM):
-    """Eq. (12) with GradCAM++."""
-
-    equation = "GradCAMPlusPlus"
-
-
-@register_method(
-    "averaged_layercam", layers=LAYERS, title="Averaged LayerCAM", paper=("Averaged LayerCAM", "")
+TOMOGRAPHIC = Family(
+    "tomographic",
+    TomographicCAM,
+    "tomographic_{name}",
+    "Tomographic {title}",
+    "Tomographic",
+    "Eq. (13) with {title}.",
+    ("Tomographic {title}", ""),
 )
-class AveragedLayerCAM(AveragedCAM):
-    """Eq. (12) with LayerCAM."""
-
-    equation = "LayerCAM"
-
-
-@register_method(
-    "averaged_scorecam", layers=LAYERS, title="Averaged ScoreCAM", paper=("Averaged ScoreCAM", "")
+PYTORCH_GRAD_CAM = Family(  # the adapter: any other pytorch-grad-cam class, slice-wise
+    "pgc",
+    SliceWiseCAM,
+    "pgc_{name}",
+    "{title} (pytorch-grad-cam)",
+    "PytorchGradCAM",
+    "pytorch-grad-cam's own {title}, slice-wise.",
 )
-class AveragedScoreCAM(AveragedCAM):
-    """Eq. (12) with ScoreCAM."""
 
-    equation = "ScoreCAM"
+PAPER = ("slice-wise", "3axis", "averaged", "tomographic")  # the paper's four geometries
+OURS = ("iterative", "3d")  # methods.iterative's and methods.cam3d's families
 
-
-@register_method(
-    "tomographic_gradcam",
-    layers=LAYERS,
-    title="Tomographic GradCAM",
-    paper=("Tomographic GradCAM", ""),
+# Adding a CAM is one line: its equation (a class of methods.cam, else of pytorch-grad-cam),
+# the stems of its names and titles, its families. Row order = the tables' row order.
+EQUATIONS = (
+    Equation("GradCAM", "gradcam", "GradCAM", (*PAPER, *OURS)),
+    Equation("GradCAMPlusPlus", "gradcampp", "GradCAM++", (*PAPER, *OURS)),
+    Equation("LayerCAM", "layercam", "LayerCAM", (*PAPER, *OURS)),
+    Equation("ScoreCAM", "scorecam", "ScoreCAM", (*PAPER, "3d")),  # iterative_*: gradient CAMs only
+    Equation("EigenCAM", "eigencam", "EigenCAM", ("pgc",)),
+    Equation("HiResCAM", "hirescam", "HiResCAM", ("pgc",)),
+    Equation("XGradCAM", "xgradcam", "XGradCAM", ("pgc",)),
 )
-class TomographicGradCAM(TomographicCAM):
-    """Eq. (13) with GradCAM."""
 
-    equation = "GradCAM"
-
-
-@register_method(
-    "tomographic_gradcampp",
-    layers=LAYERS,
-    title="Tomographic GradCAM++",
-    paper=("Tomographic GradCAM++", ""),
+globals().update(
+    register_families(
+        __name__, (SLICE_WISE, THREE_AXIS), (AVERAGED,), (TOMOGRAPHIC,), (PYTORCH_GRAD_CAM,)
+    )
 )
-class TomographicGradCAMPlusPlus(TomographicCAM):
-    """Eq. (13) with GradCAM++."""
-
-    equation = "GradCAMPlusPlus"
-
-
-@register_method(
-    "tomographic_layercam",
-    layers=LAYERS,
-    title="Tomographic LayerCAM",
-    paper=("Tomographic LayerCAM", ""),
-)
-class TomographicLayerCAM(TomographicCAM):
-    """Eq. (13) with LayerCAM."""
-
-    equation = "LayerCAM"
-
-
-@register_method(
-    "tomographic_scorecam",
-    layers=LAYERS,
-    title="Tomographic ScoreCAM",
-    paper=("Tomographic ScoreCAM", ""),
-)
-class TomographicScoreCAM(TomographicCAM):
-    """Eq. (13) with ScoreCAM."""
-
-    equation = "ScoreCAM"
-
-
-@register_method("pgc_eigencam", layers=LAYERS, title="EigenCAM (pytorch-grad-cam)")
-class PytorchGradCAMEigenCAM(SliceWiseCAM):
-    """pytorch-grad-cam's own EigenCAM, slice-wise."""
-
-    equation = "EigenCAM"
-
-
-@register_method("pgc_hirescam", layers=LAYERS, title="HiResCAM (pytorch-grad-cam)")
-class PytorchGradCAMHiResCAM(SliceWiseCAM):
-    """pytorch-grad-cam's own HiResCAM, slice-wise."""
-
-    equation = "HiResCAM"
-
-
-@register_method("pgc_xgradcam", layers=LAYERS, title="XGradCAM (pytorch-grad-cam)")
-class PytorchGradCAMXGradCAM(SliceWiseCAM):
-    """pytorch-grad-cam's own XGradCAM, slice-wise."""
-
-    equation = "XGradCAM"

@@ -14,8 +14,8 @@ import math
 from typing import TYPE_CHECKING
 
 from benchmark.lazy import lazy_import
-from methods.cam_methods import LAYERS, AveragedCAM
-from methods.registry import Passes, register_method
+from methods.cam_methods import AveragedCAM, Family, register_families
+from methods.registry import Passes
 
 if TYPE_CHECKING:
     from methods.tomography import Iterative
@@ -48,22 +48,13 @@ class IterativeCAM(AveragedCAM):
         return self.per_slice(channels) * slices + Passes(0, 0, slices, reads)
 
 
-@register_method("iterative_gradcam", layers=LAYERS, title="Iterative GradCAM")
-class IterativeGradCAM(IterativeCAM):
-    """Iterative GradCAM: GradCAM maps of the stacks, reconstructed iteratively."""
+ITERATIVE = Family(
+    "iterative",
+    IterativeCAM,
+    "iterative_{name}",
+    "Iterative {title}",
+    "Iterative",
+    "Iterative {title}: {title} maps of the stacks, reconstructed iteratively.",
+)
 
-    equation = "GradCAM"
-
-
-@register_method("iterative_gradcampp", layers=LAYERS, title="Iterative GradCAM++")
-class IterativeGradCAMPlusPlus(IterativeCAM):
-    """Iterative GradCAM++: GradCAM++ maps of the stacks, reconstructed iteratively."""
-
-    equation = "GradCAMPlusPlus"
-
-
-@register_method("iterative_layercam", layers=LAYERS, title="Iterative LayerCAM")
-class IterativeLayerCAM(IterativeCAM):
-    """Iterative LayerCAM: LayerCAM maps of the stacks, reconstructed iteratively."""
-
-    equation = "LayerCAM"
+globals().update(register_families(__name__, (ITERATIVE,)))  # the rows listing "iterative"
