@@ -591,7 +591,7 @@ def plot_scale(points: list[ScalePoint], path: str) -> None:
 # (slice pixels, cells across it): the paper's 224 px at ResNet stages 1-4, and the quick
 # preset's 64 px at the same stages (kernels of 32, 16, 8 and 4 pixels in both)
 FIGURE4_GRIDS = {"paper": (224, (7, 14, 28, 56)), "quick": (64, (2, 4, 8, 16))}
-FIGURE4_METHODS = {"averaged": False, "tomographic": True}  # reconstruct_many modes
+FIGURE4_METHODS = {"averaged": tomography.UNFILTERED, "tomographic": tomography.FILTERED}
 
 
 def figure4_phantoms(shape: tuple[int, int, int], synthetic: int = 1) -> dict[str, torch.Tensor]:

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from torch import Tensor, nn
 
     from methods.cam import CAM
+    from methods.tomography import Mode
 
 cams = lazy_import("methods.cam")
 tomography = lazy_import("methods.tomography")
@@ -113,9 +114,9 @@ class AveragedCAM(CAMMethod):
         return stacked_heatmaps([self], volume, model)[self.spec]
 
     @property
-    def mode(self) -> Hashable:
-        """Its mode of :func:`tomography.reconstruct_many`: ``filtered`` here."""
-        return self.filtered
+    def mode(self) -> Mode:
+        """Its mode of :func:`tomography.reconstruct_many`: ``FILTERED`` or ``UNFILTERED``."""
+        return tomography.FILTERED if self.filtered else tomography.UNFILTERED
 
     def passes(self, shape: tuple[int, int, int], channels: int | None = None) -> Passes:
         """L_cam directions x M slices (Averaged) or M + 2 (Tomographic: the second

@@ -19,6 +19,7 @@ import math
 import warnings
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
+from enum import Enum
 
 import torch
 import torch.nn.functional as F
@@ -411,6 +412,18 @@ def pooled_slice_matrices(
         yield matrix, transpose
 
 
+class Backprojection(Enum):
+    """The direct modes of :func:`reconstruct_many`: the stacks' values backprojected with
+    their second difference along s (``FILTERED``: ToNNO, Tomographic CAM) or as they are
+    (``UNFILTERED``: Averaged CAM)."""
+
+    FILTERED = "filtered"
+    UNFILTERED = "unfiltered"
+
+
+FILTERED, UNFILTERED = Backprojection.FILTERED, Backprojection.UNFILTERED
+
+
 @dataclass(frozen=True)
 class Iterative:
     """The iterative mode of :func:`reconstruct_many`: x = argmin ||P x - maps||^2, maybe
@@ -537,6 +550,7 @@ def _cgls(
 
 
 SliceOutputs = Callable[[Tensor], dict[Hashable, Tensor]]
+Mode = Backprojection | Iterative  # a reconstruction of reconstruct_many
 
 
 @torch.no_grad()
@@ -548,13 +562,13 @@ def reconstruct_many(
     size: int | tuple[int, int],
     out_shape: tuple[int, int, int] | None = None,
     *,
-    modes: Sequence[bool | Iterative] = (True,),
+    modes: Sequence[Mode] = (FILTERED,),
     chunk: int = 32,
     seed: int = 0,
     frames: str = "stack",
     mixed_precision: bool = True,
     progress: Callable[[int], None] | None = None,
-) -> dict[tuple[Hashable, bool | Iterative], Tensor]:
+) -> dict[tuple[Hashable, Mode], Tensor]:
     """Several reconstructions (eqs. 11-13, iterative) from one pass over the slices.
 
     ``slice_fn`` maps slices [N, C, h, w] to named outputs {key: [N] or [N, a, b]}: a value
@@ -564,12 +578,13 @@ def reconstruct_many(
     time (peak memory is set by ``chunk``, not by ``n_angles``; the result does not depend
     on it). Returns {(key, mode): [D, H, W] float32} for every key and mode:
 
-    - ``True`` (filtered): second difference along s (eq. 9) scaled by c|S^2|/L =
+    - ``FILTERED``: second difference along s (eq. 9) scaled by c|S^2|/L =
       -1/(2 pi L) (eqs. 8, 11, 13);
-    - ``False``: the mean of the raw values, 1/L (eq. 12 as a mean, so that a map equal to
-      the slice returns V; the printed c|S^2|/L would flip its sign);
+    - ``UNFILTERED``: the mean of the raw values, 1/L (eq. 12 as a mean, so that a map equal
+      to the slice returns V; the printed c|S^2|/L would flip its sign);
     - an :class:`Iterative`: the volume whose slices m = 0..M-1, pooled to the maps' grid,
-      best match the maps (:func:`solve_iterative`, from the ``False`` result; maps only).
+      best match the maps (:func:`solve_iterative`, from the ``UNFILTERED`` result; maps
+      only).
       The maps are consumed chunk by chunk into P^T maps, so the classifier still sees
       each slice once and no map is kept; each iteration cuts the slices of the iterate
       again (no classifier).
@@ -591,8 +606,11 @@ def reconstruct_many(
     device = volume.device
     if frames not in ("stack", "slice"):
         raise ValueError(f"frames must be 'stack' or 'slice', got {frames!r}")
+    for mode in modes:
+        if not isinstance(mode, (Backprojection, Iterative)):
+            raise TypeError(f"a mode is FILTERED, UNFILTERED or an Iterative, got {mode!r}")
     normals = fibonacci_sphere(n_angles)
-    padded = True in modes
+    padded = FILTERED in modes
     offsets = slice_offsets(n_slices, padded=padded)
     per_slice = len(offsets) if frames == "slice" else None
     u, v = orthonormal_frames(normals, torch.Generator().manual_seed(seed), per_slice)
@@ -600,9 +618,9 @@ def reconstruct_many(
     asked = list(modes)
     solved = list(dict.fromkeys(m for m in modes if isinstance(m, Iterative)))
     modes = [m for m in modes if not isinstance(m, Iterative)]
-    modes += [False] if solved and False not in modes else []  # where the iterations start
+    modes += [UNFILTERED] if solved and UNFILTERED not in modes else []  # iterations start
     cast = autocast(device, enabled=mixed_precision)
-    totals: dict[tuple[Hashable, bool], Tensor] = {}
+    totals: dict[tuple[Hashable, Backprojection], Tensor] = {}
     adjoints: dict[Hashable, Tensor] = {}  # key -> P^T maps of the iterative modes
     cells: dict[tuple[int, ...], list[Hashable]] = {}  # map shape -> keys
     for start in range(0, n_angles, chunk):  # slice_fn may enable grad for itself (CAMs)
@@ -610,13 +628,14 @@ def reconstruct_many(
         slices = extract_slices(volume, normals[part], offsets, size, u[part], v[part])
         with cast:
             outputs = slice_fn(slices.flatten(0, 1).contiguous(memory_format=torch.channels_last))
-        stacks: dict[tuple[int, ...], list[tuple[tuple[Hashable, bool], Tensor]]] = {}
+        stacks: dict[tuple[int, ...], list[tuple[tuple[Hashable, Backprojection], Tensor]]] = {}
         for key, out in outputs.items():
             out = out.float().reshape(len(slices), len(offsets), *out.shape[1:]).movedim(1, -1)
-            for filtered in modes:  # [n, *S, M+2] -> [n, M, *S]
+            for mode in modes:  # [n, *S, M+2] -> [n, M, *S]
+                filtered = mode is FILTERED
                 values = second_difference(out) if filtered else out[..., 1:-1] if padded else out
                 stacks.setdefault(tuple(out.shape[1:-1]), []).append(
-                    ((key, filtered), values.movedim(-1, 1))
+                    ((key, mode), values.movedim(-1, 1))
                 )
         for group in stacks.values():  # one backprojection per map shape, keys as channels
             names, values = zip(*group, strict=True)
@@ -650,14 +669,12 @@ def reconstruct_many(
                 adjoints[name] = adjoints[name] + adjoint if name in adjoints else adjoint
         if progress is not None:
             progress(part.stop - part.start)
-    results = {
-        (key, filtered): total * (-1.0 / (2.0 * math.pi * n_angles) if filtered else 1.0 / n_angles)
-        for (key, filtered), total in totals.items()
-    }
+    scale = {FILTERED: -1.0 / (2.0 * math.pi * n_angles), UNFILTERED: 1.0 / n_angles}
+    results = {(key, mode): total * scale[mode] for (key, mode), total in totals.items()}
     for shape, keys in cells.items():  # keys of one map shape solved together, as channels
         normal = normal_operator(normals, u, v, inner, size, shape, out_shape)
         rhs = torch.stack([adjoints[key] for key in keys])
-        averaged = torch.stack([results[(key, False)] for key in keys])
+        averaged = torch.stack([results[(key, UNFILTERED)] for key in keys])
         for mode in solved:
             solution = solve_iterative(rhs, normal, mode, averaged)
             results.update({(key, mode): x for key, x in zip(keys, solution, strict=True)})
@@ -683,6 +700,7 @@ def reconstruct(
     per slice (ToNNO, A.1; scalar outputs only), the default ``"stack"`` one per direction.
     Returns float32 [D, H, W].
     """
+    mode = FILTERED if filtered else UNFILTERED
     results = reconstruct_many(
         volume,
         lambda s: {0: slice_fn(s)},
@@ -690,10 +708,10 @@ def reconstruct(
         n_slices,
         size,
         out_shape,
-        modes=(filtered,),
+        modes=(mode,),
         **options,
     )
-    return results[(0, filtered)]
+    return results[(0, mode)]
 
 
 def reconstruct_iterative(

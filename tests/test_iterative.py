@@ -16,6 +16,8 @@ from benchmark.plan import shared_passes
 from methods import create_method, expand_specs, list_methods
 from methods.heatmaps import compute_heatmaps
 from methods.tomography import (
+    FILTERED,
+    UNFILTERED,
     Iterative,
     backproject_pooled,
     extract_slices,
@@ -143,7 +145,7 @@ def test_figure_4_iterative_beats_averaged_and_tomographic_at_two_resolutions():
         phantoms,
         lambda s: {(k, c): F.adaptive_avg_pool2d(s[:, k], c) for k in (0, 1) for c in (2, 8)},
         **FIGURE4,
-        modes=(False, True, solver),
+        modes=(UNFILTERED, FILTERED, solver),
         chunk=FIGURE4["n_angles"],
     )
     inside = radius_map(shape) <= 1
@@ -152,7 +154,7 @@ def test_figure_4_iterative_beats_averaged_and_tomographic_at_two_resolutions():
         for k, volume in enumerate(phantoms):
             averaged, tomographic, iterative = (
                 rel_l2(results[((k, cells), mode)][inside], volume[inside])
-                for mode in (False, True, solver)
+                for mode in (UNFILTERED, FILTERED, solver)
             )
             assert iterative < 0.5 * min(averaged, tomographic), (cells, k)
             assert iterative < bound[cells], (cells, k, iterative)
