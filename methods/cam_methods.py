@@ -8,6 +8,10 @@ all go through the tomography core:
 - ``NAME_3axis@k``: the same along the depth, height and width axes, averaged (the ★ rows);
 - ``averaged_NAME@k``: eq. (12), maps of Fibonacci-direction stacks averaged (L = 1000);
 - ``tomographic_NAME@k``: eq. (13), with the second difference along each stack.
+
+Their classes are made from one table, :data:`EQUATIONS` (a row per CAM equation) x
+:class:`Family` (a column per geometry: these four, pytorch-grad-cam's adapter, and
+:mod:`methods.iterative`'s and :mod:`methods.cam3d`'s): adding a CAM is one row.
 """
 
 from __future__ import annotations
@@ -172,6 +176,9 @@ def stacked_heatmaps(
 
 # --- the registered CAMs: a table of equations x families ---
 
+# The table's columns: a Family each, here and in methods.iterative and methods.cam3d.
+FAMILIES = ("slice-wise", "3axis", "averaged", "tomographic", "iterative", "3d", "pgc")
+
 
 @dataclass(frozen=True)
 class Equation:
@@ -181,6 +188,10 @@ class Equation:
     name: str  # the stem of its specs: "gradcampp" -> gradcampp@k, averaged_gradcampp@k ...
     title: str  # the stem of its row labels: "GradCAM++" -> "Averaged GradCAM++" ...
     families: tuple[str, ...]  # keys of the families (the columns) it is registered in
+
+    def __post_init__(self):
+        if unknown := sorted(set(self.families) - set(FAMILIES)):
+            raise ValueError(f"{self.equation}: no family {unknown}; the families: {FAMILIES}")
 
 
 @dataclass(frozen=True)
@@ -195,6 +206,10 @@ class Family:
     prefix: str  # the class name, before the equation: "Tomographic" -> TomographicLayerCAM
     doc: str  # the class docstring: "Eq. (13) with {title}."
     paper: tuple[str, str] | None = None  # (method, variant) in the paper's tables
+
+    def __post_init__(self):
+        if self.key not in FAMILIES:
+            raise ValueError(f"family {self.key!r} is not one of {FAMILIES}")
 
     def register(self, row: Equation, module: str) -> type[CAMMethod]:
         """The class of ``row`` in this family, as if written in ``module``, registered at
@@ -285,8 +300,6 @@ EQUATIONS = (
     Equation("XGradCAM", "xgradcam", "XGradCAM", ("pgc",)),
 )
 
-globals().update(
-    register_families(
-        __name__, (SLICE_WISE, THREE_AXIS), (AVERAGED,), (TOMOGRAPHIC,), (PYTORCH_GRAD_CAM,)
-    )
-)
+# This module's families, a group per kind (slice-wise, averaged, tomographic), then the adapter
+GROUPS = ((SLICE_WISE, THREE_AXIS), (AVERAGED,), (TOMOGRAPHIC,), (PYTORCH_GRAD_CAM,))
+globals().update(register_families(__name__, *GROUPS))

@@ -120,6 +120,94 @@ def test_every_builtin_is_a_class_named_in_its_module_with_its_title_declared():
     assert len(set(titles.values())) == len(titles)
 
 
+def families():
+    """Every column of the table of CAMs: a Family object each, in its module."""
+    import methods.cam3d as cam3d
+    import methods.cam_methods as cm
+    import methods.iterative as iterative
+
+    paper = (cm.SLICE_WISE, cm.THREE_AXIS, cm.AVERAGED, cm.TOMOGRAPHIC, cm.PYTORCH_GRAD_CAM)
+    return [*paper, iterative.ITERATIVE, cam3d.VOLUME]
+
+
+def test_the_table_of_equations_is_the_single_source_of_every_cam_family():
+    """Every (equation, family) pair of the table is registered, with its family's name,
+    title, paper row and base class, and no other CAM method is."""
+    from methods.cam_methods import EQUATIONS, FAMILIES, CAMMethod, TomographicCAM
+
+    assert sorted(f.key for f in families()) == sorted(FAMILIES)  # one Family a column
+    expected = {}
+    for family in families():
+        for row in EQUATIONS:
+            if family.key in row.families:
+                fields = {"name": row.name, "title": row.title, "equation": row.equation}
+                paper = tuple(p.format(**fields) for p in family.paper or ()) or None
+                cls = f"{family.prefix}{row.equation}"
+                facts = (cls, family.base, row.equation, family.title.format(**fields), paper)
+                expected[family.name.format(**fields)] = facts
+    registered = {
+        name: (cls.__name__, *cls.__bases__, cls.equation, cls.title, cls.paper)
+        for name in list_methods()
+        if issubclass(cls := METHODS.entry(name).obj, CAMMethod)
+    }
+    assert registered == expected
+    assert len(registered) == sum(len(row.families) for row in EQUATIONS) == 26
+    assert registered["tomographic_gradcampp"] == (
+        "TomographicGradCAMPlusPlus",
+        TomographicCAM,
+        "GradCAMPlusPlus",
+        "Tomographic GradCAM++",
+        ("Tomographic GradCAM++", ""),
+    )
+
+
+def test_one_line_in_the_table_registers_the_four_geometries_of_a_new_equation(
+    monkeypatch, tiny_model
+):
+    """A row for pytorch-grad-cam's HiResCAM in the paper's four families adds exactly its
+    four methods, each after its kind's last; its slice-wise map is the adapter's own."""
+    import methods.cam_methods as cm
+
+    list_methods()  # the built-ins are loaded: the registry below starts empty, not lazy
+    before = [n for n, e in METHODS._entries.items() if e.obj.__module__ == cm.__name__]
+    monkeypatch.setattr(METHODS, "_entries", {})  # restored after the test
+    table = (*cm.EQUATIONS, cm.Equation("HiResCAM", "hirescam", "HiResCAM", cm.PAPER))
+    classes = cm.register_families(__name__, *cm.GROUPS, table=table)
+    names = list(METHODS._entries)
+    added = ["hirescam", "hirescam_3axis", "averaged_hirescam", "tomographic_hirescam"]
+    assert [n for n in names if n not in before] == added
+    assert [n for n in names if n in before] == before
+    follows = {
+        "hirescam": "scorecam_3axis",
+        "hirescam_3axis": "hirescam",
+        "averaged_hirescam": "averaged_scorecam",
+        "tomographic_hirescam": "tomographic_scorecam",
+    }
+    assert {new: names[names.index(new) - 1] for new in added} == follows
+    cls = classes["TomographicHiResCAM"]
+    assert (cls.title, cls.paper, cls.kind) == (
+        "Tomographic HiResCAM",
+        ("Tomographic HiResCAM", ""),
+        "tomographic",
+    )
+    volume = torch.rand(2, 6, 8, 10, generator=torch.Generator().manual_seed(0))
+    maps = {
+        spec: create_method(spec, config=TINY)(volume, tiny_model)
+        for spec in ("hirescam@2", "pgc_hirescam@2", "tomographic_hirescam@2")
+    }
+    assert torch.equal(maps["hirescam@2"], maps["pgc_hirescam@2"])
+    assert torch.isfinite(maps["tomographic_hirescam@2"]).all()
+
+
+def test_a_row_or_a_family_with_an_unknown_family_is_an_error():
+    from methods.cam_methods import Equation, Family, SliceWiseCAM
+
+    with pytest.raises(ValueError, match="no family \\['tomografic'\\]"):
+        Equation("HiResCAM", "hirescam", "HiResCAM", ("tomografic",))
+    with pytest.raises(ValueError, match="family 'axial' is not one of"):
+        Family("axial", SliceWiseCAM, "{name}", "{title}", "Axial", "{title}.")
+
+
 def test_the_papers_published_rows_name_registered_methods():
     from benchmark.leaderboard import paper_results
 

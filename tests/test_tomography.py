@@ -20,12 +20,15 @@ from phantoms import (
 )
 
 from methods.tomography import (
+    FILTERED,
+    UNFILTERED,
     backproject,
     backproject_maps,
     extract_slices,
     fibonacci_sphere,
     orthonormal_frames,
     reconstruct,
+    reconstruct_many,
     second_difference,
     slice_offsets,
 )
@@ -292,6 +295,20 @@ def test_per_slice_frames_change_only_what_sees_the_frame():
     torch.testing.assert_close(frame_blind[1], frame_blind[0], atol=1e-6, rtol=1e-6)
     assert (frame_blind[0].abs() > 0).any()
     assert rel_l2(frame_seen[1], frame_seen[0]) > 0.05
+
+
+def test_named_modes_give_each_reconstruction_and_a_boolean_mode_is_refused():
+    """``reconstruct_many``'s FILTERED and UNFILTERED, from one pass, are ``reconstruct``'s
+    ``filtered=True`` and ``False``; the booleans they replace are an error, not a key."""
+    volume = gaussian((10, 12, 14), 0.3, centre=(0.1, 0, 0))[None]
+    both = reconstruct_many(
+        volume, lambda s: {0: weighted_sum(s)}, **SMALL, modes=(UNFILTERED, FILTERED)
+    )
+    for mode, filtered in ((FILTERED, True), (UNFILTERED, False)):
+        alone = reconstruct(volume, weighted_sum, **SMALL, filtered=filtered)
+        torch.testing.assert_close(both[(0, mode)], alone, atol=1e-6, rtol=1e-5)
+    with pytest.raises(TypeError, match="FILTERED, UNFILTERED or an Iterative, got True"):
+        reconstruct_many(volume, lambda s: {0: weighted_sum(s)}, **SMALL, modes=(True,))
 
 
 def test_per_slice_frames_are_for_values_not_maps():
