@@ -20,14 +20,14 @@ the image's with the options and the revision: ``Job.image`` in :mod:`benchmark.
 so an edited image or mask, or a method whose code changed its heatmaps, gets new
 entries and never an old one. ``<grid>`` hashes the grid's levels and the protocol's
 settings (connectivity, matching IoU, tail fractions). Every file is written atomically and verified
-when read: a record that does not match its seal (:mod:`benchmark.seal`: a digit flipped
+when read: a record that does not match its seal (:mod:`foundation.seal`: a digit flipped
 in its maximum is seen), a heatmap whose sha256 differs from its record's, a summary
 whose zip CRC fails, a ``key.json`` that does not hold the key. A damaged file is logged
 (WARNING), deleted and recomputed (``key.json``: rewritten).
 
 Processes sharing the cache (job arrays, ``--shard`` jobs, runs side by side) write an
 entry's files under its lock, ``<spec>/<volume>-<image>.lock``
-(:func:`~benchmark.io.file_lock`), and read a file that looks damaged again under that
+(:func:`~foundation.io.file_lock`), and read a file that looks damaged again under that
 lock before deleting it: another process between an entry's files is waited for, never
 taken for damage. Two processes that miss the same entry both compute it; the files
 are the same, the last written stays.
@@ -49,9 +49,9 @@ import numpy as np
 
 from benchmark import __version__
 from benchmark.evaluation import GRID_LEVELS, MATCH_IOU, STRUCTURE, Summary, tail_fractions
-from benchmark.io import atomic_save_json, atomic_write, cache_root, file_lock
-from benchmark.seal import read_sealed, save_sealed
 from datasets.base import safe_stem
+from foundation.io import atomic_save_json, atomic_write, cache_root, file_lock
+from foundation.seal import read_sealed, save_sealed
 
 log = logging.getLogger(__name__)
 

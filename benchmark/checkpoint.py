@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from benchmark.distributed import memory_format, resolve_device
-from benchmark.io import atomic_write
+from foundation.io import atomic_write
 
 # what torch.load raises for a file that is not a state dict it loads safely
 _UNREADABLE = (pickle.UnpicklingError, EOFError, RuntimeError, zipfile.BadZipFile, KeyError)
@@ -79,7 +79,7 @@ def checkpoint_id(state: dict[str, Any]) -> str:
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """``torch.save`` of ``state`` and its :func:`state_digest`, through
-    :func:`~benchmark.io.atomic_write`."""
+    :func:`~foundation.io.atomic_write`."""
     state = {**state, "digest": state_digest(state)}
     with atomic_write(path) as file:
         torch.save(state, file)

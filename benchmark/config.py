@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from benchmark.registry import convert_value
+from foundation.registry import convert_value
 from methods.config import TomographyConfig
 
 C = TypeVar("C")

@@ -24,10 +24,10 @@ from matplotlib.figure import Figure
 
 from benchmark.config import RunConfig
 from benchmark.evaluation import GroundTruth, binarize
-from benchmark.io import atomic_write
 from benchmark.leaderboard import best_layers
 from benchmark.metrics import KEYS
 from benchmark.specs import matches
+from foundation.io import atomic_write
 from methods.registry import method_name
 
 if TYPE_CHECKING:

@@ -69,10 +69,10 @@ from benchmark.captions import (
     verdict,
 )
 from benchmark.config import RunConfig
-from benchmark.io import atomic_write, file_lock
 from benchmark.metrics import HEADERS, KEYS, overlap_key, reported
 from benchmark.page import html_page
 from benchmark.stats import case_intervals
+from foundation.io import atomic_write, file_lock
 from methods.registry import method_name, paper_families
 
 log = logging.getLogger(__name__)

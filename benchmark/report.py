@@ -24,8 +24,8 @@ import pandas as pd
 
 from benchmark import __version__
 from benchmark.evaluation import EvaluationResult
-from benchmark.io import atomic_save_json, atomic_write, file_lock
 from benchmark.leaderboard import KEY, context_mismatch, merge_rows, read_cases, read_rows
+from foundation.io import atomic_save_json, atomic_write, file_lock
 
 # A run folder's tables by name, the rows of each keyed by ``KEY`` (the timings, summed
 # over classifiers, by ``method`` alone).

@@ -64,7 +64,6 @@ from benchmark.evaluation import (
     tail_quantiles,
     threshold_grid,
 )
-from benchmark.io import atomic_write
 from benchmark.leaderboard import (
     KEY,
     Intervals,
@@ -74,7 +73,6 @@ from benchmark.leaderboard import (
 )
 from benchmark.metrics import KEYS
 from benchmark.plan import counted_prices, layer_channels, split_seconds, volume_input_voxels
-from benchmark.registry import natural_key
 from benchmark.report import (
     RUN_TABLES,
     cases_table,
@@ -89,11 +87,13 @@ from benchmark.report import (
     write_csv,
     write_reports,
 )
-from benchmark.seal import read_sealed, save_sealed
 from benchmark.specs import shard_ids
 from benchmark.train import classifier_report, config_from_record, train
 from benchmark.validation import calibration_ids, evaluation_context, ground_truth
 from datasets.base import safe_stem
+from foundation.io import atomic_write
+from foundation.registry import natural_key
+from foundation.seal import read_sealed, save_sealed
 from methods import method_class
 from methods.config import TomographyConfig
 from methods.heatmaps import compute_groups

@@ -61,10 +61,10 @@ from benchmark.distributed import (
     resolve_device,
     training_precision,
 )
-from benchmark.io import atomic_write, file_lock
 from benchmark.metrics import weighted_balanced_accuracy
 from benchmark.models import create_classifier, model_spec
 from benchmark.stats import bootstrap_ci
+from foundation.io import atomic_write, file_lock
 from methods.tomography import autocast, extract_slices, orthonormal_frames, slice_offsets
 
 log = logging.getLogger(__name__)
@@ -683,7 +683,7 @@ def train(
     scores the evaluation split there; training never sees what it does).
 
     Processes training into one ``out_dir`` take turns: rank 0 holds the folder's
-    ``checkpoint.lock`` (:func:`~benchmark.io.file_lock`) while it trains, so that with
+    ``checkpoint.lock`` (:func:`~foundation.io.file_lock`) while it trains, so that with
     ``resume`` the one that waited reuses (or continues) the other's checkpoint.
     """
     context = context or Context(device=resolve_device(device))

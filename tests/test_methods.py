@@ -15,7 +15,7 @@ from timm.models.resnet import BasicBlock, ResNet
 from torch import nn
 from volume_models import TinyClassifier
 
-from benchmark.registry import RegistryError
+from foundation.registry import RegistryError
 from methods import create_method, expand_specs, list_methods, method_class, register_method
 from methods.config import TomographyConfig
 from methods.registry import KINDS, METHODS, Method, MethodName, method_name

@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("benchmark", "methods", "datasets")
+PACKAGES = ("benchmark", "methods", "datasets", "foundation")
 pytestmark = pytest.mark.slow
 
 PIP = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]

@@ -183,9 +183,9 @@ def _run(args: argparse.Namespace, context, settings, shard, specs, left_out, da
 
     from benchmark.checkpoint import is_finished, read_checkpoint, read_weights
     from benchmark.config import TRAIN_SECTIONS, RunConfig, Train3DConfig, TrainConfig, resolve
-    from benchmark.io import cache_root
     from benchmark.preflight import check_volumes, writable
     from benchmark.runner import prepare_classifier, run_benchmark, specs_by_classifier
+    from foundation.io import cache_root
     from methods.config import TomographyConfig
 
     preset = chosen_preset(args.preset, context)

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from benchmark.io import atomic_save_json
+from foundation.io import atomic_save_json
 
 
 def _sha256(content: Any) -> str:
