@@ -800,7 +800,7 @@ class LearningRun:
     step: int  # where training ended (early stop or cap)
     best_step: int | None  # whose weights were kept
     minutes: float
-    report: dict  # benchmark.train.classifier_report of the kept weights
+    report: dict  # benchmark.scoring.classifier_report of the kept weights
 
 
 def bench_learning(
@@ -814,7 +814,9 @@ def bench_learning(
     import tempfile
 
     from benchmark.checkpoint import load_classifier, read_checkpoint
-    from benchmark.train import classifier_report, roc_auc, train, volume_logits
+    from benchmark.scoring import classifier_report, roc_auc
+    from benchmark.slices import volume_logits
+    from benchmark.train import train
 
     ids = list(dataset.ids("val"))
     labels = torch.tensor([dataset.label(i) for i in ids])
@@ -857,7 +859,7 @@ def lesion_slice_share(config, dataset, volumes: int = 12, draws: int = 4) -> fl
     a lesion, over the first ``volumes`` annotated positives of the train split: every
     other slice of a positive is labelled positive by A.6's loss all the same. None
     without masks."""
-    from benchmark.train import cut_slices, draw_slice_params
+    from benchmark.slices import cut_slices, draw_slice_params
 
     generator = torch.Generator().manual_seed(config.seed)
     positives = [i for i in dataset.ids("train") if dataset.label(i) == 1]

@@ -12,10 +12,8 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from benchmark.leaderboard import Section
+from benchmark.section import Section
 
 MISSING = "–"  # a cell without a value
 SIGNIFICANT = "†"  # after a delta whose paired 95% interval excludes 0

@@ -18,9 +18,6 @@ uninterrupted one.
 from __future__ import annotations
 
 import hashlib
-import pickle
-import warnings
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +26,6 @@ from torch import nn
 
 from benchmark.distributed import memory_format, resolve_device
 from foundation.io import atomic_write
-
-# what torch.load raises for a file that is not a state dict it loads safely
-_UNREADABLE = (pickle.UnpicklingError, EOFError, RuntimeError, zipfile.BadZipFile, KeyError)
 
 CHECKPOINT = "checkpoint.pt"
 REQUIRED = {"model", "config", "step", "arch", "norm", "in_chans"}
@@ -164,23 +158,3 @@ def load_classifier(
         spatial_dims = 2
     model.load_state_dict(state["model"])
     return model.to(device, memory_format=memory_format(device, spatial_dims)).eval()
-
-
-def read_weights(path: str | Path, what: str) -> dict[str, Any]:
-    """A file of pretrained weights (``what``: whose, for the error), read with
-    ``weights_only=True``: its mapping, or a ValueError naming the file (a pickle of
-    anything but tensors and plain containers is refused, never run)."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{path}: no such file ({what})")
-    try:
-        with warnings.catch_warnings():  # torch's on the pickle protocol: the error says it
-            warnings.simplefilter("ignore", UserWarning)
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except _UNREADABLE as error:
-        raise ValueError(
-            f"{path}: not {what} that loads safely, a state dict of tensors (torch.load "
-            f"refused it: {type(error).__name__})"
-        ) from None
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: not {what} (a {type(state).__name__}, not a state dict)")
-    return state

@@ -71,6 +71,7 @@ from benchmark.captions import (
 from benchmark.config import RunConfig
 from benchmark.metrics import HEADERS, KEYS, overlap_key, reported
 from benchmark.page import html_page
+from benchmark.section import Section
 from benchmark.stats import case_intervals
 from foundation.io import atomic_write, file_lock
 from methods.registry import method_name, paper_families
@@ -443,18 +444,6 @@ def render(table: pd.DataFrame, fmt: str, bold: pd.DataFrame | None = None) -> s
     )
 
 
-@dataclass(frozen=True)
-class Section:
-    """One table of a page: its title, the cells as shown, which are bold, and what each
-    row is (``method``, ``family``, ``family_name``, ``layer``, ``model``, ``external``:
-    for filters and links)."""
-
-    title: str
-    cells: pd.DataFrame
-    bold: pd.DataFrame
-    rows: pd.DataFrame
-
-
 def _section(title: str, rows: pd.DataFrame, cells: pd.DataFrame, bold: pd.DataFrame) -> Section:
     meta = rows[["method", "family", "layer", "model"]].reset_index(drop=True)
     meta.insert(2, "family_name", [method_name(f).display for f in meta.family])
@@ -480,7 +469,7 @@ def _add_classifier_auc(
     cells: pd.DataFrame, bold: pd.DataFrame, rows: pd.DataFrame, metrics: Sequence[str]
 ) -> None:
     """The :data:`CLASSIFIER_AUC` column after our ``metrics``: each row's classifier's
-    validation AUC (mean over seeds, :func:`benchmark.train.classifier_report`), so that a
+    validation AUC (mean over seeds, :func:`benchmark.scoring.classifier_report`), so that a
     3D classifier's rows show theirs beside the 2D one's; none when no row has one."""
     auc = _column(rows, "classifier_auc")
     if np.isfinite(auc).any():

@@ -1,7 +1,7 @@
 """The reported metrics, defined once (A.7): key, header, the ground truth each needs.
 
 The protocol (:mod:`benchmark.evaluation`), the statistics (:mod:`benchmark.stats`), the
-tables (:mod:`benchmark.leaderboard`) and the classifier's report (:mod:`benchmark.train`)
+tables (:mod:`benchmark.leaderboard`) and the classifier's report (:mod:`benchmark.scoring`)
 read them from here.
 """
 

@@ -16,14 +16,11 @@ import base64
 import html
 import re
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from benchmark.captions import BOLD
-
-if TYPE_CHECKING:
-    from benchmark.leaderboard import Section
+from benchmark.section import Section
 
 INPUT = "input"  # the strip of the input and its ground truth
 WARNING_STYLE = (

@@ -59,6 +59,7 @@ from benchmark.evaluation import (
     EvaluationResult,
     GroundTruth,
     Summary,
+    binarize,
     evaluate,
     summarize,
     tail_quantiles,
@@ -87,8 +88,10 @@ from benchmark.report import (
     write_csv,
     write_reports,
 )
+from benchmark.scoring import classifier_report
 from benchmark.specs import shard_ids
-from benchmark.train import classifier_report, config_from_record, train
+from benchmark.strategy import config_from_record
+from benchmark.train import train
 from benchmark.validation import calibration_ids, evaluation_context, ground_truth
 from datasets.base import safe_stem
 from foundation.io import atomic_write
@@ -462,6 +465,41 @@ def evaluate_specs(
 
 
 # --- stage 5: outputs -----------------------------------------------------------------------
+
+
+def figure_rows(
+    jobs: Sequence[Job],
+    results: pd.DataFrame,
+    folds: pd.DataFrame,
+    config: RunConfig,
+    patterns: Sequence[str],
+) -> tuple[list[str], list[figures.FigureRow]]:
+    """(specs, rows) of the Figure 6 layout: a few annotated validation positives, each
+    method family matching ``patterns`` at its best layer, binarised with fold 0's
+    (tau, tau') (A.7). ``jobs``: one classifier seed's, one per classifier (the same
+    volumes), each with its specs' heatmaps. Empty when there is nothing to show."""
+    job_of = {spec: job for job in jobs for spec in job.specs}
+    dataset, first = jobs[0].dataset, jobs[0]
+    positives = figures.figure_ids(dataset, first.volume_ids, first.unscored, config.figure_volumes)
+    specs = figures.figure_specs(results, patterns)
+    if not positives or not specs:
+        return [], []
+    first_fold = folds[folds.fold == 0].set_index("method")
+    rows = []
+    for volume_id in positives:
+        volume = dataset[volume_id]
+        columns = []
+        for spec in specs:
+            heatmap = job_of[spec].heatmap(spec, volume_id)
+            tau, tau_low = first_fold.loc[spec, ["tau", "tau_low"]]
+            columns.append(
+                figures.MethodMaps(
+                    method_name(spec).display, heatmap, binarize(heatmap, tau, tau_low)
+                )
+            )
+        truth = figures.truth_mask(first.ground_truth(volume), volume.image.shape[1:])
+        rows.append(figures.figure_row(volume_id, volume.image[0], truth, columns))
+    return specs, rows
 
 
 @dataclass(frozen=True)
@@ -964,7 +1002,7 @@ def write_outputs(
                 f"classification only: {', '.join(sorted(job.unscored, key=natural_key))}."
             )
         fallback = out_dir / "leaderboards"
-        specs, rows = figures.figure_rows(jobs, mine, shown, config, ["*"])  # a strip per family
+        specs, rows = figure_rows(jobs, mine, shown, config, ["*"])  # a strip per family
         pages = write_leaderboards(
             results,
             leaderboards,
@@ -981,7 +1019,7 @@ def write_outputs(
             log.info("%s left standing: it shows methods this run did not compute", figure)
             figure = None
         else:
-            specs, rows = figures.figure_rows(jobs, mine, shown, config, config.figure_methods)
+            specs, rows = figure_rows(jobs, mine, shown, config, config.figure_methods)
             title = f"{dataset.name}: heatmaps and masks"
             figure = figures.save_png(figures.draw(rows, title=title), figure) if rows else None
             if not rows:

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from benchmark.classifier3d import create_volume_classifier, resize_volumes, resnet3d_spec
 from benchmark.config import Train3DConfig
 from benchmark.distributed import Context
-from benchmark.train import (
+from benchmark.slices import (
     OLD_CHECKPOINT_DEFAULTS,
     BatchPlan,
     load_volume,
@@ -107,7 +107,7 @@ def whole_volume_logits(
 
 class VolumeBatches:
     """What :func:`benchmark.train.train` does with a :class:`Train3DConfig` (the interface
-    of :class:`benchmark.train.SliceBatches`)."""
+    of :class:`benchmark.slices.SliceBatches`)."""
 
     unit = "volume"
     spatial_dims = 3

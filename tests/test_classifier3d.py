@@ -15,14 +15,10 @@ from test_train import TinySet, _recording_train_step
 from benchmark.checkpoint import load_classifier
 from benchmark.classifier3d import VolumeClassifier, create_volume_classifier
 from benchmark.config import Train3DConfig, TrainConfig, load_settings, resolve
-from benchmark.train import (
-    OLD_CHECKPOINT_DEFAULTS,
-    SliceBatches,
-    batches_for,
-    classifier_report,
-    config_from_record,
-    train,
-)
+from benchmark.scoring import classifier_report
+from benchmark.slices import OLD_CHECKPOINT_DEFAULTS, SliceBatches
+from benchmark.strategy import batches_for, config_from_record
+from benchmark.train import train
 from benchmark.train3d import (
     augment_volume,
     draw_volume_params,

@@ -20,8 +20,9 @@ from matplotlib.image import imread
 from test_leaderboard import SYNTHETIC, TWO, UPDATE, results, with_context
 
 from benchmark.figures import MethodMaps, figure_row, method_strips
-from benchmark.leaderboard import Section, write_leaderboards
+from benchmark.leaderboard import write_leaderboards
 from benchmark.page import html_page
+from benchmark.section import Section
 
 
 @dataclass

@@ -339,7 +339,7 @@ def test_what_all_keeps_does_not_depend_on_the_measured_prices(tiny_model):
 def preset_plan(preset: str, shapes, volume_model: bool):
     """The plan of ``all`` at a preset's settings and budget, with its classifiers' stage
     widths (random weights: only their shapes count)."""
-    from benchmark.train import batches_for
+    from benchmark.strategy import batches_for
 
     model = batches_for(resolve(TrainConfig, preset)).build_model(1, initial=False)
     volume = None

@@ -327,7 +327,7 @@ def test_the_page_says_when_the_classifier_is_at_chance(reference, config, tmp_p
 
 
 def chance_report(at_chance: bool) -> dict:
-    """A classifier report (``benchmark.train.classifier_report``) on the 12 volumes."""
+    """A classifier report (``benchmark.scoring.classifier_report``) on the 12 volumes."""
     return {
         "auc": 0.55 if at_chance else 0.95,
         "auc_ci_low": 0.4 if at_chance else 0.9,

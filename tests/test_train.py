@@ -18,23 +18,19 @@ import benchmark.train as training
 from benchmark.checkpoint import checkpoint_id, load_classifier, read_checkpoint, save_checkpoint
 from benchmark.config import TrainConfig, resolve
 from benchmark.models import create_classifier
-from benchmark.train import (
-    balanced_accuracy,
-    best_threshold,
+from benchmark.scoring import balanced_accuracy, best_threshold, cross_fitted_predictions, roc_auc
+from benchmark.slices import (
+    bag_loss,
     build_model,
-    cross_fitted_predictions,
     cut_batch,
     cut_slices,
     draw_batch,
     draw_slice_params,
-    resolve_iterations,
-    roc_auc,
     sample_volume_ids,
     slice_logits,
-    train,
-    train_step,
     validation_slices,
 )
+from benchmark.train import resolve_iterations, train, train_step
 from datasets import SampleCheck
 
 SHAPE = (16, 24, 24)
@@ -401,10 +397,10 @@ def test_bag_loss_is_each_negative_slices_bce_and_each_positive_stacks_max_bce()
     negative = np.mean([softplus(x) for x in (0.5, -1.0, 2.0, 0.0)])
     positive = softplus(-3.0)  # the stack's max logit against 1
     expected = (negative + positive) / 2
-    assert training.bag_loss(logits, labels, 4).item() == pytest.approx(expected, rel=1e-6)
+    assert bag_loss(logits, labels, 4).item() == pytest.approx(expected, rel=1e-6)
     # a positive stack's gradient reaches its max slice only; a negative's, every slice
     logits.requires_grad_(True)
-    training.bag_loss(logits, labels, 4).backward()
+    bag_loss(logits, labels, 4).backward()
     assert (logits.grad[:4] > 0).all()
     assert logits.grad[4] < 0 and (logits.grad[5:] == 0).all()
 

@@ -35,7 +35,9 @@ from benchmark.checkpoint import (
 )
 from benchmark.config import TrainConfig
 from benchmark.distributed import Context
-from benchmark.train import classifier_report, draw_batch, holdout_split, train
+from benchmark.scoring import classifier_report
+from benchmark.slices import draw_batch
+from benchmark.train import holdout_split, train
 
 
 class PoisonedSet(TinySet):

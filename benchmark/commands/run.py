@@ -181,10 +181,11 @@ def _run(args: argparse.Namespace, context, settings, shard, specs, left_out, da
     volume), then the classifiers (one per seed), then the heatmaps and the protocol."""
     import dataclasses
 
-    from benchmark.checkpoint import is_finished, read_checkpoint, read_weights
+    from benchmark.checkpoint import is_finished, read_checkpoint
     from benchmark.config import TRAIN_SECTIONS, RunConfig, Train3DConfig, TrainConfig, resolve
     from benchmark.preflight import check_volumes, writable
     from benchmark.runner import prepare_classifier, run_benchmark, specs_by_classifier
+    from benchmark.weights import read_weights
     from foundation.io import cache_root
     from methods.config import TomographyConfig
 
@@ -317,7 +318,8 @@ def _within_budget(specs, config, tomography, trained, seeds, dataset, context, 
     not finished for every seed."""
     from benchmark.plan import PLAN_CSV, format_plan, plan_run
     from benchmark.report import write_csv
-    from benchmark.train import batches_for, training_estimate
+    from benchmark.strategy import batches_for
+    from benchmark.train import training_estimate
 
     plan = None
     if context.is_main:
