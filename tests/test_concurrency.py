@@ -19,9 +19,9 @@ from test_dataset_trust import lesion, make, open_folder, oriented
 from test_run_trust import CONFIG, write_folder
 
 import foundation.io
-from benchmark.cache import HeatmapStore
 from benchmark.cli import main
-from benchmark.evaluation import GRID_LEVELS
+from benchmark.protocol.evaluation import GRID_LEVELS
+from benchmark.run.cache import HeatmapStore
 from datasets.cache import CacheEntry
 from foundation.io import file_lock
 
@@ -132,7 +132,7 @@ def test_a_heatmap_entry_being_written_is_waited_for_not_deleted(tmp_path, caplo
     )
     writer.start()
     assert ready.wait(timeout=30)
-    with caplog.at_level(logging.WARNING, logger="benchmark.cache"):
+    with caplog.at_level(logging.WARNING, logger="benchmark.run.cache"):
         heatmap = store.heatmap("tonno", "v", "img")
     writer.join(timeout=30)
     assert writer.exitcode == 0

@@ -147,9 +147,13 @@ def test_the_static_check_sees_function_level_and_lazy_imports(tmp_path):
     source.write_text(
         "from foundation.io import atomic_write\n"
         "def f():\n    from benchmark.config import resolve\n"
-        "models = lazy_import('benchmark.models')\n"
+        "models = lazy_import('benchmark.training.models')\n"
     )
-    assert imported_modules(source) == {"foundation.io", "benchmark.config", "benchmark.models"}
+    assert imported_modules(source) == {
+        "foundation.io",
+        "benchmark.config",
+        "benchmark.training.models",
+    }
 
 
 def test_the_static_check_finds_a_forbidden_import_in_a_subpackage(tmp_path):
@@ -203,6 +207,14 @@ def test_benchmark_modules_import_each_other_without_a_cycle():
     assert "benchmark.commands.run" in graph  # subpackages are in it
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_benchmark_subpackages_stand_in_layers():
+    merged = layers(import_graph(ROOT / "benchmark"), "benchmark")
+    assert {"benchmark.training", "benchmark.protocol", "benchmark.publish"} <= merged.keys()
+    assert {"benchmark.run", "benchmark.config"} <= merged.keys()
+    cycle = find_cycle(merged)
+    assert cycle is None, "subpackages in a cycle: " + " -> ".join(cycle)
 
 
 def test_the_cycle_check_sees_function_level_type_only_and_relative_imports(tmp_path):

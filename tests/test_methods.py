@@ -121,7 +121,7 @@ def test_every_builtin_is_a_class_named_in_its_module_with_its_title_declared():
 
 
 def test_the_papers_published_rows_name_registered_methods():
-    from benchmark.leaderboard import paper_results
+    from benchmark.publish.leaderboard import paper_results
 
     names = {spec.partition("@")[0] for spec in paper_results().method}
     assert names <= set(list_methods())

@@ -14,12 +14,22 @@ import pytest
 import torch
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
-import benchmark.train as training
-from benchmark.checkpoint import checkpoint_id, load_classifier, read_checkpoint, save_checkpoint
+import benchmark.training.train as training
 from benchmark.config import TrainConfig, resolve
-from benchmark.models import create_classifier
-from benchmark.scoring import balanced_accuracy, best_threshold, cross_fitted_predictions, roc_auc
-from benchmark.slices import (
+from benchmark.training.checkpoint import (
+    checkpoint_id,
+    load_classifier,
+    read_checkpoint,
+    save_checkpoint,
+)
+from benchmark.training.models import create_classifier
+from benchmark.training.scoring import (
+    balanced_accuracy,
+    best_threshold,
+    cross_fitted_predictions,
+    roc_auc,
+)
+from benchmark.training.slices import (
     bag_loss,
     build_model,
     cut_batch,
@@ -30,7 +40,7 @@ from benchmark.slices import (
     slice_logits,
     validation_slices,
 )
-from benchmark.train import resolve_iterations, train, train_step
+from benchmark.training.train import resolve_iterations, train, train_step
 from datasets import SampleCheck
 
 SHAPE = (16, 24, 24)
@@ -122,7 +132,7 @@ def test_presets_hold_the_papers_values():
 
 
 def model_is_not_pretrained(config: TrainConfig) -> bool:
-    from benchmark.models import model_spec
+    from benchmark.training.models import model_spec
 
     return not model_spec(config.model, pretrained=config.pretrained).pretrained
 

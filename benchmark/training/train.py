@@ -1,11 +1,12 @@
 """Training of the classifier: the 2D slice classifier on randomly oriented slices (paper
 4.2, A.6) or the 3D one on whole volumes, in one loop.
 
-Each step draws a batch (:mod:`benchmark.slices`: B volumes with replacement, alternately
-positive and negative, M_train augmented slices from each along one random direction;
-:mod:`benchmark.train3d` for the 3D classifier; :func:`~benchmark.strategy.batches_for`
-picks) and takes one Adam step on the binary cross-entropy of every input against its
-volume's label. A volume's prediction is the max of its slice logits (A.6).
+Each step draws a batch (:mod:`benchmark.training.slices`: B volumes with replacement,
+alternately positive and negative, M_train augmented slices from each along one random
+direction; :mod:`benchmark.training.volumes` for the 3D classifier;
+:func:`~benchmark.training.strategy.batches_for` picks) and takes one Adam step on the
+binary cross-entropy of every input against its volume's label. A volume's prediction is
+the max of its slice logits (A.6).
 
 All randomness comes from one CPU ``torch.Generator`` seeded by the config, whose state is
 checkpointed with the model, the optimiser and the schedule: resuming a killed run gives
@@ -15,9 +16,9 @@ draws the whole batch from that generator and cuts its share of the volumes (DDP
 Trust (beyond the paper): a non-finite batch, loss, gradient or weight stops training
 with the step and the volumes; the checkpoint records a content digest of the training
 data and is set aside, not reused, when the data change, or when it does not match the
-digest of its own tensors (:mod:`benchmark.checkpoint`); ``holdout``/``patience`` stop
+digest of its own tensors (:mod:`benchmark.training.checkpoint`); ``holdout``/``patience`` stop
 training once a held-out part of the train split is classified as well as it will be;
-:func:`~benchmark.scoring.classifier_report` says whether the classifier beats chance on
+:func:`~benchmark.training.scoring.classifier_report` says whether the classifier beats chance on
 the evaluation split.
 """
 
@@ -40,14 +41,6 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from benchmark.checkpoint import (
-    CHECKPOINT,
-    DamagedCheckpoint,
-    checkpoint_id,
-    read_checkpoint,
-    save_checkpoint,
-    weights_finite,
-)
 from benchmark.config import (
     PAPER_ITERATION_FACTOR,
     PAPER_ITERATIONS,
@@ -63,11 +56,19 @@ from benchmark.distributed import (
     resolve_device,
     training_precision,
 )
-from benchmark.models import model_spec
-from benchmark.scoring import auc_or_nan, validation_scores
-from benchmark.slices import BatchPlan, slice_loss
-from benchmark.stats import bootstrap_ci
-from benchmark.strategy import batches_for
+from benchmark.protocol.stats import bootstrap_ci
+from benchmark.training.checkpoint import (
+    CHECKPOINT,
+    DamagedCheckpoint,
+    checkpoint_id,
+    read_checkpoint,
+    save_checkpoint,
+    weights_finite,
+)
+from benchmark.training.models import model_spec
+from benchmark.training.scoring import auc_or_nan, validation_scores
+from benchmark.training.slices import BatchPlan, slice_loss
+from benchmark.training.strategy import batches_for
 from foundation.io import atomic_write, file_lock
 
 log = logging.getLogger(__name__)
@@ -245,7 +246,7 @@ def train(
 
     A :class:`TrainConfig` trains the 2D slice classifier (A.6), a :class:`Train3DConfig`
     the 3D one on whole volumes (beyond the paper), in the same loop
-    (:func:`~benchmark.strategy.batches_for`).
+    (:func:`~benchmark.training.strategy.batches_for`).
 
     ``out_dir`` receives ``checkpoint.pt`` (every ``checkpoint_every`` steps and at the end),
     ``config.yaml`` and ``train_log.csv``. With ``resume``, an existing checkpoint of the
@@ -707,7 +708,7 @@ def _load_for_resume(
 ) -> dict[str, Any] | None:
     """The checkpoint to continue, or None to start; refuses to overwrite, to mix configs
     and to reuse non-finite weights; sets aside one trained on other data, and a damaged one
-    (:class:`~benchmark.checkpoint.DamagedCheckpoint`) as ``checkpoint.unverified.pt``."""
+    (:class:`~benchmark.training.checkpoint.DamagedCheckpoint`) as ``checkpoint.unverified.pt``."""
     if not path.exists():
         if resume:
             log.info("no checkpoint at %s: starting from step 0", path)

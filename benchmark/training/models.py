@@ -43,7 +43,7 @@ from timm.layers import BatchNormAct2d, GroupNormAct, freeze_batch_norm_2d
 from torch import nn
 
 from benchmark.config import GN_INITS
-from benchmark.weights import read_weights
+from benchmark.training.weights import read_weights
 
 log = logging.getLogger(__name__)
 

@@ -17,14 +17,14 @@ from torch import Tensor, nn
 
 from benchmark.config import Train3DConfig, TrainConfig
 from benchmark.distributed import Context
-from benchmark.metrics import weighted_balanced_accuracy
-from benchmark.stats import bootstrap_ci
-from benchmark.strategy import batches_for
+from benchmark.protocol.metrics import weighted_balanced_accuracy
+from benchmark.protocol.stats import bootstrap_ci
+from benchmark.training.strategy import batches_for
 
 
 def balanced_accuracy(labels: Tensor, predictions: Tensor) -> float:
     """(sensitivity + specificity) / 2 over the classes present, as the protocol reports it
-    (:func:`benchmark.metrics.weighted_balanced_accuracy`, weight 1)."""
+    (:func:`benchmark.protocol.metrics.weighted_balanced_accuracy`, weight 1)."""
     return float(weighted_balanced_accuracy(labels.cpu().numpy(), predictions.cpu().numpy()))
 
 
@@ -122,7 +122,7 @@ def classifier_report(
 ) -> dict[str, Any]:
     """Is the classifier of ``config`` better than chance on ``ids``? Scores of
     :func:`validation_scores` with percentile bootstrap intervals over volumes
-    (:func:`benchmark.stats.bootstrap_ci`); the volume logit is the 2D classifier's max
+    (:func:`benchmark.protocol.stats.bootstrap_ci`); the volume logit is the 2D classifier's max
     slice logit (A.6), the 3D one's logit of the whole volume (beyond the paper).
 
     ``auc`` and ``balanced_accuracy`` (cross-fitted threshold; its interval resamples the

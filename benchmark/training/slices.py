@@ -4,8 +4,8 @@ Each step draws B volumes with replacement, alternately positive and negative, a
 M_train augmented slices from each along one random direction (on the model's device, with
 the tomography core); its loss is the binary cross-entropy of every slice against its
 volume's label, and a volume's prediction is the max of its slice logits (A.6).
-:class:`SliceBatches` is what :func:`benchmark.train.train` does with a
-:class:`~benchmark.config.TrainConfig`; the 3D strategy (:mod:`benchmark.train3d`) draws
+:class:`SliceBatches` is what :func:`benchmark.training.train.train` does with a
+:class:`~benchmark.config.TrainConfig`; the 3D strategy (:mod:`benchmark.training.volumes`) draws
 its volumes and computes its loss with the same pieces.
 """
 
@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from benchmark.config import TrainConfig
 from benchmark.distributed import Context, memory_format
-from benchmark.models import create_classifier, model_spec
+from benchmark.training.models import create_classifier, model_spec
 from methods.tomography import autocast, extract_slices, orthonormal_frames, slice_offsets
 
 # the settings of checkpoints written before these fields existed
@@ -236,10 +236,10 @@ def build_model(config: TrainConfig, in_chans: int, *, initial: bool = True) -> 
 
 
 class SliceBatches:
-    """What :func:`~benchmark.train.train` does with a :class:`TrainConfig`: the 2D slice
+    """What :func:`~benchmark.training.train.train` does with a :class:`TrainConfig`: the 2D slice
     classifier (A.6).
 
-    The strategies (this and :class:`benchmark.train3d.VolumeBatches`) share one interface:
+    The strategies (this and :class:`benchmark.training.volumes.VolumeBatches`) share one interface:
     ``draw`` (every random number of a step, on the CPU generator), ``cut`` (a rank's
     inputs and labels), ``volume_logits``, ``build_model``, ``record`` (what the checkpoint
     says of the model), ``check`` and ``saved_defaults`` (fields older checkpoints lack).

@@ -1,7 +1,7 @@
-"""Which strategy :func:`benchmark.train.train` follows for a config: the 2D slice
-classifier's (:class:`~benchmark.slices.SliceBatches`, A.6) for a
+"""Which strategy :func:`benchmark.training.train.train` follows for a config: the 2D slice
+classifier's (:class:`~benchmark.training.slices.SliceBatches`, A.6) for a
 :class:`~benchmark.config.TrainConfig`, the 3D classifier's
-(:class:`~benchmark.train3d.VolumeBatches`) for a :class:`~benchmark.config.Train3DConfig`;
+(:class:`~benchmark.training.volumes.VolumeBatches`) for a :class:`~benchmark.config.Train3DConfig`;
 and the config a checkpoint records.
 """
 
@@ -11,12 +11,13 @@ import dataclasses
 from typing import Any
 
 from benchmark.config import Train3DConfig, TrainConfig
-from benchmark.slices import SliceBatches
-from benchmark.train3d import VolumeBatches
+from benchmark.training.slices import SliceBatches
+from benchmark.training.volumes import VolumeBatches
 
 
 def batches_for(config: TrainConfig | Train3DConfig):
-    """The strategy of :func:`~benchmark.train.train` for ``config``: 2D slices or 3D volumes."""
+    """The strategy of :func:`~benchmark.training.train.train` for ``config``: 2D slices or
+    3D volumes."""
     if isinstance(config, Train3DConfig):
         return VolumeBatches(config)
     return SliceBatches(config)

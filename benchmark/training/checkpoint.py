@@ -136,7 +136,7 @@ def load_classifier(
     path: str | Path, device: str | torch.device = "cpu", state: dict[str, Any] | None = None
 ) -> nn.Module:
     """The trained classifier of a checkpoint, in eval mode on ``device``: the 2D slice
-    classifier, or a :class:`~benchmark.classifier3d.VolumeClassifier` for a checkpoint of
+    classifier, or a :class:`~benchmark.training.classifier3d.VolumeClassifier` for a checkpoint of
     the 3D one (``classifier: "3d"``). ``state``: the file as :func:`read_checkpoint` read
     it (None: read it)."""
     state = read_checkpoint(path) if state is None else state
@@ -144,13 +144,13 @@ def load_classifier(
         raise ValueError(f"{path} holds non-finite weights: retrain the classifier")
     device = resolve_device(device)
     if state.get("classifier") == "3d":
-        from benchmark.classifier3d import create_volume_classifier
+        from benchmark.training.classifier3d import create_volume_classifier
 
         size = tuple(state["config"]["input_size"])
         model = create_volume_classifier(state["model_name"], state["in_chans"], size)
         spatial_dims = 3
     else:
-        from benchmark.models import create_classifier
+        from benchmark.training.models import create_classifier
 
         model = create_classifier(
             state["arch"], state["in_chans"], norm=state["norm"], pretrained=False

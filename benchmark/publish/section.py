@@ -1,5 +1,5 @@
-"""One table of a leaderboard page, as :mod:`benchmark.leaderboard` makes it and the page's
-words (:mod:`benchmark.captions`) and HTML (:mod:`benchmark.page`) read it.
+"""One table of a leaderboard page, as :mod:`benchmark.publish.leaderboard` makes it and the page's
+words (:mod:`benchmark.publish.captions`) and HTML (:mod:`benchmark.publish.page`) read it.
 """
 
 from __future__ import annotations
