@@ -316,10 +316,10 @@ def bench_volume_cams(
     repeats: int = 1,
 ) -> list[tuple[str, str]]:
     """Seconds per volume of the 3D CAMs on the volume classifier of ``config``
-    (:mod:`benchmark.classifier3d`, random weights, at its input size): each gradient CAM
+    (:mod:`benchmark.training.classifier3d`, random weights, at its input size): each gradient CAM
     at stage 4, the twelve gradient specs sharing one pass, and ScoreCAM at stage 1 (one
     forward pass per channel, and one)."""
-    from benchmark.classifier3d import create_volume_classifier
+    from benchmark.training.classifier3d import create_volume_classifier
     from methods import create_method
     from methods.heatmaps import compute_heatmaps
 
@@ -434,7 +434,7 @@ def _kept_bytes(heatmap: torch.Tensor) -> tuple[int, int]:
 
     import numpy as np
 
-    from benchmark.evaluation import summarize, tail_quantiles, threshold_grid
+    from benchmark.protocol.evaluation import summarize, tail_quantiles, threshold_grid
 
     values = heatmap.float().cpu().numpy()
     size = values.shape[0]
@@ -742,12 +742,12 @@ def bench_training_step(
     config, dataset, device: torch.device, variants=STEP_VARIANTS, repeats: int = 5
 ) -> list[StepTiming]:
     """Seconds per training step of the 2D classifier of ``config`` on ``dataset`` for each
-    of ``variants`` (:func:`benchmark.train.step_function`), timed in turn (round robin,
+    of ``variants`` (:func:`benchmark.training.train.step_function`), timed in turn (round robin,
     ``repeats`` rounds after a warm-up step each) so that a change of the machine's load
     touches every variant alike."""
     import dataclasses
 
-    from benchmark.train import step_function
+    from benchmark.training.train import step_function
 
     steps, compile_seconds = {}, {}
     for variant in variants:
@@ -800,7 +800,7 @@ class LearningRun:
     step: int  # where training ended (early stop or cap)
     best_step: int | None  # whose weights were kept
     minutes: float
-    report: dict  # benchmark.train.classifier_report of the kept weights
+    report: dict  # benchmark.training.scoring.classifier_report of the kept weights
 
 
 def bench_learning(
@@ -813,8 +813,10 @@ def bench_learning(
     import dataclasses
     import tempfile
 
-    from benchmark.checkpoint import load_classifier, read_checkpoint
-    from benchmark.train import classifier_report, roc_auc, train, volume_logits
+    from benchmark.training.checkpoint import load_classifier, read_checkpoint
+    from benchmark.training.scoring import classifier_report, roc_auc
+    from benchmark.training.slices import volume_logits
+    from benchmark.training.train import train
 
     ids = list(dataset.ids("val"))
     labels = torch.tensor([dataset.label(i) for i in ids])
@@ -857,7 +859,7 @@ def lesion_slice_share(config, dataset, volumes: int = 12, draws: int = 4) -> fl
     a lesion, over the first ``volumes`` annotated positives of the train split: every
     other slice of a positive is labelled positive by A.6's loss all the same. None
     without masks."""
-    from benchmark.train import cut_slices, draw_slice_params
+    from benchmark.training.slices import cut_slices, draw_slice_params
 
     generator = torch.Generator().manual_seed(config.seed)
     positives = [i for i in dataset.ids("train") if dataset.label(i) == 1]
@@ -917,7 +919,7 @@ def bench_plan(run_args: Sequence[str], folder: Path) -> tuple[str, list[PlanSta
 
     import pandas as pd
 
-    from benchmark.plan import HOUR, PLAN_CSV
+    from benchmark.run.plan import HOUR, PLAN_CSV
 
     env = {**os.environ, "TONNO_CACHE": str(folder / "cache")}
     out = ["--out", str(folder / "run"), "--leaderboards", str(folder / "leaderboards")]

@@ -15,7 +15,7 @@ import zipfile
 import yaml
 
 from benchmark import __version__
-from benchmark.registry import RegistryError
+from foundation.registry import RegistryError
 
 COMMANDS = ("ls", "bench", "train", "inspect", "run", "evaluate")
 

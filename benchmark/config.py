@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from benchmark.registry import convert_value
+from foundation.registry import convert_value
 from methods.config import TomographyConfig
 
 C = TypeVar("C")
@@ -97,7 +97,7 @@ class Train3DConfig:
     our choice of a GPU setting.
     """
 
-    model: str = "resnet18_3d"  # benchmark.classifier3d.RESNETS_3D (MONAI 3D ResNets)
+    model: str = "resnet18_3d"  # benchmark.training.classifier3d.RESNETS_3D (MONAI 3D ResNets)
     weights: str | None = None  # local MedicalNet weights file; None: MONAI's initialisation
     input_size: tuple[int, int, int] = (128, 128, 128)  # (D, H, W) the network sees
     batch_volumes: int = 8  # B, half positive and half negative
@@ -129,9 +129,9 @@ class RunConfig:
     methods: tuple[str, ...] = ("all",)  # specs, names or wildcards (``expand_specs``)
     exclude: tuple[str, ...] = ()  # spec patterns that ``all`` and wildcards leave out
     # a method family whose counted work per validation volume exceeds this leaves ``all``
-    # and wildcards (benchmark.plan.within_budget), but benchmark.plan.ALWAYS_IN_ALL; named
+    # and wildcards (benchmark.run.plan.within_budget), but benchmark.run.plan.ALWAYS_IN_ALL; named
     # specs always run. Forward-equivalent slice passes (a backward counts
-    # benchmark.plan.BACKWARD_FORWARDS more), counted, never timed: the same command keeps
+    # benchmark.run.plan.BACKWARD_FORWARDS more), counted, never timed: the same command keeps
     # the same methods on every machine. Paper: keeps every family the paper reports (3-axis
     # ScoreCAM ~1.1 M on a 326x400x400 volume) and the iterative ones (~5 M), leaves out
     # Averaged / Tomographic ScoreCAM (~96 M)
@@ -147,7 +147,7 @@ class RunConfig:
     keep_heatmaps: bool = False  # keep every full heatmap in the cache (re-evaluation)
     calibration_volumes: int = 32  # label-free validation subset that sets the tau' grids
     grid_levels: int = 30  # tau' grid: tail fractions 0.5 .. 1e-5 (ours; A.7: "grid-search")
-    # beyond the paper: intervals over volumes and paired deltas (benchmark.leaderboard)
+    # beyond the paper: intervals over volumes and paired deltas (benchmark.publish.leaderboard)
     reference: str = "layercam"  # the spec (or family, at its best layer) deltas refer to
     bootstrap_resamples: int = 2000  # percentile bootstrap over validation volumes, seeded
     figure_volumes: int = 3  # validation positives shown in the Figure 6 layout
@@ -327,7 +327,7 @@ BOUNDS: dict[type, dict[str, Bounds]] = {
         "batch_size": AT_LEAST_1,
         "calibration_volumes": AT_LEAST_1,
         # each level is a connected-component pass over every heatmap: 33x the default's
-        # time at 1000 (480, 16x finer, moved Dice by 0.02: benchmark.evaluation)
+        # time at 1000 (480, 16x finer, moved Dice by 0.02: benchmark.protocol.evaluation)
         "grid_levels": Bounds(2, 1000, why="33 times the default's work per heatmap"),
         # its index table holds resamples x volumes integers: 160 MB for 1000 volumes
         "bootstrap_resamples": Bounds(1, 20_000, why="10 times the default, memory"),

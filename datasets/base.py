@@ -41,12 +41,12 @@ from typing import Any
 
 import numpy as np
 
-from benchmark.io import cache_root
-from benchmark.registry import convert_value, natural_key
 from datasets.cache import FORMAT, CacheEntry, DamagedEntry, changed_source, stamp
 from datasets.checks import SampleCheck, check_truth, check_values, empty_truth
 from datasets.content import image_fingerprint, truth_fingerprint
 from datasets.volume import DatasetError, Volume, relative_path
+from foundation.io import cache_root
+from foundation.registry import convert_value, natural_key
 
 log = logging.getLogger(__name__)
 

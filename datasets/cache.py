@@ -2,7 +2,7 @@
 
 An entry is ``<stem>.image.npy``, ``<stem>.mask.npy`` (when masked) and ``<stem>.json``,
 written in that order, atomically, so the JSON's presence marks a complete entry. The
-JSON is sealed with the sha256 of its content (``benchmark.seal``) and records, besides
+JSON is sealed with the sha256 of its content (``foundation.seal``) and records, besides
 the geometry and the boxes:
 
 - ``fields``: what of the sample's index record changes the arrays (id, label,
@@ -35,7 +35,7 @@ read, keeping all three, are seen by the next data set object (the next run).
 
 Processes sharing the cache (job arrays, ``--shard`` jobs) serve a valid entry without
 locking; anything else (deleting a damaged entry, rebuilding a stale one, storing a
-verification) happens under the entry's lock, ``<stem>.lock`` (:func:`~benchmark.io.file_lock`),
+verification) happens under the entry's lock, ``<stem>.lock`` (:func:`~foundation.io.file_lock`),
 after looking at the entry again: what another process is writing is waited for, never
 taken for damage.
 
@@ -59,10 +59,10 @@ from typing import Any
 
 import numpy as np
 
-from benchmark.io import atomic_save_npy, file_lock
-from benchmark.seal import read_sealed, save_sealed
 from datasets.content import file_sha256, image_fingerprint, truth_fingerprint
 from datasets.volume import DatasetError, Volume
+from foundation.io import atomic_save_npy, file_lock
+from foundation.seal import read_sealed, save_sealed
 
 FORMAT = 3  # of the JSON; an entry of another format is stale
 

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from benchmark.registry import Registry
+from foundation.registry import Registry
 
 # Modules that register the built-in adapters; imported on the first registry query.
 BUILTIN_MODULES: tuple[str, ...] = (

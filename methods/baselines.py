@@ -13,7 +13,7 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from benchmark.lazy import lazy_import
+from foundation.lazy import lazy_import
 from methods.registry import Method, Passes, register_method
 
 if TYPE_CHECKING:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from benchmark.lazy import lazy_import
+from foundation.lazy import lazy_import
 from methods.cam_methods import CAMMethod, Family, cam_maps, register_families
 from methods.registry import Passes
 

@@ -21,7 +21,7 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-from benchmark.lazy import lazy_import
+from foundation.lazy import lazy_import
 from methods.registry import Method, Passes, register_method
 from methods.stages import stage_modules
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from benchmark.lazy import lazy_import
+from foundation.lazy import lazy_import
 from methods.cam_methods import AveragedCAM, Family, register_families
 from methods.registry import Passes
 

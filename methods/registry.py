@@ -12,7 +12,7 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import astuple, dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from benchmark.registry import Registry, RegistryError, natural_key
+from foundation.registry import Registry, RegistryError, natural_key
 from methods.config import TomographyConfig
 
 if TYPE_CHECKING:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from benchmark.lazy import lazy_import
+from foundation.lazy import lazy_import
 from methods.registry import Method, Passes, register_method
 
 if TYPE_CHECKING:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from test_train_trust import EARLY, BlobSet
 
-import benchmark.train as training
+import benchmark.training.train as training
 from benchmark.bench import (
     StepVariant,
     bench_learning,

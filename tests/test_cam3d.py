@@ -13,7 +13,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 from volume_models import WIDTHS, TinyClassifier
 
-from benchmark.plan import Calibration, calibrate, format_plan, plan, within_budget
+from benchmark.run.plan import Calibration, calibrate, format_plan, plan, within_budget
 from methods import Passes, create_method, list_methods
 from methods.cam3d import VolumeCAM
 from methods.cam_methods import cam_maps

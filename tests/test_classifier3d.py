@@ -12,18 +12,14 @@ import torch
 from scipy import ndimage
 from test_train import TinySet, _recording_train_step
 
-from benchmark.checkpoint import load_classifier
-from benchmark.classifier3d import VolumeClassifier, create_volume_classifier
 from benchmark.config import Train3DConfig, TrainConfig, load_settings, resolve
-from benchmark.train import (
-    OLD_CHECKPOINT_DEFAULTS,
-    SliceBatches,
-    batches_for,
-    classifier_report,
-    config_from_record,
-    train,
-)
-from benchmark.train3d import (
+from benchmark.training.checkpoint import load_classifier
+from benchmark.training.classifier3d import VolumeClassifier, create_volume_classifier
+from benchmark.training.scoring import classifier_report
+from benchmark.training.slices import OLD_CHECKPOINT_DEFAULTS, SliceBatches
+from benchmark.training.strategy import batches_for, config_from_record
+from benchmark.training.train import train
+from benchmark.training.volumes import (
     augment_volume,
     draw_volume_params,
     rotate_volume,

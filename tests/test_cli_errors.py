@@ -36,7 +36,7 @@ from methods.config import TomographyConfig
 REPO = Path(__file__).resolve().parents[1]
 
 # Cases checked where the methods, the run folder and the caches are first used
-# (benchmark/runner.py, benchmark/commands/run.py): they pass once those check up front.
+# (benchmark/run/runner.py, benchmark/commands/run.py): they pass once those check up front.
 RUN_CASES = ()
 # Checked where the data set takes its options (datasets.base.check_options: the types).
 DATASET_CASES = ()
@@ -358,15 +358,15 @@ class Trained(Exception):
 
 def test_train_and_run_read_one_config_file_alike(tmp_path, monkeypatch, capsys):
     import benchmark.commands.run as run_command
-    import benchmark.runner
-    import benchmark.train
+    import benchmark.run.runner
+    import benchmark.training.train
     from benchmark.config import TrainConfig
 
     def record(dataset, config, out, **options):
         raise Trained(config, Path(out).resolve())
 
-    monkeypatch.setattr(benchmark.train, "train", record)  # what `train` calls
-    monkeypatch.setattr(benchmark.runner, "train", record)  # what `run` calls
+    monkeypatch.setattr(benchmark.training.train, "train", record)  # what `train` calls
+    monkeypatch.setattr(benchmark.run.runner, "train", record)  # what `run` calls
     monkeypatch.setattr(run_command, "_within_budget", lambda specs, *rest: (specs, None))
     monkeypatch.setenv("TONNO_CACHE", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)  # both default folders: runs/synthetic/<model>-<preset>

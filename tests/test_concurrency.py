@@ -18,12 +18,12 @@ import pytest
 from test_dataset_trust import lesion, make, open_folder, oriented
 from test_run_trust import CONFIG, write_folder
 
-import benchmark.io
-from benchmark.cache import HeatmapStore
+import foundation.io
 from benchmark.cli import main
-from benchmark.evaluation import GRID_LEVELS
-from benchmark.io import file_lock
+from benchmark.protocol.evaluation import GRID_LEVELS
+from benchmark.run.cache import HeatmapStore
 from datasets.cache import CacheEntry
+from foundation.io import file_lock
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one thread is faster
 REPO = Path(__file__).resolve().parents[1]
@@ -32,7 +32,7 @@ FORK = multiprocessing.get_context("fork")  # the children run this module's fun
 COUNT = """\
 import sys, time
 from pathlib import Path
-from benchmark.io import file_lock
+from foundation.io import file_lock
 counter = Path(sys.argv[1])
 for _ in range(25):
     with file_lock(counter.with_suffix(".lock")):
@@ -69,10 +69,10 @@ def test_without_flock_the_block_runs_unlocked_after_one_warning(tmp_path, monke
     def unsupported(fd, operation):
         raise OSError(errno.ENOLCK, "No locks available")
 
-    monkeypatch.setattr(benchmark.io.fcntl, "flock", unsupported)
-    monkeypatch.setattr(benchmark.io, "_warned", False)
+    monkeypatch.setattr(foundation.io.fcntl, "flock", unsupported)
+    monkeypatch.setattr(foundation.io, "_warned", False)
     ran = []
-    with caplog.at_level(logging.WARNING, logger="benchmark.io"):
+    with caplog.at_level(logging.WARNING, logger="foundation.io"):
         for name in ("a", "b"):
             with file_lock(tmp_path / f"{name}.lock"):
                 ran.append(name)
@@ -132,7 +132,7 @@ def test_a_heatmap_entry_being_written_is_waited_for_not_deleted(tmp_path, caplo
     )
     writer.start()
     assert ready.wait(timeout=30)
-    with caplog.at_level(logging.WARNING, logger="benchmark.cache"):
+    with caplog.at_level(logging.WARNING, logger="benchmark.run.cache"):
         heatmap = store.heatmap("tonno", "v", "img")
     writer.join(timeout=30)
     assert writer.exitcode == 0

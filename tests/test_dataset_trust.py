@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from benchmark.cli import main
-from benchmark.seal import read_sealed
 from datasets import DatasetError, load_dataset
+from foundation.seal import read_sealed
 
 SHAPE = (6, 5, 4)  # file axes x, y, z
 AFFINE = np.diag([1.0, 1.0, 2.0, 1.0])  # RAS+, so (D, H, W) = (z, y flipped, x flipped)

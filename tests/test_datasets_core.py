@@ -10,9 +10,9 @@ import pytest
 
 import datasets
 from benchmark.cli import main
-from benchmark.io import atomic_save_npy, atomic_write, cache_root
 from datasets import DatasetError, Record, Volume, VolumeDataset, list_datasets, load_dataset
 from datasets.base import assign_splits, safe_stem, val_target
+from foundation.io import atomic_save_npy, atomic_write, cache_root
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -238,7 +238,7 @@ def test_inspect_names_unknown_options(capsys):
 def test_atomic_writes_get_the_permissions_of_an_ordinary_file(tmp_path):
     import os
 
-    from benchmark.io import atomic_save_json
+    from foundation.io import atomic_save_json
 
     atomic_save_json(tmp_path / "a.json", {"x": 1})
     (tmp_path / "b.json").write_text("{}")
@@ -249,7 +249,7 @@ def test_a_sealed_file_reads_back_its_content_and_refuses_any_other(tmp_path):
     import hashlib
     import json
 
-    from benchmark.seal import read_sealed, save_sealed
+    from foundation.seal import read_sealed, save_sealed
 
     path = tmp_path / "a.json"
     save_sealed(path, {"b": [1.5, None], 10: "x", 9: (True,)})

@@ -12,7 +12,7 @@ from scipy import ndimage
 from skimage.filters import apply_hysteresis_threshold
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
-from benchmark.evaluation import (
+from benchmark.protocol.evaluation import (
     Match,
     Protocol,
     Summary,
@@ -26,7 +26,7 @@ from benchmark.evaluation import (
     threshold_grid,
     tune_tau,
 )
-from benchmark.metrics import weighted_balanced_accuracy
+from benchmark.protocol.metrics import weighted_balanced_accuracy
 
 
 def smooth_field(rng: np.random.Generator, shape=(10, 14, 14), sigma=1.2) -> np.ndarray:
@@ -326,7 +326,7 @@ def test_no_annotated_sample_in_the_tuning_half_falls_back_to_the_level_below_ta
         s if i == keep or not s.gt_sizes.size else summarize(np.zeros((1, 1, 1)), None, grid)
         for i, s in enumerate(summaries)
     ]  # one annotated sample left
-    with caplog.at_level(logging.WARNING, logger="benchmark.evaluation"):
+    with caplog.at_level(logging.WARNING, logger="benchmark.protocol.evaluation"):
         result = evaluate(summaries, labels)
     annotated = np.array([s.gt_sizes.size > 0 for s in summaries])
     for fold, row in result.folds.iterrows():

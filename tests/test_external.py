@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from benchmark.external import ExternalHeatmapError, ExternalHeatmaps, GridMap, grid_map
+from benchmark.run.external import ExternalHeatmapError, ExternalHeatmaps, GridMap, grid_map
 from datasets import load_dataset
 from datasets.base import safe_stem
 
@@ -96,7 +96,7 @@ def test_saved_heatmaps_of_ids_that_start_with_a_dot_are_found(tmp_path):
     with "." gets a file name that does not, which ``evaluate`` does not skip as hidden."""
     from types import SimpleNamespace
 
-    from benchmark.runner import export_nifti
+    from benchmark.run.runner import export_nifti
 
     root, lines = tmp_path / "data", ["id,label,image,mask,split"]
     for k, (name, split) in enumerate([(".t0", "train"), (".t1", "train"), (".v0", "val"),
@@ -139,7 +139,7 @@ def test_other_grid_is_resampled_trilinearly(ds, tmp_path, caplog):
     save(tmp_path / "s3.nii.gz", linear(world_of(fine, (14, 18, 12))).astype(np.float32), fine)
     heatmaps = ExternalHeatmaps(ds, tmp_path, VAL)
     heatmaps.check()
-    with caplog.at_level(logging.INFO, logger="benchmark.external"):
+    with caplog.at_level(logging.INFO, logger="benchmark.run.external"):
         heatmap = heatmaps.load("s3")
     volume = ds["s3"]
     expected = linear(world_of(volume.affine, volume.mask.shape))
@@ -147,7 +147,7 @@ def test_other_grid_is_resampled_trilinearly(ds, tmp_path, caplog):
     assert np.allclose(heatmap, expected, atol=1e-3)
     assert "s3.nii.gz: resampled" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="benchmark.external"):
+    with caplog.at_level(logging.INFO, logger="benchmark.run.external"):
         heatmaps.load("s2")
     assert "resampled" not in caplog.text
 

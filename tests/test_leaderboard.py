@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmark.leaderboard import (
+from benchmark.publish.leaderboard import (
     best_layers,
     paper_results,
     published_numbers,
@@ -236,7 +236,7 @@ def test_another_context_leaves_the_page_standing(tmp_path, caplog, old, new, wh
     before = pages(tmp_path)
     fallback = tmp_path / "run" / "leaderboards"
     update = one if new is None else with_context(one, **new)
-    with caplog.at_level("WARNING", logger="benchmark.leaderboard"):
+    with caplog.at_level("WARNING", logger="benchmark.publish.leaderboard"):
         written = write_leaderboards(update, tmp_path, fallback_dir=fallback)
     assert pages(tmp_path) == before
     assert written.fell_back == ("synthetic",) and written.merged == ()

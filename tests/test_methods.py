@@ -15,7 +15,7 @@ from timm.models.resnet import BasicBlock, ResNet
 from torch import nn
 from volume_models import TinyClassifier
 
-from benchmark.registry import RegistryError
+from foundation.registry import RegistryError
 from methods import create_method, expand_specs, list_methods, method_class, register_method
 from methods.config import TomographyConfig
 from methods.registry import KINDS, METHODS, Method, MethodName, method_name
@@ -209,7 +209,7 @@ def test_a_row_or_a_family_with_an_unknown_family_is_an_error():
 
 
 def test_the_papers_published_rows_name_registered_methods():
-    from benchmark.leaderboard import paper_results
+    from benchmark.publish.leaderboard import paper_results
 
     names = {spec.partition("@")[0] for spec in paper_results().method}
     assert names <= set(list_methods())

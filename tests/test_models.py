@@ -12,13 +12,13 @@ from timm.layers import FrozenBatchNormAct2d, GroupNormAct
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from benchmark.models import (
+from benchmark.training.models import (
     PAPER_VARIANTS,
     batch_norm_to_group_norm,
     create_classifier,
     model_spec,
 )
-from benchmark.train import train_step
+from benchmark.training.train import train_step
 from methods.stages import stage_modules, stage_names
 
 
@@ -241,7 +241,7 @@ def test_pretrained_without_weights_or_network_is_a_clear_error(monkeypatch):
     def no_network(*args, **kwargs):
         raise OSError("[Errno -2] Name or service not known")
 
-    monkeypatch.setattr("benchmark.models.socket.create_connection", no_network)
+    monkeypatch.setattr("benchmark.training.models.socket.create_connection", no_network)
     monkeypatch.setattr(builder, "load_state_dict_from_hf", no_network)
     monkeypatch.setattr(builder, "load_state_dict_from_url", no_network)
     start = time.perf_counter()

@@ -19,9 +19,10 @@ import pytest
 from matplotlib.image import imread
 from test_leaderboard import SYNTHETIC, TWO, UPDATE, results, with_context
 
-from benchmark.figures import MethodMaps, figure_row, method_strips
-from benchmark.leaderboard import Section, write_leaderboards
-from benchmark.page import html_page
+from benchmark.publish.figures import MethodMaps, figure_row, method_strips
+from benchmark.publish.leaderboard import write_leaderboards
+from benchmark.publish.page import html_page
+from benchmark.publish.section import Section
 
 
 @dataclass
@@ -256,7 +257,7 @@ def test_the_verdict_says_a_classifier_at_chance_and_a_method_that_loses(tmp_pat
 
 
 def test_the_verdict_without_a_classifier_a_reference_or_baselines():
-    from benchmark.captions import Quote, verdict
+    from benchmark.publish.captions import Quote, verdict
 
     leader = Quote("ToNNO", 0.454)
     assert verdict("Dice", None, leader) == "The best method by Dice is ToNNO at 0.45."

@@ -19,7 +19,7 @@ import torch
 from timm.models.resnet import BasicBlock, ResNet
 
 from benchmark.config import PRESETS, RunConfig, Train3DConfig, TrainConfig, resolve
-from benchmark.plan import (
+from benchmark.run.plan import (
     ALWAYS_IN_ALL,
     BACKWARD_FORWARDS,
     CUT_FORWARDS,
@@ -37,7 +37,7 @@ from benchmark.plan import (
     split_seconds,
     within_budget,
 )
-from benchmark.train import TrainingEstimate
+from benchmark.training.train import TrainingEstimate
 from methods import Method, Passes, create_method, expand_specs, list_methods, register_method
 from methods.config import TomographyConfig
 from methods.heatmaps import compute_heatmaps
@@ -339,7 +339,7 @@ def test_what_all_keeps_does_not_depend_on_the_measured_prices(tiny_model):
 def preset_plan(preset: str, shapes, volume_model: bool):
     """The plan of ``all`` at a preset's settings and budget, with its classifiers' stage
     widths (random weights: only their shapes count)."""
-    from benchmark.train import batches_for
+    from benchmark.training.strategy import batches_for
 
     model = batches_for(resolve(TrainConfig, preset)).build_model(1, initial=False)
     volume = None
@@ -444,7 +444,7 @@ def test_a_shared_groups_seconds_split_by_counted_work_and_sum_to_the_total(tiny
 
 
 def test_timings_split_a_groups_measured_seconds_among_its_specs(tiny_model, monkeypatch):
-    import benchmark.runner as runner
+    import benchmark.run.runner as runner
 
     ticks = iter([0.0, 12.0, 12.0, 20.0, 20.0])  # start; the slice-wise group; tonno
 

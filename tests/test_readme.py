@@ -17,9 +17,8 @@ DOCS = sorted((REPO / "docs").glob("*.md"))
 PAGES = {
     path.relative_to(REPO).as_posix(): path.read_text() for path in [REPO / "README.md", *DOCS]
 }
-CODE = sorted(
-    p for package in ("benchmark", "methods", "datasets") for p in (REPO / package).rglob("*.py")
-)
+PACKAGES = ("benchmark", "methods", "datasets", "foundation")
+CODE = sorted(p for package in PACKAGES for p in (REPO / package).rglob("*.py"))
 
 
 def fenced(text: str, language: str) -> list[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmark.registry import Registry, RegistryError, natural_key
+from foundation.registry import Registry, RegistryError, natural_key
 from methods import Method, create_method, expand_specs, list_methods, register_method
 from methods.registry import METHODS
 

@@ -239,8 +239,8 @@ def test_a_volume_edited_during_the_run_is_not_filed_under_its_old_address(tmp_p
     result under the old address."""
     import torch
 
-    from benchmark.cache import HeatmapStore
-    from benchmark.runner import Job, compute_missing_heatmaps
+    from benchmark.run.cache import HeatmapStore
+    from benchmark.run.runner import Job, compute_missing_heatmaps
 
     root = write_folder(tmp_path / "data")
     dataset = load_dataset("folder", root=root, cache_dir=tmp_path / "cache")

@@ -121,7 +121,7 @@ def test_a_killed_run_resumes_to_the_same_numbers(reference, config, tmp_path, m
     cache = use_cache(monkeypatch, tmp_path / "cache")
     args = tiny_args(config, tmp_path / "run")
     slow = (  # each group of heatmaps takes 0.2 s more, so that the kill lands among them
-        "import sys, time; import benchmark.runner as r; compute = r.compute_groups\n"
+        "import sys, time; import benchmark.run.runner as r; compute = r.compute_groups\n"
         "def slow(*a, **k):\n    for item in compute(*a, **k):\n"
         "        time.sleep(0.2)\n        yield item\n"
         "r.compute_groups = slow\nfrom benchmark.cli import main\nsys.exit(main(sys.argv[1:]))"
@@ -282,8 +282,8 @@ def test_a_damaged_cache_is_recomputed_to_the_same_numbers(
 def test_the_grid_comes_from_the_calibration_volumes(reference, config, tmp_path, monkeypatch):
     """With 4 calibration volumes, the numbers are A.7 on summaries made on the grid of
     those 4 volumes' heatmaps, computed here from the kept heatmaps."""
-    from benchmark.evaluation import evaluate, summarize, tail_quantiles, threshold_grid
-    from benchmark.validation import calibration_ids
+    from benchmark.protocol.evaluation import evaluate, summarize, tail_quantiles, threshold_grid
+    from benchmark.protocol.validation import calibration_ids
 
     cache = use_cache(monkeypatch, tmp_path / "cache")
     checkpoint = ["--checkpoint", str(reference / "run" / "checkpoint.pt")]
@@ -304,7 +304,7 @@ def test_the_grid_comes_from_the_calibration_volumes(reference, config, tmp_path
 
 
 def test_the_page_says_when_the_classifier_is_at_chance(reference, config, tmp_path, monkeypatch):
-    import benchmark.runner as runner
+    import benchmark.run.runner as runner
 
     use_cache(monkeypatch, tmp_path / "cache")
     checkpoint = ["--checkpoint", str(reference / "run" / "checkpoint.pt")]
@@ -327,7 +327,7 @@ def test_the_page_says_when_the_classifier_is_at_chance(reference, config, tmp_p
 
 
 def chance_report(at_chance: bool) -> dict:
-    """A classifier report (``benchmark.train.classifier_report``) on the 12 volumes."""
+    """A classifier report (``benchmark.training.scoring.classifier_report``) on the 12 volumes."""
     return {
         "auc": 0.55 if at_chance else 0.95,
         "auc_ci_low": 0.4 if at_chance else 0.9,
@@ -366,7 +366,7 @@ def test_a_classifier_at_chance_stops_the_run_before_the_heatmaps(
     """Exit code 3 and one line (AUC interval, steps, what to try); the cache holds the store's
     key and the classifier's report only, the run folder no table; allow_chance=true then
     runs as before, the page warning."""
-    import benchmark.runner as runner
+    import benchmark.run.runner as runner
 
     cache = use_cache(monkeypatch, tmp_path / "cache")
     monkeypatch.setattr(runner, "classifier_report", lambda *a, **k: chance_report(True))
@@ -396,7 +396,7 @@ def test_a_seed_at_chance_stops_the_run_before_any_seeds_heatmap(
     """--seeds 2, seed 0 learned (reused), seed 1 at chance (trained now): every classifier
     is trained and reported before the first heatmap, so none is computed, and seed 1's
     checkpoint stays for the next run."""
-    import benchmark.runner as runner
+    import benchmark.run.runner as runner
 
     cache = use_cache(monkeypatch, tmp_path / "cache")
     run = tmp_path / "run"
@@ -422,7 +422,7 @@ def test_a_seed_at_chance_stops_the_run_before_any_seeds_heatmap(
 
 def test_the_chance_line_names_each_classifier_its_steps_and_its_settings():
     """Several at chance: all named, the first's numbers; a 3D one points to train3d."""
-    from benchmark.runner import Trained, chance_error
+    from benchmark.run.runner import Trained, chance_error
 
     def trained(classifier, model, seed, step, stopped_early):
         return Trained(
@@ -490,8 +490,8 @@ def test_under_torchrun_every_rank_stops_at_a_classifier_at_chance(reference, co
     """Rank 0's report decides for all: no rank computes a heatmap, none waits for another,
     rank 0 alone says why and every rank exits with 3."""
     (tmp_path / "chance_plugin.py").write_text(
-        "import benchmark.runner\n\n"
-        f"benchmark.runner.classifier_report = lambda *a, **k: {chance_report(True)!r}\n"
+        "import benchmark.run.runner\n\n"
+        f"benchmark.run.runner.classifier_report = lambda *a, **k: {chance_report(True)!r}\n"
     )
     checkpoint = ["--checkpoint", str(reference / "run" / "checkpoint.pt")]
     args = ["--plugins", "chance_plugin", *tiny_args(config, tmp_path / "run", *checkpoint)]
@@ -505,7 +505,7 @@ def test_under_torchrun_every_rank_stops_at_a_classifier_at_chance(reference, co
 def test_per_case_scores_are_each_volumes_direct_scores_averaged_over_its_folds(reference):
     """Oracle: the direct path (binarize + match on the exported NIfTI heatmap) in every
     fold that scored the volume, with that fold's tau and tau' from folds.csv."""
-    from benchmark.evaluation import binarize, match, monte_carlo_split
+    from benchmark.protocol.evaluation import binarize, match, monte_carlo_split
 
     run = reference / "run"
     cases = pd.read_csv(run / "per_case.csv", dtype={"volume": str})
@@ -709,8 +709,8 @@ def test_the_methods_explain_the_classifier_at_its_training_slice_size(
 def test_a_method_revision_is_part_of_its_cache_address_and_only_its(tmp_path, monkeypatch):
     """Entries of ToNNO cached before a revision of its code are not served after it;
     methods at revision 0 keep the address they always had (the volume's digest)."""
-    from benchmark.cache import HeatmapStore
-    from benchmark.runner import Job
+    from benchmark.run.cache import HeatmapStore
+    from benchmark.run.runner import Job
     from methods import method_class
 
     class Volumes:
@@ -747,7 +747,7 @@ def test_3d_cams_explain_their_own_classifier_beside_the_2d_one(
     """3D CAMs in a run: a 3D classifier is trained beside the 2D one, its specs are
     computed in a store keyed by its checkpoint, its rows carry its model and its AUC, and
     the 2D rows keep their numbers."""
-    from benchmark.checkpoint import checkpoint_id, load_classifier, read_checkpoint
+    from benchmark.training.checkpoint import checkpoint_id, load_classifier, read_checkpoint
 
     use_cache(monkeypatch, reference / "cache")
     run = tmp_path / "run"
@@ -785,7 +785,7 @@ def test_3d_cams_explain_their_own_classifier_beside_the_2d_one(
     assert "Model comparison" in page
 
     from benchmark.config import RunConfig
-    from benchmark.runner import run_benchmark
+    from benchmark.run.runner import run_benchmark
     from methods.config import TomographyConfig
 
     two_d = run / "checkpoint.pt"  # a 2D classifier handed to a 3D CAM: refused, named

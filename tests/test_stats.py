@@ -1,4 +1,4 @@
-"""Percentile bootstrap intervals (benchmark/stats.py) against scipy and closed forms."""
+"""Percentile bootstrap intervals (benchmark/protocol/stats.py) against scipy and closed forms."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from scipy import stats as scipy_stats
 from sklearn.metrics import roc_auc_score
 
-from benchmark.stats import bootstrap_ci, case_intervals, case_statistic
+from benchmark.protocol.stats import bootstrap_ci, case_intervals, case_statistic
 
 
 def test_mean_interval_matches_scipy_percentile_bootstrap():

@@ -14,27 +14,33 @@ import pytest
 import torch
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
-import benchmark.train as training
-from benchmark.checkpoint import checkpoint_id, load_classifier, read_checkpoint, save_checkpoint
+import benchmark.training.train as training
 from benchmark.config import TrainConfig, resolve
-from benchmark.models import create_classifier
-from benchmark.train import (
+from benchmark.training.checkpoint import (
+    checkpoint_id,
+    load_classifier,
+    read_checkpoint,
+    save_checkpoint,
+)
+from benchmark.training.models import create_classifier
+from benchmark.training.scoring import (
     balanced_accuracy,
     best_threshold,
-    build_model,
     cross_fitted_predictions,
+    roc_auc,
+)
+from benchmark.training.slices import (
+    bag_loss,
+    build_model,
     cut_batch,
     cut_slices,
     draw_batch,
     draw_slice_params,
-    resolve_iterations,
-    roc_auc,
     sample_volume_ids,
     slice_logits,
-    train,
-    train_step,
     validation_slices,
 )
+from benchmark.training.train import resolve_iterations, train, train_step
 from datasets import SampleCheck
 
 SHAPE = (16, 24, 24)
@@ -126,7 +132,7 @@ def test_presets_hold_the_papers_values():
 
 
 def model_is_not_pretrained(config: TrainConfig) -> bool:
-    from benchmark.models import model_spec
+    from benchmark.training.models import model_spec
 
     return not model_spec(config.model, pretrained=config.pretrained).pretrained
 
@@ -401,10 +407,10 @@ def test_bag_loss_is_each_negative_slices_bce_and_each_positive_stacks_max_bce()
     negative = np.mean([softplus(x) for x in (0.5, -1.0, 2.0, 0.0)])
     positive = softplus(-3.0)  # the stack's max logit against 1
     expected = (negative + positive) / 2
-    assert training.bag_loss(logits, labels, 4).item() == pytest.approx(expected, rel=1e-6)
+    assert bag_loss(logits, labels, 4).item() == pytest.approx(expected, rel=1e-6)
     # a positive stack's gradient reaches its max slice only; a negative's, every slice
     logits.requires_grad_(True)
-    training.bag_loss(logits, labels, 4).backward()
+    bag_loss(logits, labels, 4).backward()
     assert (logits.grad[:4] > 0).all()
     assert logits.grad[4] < 0 and (logits.grad[5:] == 0).all()
 

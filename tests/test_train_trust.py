@@ -1,5 +1,5 @@
 """Can the trained classifier be trusted? Divergence, stale checkpoints, early stopping,
-distributed training and the classifier report (benchmark/train.py, paper A.6)."""
+distributed training and the classifier report (benchmark/training/train.py, paper A.6)."""
 
 from __future__ import annotations
 
@@ -23,8 +23,10 @@ from sklearn.metrics import roc_auc_score
 from test_train import SHAPE, TINY, TinySet, _recording_train_step
 from torch import nn
 
-import benchmark.train as training
-from benchmark.checkpoint import (
+import benchmark.training.train as training
+from benchmark.config import TrainConfig
+from benchmark.distributed import Context
+from benchmark.training.checkpoint import (
     DamagedCheckpoint,
     checkpoint_id,
     is_finished,
@@ -33,9 +35,9 @@ from benchmark.checkpoint import (
     save_checkpoint,
     state_digest,
 )
-from benchmark.config import TrainConfig
-from benchmark.distributed import Context
-from benchmark.train import classifier_report, draw_batch, holdout_split, train
+from benchmark.training.scoring import classifier_report
+from benchmark.training.slices import draw_batch
+from benchmark.training.train import holdout_split, train
 
 
 class PoisonedSet(TinySet):
@@ -135,7 +137,7 @@ def test_a_damaged_checkpoint_is_named_set_aside_and_retrained(tmp_path, caplog,
     with pytest.raises(DamagedCheckpoint, match=f"^{path} "):
         load_classifier(path)
     assert not is_finished(path)
-    with caplog.at_level(logging.WARNING, logger="benchmark.train"):
+    with caplog.at_level(logging.WARNING, logger="benchmark.training.train"):
         assert train(data, config, tmp_path / "run", resume=True, progress=False) == path
     assert f"{path} " in caplog.text and "kept aside as checkpoint.unverified.pt" in caplog.text
     assert (tmp_path / "run" / "checkpoint.unverified.pt").exists()
@@ -194,7 +196,7 @@ def test_changed_training_data_sets_the_old_checkpoint_aside(tmp_path, caplog):
     same = train(TinySet(), config, tmp_path, resume=True, progress=False)  # reused
     assert read_checkpoint(same)["data_digest"] == old["data_digest"]
 
-    with caplog.at_level(logging.WARNING, logger="benchmark.train"):
+    with caplog.at_level(logging.WARNING, logger="benchmark.training.train"):
         path = train(
             EditedSet(("tiny_02", "tiny_05")), config, tmp_path, resume=True, progress=False
         )
@@ -250,7 +252,7 @@ EARLY = dataclasses.replace(
 def test_early_stopping_stops_sooner_on_an_easy_set_and_resumes_exactly(
     tmp_path, monkeypatch, caplog
 ):
-    caplog.set_level(logging.INFO, logger="benchmark.train")
+    caplog.set_level(logging.INFO, logger="benchmark.training.train")
     # 32 training volumes, 4 + 4 held out; the hard set's blob is half as bright
     easy = read_checkpoint(train(BlobSet(3.0), EARLY, tmp_path / "easy", progress=False))
     hard = read_checkpoint(train(BlobSet(1.5), EARLY, tmp_path / "hard", progress=False))
@@ -358,7 +360,7 @@ def test_early_stopping_outlasts_a_lucky_or_saturated_holdout_and_keeps_the_best
 
 
 def test_a_classifier_at_chance_is_not_stopped_early(tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="benchmark.train")
+    caplog.set_level(logging.INFO, logger="benchmark.training.train")
     config = dataclasses.replace(EARLY, iterations=32, patience=2)
     state = read_checkpoint(train(BlobSet(0.0), config, tmp_path, progress=False))  # no signal
     assert state["step"] == 32 and state["stopped_early"] is None and state["finished"]

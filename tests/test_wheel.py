@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("benchmark", "methods", "datasets")
+PACKAGES = ("benchmark", "methods", "datasets", "foundation")
 pytestmark = pytest.mark.slow
 
 PIP = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
@@ -27,7 +27,7 @@ PIP = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
 # Write a leaderboard page for an AutoPET row: it needs the paper's numbers (Table 7).
 LEADERBOARD = """
 import sys, benchmark, pandas as pd
-from benchmark.leaderboard import write_leaderboards
+from benchmark.publish.leaderboard import write_leaderboards
 print(benchmark.__file__)
 row = dict(dataset="autopet", method="layercam@2", precision=0.5, recall=0.4, f1=0.45,
            dice=0.3, balanced_accuracy=0.7)

@@ -74,17 +74,17 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from benchmark.distributed import Context, resolve_device
-    from benchmark.external import ExternalHeatmaps
-    from benchmark.leaderboard import EXTERNAL, Intervals, write_leaderboards
-    from benchmark.preflight import check_volumes, writable
-    from benchmark.report import (
+    from benchmark.protocol.validation import evaluation_context, score_heatmaps
+    from benchmark.publish.leaderboard import EXTERNAL, Intervals, write_leaderboards
+    from benchmark.publish.report import (
         cases_table,
         provenance,
         results_tables,
         summary_document,
         write_reports,
     )
-    from benchmark.validation import evaluation_context, score_heatmaps
+    from benchmark.run.external import ExternalHeatmaps
+    from benchmark.run.preflight import check_volumes, writable
 
     config = _protocol(args)
     key = method_key(args.name)

@@ -106,7 +106,7 @@ def seed_folder(out: Path, seed: int, base: int) -> Path:
 def to_train(trained: dict, seeds) -> list[str]:
     """The kinds ("2d", "3d") of ``trained`` ({kind: (config, folder, checkpoint given)})
     that the run must still train: not given and not finished for every seed."""
-    from benchmark.checkpoint import CHECKPOINT, is_finished
+    from benchmark.training.checkpoint import CHECKPOINT, is_finished
 
     base = trained["2d"][0].seed
     return [
@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
         with logging_redirect_tqdm():
             return _run(args, context, settings, shard, specs, left_out, dataset)
     except Exception as error:
-        from benchmark.runner import ChanceError, RunError
+        from benchmark.run.runner import ChanceError, RunError
 
         if not isinstance(error, (RunError, ChanceError)):
             raise
@@ -181,11 +181,12 @@ def _run(args: argparse.Namespace, context, settings, shard, specs, left_out, da
     volume), then the classifiers (one per seed), then the heatmaps and the protocol."""
     import dataclasses
 
-    from benchmark.checkpoint import is_finished, read_checkpoint, read_weights
     from benchmark.config import TRAIN_SECTIONS, RunConfig, Train3DConfig, TrainConfig, resolve
-    from benchmark.io import cache_root
-    from benchmark.preflight import check_volumes, writable
-    from benchmark.runner import prepare_classifier, run_benchmark, specs_by_classifier
+    from benchmark.run.preflight import check_volumes, writable
+    from benchmark.run.runner import prepare_classifier, run_benchmark, specs_by_classifier
+    from benchmark.training.checkpoint import is_finished, read_checkpoint
+    from benchmark.training.weights import read_weights
+    from foundation.io import cache_root
     from methods.config import TomographyConfig
 
     preset = chosen_preset(args.preset, context)
@@ -285,7 +286,7 @@ def _slice_size(tomography, explicit: bool, checkpoints):
     distribution, so that happens only when ``tomography.slice_size`` is set (a warning)."""
     import dataclasses
 
-    from benchmark.checkpoint import read_checkpoint
+    from benchmark.training.checkpoint import read_checkpoint
 
     sizes = {read_checkpoint(c)["config"].get("slice_size") for c in checkpoints} - {None}
     if len(sizes) != 1 or tomography.slice_size in sizes:
@@ -315,9 +316,10 @@ def _within_budget(specs, config, tomography, trained, seeds, dataset, context, 
     device, for the classifiers of ``seeds`` and with the training of each classifier in
     ``trained`` ({"2d"|"3d": (config, folder, checkpoint given)}) that is not given and
     not finished for every seed."""
-    from benchmark.plan import PLAN_CSV, format_plan, plan_run
-    from benchmark.report import write_csv
-    from benchmark.train import batches_for, training_estimate
+    from benchmark.publish.report import write_csv
+    from benchmark.run.plan import PLAN_CSV, format_plan, plan_run
+    from benchmark.training.strategy import batches_for
+    from benchmark.training.train import training_estimate
 
     plan = None
     if context.is_main:

@@ -53,11 +53,11 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from benchmark.checkpoint import read_checkpoint
     from benchmark.config import SECTIONS, resolve
     from benchmark.distributed import init, shutdown
-    from benchmark.preflight import check_volumes, writable
-    from benchmark.train import train, training_summary
+    from benchmark.run.preflight import check_volumes, writable
+    from benchmark.training.checkpoint import read_checkpoint
+    from benchmark.training.train import train, training_summary
 
     context = init(args.device)  # joins torchrun's ranks: DDP over the global batch
     try:

@@ -1,7 +1,7 @@
 """Leaderboards: a results table to ``leaderboards/<dataset>.md``, ``.csv`` and ``.html``.
 
 Input: one row per (dataset, model, method spec), with the columns of
-:meth:`benchmark.evaluation.EvaluationResult.row` (``precision``, ``recall``, ``f1``,
+:meth:`benchmark.protocol.evaluation.EvaluationResult.row` (``precision``, ``recall``, ``f1``,
 ``dice`` or ``maxiou``, ``balanced_accuracy``, each with an optional ``_std``), plus
 ``dataset``, ``method`` (``layercam@2``, ``tonno``, ``gradcam_3axis@1``) and ``model``
 (optional; default ``resnet10t``). Per dataset and model, the Markdown and HTML pages show
@@ -31,7 +31,7 @@ layer by default), computed from the per-case scores kept beside the page in
 *external* rows (model ``external``, shown beside every model's rows). ``intensity`` and
 ``centre`` are the trivial baselines: the best-layer table states each method's gain over
 the better of the two. Each page opens with a plain-language verdict and a legend of what
-its tables show (:mod:`benchmark.captions`).
+its tables show (:mod:`benchmark.publish.captions`).
 
 The best layer has the highest Dice (MaxIoU for boxes), then F1-score, then balanced
 accuracy, then the lowest layer: on the paper's Tables 6-9 this rule picks every layer of
@@ -53,7 +53,10 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
-from benchmark.captions import (
+from benchmark.config import RunConfig
+from benchmark.protocol.metrics import HEADERS, KEYS, overlap_key, reported
+from benchmark.protocol.stats import case_intervals
+from benchmark.publish.captions import (
     BOLD,
     CLASSIFIER_AUC,
     GAIN,
@@ -68,16 +71,14 @@ from benchmark.captions import (
     shown,
     verdict,
 )
-from benchmark.config import RunConfig
-from benchmark.io import atomic_write, file_lock
-from benchmark.metrics import HEADERS, KEYS, overlap_key, reported
-from benchmark.page import html_page
-from benchmark.stats import case_intervals
+from benchmark.publish.page import html_page
+from benchmark.publish.section import Section
+from foundation.io import atomic_write, file_lock
 from methods.registry import method_name, paper_families
 
 log = logging.getLogger(__name__)
 
-MODEL_NAMES = {  # benchmark.models names to the paper's Table 4 rows
+MODEL_NAMES = {  # benchmark.training.models names to the paper's Table 4 rows
     "resnet10t": "R-10-T, FBN",
     "resnet10t_bn": "R-10-T, BN",
     "resnet10t_gn": "R-10-T, GN",
@@ -248,7 +249,7 @@ def with_intervals(
     results: pd.DataFrame, cases: pd.DataFrame, settings: Intervals = Intervals()
 ) -> pd.DataFrame:
     """``results`` with, per metric, ``_ci_low`` / ``_ci_high`` (percentile bootstrap over
-    the volumes of ``cases``, :func:`benchmark.stats.case_intervals`) and the difference to
+    the volumes of ``cases``, :func:`benchmark.protocol.stats.case_intervals`) and the difference to
     the reference row of its model (:func:`reference_spec`; external rows: of
     :func:`reference_model`): ``_delta`` (of the means) with its paired interval
     ``_delta_ci_low`` / ``_delta_ci_high``. Rows without cases are left as they are."""
@@ -432,7 +433,7 @@ def markdown_text(text: str) -> str:
 
 def render(table: pd.DataFrame, fmt: str, bold: pd.DataFrame | None = None) -> str:
     """The one table formatter: ``"md"`` (GitHub Markdown) or ``"csv"``; the HTML page lays
-    out the same cells (:func:`benchmark.page.html_page`)."""
+    out the same cells (:func:`benchmark.publish.page.html_page`)."""
     if fmt == "csv":
         return table.to_csv(index=False)
     cells = table.map(lambda cell: markdown_text(str(cell)))
@@ -441,18 +442,6 @@ def render(table: pd.DataFrame, fmt: str, bold: pd.DataFrame | None = None) -> s
     return tabulate(
         cells, headers="keys", tablefmt="github", showindex=False, disable_numparse=True
     )
-
-
-@dataclass(frozen=True)
-class Section:
-    """One table of a page: its title, the cells as shown, which are bold, and what each
-    row is (``method``, ``family``, ``family_name``, ``layer``, ``model``, ``external``:
-    for filters and links)."""
-
-    title: str
-    cells: pd.DataFrame
-    bold: pd.DataFrame
-    rows: pd.DataFrame
 
 
 def _section(title: str, rows: pd.DataFrame, cells: pd.DataFrame, bold: pd.DataFrame) -> Section:
@@ -480,8 +469,8 @@ def _add_classifier_auc(
     cells: pd.DataFrame, bold: pd.DataFrame, rows: pd.DataFrame, metrics: Sequence[str]
 ) -> None:
     """The :data:`CLASSIFIER_AUC` column after our ``metrics``: each row's classifier's
-    validation AUC (mean over seeds, :func:`benchmark.train.classifier_report`), so that a
-    3D classifier's rows show theirs beside the 2D one's; none when no row has one."""
+    validation AUC (mean over seeds, :func:`benchmark.training.scoring.classifier_report`), so
+    that a 3D classifier's rows show theirs beside the 2D one's; none when no row has one."""
     auc = _column(rows, "classifier_auc")
     if np.isfinite(auc).any():
         column = [MISSING if np.isnan(v) else f"{v:.2f}" for v in auc]
@@ -591,9 +580,9 @@ def _document(
 
 
 def _opening(rows: pd.DataFrame, overlap: str, reference: str, seeds: int) -> str:
-    """The page's first paragraph (:func:`benchmark.captions.verdict`) on its first best-layer
-    table: that model's classifier, its best method by the ranking (:func:`ranked`), the
-    reference and the better trivial baseline it is compared with."""
+    """The page's first paragraph (:func:`benchmark.publish.captions.verdict`) on its first
+    best-layer table: that model's classifier, its best method by the ranking
+    (:func:`ranked`), the reference and the better trivial baseline it is compared with."""
     model = reference_model(rows)
     best = best_layers(rows[rows.model.isin([model, *shown_beside(rows)])])
     trivial = _trivial(best)
@@ -799,7 +788,7 @@ def write_leaderboards(
     ``<dataset>.per_case.csv`` and merged like the rows; the page's intervals and deltas
     are computed from them (:func:`with_intervals` with ``intervals``). ``strips``: the
     Figure 6 strips of one dataset's page (family, or ``"input"``, to PNG bytes,
-    :func:`benchmark.figures.method_strips`), kept in ``<dataset>.figure/<family>.png``
+    :func:`benchmark.publish.figures.method_strips`), kept in ``<dataset>.figure/<family>.png``
     beside the page like its rows; the HTML page embeds those of its families.
     """
     _prepare(results)  # validate before reading or writing anything

@@ -3,7 +3,8 @@
 A sealed file is ``{"content": ..., "sha256": ...}``, the digest taken over the content's
 canonical JSON (sorted keys, no spaces) and written atomically. A flipped byte that still
 parses (a digit of a number, a letter of a label) changes the digest, so the reader gets
-a ValueError naming the file, never the altered content.
+a ValueError naming the file, never the altered content. :func:`digest`, a truncated
+sha256, names cache entries and the contexts they rest on.
 """
 
 from __future__ import annotations
@@ -13,12 +14,17 @@ import json
 from pathlib import Path
 from typing import Any
 
-from benchmark.io import atomic_save_json
+from foundation.io import atomic_save_json
 
 
 def _sha256(content: Any) -> str:
     text = json.dumps(content, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def digest(data: bytes | str, length: int = 16) -> str:
+    """Truncated sha256 hex digest."""
+    return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()[:length]
 
 
 def save_sealed(path: str | Path, content: Any) -> None:

@@ -1,9 +1,12 @@
-"""Training of the 2D slice classifier on randomly oriented slices (paper 4.2, A.6).
+"""Training of the classifier: the 2D slice classifier on randomly oriented slices (paper
+4.2, A.6) or the 3D one on whole volumes, in one loop.
 
-Each step draws B volumes with replacement, alternately positive and negative, cuts M_train
-augmented slices from each along one random direction (on the model's device, with the
-tomography core) and takes one Adam step on the binary cross-entropy of every slice against
-its volume's label. A volume's prediction is the max of its slice logits (A.6).
+Each step draws a batch (:mod:`benchmark.training.slices`: B volumes with replacement,
+alternately positive and negative, M_train augmented slices from each along one random
+direction; :mod:`benchmark.training.volumes` for the 3D classifier;
+:func:`~benchmark.training.strategy.batches_for` picks) and takes one Adam step on the
+binary cross-entropy of every input against its volume's label. A volume's prediction is
+the max of its slice logits (A.6).
 
 All randomness comes from one CPU ``torch.Generator`` seeded by the config, whose state is
 checkpointed with the model, the optimiser and the schedule: resuming a killed run gives
@@ -13,9 +16,10 @@ draws the whole batch from that generator and cuts its share of the volumes (DDP
 Trust (beyond the paper): a non-finite batch, loss, gradient or weight stops training
 with the step and the volumes; the checkpoint records a content digest of the training
 data and is set aside, not reused, when the data change, or when it does not match the
-digest of its own tensors (:mod:`benchmark.checkpoint`); ``holdout``/``patience`` stop
+digest of its own tensors (:mod:`benchmark.training.checkpoint`); ``holdout``/``patience`` stop
 training once a held-out part of the train split is classified as well as it will be;
-:func:`classifier_report` says whether the classifier beats chance on the evaluation split.
+:func:`~benchmark.training.scoring.classifier_report` says whether the classifier beats chance on
+the evaluation split.
 """
 
 from __future__ import annotations
@@ -34,18 +38,9 @@ from typing import Any, TypeVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from benchmark.checkpoint import (
-    CHECKPOINT,
-    DamagedCheckpoint,
-    checkpoint_id,
-    read_checkpoint,
-    save_checkpoint,
-    weights_finite,
-)
 from benchmark.config import (
     PAPER_ITERATION_FACTOR,
     PAPER_ITERATIONS,
@@ -61,128 +56,27 @@ from benchmark.distributed import (
     resolve_device,
     training_precision,
 )
-from benchmark.io import atomic_write, file_lock
-from benchmark.metrics import weighted_balanced_accuracy
-from benchmark.models import create_classifier, model_spec
-from benchmark.stats import bootstrap_ci
-from methods.tomography import autocast, extract_slices, orthonormal_frames, slice_offsets
+from benchmark.protocol.stats import bootstrap_ci
+from benchmark.training.checkpoint import (
+    CHECKPOINT,
+    DamagedCheckpoint,
+    checkpoint_id,
+    read_checkpoint,
+    save_checkpoint,
+    weights_finite,
+)
+from benchmark.training.models import model_spec
+from benchmark.training.scoring import auc_or_nan, validation_scores
+from benchmark.training.slices import BatchPlan, slice_loss
+from benchmark.training.strategy import batches_for
+from foundation.io import atomic_write, file_lock
 
 log = logging.getLogger(__name__)
 
-# the settings of checkpoints written before these fields existed
-OLD_CHECKPOINT_DEFAULTS = {"schedule": "cosine", "warmup": 0, "precision": "auto", "window": 1}
 VAL_SCORES = ("balanced_accuracy", "balanced_accuracy_at_0", "auc", "loss")
 # the progress bar of a training that stops early: no time "remaining" to the cap
 EARLY_STOPPING_BAR = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}, {rate_fmt}{postfix}]"
 T = TypeVar("T")
-
-
-def _uniform(shape: tuple[int, ...], half_width: float, generator: torch.Generator) -> Tensor:
-    """U(-half_width, half_width) on the CPU, float64."""
-    return half_width * (2.0 * torch.rand(shape, generator=generator, dtype=torch.float64) - 1.0)
-
-
-def draw_slice_params(
-    n_slices: int,
-    generator: torch.Generator,
-    *,
-    scale: float = 0.3,
-    translation: float = 0.3,
-    intensity: float = 0.3,
-) -> dict[str, Tensor]:
-    """A.6: the random draws of ``n_slices`` augmented slices along one direction (CPU, f64).
-
-    One normal n uniform on the sphere; offsets s_m evenly across [-1, 1]; per slice, a
-    random orthonormal in-plane frame (u^, v^) (A.1) whose vectors are scaled by lengths in
-    [1 - scale, 1 + scale] (anisotropic zoom), a centre shifted in-plane by
-    t_u u^ + t_v v^ with t ~ U(-translation, translation), and intensities mapped by
-    y = (1 + a) x + b with a, b ~ U(-intensity, intensity) (all channels alike).
-    """
-    normal = F.normalize(torch.randn(1, 3, generator=generator, dtype=torch.float64), dim=-1)
-    u_hat, v_hat = orthonormal_frames(normal.expand(n_slices, 3), generator)
-    lengths = 1.0 + _uniform((n_slices, 2), scale, generator)
-    shifts = _uniform((n_slices, 2), translation, generator)
-    gain = 1.0 + _uniform((n_slices,), intensity, generator)
-    bias = _uniform((n_slices,), intensity, generator)
-    return {
-        "normal": normal[0],
-        "offsets": slice_offsets(n_slices, padded=False).double(),
-        "u": u_hat * lengths[:, :1],
-        "v": v_hat * lengths[:, 1:],
-        "shift": shifts[:, :1] * u_hat + shifts[:, 1:] * v_hat,
-        "lengths": lengths,
-        "shifts": shifts,
-        "gain": gain,
-        "bias": bias,
-    }
-
-
-def cut_slices(volume: Tensor, params: dict[str, Tensor], size: int) -> Tensor:
-    """Eq. (4) slices of a volume [C,D,H,W] for :func:`draw_slice_params` -> [M, C, size, size]."""
-    slices = extract_slices(
-        volume,
-        params["normal"][None].float(),
-        params["offsets"].float(),
-        size,
-        params["u"][None].float(),
-        params["v"][None].float(),
-        params["shift"][None].float(),
-    )[0]
-    gain, bias = params["gain"].to(slices), params["bias"].to(slices)
-    return slices * gain.view(-1, 1, 1, 1) + bias.view(-1, 1, 1, 1)
-
-
-def sample_volume_ids(
-    positives: list[str], negatives: list[str], n: int, generator: torch.Generator
-) -> list[str]:
-    """``n`` ids with replacement, alternately positive and negative (A.6: one of each, B=2)."""
-    pools = (positives, negatives)
-    draws = torch.rand(n, generator=generator, dtype=torch.float64)
-    return [pools[b % 2][int(r * len(pools[b % 2]))] for b, r in enumerate(draws.tolist())]
-
-
-@dataclasses.dataclass
-class BatchPlan:
-    """The random draws of one A.6 step: B volume ids and each one's slice parameters.
-
-    Drawn whole on every rank from the same generator, so that a distributed run draws the
-    same numbers as one process; each rank then cuts only its share of the volumes.
-    """
-
-    ids: list[str]
-    params: list[dict[str, Tensor]]
-
-
-def draw_batch(
-    positives: list[str], negatives: list[str], config: TrainConfig, generator: torch.Generator
-) -> BatchPlan:
-    """All random numbers of one step (A.6): B ids, then M_train slice draws per volume."""
-    ids = sample_volume_ids(positives, negatives, config.batch_volumes, generator)
-    params = [
-        draw_slice_params(
-            config.slices_per_volume,
-            generator,
-            scale=config.scale,
-            translation=config.translation,
-            intensity=config.intensity,
-        )
-        for _ in ids
-    ]
-    return BatchPlan(ids, params)
-
-
-def cut_batch(
-    dataset: Any, plan: BatchPlan, positions: Sequence[int], size: int, device: torch.device
-) -> tuple[Tensor, Tensor]:
-    """Slices [len(positions)*M, C, h, w] of the planned volumes at ``positions`` and each
-    slice's volume label."""
-    slices, labels = [], []
-    for b in positions:
-        sample_id = plan.ids[b]
-        volume_slices = cut_slices(load_volume(dataset, sample_id, device), plan.params[b], size)
-        slices.append(volume_slices)
-        labels.append(torch.full((len(volume_slices),), float(dataset.label(sample_id))))
-    return torch.cat(slices), torch.cat(labels).to(device)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,27 +90,6 @@ class StepCheck:
 
     loss: Callable[[float], float]
     gradients: Callable[[nn.Module], None]
-
-
-def slice_loss(logits: Tensor, labels: Tensor) -> Tensor:
-    """A.6: the mean BCE of every input's logit [N] against its label [N]."""
-    return F.binary_cross_entropy_with_logits(logits, labels)
-
-
-def bag_loss(logits: Tensor, labels: Tensor, stack: int) -> Tensor:
-    """Multiple-instance BCE over stacks of ``stack`` slices of one volume each (beyond A.6).
-
-    A negative volume's slices are all negative: the mean BCE of its slices against 0. A
-    positive volume's stack holds a positive slice: the BCE of the stack's max logit (the
-    volume logit of A.6) against 1. The mean over the volumes.
-    """
-    logits, labels = logits.view(-1, stack), labels.view(-1, stack)[:, 0]
-    zeros = torch.zeros_like(logits)
-    negative = F.binary_cross_entropy_with_logits(logits, zeros, reduction="none").mean(1)
-    positive = F.binary_cross_entropy_with_logits(
-        logits.max(1).values, torch.ones_like(labels), reduction="none"
-    )
-    return torch.where(labels > 0.5, positive, negative).mean()
 
 
 def train_step(
@@ -250,280 +123,6 @@ def train_step(
     optimizer.step()
     scheduler.step()
     return reported
-
-
-def validation_slices(volume: Tensor, n_slices: int, size: int) -> Tensor:
-    """The fixed validation slices of a volume: [3 * M, C, size, size].
-
-    Three stacks of ``n_slices`` slices, evenly across [-1, 1], normal to the depth (axial:
-    ``image[:, d]``), height and width axes, with fixed in-plane frames: no randomness.
-    """
-    normals = torch.eye(3)
-    u, v = orthonormal_frames(normals)
-    offsets = slice_offsets(n_slices, padded=False)
-    return extract_slices(volume, normals, offsets, size, u, v).flatten(0, 1)
-
-
-@torch.no_grad()
-def slice_logits(model: nn.Module, slices: Tensor, chunk: int) -> Tensor:
-    """Logits [N] of slices [N, C, h, w], ``chunk`` at a time, in eval mode."""
-    model.eval()
-    fmt = memory_format(slices.device)
-    out = []
-    for start in range(0, len(slices), chunk):
-        with autocast(slices.device):
-            out.append(model(slices[start : start + chunk].contiguous(memory_format=fmt)))
-    return torch.cat(out).float().squeeze(-1)
-
-
-def balanced_accuracy(labels: Tensor, predictions: Tensor) -> float:
-    """(sensitivity + specificity) / 2 over the classes present, as the protocol reports it
-    (:func:`benchmark.metrics.weighted_balanced_accuracy`, weight 1)."""
-    return float(weighted_balanced_accuracy(labels.cpu().numpy(), predictions.cpu().numpy()))
-
-
-def roc_auc(labels: Tensor, scores: Tensor) -> float:
-    """Probability that a positive scores above a negative (ties count half)."""
-    pos, neg = scores[labels.bool()][:, None], scores[~labels.bool()][None]
-    return float(((pos > neg).double() + 0.5 * (pos == neg).double()).mean())
-
-
-def best_threshold(labels: Tensor, scores: Tensor) -> float:
-    """The threshold t maximising the balanced accuracy of ``scores > t`` (middle of the ties)."""
-    values = scores.double().sort().values
-    candidates = torch.cat([values[:1] - 1, (values[1:] + values[:-1]) / 2, values[-1:] + 1])
-    above = scores.double()[None] > candidates[:, None]  # [candidates, volumes]
-    accuracy = weighted_balanced_accuracy(labels.cpu().numpy(), above.cpu().numpy())
-    best = candidates[torch.from_numpy(accuracy == accuracy.max()).to(candidates.device)]
-    return float(best[len(best) // 2])
-
-
-def cross_fitted_predictions(labels: Tensor, scores: Tensor, folds: int = 5) -> Tensor:
-    """``scores > t``, each volume's t tuned on the other folds (stratified k-fold).
-
-    As A.7 tunes its threshold on part of the validation set and scores the rest; volumes
-    go to folds in turn within each class. Needs two volumes of each class.
-    """
-    smallest = int(min((labels == 0).sum(), (labels == 1).sum()))
-    if smallest < 2:
-        raise ValueError("a cross-fitted threshold needs two volumes of each class")
-    folds = min(folds, smallest)
-    fold = torch.empty(len(labels), dtype=torch.long)
-    for c in (0, 1):
-        members = (labels == c).nonzero()[:, 0]
-        fold[members] = torch.arange(len(members)) % folds
-    predictions = torch.zeros(len(labels), dtype=torch.bool)
-    for k in range(folds):
-        tune, held_out = fold != k, fold == k
-        predictions[held_out] = scores[held_out] > best_threshold(labels[tune], scores[tune])
-    return predictions
-
-
-def volume_logits(
-    model: nn.Module,
-    dataset: Any,
-    ids: Sequence[str],
-    n_slices: int,
-    size: int,
-    chunk: int,
-    context: Context | None = None,
-) -> Tensor:
-    """Volume logits [V] (CPU): the max of each volume's validation slice logits (A.6).
-
-    Under a distributed ``context`` each rank scores its share of the volumes and every
-    rank gets all of them, in the order of ``ids`` (the same numbers as one process).
-    """
-    context = context or Context()
-    device = next(model.parameters()).device
-    positions = context.share(range(len(ids)))
-    mine = {
-        p: slice_logits(
-            model, validation_slices(load_volume(dataset, ids[p], device), n_slices, size), chunk
-        )
-        .max()
-        .item()
-        for p in positions
-    }
-    logits: dict[int, float] = {}
-    for part in context.gather(mine):
-        logits.update(part)
-    return torch.tensor([logits[p] for p in range(len(ids))], dtype=torch.float32)
-
-
-def validation_scores(labels: Tensor, logits: Tensor) -> dict[str, Any]:
-    """Validation scores from volume labels [V] and logits [V] (the 2D classifier's volume
-    logit is the max of its validation slices' logits, A.6):
-
-    - ``balanced_accuracy``: each volume thresholded at the value tuned on the others
-      (5-fold, :func:`cross_fitted_predictions`); NaN with fewer than two volumes a class;
-    - ``balanced_accuracy_at_0``: logit > 0. Fragile for the 2D classifier: a slice outside
-      the body reads the same in both classes, so its optimal logit is 0 and the max over
-      the many slices of a negative volume hovers around 0;
-    - ``auc``: threshold-free;
-    - ``loss``: the mean BCE of the volume logits, a proper score that moves with the
-      margins where the AUC of a few volumes moves in steps;
-    - ``logits`` [V] and ``labels`` [V].
-    """
-    two_each = min((labels == 0).sum(), (labels == 1).sum()) >= 2
-    return {
-        "balanced_accuracy": (
-            balanced_accuracy(labels, cross_fitted_predictions(labels, logits))
-            if two_each
-            else math.nan
-        ),
-        "balanced_accuracy_at_0": balanced_accuracy(labels, logits > 0),
-        "auc": roc_auc(labels, logits),
-        "loss": float(F.binary_cross_entropy_with_logits(logits.float(), labels.float())),
-        "logits": logits,
-        "labels": labels,
-    }
-
-
-def _auc_or_nan(labels: np.ndarray, scores: np.ndarray) -> float:
-    """ROC AUC, NaN unless both classes are present (a bootstrap resample may lack one)."""
-    if labels.min() == labels.max():
-        return math.nan
-    return roc_auc(torch.from_numpy(labels), torch.from_numpy(scores))
-
-
-def _balanced_accuracy_or_nan(labels: np.ndarray, predictions: np.ndarray) -> float:
-    """Balanced accuracy, NaN unless both classes are present."""
-    if labels.min() == labels.max():
-        return math.nan
-    return balanced_accuracy(torch.from_numpy(labels), torch.from_numpy(predictions))
-
-
-def classifier_report(
-    model: nn.Module,
-    dataset: Any,
-    ids: list[str],
-    config: TrainConfig | Train3DConfig,
-    chunk: int,
-    *,
-    n_resamples: int = 2000,
-    confidence: float = 0.95,
-    seed: int = 0,
-    context: Context | None = None,
-) -> dict[str, Any]:
-    """Is the classifier of ``config`` better than chance on ``ids``? Scores of
-    :func:`validation_scores` with percentile bootstrap intervals over volumes
-    (:func:`benchmark.stats.bootstrap_ci`); the volume logit is the 2D classifier's max
-    slice logit (A.6), the 3D one's logit of the whole volume (beyond the paper).
-
-    ``auc`` and ``balanced_accuracy`` (cross-fitted threshold; its interval resamples the
-    fixed cross-fitted predictions), each with ``*_ci_low``/``*_ci_high``; ``n_volumes``,
-    ``n_positive``, ``n_negative``, ``confidence``; ``at_chance``: the AUC interval
-    contains 0.5 (or is undefined: too few volumes to tell), i.e. heatmaps from this
-    classifier explain a classifier that has not been shown to work. Plain JSON types.
-    """
-    logits = batches_for(config).volume_logits(model, dataset, ids, chunk, context)
-    labels = torch.tensor([dataset.label(i) for i in ids])
-    return _report(labels, logits, n_resamples, confidence, seed)
-
-
-def _report(
-    labels: Tensor, logits: Tensor, n_resamples: int, confidence: float, seed: int
-) -> dict[str, Any]:
-    """The dictionary of :func:`classifier_report` from volume labels and logits [V]."""
-    scores = validation_scores(labels, logits)
-    y, s = labels.numpy(), logits.numpy()
-    ci = {"n_resamples": n_resamples, "confidence": confidence, "seed": seed}
-    auc_low, auc_high = bootstrap_ci(_auc_or_nan, y, s, **ci)
-    ba_low = ba_high = math.nan
-    if not math.isnan(scores["balanced_accuracy"]):
-        predictions = cross_fitted_predictions(labels, logits).numpy()
-        ba_low, ba_high = bootstrap_ci(_balanced_accuracy_or_nan, y, predictions, **ci)
-    at_chance = not auc_low > 0.5 and not auc_high < 0.5  # NaN (undefined) counts as chance
-    return {
-        "auc": scores["auc"],
-        "auc_ci_low": auc_low,
-        "auc_ci_high": auc_high,
-        "balanced_accuracy": scores["balanced_accuracy"],
-        "balanced_accuracy_ci_low": ba_low,
-        "balanced_accuracy_ci_high": ba_high,
-        "n_volumes": len(labels),
-        "n_positive": int(labels.sum()),
-        "n_negative": int(len(labels) - labels.sum()),
-        "confidence": confidence,
-        "at_chance": bool(at_chance),
-    }
-
-
-def load_volume(dataset: Any, sample_id: str, device: torch.device) -> Tensor:
-    """``dataset[id].image`` as a float32 tensor [C,D,H,W] on ``device`` (a copy)."""
-    image = np.array(dataset[sample_id].image, dtype=np.float32)
-    return torch.from_numpy(image).to(device)
-
-
-class SliceBatches:
-    """What :func:`train` does with a :class:`TrainConfig`: the 2D slice classifier (A.6).
-
-    The strategies (this and :class:`benchmark.train3d.VolumeBatches`) share one interface:
-    ``draw`` (every random number of a step, on the CPU generator), ``cut`` (a rank's
-    inputs and labels), ``volume_logits``, ``build_model``, ``record`` (what the checkpoint
-    says of the model), ``check`` and ``saved_defaults`` (fields older checkpoints lack).
-    """
-
-    unit = "slice"
-    spatial_dims = 2
-
-    def __init__(self, config: TrainConfig):
-        self.config = config
-        self.chunk = config.batch_volumes * config.slices_per_volume  # slices per pass
-
-    def draw(self, positives: list[str], negatives: list[str], generator) -> BatchPlan:
-        return draw_batch(positives, negatives, self.config, generator)
-
-    def cut(self, dataset, plan: BatchPlan, positions, device) -> tuple[Tensor, Tensor]:
-        return cut_batch(dataset, plan, positions, self.config.slice_size, device)
-
-    def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
-        """``config.loss`` of a step's slice logits: A.6's per slice, or per volume's stack."""
-        if self.config.loss == "mil":
-            return bag_loss(logits, labels, self.config.slices_per_volume)
-        return slice_loss(logits, labels)
-
-    def volume_logits(self, model, dataset, ids, chunk: int, context=None) -> Tensor:
-        config = self.config
-        return volume_logits(
-            model, dataset, ids, config.val_slices, config.slice_size, chunk, context
-        )
-
-    def build_model(self, in_chans: int, *, initial: bool = True) -> nn.Module:
-        return build_model(self.config, in_chans, initial=initial)
-
-    def record(self) -> dict[str, Any]:
-        spec = model_spec(self.config.model)
-        return {"model_name": self.config.model, "arch": spec.arch, "norm": spec.norm}
-
-    def check(self) -> None:
-        model_spec(self.config.model)  # an unknown name: the error with the close matches
-
-    def saved_defaults(self, state: dict[str, Any]) -> dict[str, Any]:
-        # before gn_init existed, group norms replacing batch norms copied their affine parameters
-        return {
-            "gn_init": "copy" if state["norm"] == "gn" else self.config.gn_init,
-            **OLD_CHECKPOINT_DEFAULTS,
-            "loss": "slice",
-        }
-
-
-def batches_for(config: TrainConfig | Train3DConfig):
-    """The strategy of :func:`train` for ``config``: 2D slices or 3D whole volumes."""
-    if isinstance(config, Train3DConfig):
-        from benchmark.train3d import VolumeBatches  # it builds on this module
-
-        return VolumeBatches(config)
-    return SliceBatches(config)
-
-
-def config_from_record(fields: dict[str, Any]) -> TrainConfig | Train3DConfig:
-    """The config of a checkpoint's recorded ``config`` (a 3D one has ``input_size``);
-    fields this version does not know are left out, those it lacks take their defaults."""
-    cls = Train3DConfig if "input_size" in fields else TrainConfig
-    known = {f.name for f in dataclasses.fields(cls)}
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items() if k in known}
-    return cls(**values)
 
 
 def resolve_iterations(config: TrainConfig, dataset_name: str) -> TrainConfig:
@@ -624,22 +223,6 @@ def _split_ids(dataset: Any, config: TrainConfig) -> dict[str, Any]:
     }
 
 
-def build_model(config: TrainConfig, in_chans: int, *, initial: bool = True) -> nn.Module:
-    """The classifier of ``config``, seeded; ``initial=False`` skips the pretrained weights."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        if initial:
-            return create_classifier(
-                config.model,
-                in_chans,
-                pretrained=config.pretrained,
-                weights=config.weights,
-                gn_init=config.gn_init,
-            )
-        spec = model_spec(config.model, pretrained=False)
-        return create_classifier(spec.arch, in_chans, norm=spec.norm, pretrained=False)
-
-
 def _dataset_info(dataset: Any) -> dict[str, Any]:
     """Name and options of the data set, as plain JSON types (for the checkpoint)."""
     options = dataset.options() if hasattr(dataset, "options") else {}
@@ -662,7 +245,8 @@ def train(
     """Train the classifier of ``config`` on ``dataset``; the path of the final checkpoint.
 
     A :class:`TrainConfig` trains the 2D slice classifier (A.6), a :class:`Train3DConfig`
-    the 3D one on whole volumes (beyond the paper), in the same loop (:func:`batches_for`).
+    the 3D one on whole volumes (beyond the paper), in the same loop
+    (:func:`~benchmark.training.strategy.batches_for`).
 
     ``out_dir`` receives ``checkpoint.pt`` (every ``checkpoint_every`` steps and at the end),
     ``config.yaml`` and ``train_log.csv``. With ``resume``, an existing checkpoint of the
@@ -683,7 +267,7 @@ def train(
     scores the evaluation split there; training never sees what it does).
 
     Processes training into one ``out_dir`` take turns: rank 0 holds the folder's
-    ``checkpoint.lock`` (:func:`~benchmark.io.file_lock`) while it trains, so that with
+    ``checkpoint.lock`` (:func:`~foundation.io.file_lock`) while it trains, so that with
     ``resume`` the one that waited reuses (or continues) the other's checkpoint.
     """
     context = context or Context(device=resolve_device(device))
@@ -1036,7 +620,7 @@ class _Loop:
         config, run = self.config, self.run
         result = self._validate(self.split["holdout"])
         labels, logits = result["labels"].numpy(), result["logits"].numpy()
-        low, high = (float(x) for x in bootstrap_ci(_auc_or_nan, labels, logits, n_resamples=1000))
+        low, high = (float(x) for x in bootstrap_ci(auc_or_nan, labels, logits, n_resamples=1000))
         row = {"step": step, **{k: float(result[k]) for k in VAL_SCORES}}
         run["holdout"].append({**row, "auc_ci_low": low, "auc_ci_high": high})
         recent = run["holdout"][-config.window :]
@@ -1124,7 +708,7 @@ def _load_for_resume(
 ) -> dict[str, Any] | None:
     """The checkpoint to continue, or None to start; refuses to overwrite, to mix configs
     and to reuse non-finite weights; sets aside one trained on other data, and a damaged one
-    (:class:`~benchmark.checkpoint.DamagedCheckpoint`) as ``checkpoint.unverified.pt``."""
+    (:class:`~benchmark.training.checkpoint.DamagedCheckpoint`) as ``checkpoint.unverified.pt``."""
     if not path.exists():
         if resume:
             log.info("no checkpoint at %s: starting from step 0", path)

@@ -1,8 +1,8 @@
 """The reported metrics, defined once (A.7): key, header, the ground truth each needs.
 
-The protocol (:mod:`benchmark.evaluation`), the statistics (:mod:`benchmark.stats`), the
-tables (:mod:`benchmark.leaderboard`) and the classifier's report (:mod:`benchmark.train`)
-read them from here.
+The protocol (:mod:`benchmark.protocol.evaluation`), the statistics
+(:mod:`benchmark.protocol.stats`), the tables (:mod:`benchmark.publish.leaderboard`) and the
+classifier's report (:mod:`benchmark.training.scoring`) read them from here.
 """
 
 from __future__ import annotations

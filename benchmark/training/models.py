@@ -42,8 +42,8 @@ import torch
 from timm.layers import BatchNormAct2d, GroupNormAct, freeze_batch_norm_2d
 from torch import nn
 
-from benchmark.checkpoint import read_weights
 from benchmark.config import GN_INITS
+from benchmark.training.weights import read_weights
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The heatmap cache: what a run keeps per (method spec, validation volume).
 
 A run keeps what the A.7 protocol needs, not the heatmap: a *record* (the heatmap's
-maximum, its :func:`~benchmark.evaluation.tail_quantiles` and the seconds it took) and a
+maximum, its :func:`~benchmark.protocol.evaluation.tail_quantiles` and the seconds it took) and a
 *summary* (its component tables on the spec's tau' grid). Full heatmaps are kept only
 while a spec's grid is unknown, for the figure's volumes and on request, so that disk
 grows with the number of results, not with voxels.
@@ -16,18 +16,18 @@ Layout under ``<cache_root>/heatmaps/<dataset>/<digest of the key>/``::
 ``<image>`` and ``<truth>`` are the first 16 hex digits of the volume's content digests
 (``dataset.fingerprint`` and ``dataset.truth_fingerprint``; for a spec with options fitted
 to the data set, or whose method has a non-zero ``Method.revision``, ``<image>`` digests
-the image's with the options and the revision: ``Job.image`` in :mod:`benchmark.runner`),
+the image's with the options and the revision: ``Job.image`` in :mod:`benchmark.run.runner`),
 so an edited image or mask, or a method whose code changed its heatmaps, gets new
 entries and never an old one. ``<grid>`` hashes the grid's levels and the protocol's
 settings (connectivity, matching IoU, tail fractions). Every file is written atomically and verified
-when read: a record that does not match its seal (:mod:`benchmark.seal`: a digit flipped
+when read: a record that does not match its seal (:mod:`foundation.seal`: a digit flipped
 in its maximum is seen), a heatmap whose sha256 differs from its record's, a summary
 whose zip CRC fails, a ``key.json`` that does not hold the key. A damaged file is logged
 (WARNING), deleted and recomputed (``key.json``: rewritten).
 
 Processes sharing the cache (job arrays, ``--shard`` jobs, runs side by side) write an
 entry's files under its lock, ``<spec>/<volume>-<image>.lock``
-(:func:`~benchmark.io.file_lock`), and read a file that looks damaged again under that
+(:func:`~foundation.io.file_lock`), and read a file that looks damaged again under that
 lock before deleting it: another process between an entry's files is waited for, never
 taken for damage. Two processes that miss the same entry both compute it; the files
 are the same, the last written stays.
@@ -36,7 +36,6 @@ are the same, the last written stays.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import zipfile
@@ -48,10 +47,10 @@ from typing import Any, TypeVar
 import numpy as np
 
 from benchmark import __version__
-from benchmark.evaluation import GRID_LEVELS, MATCH_IOU, STRUCTURE, Summary, tail_fractions
-from benchmark.io import atomic_save_json, atomic_write, cache_root, file_lock
-from benchmark.seal import read_sealed, save_sealed
+from benchmark.protocol.evaluation import GRID_LEVELS, MATCH_IOU, STRUCTURE, Summary, tail_fractions
 from datasets.base import safe_stem
+from foundation.io import atomic_save_json, atomic_write, cache_root, file_lock
+from foundation.seal import digest, read_sealed, save_sealed
 
 log = logging.getLogger(__name__)
 
@@ -60,17 +59,12 @@ _DAMAGED = (OSError, ValueError, EOFError, KeyError, TypeError, zipfile.BadZipFi
 T = TypeVar("T")
 
 
-def digest(data: bytes | str, length: int = 16) -> str:
-    """Truncated sha256 hex digest."""
-    return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()[:length]
-
-
 def heatmap_key(
     dataset: str, checkpoint: str, tomography: Any, batch_size: int, device: str
 ) -> dict[str, Any]:
     """Everything that changes a heatmap besides its spec and the volume's content.
 
-    ``checkpoint`` is the classifier's :func:`~benchmark.checkpoint.checkpoint_id`;
+    ``checkpoint`` is the classifier's :func:`~benchmark.training.checkpoint.checkpoint_id`;
     ``device`` its type (CUDA runs in bf16).
     """
     key = {
@@ -159,7 +153,7 @@ class HeatmapStore:
         """The entry's record, or None when missing, damaged (then it is deleted) or made
         for tau' grids of another number of levels (then it is recomputed).
 
-        Its ``sketch`` holds the heatmap's :func:`~benchmark.evaluation.tail_quantiles`."""
+        Its ``sketch`` holds the heatmap's :func:`~benchmark.protocol.evaluation.tail_quantiles`."""
         path = self._stem(spec, volume, image).with_suffix(".json")
 
         def read() -> dict[str, Any]:

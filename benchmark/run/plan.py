@@ -27,7 +27,7 @@ or a fixed counted price); the 3D CAMs add the same two terms for whole volumes 
 the volume classifier (unknown when the plan has none). The plan (:func:`plan`) prices
 each family alone, then the run's stages as they will run: the kept specs together, their
 shared passes counted once (:func:`shared_passes`), on every validation volume, times the
-classifiers (``--seeds``), and their training (:func:`benchmark.train.training_estimate`).
+classifiers (``--seeds``), and their training (:func:`benchmark.training.train.training_estimate`).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ from methods.config import TomographyConfig
 from methods.registry import parse_spec
 
 if TYPE_CHECKING:
-    from benchmark.train import TrainingEstimate
+    from benchmark.training.train import TrainingEstimate
 
 log = logging.getLogger(__name__)
 
@@ -355,7 +355,7 @@ def summary_bytes(
 ) -> int:
     """Bytes of ``np.savez`` of one A.7 summary (``summarize(heatmap, mask, grid).to_dict()``)
     of a smooth random heatmap of ``shape`` against a ball mask, on a tau' grid of
-    ``levels`` tail fractions (:func:`~benchmark.evaluation.tail_fractions`).
+    ``levels`` tail fractions (:func:`~benchmark.protocol.evaluation.tail_fractions`).
 
     A summary holds component tables, so its size follows the number of components, not
     of voxels; shapes above SUMMARY_MAX_VOXELS are measured at that many voxels (same
@@ -363,7 +363,7 @@ def summary_bytes(
     """
     from scipy import ndimage
 
-    from benchmark.evaluation import summarize, tail_quantiles, threshold_grid
+    from benchmark.protocol.evaluation import summarize, tail_quantiles, threshold_grid
 
     scale = min(1.0, (SUMMARY_MAX_VOXELS / math.prod(shape)) ** (1 / 3))
     small = tuple(max(4, round(n * scale)) for n in shape)
@@ -424,8 +424,8 @@ def plan(
     the specs :func:`within_budget` keeps (``budget_passes``, ``named_specs``) run together,
     their shared passes counted once (:func:`shared_passes`, per classifier), on every
     volume for each of ``seeds`` classifiers. ``training`` is each classifier the run
-    trains ({name: :func:`~benchmark.train.training_estimate`}, its expected steps,
-    :func:`~benchmark.train.expected_steps`, and validations) and its report on the
+    trains ({name: :func:`~benchmark.training.train.training_estimate`}, its expected steps,
+    :func:`~benchmark.training.train.expected_steps`, and validations) and its report on the
     ``shapes``' volumes (as many validated volumes), times ``seeds``. ``total`` = heatmaps
     + training; start-up, the protocol and the pages are not counted. Unknown costs (a
     plugin that states none, a 3D CAM without a priced volume classifier) are NaN.
@@ -564,7 +564,7 @@ def format_plan(
     """The plan as a GitHub table (``run --plan``), with the prices it used, the
     families the budget leaves out and, per classifier the run must train first (e.g.
     ``{"3d classifier resnet10_3d": estimate}``), its
-    :func:`benchmark.train.training_estimate`."""
+    :func:`benchmark.training.train.training_estimate`."""
     from tabulate import tabulate
 
     left_out = left_out or {}

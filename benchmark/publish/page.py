@@ -1,6 +1,6 @@
 """The HTML leaderboard: one self-contained page that sorts, filters and links to Figure 6.
 
-It opens with a plain-language paragraph and a legend (:mod:`benchmark.captions`). Inline
+It opens with a plain-language paragraph and a legend (:mod:`benchmark.publish.captions`). Inline
 CSS and JavaScript, nothing fetched; each table scrolls sideways with its method column
 kept in view (readable at 1400 px). A click on a column's header sorts every row of
 that table by it (numbers first, best first; again: reversed; a third time: the paper's
@@ -16,14 +16,11 @@ import base64
 import html
 import re
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from benchmark.captions import BOLD
-
-if TYPE_CHECKING:
-    from benchmark.leaderboard import Section
+from benchmark.publish.captions import BOLD
+from benchmark.publish.section import Section
 
 INPUT = "input"  # the strip of the input and its ground truth
 WARNING_STYLE = (

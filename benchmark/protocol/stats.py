@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from benchmark.metrics import SEGMENTATION
+from benchmark.protocol.metrics import SEGMENTATION
 
 
 def bootstrap_ci(
@@ -91,7 +91,7 @@ def case_intervals(
     leaderboard metric.
 
     ``cases``: one method's per-case scores (``label``, ``correct`` and the segmentation
-    metrics, see :meth:`benchmark.evaluation.EvaluationResult.cases`); with a ``seed``
+    metrics, see :meth:`benchmark.protocol.evaluation.EvaluationResult.cases`); with a ``seed``
     column, one block of the same volumes in the same order per classifier seed. Returns
     ``{m}_ci_low`` and ``{m}_ci_high`` per metric and, with ``reference`` (another method's
     scores on the same volumes and seeds, in the same order), ``{m}_delta_ci_low`` and

@@ -16,8 +16,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from benchmark.cache import digest
-from benchmark.evaluation import (
+from benchmark.protocol.evaluation import (
     EvaluationResult,
     GroundTruth,
     evaluate,
@@ -25,6 +24,7 @@ from benchmark.evaluation import (
     tail_quantiles,
     threshold_grid,
 )
+from foundation.seal import digest
 
 
 def ground_truth(dataset: Any, volume: Any, unscored: Collection[str] = ()) -> GroundTruth:

@@ -2,8 +2,8 @@
 note on what the scores are (:func:`scores_note`) and the legend of every symbol and
 derived column its tables show (:func:`legend`).
 
-:mod:`benchmark.leaderboard` makes the tables and picks the rows the paragraph quotes;
-the Markdown and HTML pages (:mod:`benchmark.page`) lay these words out.
+:mod:`benchmark.publish.leaderboard` makes the tables and picks the rows the paragraph quotes;
+the Markdown and HTML pages (:mod:`benchmark.publish.page`) lay these words out.
 """
 
 from __future__ import annotations
@@ -12,10 +12,8 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from benchmark.leaderboard import Section
+from benchmark.publish.section import Section
 
 MISSING = "–"  # a cell without a value
 SIGNIFICANT = "†"  # after a delta whose paired 95% interval excludes 0
@@ -121,6 +119,8 @@ def scores_note(seeds: int = 1) -> str:
         if seeds > 1
         else ""
     )
+    # the pages' words, kept as they were written: the protocol has moved to
+    # benchmark/protocol/evaluation.py, and a new path here would change every page
     return (
         "Scores: means over the Monte-Carlo folds of the paper's protocol (A.7, "
         f"`benchmark/evaluation.py`){over}."

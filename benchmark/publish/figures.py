@@ -5,9 +5,10 @@ ground-truth voxels; columns: the input, the ground truth over it, then for each
 its heatmap (blue negative, red positive, colours symmetric about 0 and scaled to the
 volume's largest absolute value) and its binarised mask over the input (A.7 hysteresis).
 The same panels also come as one strip per method for the HTML page (:func:`method_strips`).
-:func:`figure_rows` assembles a run's rows: which volumes, which methods at which layer,
-binarised with which thresholds. matplotlib's object API on the Agg canvas: no display and
-no pyplot state.
+A run assembles its rows (:func:`benchmark.run.runner.figure_rows`: which volumes, which methods
+at which layer, binarised with which thresholds) from :func:`figure_specs` and
+:func:`figure_ids`. matplotlib's object API on the Agg canvas: no display and no pyplot
+state.
 """
 
 from __future__ import annotations
@@ -16,22 +17,18 @@ import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from benchmark.config import RunConfig
-from benchmark.evaluation import GroundTruth, binarize
-from benchmark.io import atomic_write
-from benchmark.leaderboard import best_layers
-from benchmark.metrics import KEYS
+from benchmark.protocol.evaluation import GroundTruth
+from benchmark.protocol.metrics import KEYS
+from benchmark.publish.leaderboard import best_layers
 from benchmark.specs import matches
+from foundation.io import atomic_write
 from methods.registry import method_name
-
-if TYPE_CHECKING:
-    from benchmark.runner import Job
 
 TRUTH_COLOUR = (0.1, 0.8, 0.2)
 MASK_COLOUR = (1.0, 0.15, 0.1)
@@ -196,36 +193,3 @@ def figure_ids(dataset: Any, volume_ids: Sequence[str], unscored: set[str], n: i
     """The validation volumes the figure shows: the first ``n`` annotated positives."""
     shown = [v for v in volume_ids if dataset.label(v) == 1 and dataset.has_annotation(v)]
     return [v for v in shown if v not in unscored][:n]
-
-
-def figure_rows(
-    jobs: Sequence[Job],
-    results: pd.DataFrame,
-    folds: pd.DataFrame,
-    config: RunConfig,
-    patterns: Sequence[str],
-) -> tuple[list[str], list[FigureRow]]:
-    """(specs, rows) of the Figure 6 layout: a few annotated validation positives, each
-    method family matching ``patterns`` at its best layer, binarised with fold 0's
-    (tau, tau') (A.7). ``jobs``: one classifier seed's, one per classifier (the same
-    volumes), each with its specs' heatmaps. Empty when there is nothing to show."""
-    job_of = {spec: job for job in jobs for spec in job.specs}
-    dataset, first = jobs[0].dataset, jobs[0]
-    positives = figure_ids(dataset, first.volume_ids, first.unscored, config.figure_volumes)
-    specs = figure_specs(results, patterns)
-    if not positives or not specs:
-        return [], []
-    first_fold = folds[folds.fold == 0].set_index("method")
-    rows = []
-    for volume_id in positives:
-        volume = dataset[volume_id]
-        columns = []
-        for spec in specs:
-            heatmap = job_of[spec].heatmap(spec, volume_id)
-            tau, tau_low = first_fold.loc[spec, ["tau", "tau_low"]]
-            columns.append(
-                MethodMaps(method_name(spec).display, heatmap, binarize(heatmap, tau, tau_low))
-            )
-        truth = truth_mask(first.ground_truth(volume), volume.image.shape[1:])
-        rows.append(figure_row(volume_id, volume.image[0], truth, columns))
-    return specs, rows

@@ -30,10 +30,10 @@ import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
 
-from benchmark.registry import natural_key
 from datasets.base import VolumeDataset, safe_stem
 from datasets.nifti import check_finite, read_nifti
 from datasets.volume import DatasetError
+from foundation.registry import natural_key
 
 log = logging.getLogger(__name__)
 

@@ -23,9 +23,9 @@ from typing import Any
 import pandas as pd
 
 from benchmark import __version__
-from benchmark.evaluation import EvaluationResult
-from benchmark.io import atomic_save_json, atomic_write, file_lock
-from benchmark.leaderboard import KEY, context_mismatch, merge_rows, read_cases, read_rows
+from benchmark.protocol.evaluation import EvaluationResult
+from benchmark.publish.leaderboard import KEY, context_mismatch, merge_rows, read_cases, read_rows
+from foundation.io import atomic_save_json, atomic_write, file_lock
 
 # A run folder's tables by name, the rows of each keyed by ``KEY`` (the timings, summed
 # over classifiers, by ``method`` alone).
@@ -61,7 +61,7 @@ def cases_table(
 ) -> pd.DataFrame:
     """One row per (spec, validation volume): label, heatmap maximum, folds that scored
     it, the fraction classified right, and each metric averaged over those folds
-    (:meth:`~benchmark.evaluation.EvaluationResult.cases`)."""
+    (:meth:`~benchmark.protocol.evaluation.EvaluationResult.cases`)."""
     parts = [
         e.cases().assign(dataset=dataset, model=model, method=spec, volume=list(volume_ids))
         for spec, e in evaluations.items()

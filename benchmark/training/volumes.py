@@ -1,6 +1,6 @@
 """Training of the 3D classifier on whole volumes (beyond the paper: its 3D-native baseline).
 
-:func:`benchmark.train.train` with a :class:`~benchmark.config.Train3DConfig` uses
+:func:`benchmark.training.train.train` with a :class:`~benchmark.config.Train3DConfig` uses
 :class:`VolumeBatches`: each step draws B volumes with replacement, alternately positive and
 negative (as the 2D classifier's A.6 batches), flips each on random axes, rotates it by a
 small random 3D rotation about the centre of [-1, 1]^3, resamples it at the network's input
@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from benchmark.classifier3d import create_volume_classifier, resize_volumes, resnet3d_spec
 from benchmark.config import Train3DConfig
 from benchmark.distributed import Context
-from benchmark.train import (
+from benchmark.training.classifier3d import create_volume_classifier, resize_volumes, resnet3d_spec
+from benchmark.training.slices import (
     OLD_CHECKPOINT_DEFAULTS,
     BatchPlan,
     load_volume,
@@ -106,8 +106,8 @@ def whole_volume_logits(
 
 
 class VolumeBatches:
-    """What :func:`benchmark.train.train` does with a :class:`Train3DConfig` (the interface
-    of :class:`benchmark.train.SliceBatches`)."""
+    """What :func:`benchmark.training.train.train` does with a :class:`Train3DConfig` (the interface
+    of :class:`benchmark.training.slices.SliceBatches`)."""
 
     unit = "volume"
     spatial_dims = 3

@@ -8,18 +8,18 @@ runs stages that each resume where a killed run stopped:
 1. heatmaps: every method spec on every validation volume, one
    :func:`~methods.heatmaps.compute_heatmaps` call per volume (so that specs share slices
    and classifier passes), the *calibration* volumes first;
-2. grids: one tau' grid per spec from the :func:`~benchmark.evaluation.tail_quantiles` of
-   its calibration heatmaps (:func:`~benchmark.evaluation.threshold_grid`): a seeded,
+2. grids: one tau' grid per spec from the :func:`~benchmark.protocol.evaluation.tail_quantiles` of
+   its calibration heatmaps (:func:`~benchmark.protocol.evaluation.threshold_grid`): a seeded,
    label-free subset of ``calibration_volumes`` validation volumes (all of them on a
    small set), so that every other heatmap is summarised the moment it is computed and
-   only its summary is kept (:mod:`benchmark.cache`);
+   only its summary is kept (:mod:`benchmark.run.cache`);
 3. summaries: each heatmap against its ground truth on its spec's grid (A.7's component
-   tables, :func:`~benchmark.evaluation.summarize`);
-4. protocol: A.7's Monte-Carlo folds per spec (:func:`~benchmark.evaluation.evaluate`);
+   tables, :func:`~benchmark.protocol.evaluation.summarize`);
+4. protocol: A.7's Monte-Carlo folds per spec (:func:`~benchmark.protocol.evaluation.evaluate`);
 5. outputs: results, per-fold and timing CSVs, leaderboards, the Figure 6 layout, and
    NIfTI heatmaps on request.
 
-Everything is cached by content (:mod:`benchmark.cache`): a run that was killed and
+Everything is cached by content (:mod:`benchmark.run.cache`): a run that was killed and
 resumed ends with the numbers of an uninterrupted one. Under torchrun the ranks split the
 volumes (:class:`~benchmark.distributed.Context`); a shard (``shard=(i, n)``) computes
 every n-th validation volume into the same cache and stops; a run without a shard then
@@ -44,38 +44,29 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from benchmark import figures
-from benchmark.cache import HeatmapStore, digest, heatmap_key
-from benchmark.checkpoint import (
-    CHECKPOINT,
-    checkpoint_id,
-    is_finished,
-    load_classifier,
-    read_checkpoint,
-)
 from benchmark.config import TRAIN_SECTIONS, RunConfig, TrainConfig
 from benchmark.distributed import Context, resolve_device
-from benchmark.evaluation import (
+from benchmark.protocol.evaluation import (
     EvaluationResult,
     GroundTruth,
     Summary,
+    binarize,
     evaluate,
     summarize,
     tail_quantiles,
     threshold_grid,
 )
-from benchmark.io import atomic_write
-from benchmark.leaderboard import (
+from benchmark.protocol.metrics import KEYS
+from benchmark.protocol.validation import calibration_ids, evaluation_context, ground_truth
+from benchmark.publish import figures
+from benchmark.publish.leaderboard import (
     KEY,
     Intervals,
     page_lock,
     with_intervals,
     write_leaderboards,
 )
-from benchmark.metrics import KEYS
-from benchmark.plan import counted_prices, layer_channels, split_seconds, volume_input_voxels
-from benchmark.registry import natural_key
-from benchmark.report import (
+from benchmark.publish.report import (
     RUN_TABLES,
     cases_table,
     environment_note,
@@ -89,11 +80,23 @@ from benchmark.report import (
     write_csv,
     write_reports,
 )
-from benchmark.seal import read_sealed, save_sealed
+from benchmark.run.cache import HeatmapStore, heatmap_key
+from benchmark.run.plan import counted_prices, layer_channels, split_seconds, volume_input_voxels
 from benchmark.specs import shard_ids
-from benchmark.train import classifier_report, config_from_record, train
-from benchmark.validation import calibration_ids, evaluation_context, ground_truth
+from benchmark.training.checkpoint import (
+    CHECKPOINT,
+    checkpoint_id,
+    is_finished,
+    load_classifier,
+    read_checkpoint,
+)
+from benchmark.training.scoring import classifier_report
+from benchmark.training.strategy import config_from_record
+from benchmark.training.train import train
 from datasets.base import safe_stem
+from foundation.io import atomic_write
+from foundation.registry import natural_key
+from foundation.seal import digest, read_sealed, save_sealed
 from methods import method_class
 from methods.config import TomographyConfig
 from methods.heatmaps import compute_groups
@@ -167,7 +170,7 @@ class Job:
     ``images``/``truths`` are the volumes' content digests (cache addresses); ``options``
     the specs' fitted options (:func:`fitted_options`), folded into their entries'
     addresses (:meth:`image`); ``channels`` its classifier's per stage
-    (:func:`~benchmark.plan.layer_channels`, to split shared seconds); ``keep`` the volumes
+    (:func:`~benchmark.run.plan.layer_channels`, to split shared seconds); ``keep`` the volumes
     whose full heatmaps stay on disk (the figure's; all with ``save_heatmaps``);
     ``unscored`` the positives whose annotation is empty (no localisation score);
     ``failed`` the specs and volumes that failed in this run (not tried again).
@@ -238,7 +241,7 @@ class Job:
         return volume
 
     def ground_truth(self, volume: Any) -> GroundTruth:
-        """A.7's reference of a volume (:func:`benchmark.validation.ground_truth`)."""
+        """A.7's reference of a volume (:func:`benchmark.protocol.validation.ground_truth`)."""
         return ground_truth(self.dataset, volume, self.unscored)
 
     def grids(self) -> dict[str, np.ndarray]:
@@ -340,7 +343,7 @@ def _store_heatmaps(
     """Compute ``specs`` on one volume in one call, group by group (:func:`compute_groups`),
     keeping each heatmap as its group arrives (:meth:`Job.save`); a group's seconds, from
     the previous group's arrival, are split among its specs by their share of counted work
-    (:func:`~benchmark.plan.split_seconds`)."""
+    (:func:`~benchmark.run.plan.split_seconds`)."""
     shape = tuple(image.shape[1:])
     start = time.perf_counter()
     groups = compute_groups(specs, image, model, job.tomography, job.batch_size, job.options)
@@ -464,6 +467,41 @@ def evaluate_specs(
 # --- stage 5: outputs -----------------------------------------------------------------------
 
 
+def figure_rows(
+    jobs: Sequence[Job],
+    results: pd.DataFrame,
+    folds: pd.DataFrame,
+    config: RunConfig,
+    patterns: Sequence[str],
+) -> tuple[list[str], list[figures.FigureRow]]:
+    """(specs, rows) of the Figure 6 layout: a few annotated validation positives, each
+    method family matching ``patterns`` at its best layer, binarised with fold 0's
+    (tau, tau') (A.7). ``jobs``: one classifier seed's, one per classifier (the same
+    volumes), each with its specs' heatmaps. Empty when there is nothing to show."""
+    job_of = {spec: job for job in jobs for spec in job.specs}
+    dataset, first = jobs[0].dataset, jobs[0]
+    positives = figures.figure_ids(dataset, first.volume_ids, first.unscored, config.figure_volumes)
+    specs = figures.figure_specs(results, patterns)
+    if not positives or not specs:
+        return [], []
+    first_fold = folds[folds.fold == 0].set_index("method")
+    rows = []
+    for volume_id in positives:
+        volume = dataset[volume_id]
+        columns = []
+        for spec in specs:
+            heatmap = job_of[spec].heatmap(spec, volume_id)
+            tau, tau_low = first_fold.loc[spec, ["tau", "tau_low"]]
+            columns.append(
+                figures.MethodMaps(
+                    method_name(spec).display, heatmap, binarize(heatmap, tau, tau_low)
+                )
+            )
+        truth = figures.truth_mask(first.ground_truth(volume), volume.image.shape[1:])
+        rows.append(figures.figure_row(volume_id, volume.image[0], truth, columns))
+    return specs, rows
+
+
 @dataclass(frozen=True)
 class RunOutputs:
     """What a run produced: the run folder's tables (one row per spec, per fold, per
@@ -484,7 +522,7 @@ def timings_table(job: Job) -> pd.DataFrame:
 
     Work that :func:`~methods.heatmaps.compute_groups` shares between specs (one pass for
     the gradient CAMs of a geometry) is split among them by their share of counted work,
-    each spec's as run alone (:func:`~benchmark.plan.split_seconds`): the specs' seconds
+    each spec's as run alone (:func:`~benchmark.run.plan.split_seconds`): the specs' seconds
     sum to the measured time.
     """
     rows = [
@@ -964,7 +1002,7 @@ def write_outputs(
                 f"classification only: {', '.join(sorted(job.unscored, key=natural_key))}."
             )
         fallback = out_dir / "leaderboards"
-        specs, rows = figures.figure_rows(jobs, mine, shown, config, ["*"])  # a strip per family
+        specs, rows = figure_rows(jobs, mine, shown, config, ["*"])  # a strip per family
         pages = write_leaderboards(
             results,
             leaderboards,
@@ -981,7 +1019,7 @@ def write_outputs(
             log.info("%s left standing: it shows methods this run did not compute", figure)
             figure = None
         else:
-            specs, rows = figures.figure_rows(jobs, mine, shown, config, config.figure_methods)
+            specs, rows = figure_rows(jobs, mine, shown, config, config.figure_methods)
             title = f"{dataset.name}: heatmaps and masks"
             figure = figures.save_png(figures.draw(rows, title=title), figure) if rows else None
             if not rows:
@@ -996,7 +1034,7 @@ def with_earlier(
     out_dir: Path, new: Mapping[str, pd.DataFrame]
 ) -> tuple[dict[str, pd.DataFrame], int]:
     """The run folder's tables: ``new`` with the rows of the methods that earlier runs into
-    ``out_dir`` computed and this one did not (:func:`~benchmark.report.keep_earlier`), and
+    ``out_dir`` computed and this one did not (:func:`~benchmark.publish.report.keep_earlier`), and
     how many methods they keep; rows resting on another classifier or data are dropped,
     said in one line."""
     try:

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from benchmark.checkpoint import read_weights
+from benchmark.training.weights import read_weights
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ import pandas as pd
 from scipy import ndimage
 
 from benchmark.config import RunConfig
-from benchmark.metrics import overlap_key, reported, weighted_balanced_accuracy
+from benchmark.protocol.metrics import overlap_key, reported, weighted_balanced_accuracy
 
 log = logging.getLogger(__name__)
 

@@ -18,9 +18,6 @@ uninterrupted one.
 from __future__ import annotations
 
 import hashlib
-import pickle
-import warnings
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +25,7 @@ import torch
 from torch import nn
 
 from benchmark.distributed import memory_format, resolve_device
-from benchmark.io import atomic_write
-
-# what torch.load raises for a file that is not a state dict it loads safely
-_UNREADABLE = (pickle.UnpicklingError, EOFError, RuntimeError, zipfile.BadZipFile, KeyError)
+from foundation.io import atomic_write
 
 CHECKPOINT = "checkpoint.pt"
 REQUIRED = {"model", "config", "step", "arch", "norm", "in_chans"}
@@ -79,7 +73,7 @@ def checkpoint_id(state: dict[str, Any]) -> str:
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """``torch.save`` of ``state`` and its :func:`state_digest`, through
-    :func:`~benchmark.io.atomic_write`."""
+    :func:`~foundation.io.atomic_write`."""
     state = {**state, "digest": state_digest(state)}
     with atomic_write(path) as file:
         torch.save(state, file)
@@ -142,7 +136,7 @@ def load_classifier(
     path: str | Path, device: str | torch.device = "cpu", state: dict[str, Any] | None = None
 ) -> nn.Module:
     """The trained classifier of a checkpoint, in eval mode on ``device``: the 2D slice
-    classifier, or a :class:`~benchmark.classifier3d.VolumeClassifier` for a checkpoint of
+    classifier, or a :class:`~benchmark.training.classifier3d.VolumeClassifier` for a checkpoint of
     the 3D one (``classifier: "3d"``). ``state``: the file as :func:`read_checkpoint` read
     it (None: read it)."""
     state = read_checkpoint(path) if state is None else state
@@ -150,13 +144,13 @@ def load_classifier(
         raise ValueError(f"{path} holds non-finite weights: retrain the classifier")
     device = resolve_device(device)
     if state.get("classifier") == "3d":
-        from benchmark.classifier3d import create_volume_classifier
+        from benchmark.training.classifier3d import create_volume_classifier
 
         size = tuple(state["config"]["input_size"])
         model = create_volume_classifier(state["model_name"], state["in_chans"], size)
         spatial_dims = 3
     else:
-        from benchmark.models import create_classifier
+        from benchmark.training.models import create_classifier
 
         model = create_classifier(
             state["arch"], state["in_chans"], norm=state["norm"], pretrained=False
@@ -164,23 +158,3 @@ def load_classifier(
         spatial_dims = 2
     model.load_state_dict(state["model"])
     return model.to(device, memory_format=memory_format(device, spatial_dims)).eval()
-
-
-def read_weights(path: str | Path, what: str) -> dict[str, Any]:
-    """A file of pretrained weights (``what``: whose, for the error), read with
-    ``weights_only=True``: its mapping, or a ValueError naming the file (a pickle of
-    anything but tensors and plain containers is refused, never run)."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{path}: no such file ({what})")
-    try:
-        with warnings.catch_warnings():  # torch's on the pickle protocol: the error says it
-            warnings.simplefilter("ignore", UserWarning)
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except _UNREADABLE as error:
-        raise ValueError(
-            f"{path}: not {what} that loads safely, a state dict of tensors (torch.load "
-            f"refused it: {type(error).__name__})"
-        ) from None
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: not {what} (a {type(state).__name__}, not a state dict)")
-    return state
