@@ -11,7 +11,7 @@ import torch
 from test_train_trust import EARLY, BlobSet
 
 import benchmark.training.train as training
-from benchmark.bench import (
+from benchmark.bench.training import (
     StepVariant,
     bench_learning,
     bench_training_step,

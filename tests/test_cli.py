@@ -142,7 +142,7 @@ def test_bench_methods_compares_with_pytorch_grad_cam(capsys):
 def test_peak_memory_is_measured_in_a_fresh_process():
     import torch
 
-    from benchmark.bench import _peak_memory_mb
+    from benchmark.bench.methods import _peak_memory_mb
 
     small = _peak_memory_mb("import torch", torch.device("cpu"))
     large = _peak_memory_mb("import torch\nx = torch.ones(64, 2**20)", torch.device("cpu"))

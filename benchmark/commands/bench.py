@@ -102,7 +102,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
-    from benchmark.bench import bench_methods, bench_tomography
+    from benchmark.bench.methods import bench_methods
+    from benchmark.bench.tomography import bench_tomography
     from benchmark.config import Train3DConfig, parse_overrides, resolve
     from benchmark.distributed import resolve_device
     from methods.config import TomographyConfig
@@ -146,7 +147,7 @@ def _run_scale(args: argparse.Namespace, config, preset: str, device) -> int:
     """``bench scale``: the figures per point, then the fitted log-log slopes, and a PNG."""
     from tabulate import tabulate
 
-    from benchmark.bench import bench_scale, plot_scale, scale_slopes
+    from benchmark.bench.scale import bench_scale, plot_scale, scale_slopes
 
     channels = args.shape[0] if args.shape else 1
     points = bench_scale(
@@ -195,7 +196,7 @@ def _run_figure4(args: argparse.Namespace, config, preset: str, device) -> int:
     """``bench figure4``: relative L2 errors per phantom, slice size and cells."""
     from tabulate import tabulate
 
-    from benchmark.bench import FIGURE4_GRIDS, bench_figure4, figure4_phantoms
+    from benchmark.bench.figure4 import FIGURE4_GRIDS, bench_figure4, figure4_phantoms
 
     shape = tuple(args.shape[1:]) if args.shape else FIGURE4_SHAPE
     grids = args.grids or (["quick", "paper"] if device.type == "cuda" else ["quick"])
@@ -230,7 +231,7 @@ def _run_train(args: argparse.Namespace, preset: str, device) -> int:
     classifier takes to learn ``--dataset``."""
     from tabulate import tabulate
 
-    from benchmark.bench import (
+    from benchmark.bench.training import (
         bench_learning,
         bench_training_step,
         lesion_slice_share,
@@ -331,7 +332,7 @@ def _run_plan(args: argparse.Namespace, device) -> int:
 
     from tabulate import tabulate
 
-    from benchmark.bench import bench_plan
+    from benchmark.bench.plan import bench_plan
     from benchmark.config import parse_overrides
 
     settings = {**PLAN_SETTINGS, **parse_overrides(args.overrides)}
