@@ -10,6 +10,7 @@ import pytest
 import torch
 from test_train_trust import EARLY, BlobSet
 
+import benchmark.training.estimate as estimates
 import benchmark.training.train as training
 from benchmark.bench.training import (
     StepVariant,
@@ -34,7 +35,7 @@ def test_each_step_variant_runs_the_step_it_names(monkeypatch):
         seen.append((kwargs["precision"], len(inputs), channels_last))
         return real(model, optimizer, scheduler, inputs, labels, *args, **kwargs)
 
-    monkeypatch.setattr(training, "train_step", recording)
+    monkeypatch.setattr(estimates, "train_step", recording)
     variants = (
         StepVariant("float32"),
         StepVariant("bf16", "bfloat16"),
@@ -96,14 +97,14 @@ def test_the_share_of_slices_that_cut_a_lesion_is_the_share_of_offsets_inside_a_
 def test_the_training_estimate_counts_the_volumes_every_validation_scores():
     config = dataclasses.replace(EARLY, iterations=10, batch_volumes=2, slices_per_volume=4)
     data = BlobSet(3.0, n_val=6)  # 32 training volumes, 4 + 4 held out
-    estimate = training.training_estimate(config, data, "cpu")
+    estimate = estimates.training_estimate(config, data, "cpu")
     # the holdout at steps 4, 8 and 10 (the last), the evaluation split once at the end
     assert (estimate.iterations, estimate.validated) == (10, 3 * 8 + 6)
     assert estimate.s_per_step > 0 and estimate.s_per_validated > 0
     assert estimate.seconds == pytest.approx(
         10 * estimate.s_per_step + 30 * estimate.s_per_validated
     )
-    without = training.training_estimate(dataclasses.replace(config, holdout=0.0), data, "cpu")
+    without = estimates.training_estimate(dataclasses.replace(config, holdout=0.0), data, "cpu")
     assert without.validated == 3 * 6  # the evaluation split at each
 
 
@@ -111,10 +112,10 @@ def test_early_stopping_is_priced_at_twice_its_fewest_steps_below_the_cap():
     data = BlobSet(3.0, n_val=6)
     config = dataclasses.replace(EARLY, iterations=200, batch_volumes=2, slices_per_volume=4)
     # a window of 1 then patience 3 validations, every 4 steps: 16 steps at the fewest
-    estimate = training.training_estimate(config, data, "cpu")
+    estimate = estimates.training_estimate(config, data, "cpu")
     assert (estimate.iterations, estimate.cap) == (32, 200)
     assert estimate.validated == 8 * 8 + 6  # holdout at steps 4, 8, ..., 32; then the split
-    fixed = training.training_estimate(dataclasses.replace(config, patience=0), data, "cpu")
+    fixed = estimates.training_estimate(dataclasses.replace(config, patience=0), data, "cpu")
     assert (fixed.iterations, fixed.cap) == (200, None)  # no early stopping: the count
 
 

@@ -37,7 +37,7 @@ from benchmark.run.plan import (
     split_seconds,
     within_budget,
 )
-from benchmark.training.train import TrainingEstimate
+from benchmark.training.estimate import TrainingEstimate
 from methods import Method, Passes, create_method, expand_specs, list_methods, register_method
 from methods.config import TomographyConfig
 from methods.heatmaps import compute_heatmaps

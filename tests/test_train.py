@@ -426,10 +426,10 @@ def test_the_learning_rate_warms_up_then_stays_or_follows_the_cosine():
     assert rate(52) == pytest.approx(1e-2 + (1 - 1e-2) * 0.5)  # half way: the mean
     # without warm-up the cosine is torch's own (A.6), as before these settings existed
     model = torch.nn.Linear(1, 1)
-    _, scheduler = training._optimiser(model, dataclasses.replace(cosine, warmup=0))
+    _, scheduler = training.optimiser(model, dataclasses.replace(cosine, warmup=0))
     assert isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR)
     # a warm-up's schedule checkpoints as plain data (torch.load(weights_only=True) reads it)
-    _, scheduler = training._optimiser(model, constant)
+    _, scheduler = training.optimiser(model, constant)
     buffer = io.BytesIO()
     torch.save(scheduler.state_dict(), buffer)
     buffer.seek(0)

@@ -35,9 +35,10 @@ from benchmark.training.checkpoint import (
     save_checkpoint,
     state_digest,
 )
+from benchmark.training.data import holdout_split
 from benchmark.training.scoring import classifier_report
 from benchmark.training.slices import draw_batch
-from benchmark.training.train import holdout_split, train
+from benchmark.training.train import train
 
 
 class PoisonedSet(TinySet):

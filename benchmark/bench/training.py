@@ -58,12 +58,12 @@ def bench_training_step(
     config, dataset, device: torch.device, variants=STEP_VARIANTS, repeats: int = 5
 ) -> list[StepTiming]:
     """Seconds per training step of the 2D classifier of ``config`` on ``dataset`` for each
-    of ``variants`` (:func:`benchmark.training.train.step_function`), timed in turn (round robin,
+    of ``variants`` (:func:`benchmark.training.estimate.step_function`), timed in turn (round robin,
     ``repeats`` rounds after a warm-up step each) so that a change of the machine's load
     touches every variant alike."""
     import dataclasses
 
-    from benchmark.training.train import step_function
+    from benchmark.training.estimate import step_function
 
     steps, compile_seconds = {}, {}
     for variant in variants:

@@ -245,7 +245,7 @@ def _run_train(args: argparse.Namespace, preset: str, device) -> int:
         resolve,
     )
     from benchmark.distributed import training_precision
-    from benchmark.training.train import training_estimate
+    from benchmark.training.estimate import training_estimate
 
     settings = load_settings(None, args.overrides, ("train", "train3d"))
     dataset = open_dataset(args)

@@ -318,8 +318,8 @@ def _within_budget(specs, config, tomography, trained, seeds, dataset, context, 
     not finished for every seed."""
     from benchmark.publish.report import write_csv
     from benchmark.run.plan import PLAN_CSV, format_plan, plan_run
+    from benchmark.training.estimate import training_estimate
     from benchmark.training.strategy import batches_for
-    from benchmark.training.train import training_estimate
 
     plan = None
     if context.is_main:

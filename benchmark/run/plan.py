@@ -27,7 +27,8 @@ or a fixed counted price); the 3D CAMs add the same two terms for whole volumes 
 the volume classifier (unknown when the plan has none). The plan (:func:`plan`) prices
 each family alone, then the run's stages as they will run: the kept specs together, their
 shared passes counted once (:func:`shared_passes`), on every validation volume, times the
-classifiers (``--seeds``), and their training (:func:`benchmark.training.train.training_estimate`).
+classifiers (``--seeds``), and their training
+(:func:`benchmark.training.estimate.training_estimate`).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ from methods.config import TomographyConfig
 from methods.registry import parse_spec
 
 if TYPE_CHECKING:
-    from benchmark.training.train import TrainingEstimate
+    from benchmark.training.estimate import TrainingEstimate
 
 log = logging.getLogger(__name__)
 
@@ -424,8 +425,8 @@ def plan(
     the specs :func:`within_budget` keeps (``budget_passes``, ``named_specs``) run together,
     their shared passes counted once (:func:`shared_passes`, per classifier), on every
     volume for each of ``seeds`` classifiers. ``training`` is each classifier the run
-    trains ({name: :func:`~benchmark.training.train.training_estimate`}, its expected steps,
-    :func:`~benchmark.training.train.expected_steps`, and validations) and its report on the
+    trains ({name: :func:`~benchmark.training.estimate.training_estimate`}, its expected steps,
+    :func:`~benchmark.training.estimate.expected_steps`, and validations) and its report on the
     ``shapes``' volumes (as many validated volumes), times ``seeds``. ``total`` = heatmaps
     + training; start-up, the protocol and the pages are not counted. Unknown costs (a
     plugin that states none, a 3D CAM without a priced volume classifier) are NaN.
@@ -564,7 +565,7 @@ def format_plan(
     """The plan as a GitHub table (``run --plan``), with the prices it used, the
     families the budget leaves out and, per classifier the run must train first (e.g.
     ``{"3d classifier resnet10_3d": estimate}``), its
-    :func:`benchmark.training.train.training_estimate`."""
+    :func:`benchmark.training.estimate.training_estimate`."""
     from tabulate import tabulate
 
     left_out = left_out or {}

@@ -25,14 +25,10 @@ the evaluation split.
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
-import hashlib
-import io
-import json
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -50,7 +46,6 @@ from benchmark.config import (
 )
 from benchmark.distributed import (
     Context,
-    mean_seconds,
     memory_format,
     precision_autocast,
     resolve_device,
@@ -59,21 +54,17 @@ from benchmark.distributed import (
 from benchmark.protocol.stats import bootstrap_ci
 from benchmark.training.checkpoint import (
     CHECKPOINT,
-    DamagedCheckpoint,
-    checkpoint_id,
-    read_checkpoint,
-    save_checkpoint,
-    weights_finite,
 )
+from benchmark.training.data import data_record, dataset_info, split_ids
+from benchmark.training.files import VAL_SCORES, load_for_resume, save_run, write_config
 from benchmark.training.models import model_spec
 from benchmark.training.scoring import auc_or_nan, validation_scores
 from benchmark.training.slices import BatchPlan, slice_loss
 from benchmark.training.strategy import batches_for
-from foundation.io import atomic_write, file_lock
+from foundation.io import file_lock
 
 log = logging.getLogger(__name__)
 
-VAL_SCORES = ("balanced_accuracy", "balanced_accuracy_at_0", "auc", "loss")
 # the progress bar of a training that stops early: no time "remaining" to the cap
 EARLY_STOPPING_BAR = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}, {rate_fmt}{postfix}]"
 T = TypeVar("T")
@@ -154,83 +145,6 @@ def _check(config: TrainConfig | Train3DConfig, world_size: int = 1) -> None:
         )
 
 
-def holdout_split(
-    ids: Sequence[str], labels: Sequence[int], fraction: float, seed: int
-) -> tuple[list[str], list[str]]:
-    """(kept, held out): ``fraction`` of each class held out for early stopping, at least 2.
-
-    Stratified by label and seeded (numpy ``default_rng([seed, label])`` over the sorted
-    ids of the class), so the split depends on the ids, not on their listing order. Each
-    class keeps at least one training volume. ``fraction == 0``: nothing held out.
-    """
-    if fraction <= 0:
-        return list(ids), []
-    held: list[str] = []
-    for label in (0, 1):
-        members = sorted(i for i, y in zip(ids, labels, strict=True) if y == label)
-        n = max(2, round(fraction * len(members)))
-        if n >= len(members):
-            raise ValueError(
-                f"train: holdout={fraction} takes {n} of the {len(members)} training volumes "
-                f"of class {label} (at least 2 are held out, 1 must stay): lower holdout or "
-                "add training volumes"
-            )
-        order = np.random.default_rng([seed, label]).permutation(len(members))
-        held += [members[k] for k in order[:n]]
-    held_set = set(held)
-    return [i for i in ids if i not in held_set], sorted(held)
-
-
-def volume_fingerprints(dataset: Any, ids: Sequence[str]) -> dict[str, str]:
-    """``{id: "label:content digest"}`` of training volumes; the id stands for the content
-    when the data set offers no ``fingerprint(id)``."""
-    fingerprint = getattr(dataset, "fingerprint", None)
-    return {
-        i: f"{int(dataset.label(i))}:{fingerprint(i) if fingerprint is not None else i}"
-        for i in ids
-    }
-
-
-def data_digest(fingerprints: dict[str, str], holdout_ids: Sequence[str]) -> str:
-    """sha256 over the sorted (id, label, fingerprint) of the training split and the sorted
-    early-stopping holdout ids: what the classifier was trained on."""
-    text = json.dumps([sorted(fingerprints.items()), sorted(holdout_ids)])
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _split_ids(dataset: Any, config: TrainConfig) -> dict[str, Any]:
-    """The training pools (positives, negatives), the early-stopping ``holdout``, the
-    evaluation split ``val`` and the content ``fingerprints`` of the training split."""
-    train_ids = list(dataset.ids("train"))
-    labels = [int(dataset.label(i)) for i in train_ids]
-    kept, holdout = holdout_split(train_ids, labels, config.holdout, config.seed)
-    positives = [i for i in kept if dataset.label(i) == 1]
-    negatives = [i for i in kept if dataset.label(i) == 0]
-    if not positives or not negatives:
-        raise ValueError(
-            f"training needs positive and negative volumes, got {len(positives)} and "
-            f"{len(negatives)} in the train split"
-        )
-    val_ids = list(dataset.ids("val"))
-    if not val_ids:
-        log.warning("no validation volumes: training without validation")
-    return {
-        "positives": positives,
-        "negatives": negatives,
-        "holdout": holdout,
-        "val": val_ids,
-        "train": train_ids,
-    }
-
-
-def _dataset_info(dataset: Any) -> dict[str, Any]:
-    """Name and options of the data set, as plain JSON types (for the checkpoint)."""
-    options = dataset.options() if hasattr(dataset, "options") else {}
-    return json.loads(
-        json.dumps({"name": getattr(dataset, "name", ""), "options": options}, default=str)
-    )
-
-
 def train(
     dataset: Any,
     config: TrainConfig | Train3DConfig,
@@ -288,26 +202,26 @@ def _train(
 ) -> Path:
     """:func:`train`, with its folder's lock held."""
     path, device = out_dir / CHECKPOINT, context.device
-    info = _dataset_info(dataset)
+    info = dataset_info(dataset)
     config = resolve_iterations(config, info["name"])
     _check(config, context.world_size)
     batches = batches_for(config)
-    split = _split_ids(dataset, config)
+    split = split_ids(dataset, config)
     in_chans = len(dataset.channels)
-    data = _on_main(context, lambda: _data_record(dataset, split))
-    state = _on_main(context, lambda: _load_for_resume(path, batches, info, data, resume))
+    data = _on_main(context, lambda: data_record(dataset, split))
+    state = _on_main(context, lambda: load_for_resume(path, batches, info, data, resume))
     if state is not None and state.get("finished", state["step"] >= config.iterations):
         log.info("%s is finished (step %d): reusing it", path, state["step"])
         return path
 
     model = batches.build_model(in_chans, initial=state is None).to(device)
     model.to(memory_format=memory_format(device, batches.spatial_dims))
-    optimizer, scheduler = _optimiser(model, config)
+    optimizer, scheduler = optimiser(model, config)
     generator = torch.Generator().manual_seed(config.seed)
     run = _new_run()
     if state is None:
         if context.is_main:
-            _write_config(out_dir, config, info, in_chans)
+            write_config(out_dir, config, info, in_chans)
     else:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -364,7 +278,7 @@ def _train(
                 monitor(step, model)
             if step % config.checkpoint_every == 0 or finished:
                 if context.is_main:
-                    _save(path, model, optimizer, scheduler, generator, run, batches, meta)
+                    save_run(path, model, optimizer, scheduler, generator, run, batches, meta)
                 context.barrier()
             bar.set_postfix(loop.postfix, refresh=False)
             bar.update()
@@ -388,7 +302,7 @@ def training_summary(state: dict[str, Any]) -> str:
     return f"{state['step']} steps ({ended}){kept}, {state.get('precision_used', 'float32')}"
 
 
-def _optimiser(model: nn.Module, config: TrainConfig | Train3DConfig) -> tuple[Any, Any]:
+def optimiser(model: nn.Module, config: TrainConfig | Train3DConfig) -> tuple[Any, Any]:
     """Adam and the learning-rate schedule, updated every step: ``warmup`` steps of linear
     warm-up, then ``cosine`` from lr to lr_min over the remaining ``iterations`` (A.6), or
     ``constant`` lr, or ``plateau`` (constant but halved by :meth:`_Loop._early_stopping`
@@ -691,232 +605,3 @@ class _Loop:
         for group in scheduler.optimizer.param_groups:
             group["lr"] = max(0.5 * group["lr"], floor)
         return scheduler.optimizer.param_groups[0]["lr"]
-
-
-def _data_record(dataset: Any, split: dict[str, Any]) -> dict[str, Any]:
-    """``data_digest`` and per-volume ``data_volumes`` of the training data (checkpointed)."""
-    fingerprints = volume_fingerprints(dataset, split["train"])
-    return {
-        "data_digest": data_digest(fingerprints, split["holdout"]),
-        "data_volumes": fingerprints,
-        "data_holdout": list(split["holdout"]),
-    }
-
-
-def _load_for_resume(
-    path: Path, batches, info: dict[str, Any], data: dict[str, Any], resume: bool
-) -> dict[str, Any] | None:
-    """The checkpoint to continue, or None to start; refuses to overwrite, to mix configs
-    and to reuse non-finite weights; sets aside one trained on other data, and a damaged one
-    (:class:`~benchmark.training.checkpoint.DamagedCheckpoint`) as ``checkpoint.unverified.pt``."""
-    if not path.exists():
-        if resume:
-            log.info("no checkpoint at %s: starting from step 0", path)
-        return None
-    if not resume:
-        raise ValueError(f"{path} exists: pass --resume to continue it, or choose another --out")
-    try:
-        state = read_checkpoint(path)
-    except DamagedCheckpoint as damage:
-        aside = path.with_name("checkpoint.unverified.pt")
-        path.replace(aside)
-        log.warning("%s: kept aside as %s; retraining from step 0", damage, aside.name)
-        return None
-    config, arch = batches.config, batches.record()["arch"]
-    if state["config"].get("model") == config.model and state["arch"] != arch:
-        # the variant's architecture changed: resnet50_gn was a converted resnet50
-        raise ValueError(
-            f"{path} holds a {state['arch']} classifier, but {config.model!r} is now timm's "
-            f"{arch}: delete it, or choose another --out, to train the new one"
-        )
-    saved = {**batches.saved_defaults(state), **state["config"]}
-    changed = {
-        k: (saved.get(k), v) for k, v in dataclasses.asdict(config).items() if saved.get(k) != v
-    }
-    if changed or state["dataset"] != info:
-        what = changed or {"dataset": (state["dataset"], info)}
-        raise ValueError(f"{path} was trained with other settings (saved, now): {what}")
-    if state.get("data_digest") != data["data_digest"]:
-        _set_aside(path, state, data)
-        return None
-    if not weights_finite(state):
-        raise ValueError(
-            f"{path} holds non-finite weights (step {state['step']}): it is not reused; "
-            "delete it to retrain (with a lower lr if training diverged)"
-        )
-    return state
-
-
-def _set_aside(path: Path, state: dict[str, Any], data: dict[str, Any]) -> None:
-    """Rename a checkpoint trained on other data to ``checkpoint.<digest[:8]>.pt``; warn."""
-    old_digest = state.get("data_digest")
-    tag = old_digest[:8] if old_digest else checkpoint_id(state)[:8]
-    aside = path.with_name(f"checkpoint.{tag}.pt")
-    new = data["data_volumes"]
-    if "data_volumes" in state:
-        old = state["data_volumes"]
-        n_changed = sum(old.get(i) != v for i, v in new.items()) + len(set(old) - set(new))
-        what = f"{n_changed} of {len(new)} training volumes changed (added, removed or new content)"
-        if n_changed == 0:
-            what = "the early-stopping holdout changed"
-    else:
-        what = "it predates content digests"
-    path.replace(aside)
-    log.warning(
-        "%s was trained on other data (%s): kept aside as %s; retraining from step 0",
-        path,
-        what,
-        aside.name,
-    )
-
-
-def _save(path, model, optimizer, scheduler, generator, run, batches, meta) -> None:
-    """Checkpoint (atomic, loadable with ``weights_only=True``) and ``train_log.csv``.
-
-    ``meta``: the data set's name and options, ``in_chans`` and the :func:`_data_record`.
-    """
-    state = {
-        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "rng": generator.get_state(),
-        "config": dataclasses.asdict(batches.config),
-        **batches.record(),
-        **meta,
-        **run,
-    }
-    save_checkpoint(path, state)
-    _write_log(path.parent / "train_log.csv", run)
-
-
-def _write_log(path: Path, run: dict[str, Any]) -> None:
-    """``step, loss, lr, val_*, holdout_*`` rows, one per logged or validated step."""
-    rows: dict[int, dict[str, Any]] = {row["step"]: dict(row) for row in run["log"]}
-    for prefix in ("val", "holdout"):
-        for row in run.get(prefix, []):
-            rows.setdefault(row["step"], {"step": row["step"]}).update(
-                {f"{prefix}_{k}": row[k] for k in VAL_SCORES}
-            )
-    text = io.StringIO()
-    columns = [f"{p}_{k}" for p in ("val", "holdout") for k in VAL_SCORES]
-    writer = csv.DictWriter(text, ["step", "loss", "lr", *columns])
-    writer.writeheader()
-    writer.writerows(rows[step] for step in sorted(rows))
-    with atomic_write(path, "w") as file:
-        file.write(text.getvalue())
-
-
-def _write_config(
-    out_dir: Path, config: TrainConfig | Train3DConfig, info: dict[str, Any], in_chans: int
-):
-    """``config.yaml``: the resolved training config, data set and channels (for humans)."""
-    import yaml
-
-    fields = dataclasses.asdict(config)
-    fields.update({k: list(v) for k, v in fields.items() if isinstance(v, tuple)})
-    with atomic_write(out_dir / "config.yaml", "w") as file:
-        yaml.safe_dump(
-            {"train": fields, "dataset": info, "in_chans": in_chans}, file, sort_keys=False
-        )
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainingEstimate:
-    """Measured seconds per training step times the steps expected (``iterations``: the
-    cap ``cap``, or fewer under early stopping, :func:`expected_steps`), and measured
-    seconds per validated volume times the volumes that the validations of those steps
-    score."""
-
-    s_per_step: float
-    iterations: int
-    s_per_validated: float = 0.0
-    validated: int = 0
-    cap: int | None = None  # the config's iterations, when early stopping expects fewer
-
-    @property
-    def seconds(self) -> float:
-        return self.s_per_step * self.iterations + self.s_per_validated * self.validated
-
-
-EARLY_STOP_FACTOR = 2  # expected steps: this times the fewest early stopping can take
-
-
-def expected_steps(config: TrainConfig | Train3DConfig) -> int:
-    """The steps a plan prices: the cap, or under early stopping twice the fewest it can
-    take (a full window, then ``patience`` validations without a gain), at most the cap
-    (measured: docs/decisions.md#expected-training-steps)."""
-    if not (config.holdout > 0 and config.patience > 0):
-        return config.iterations
-    fewest = (config.window + config.patience) * config.val_every
-    return min(config.iterations, EARLY_STOP_FACTOR * fewest)
-
-
-VALIDATION_SAMPLE = 2  # volumes whose validation training_estimate times
-
-
-def training_estimate(
-    config: TrainConfig | Train3DConfig,
-    dataset: Any,
-    device: str | torch.device = "auto",
-    *,
-    steps: int = 2,
-) -> TrainingEstimate:
-    """Time ``steps`` steps of :func:`train`'s loop (:func:`step_function`) on ``device``
-    after one warm-up step, and the validation of VALIDATION_SAMPLE volumes: the one
-    measurement of training cost, for ``bench train`` and the run's plan. The validations
-    (:meth:`_Loop.validate`), every ``val_every`` steps and at the end, score the holdout
-    (then the evaluation split once, at the end) or, without one, the evaluation split."""
-    device = resolve_device(device)
-    config = resolve_iterations(config, _dataset_info(dataset)["name"])
-    step = step_function(config, dataset, device)
-    s_per_step = mean_seconds(step, device, steps)
-    split = _split_ids(dataset, config)
-    checked = split["holdout"] or split["val"]
-    expected = expected_steps(config)
-    cap = config.iterations if expected < config.iterations else None
-    due = -(-expected // config.val_every)  # every val_every steps, and the last
-    validated = due * len(checked) + (len(split["val"]) if split["holdout"] else 0)
-    sample = checked[:VALIDATION_SAMPLE]
-    if not sample:
-        return TrainingEstimate(s_per_step, expected, cap=cap)
-    batches = batches_for(config)
-    model = batches.build_model(len(dataset.channels), initial=False).to(device)
-
-    def validate() -> None:
-        batches.volume_logits(model, dataset, sample, batches.chunk)
-
-    s_per_validated = mean_seconds(validate, device, 1) / len(sample)
-    return TrainingEstimate(s_per_step, expected, s_per_validated, validated, cap)
-
-
-def step_function(
-    config: TrainConfig | Train3DConfig,
-    dataset: Any,
-    device: torch.device,
-    wrap: Callable[[nn.Module], nn.Module] | None = None,
-) -> Callable[[], None]:
-    """One step of :func:`train`'s loop (draw, cut, forward, backward, Adam) with fresh
-    weights on ``dataset``'s train split, as a function; ``wrap`` wraps the model (e.g.
-    ``torch.compile``) as ``bench train`` compares ways to run it."""
-    batches = batches_for(config)
-    split = _split_ids(dataset, dataclasses.replace(config, holdout=0.0))
-    model = batches.build_model(len(dataset.channels), initial=False).to(device)
-    model.to(memory_format=memory_format(device, batches.spatial_dims))
-    optimizer, scheduler = _optimiser(model, config)
-    net = wrap(model) if wrap is not None else model
-    generator = torch.Generator().manual_seed(config.seed)
-
-    def step() -> None:
-        plan = batches.draw(split["positives"], split["negatives"], generator)
-        inputs, labels = batches.cut(dataset, plan, range(len(plan.ids)), device)
-        train_step(
-            net,
-            optimizer,
-            scheduler,
-            inputs,
-            labels,
-            loss_fn=batches.loss,
-            precision=config.precision,
-        )
-
-    return step
