@@ -282,8 +282,8 @@ def test_a_damaged_cache_is_recomputed_to_the_same_numbers(
 def test_the_grid_comes_from_the_calibration_volumes(reference, config, tmp_path, monkeypatch):
     """With 4 calibration volumes, the numbers are A.7 on summaries made on the grid of
     those 4 volumes' heatmaps, computed here from the kept heatmaps."""
+    from benchmark.protocol.assess import calibration_ids
     from benchmark.protocol.evaluation import evaluate, summarize, tail_quantiles, threshold_grid
-    from benchmark.protocol.validation import calibration_ids
 
     cache = use_cache(monkeypatch, tmp_path / "cache")
     checkpoint = ["--checkpoint", str(reference / "run" / "checkpoint.pt")]

@@ -8,14 +8,15 @@ runs stages that each resume where a killed run stopped:
 1. heatmaps: every method spec on every validation volume, one
    :func:`~methods.heatmaps.compute_heatmaps` call per volume (so that specs share slices
    and classifier passes), the *calibration* volumes first;
-2. grids: one tau' grid per spec from the :func:`~benchmark.protocol.evaluation.tail_quantiles` of
-   its calibration heatmaps (:func:`~benchmark.protocol.evaluation.threshold_grid`): a seeded,
-   label-free subset of ``calibration_volumes`` validation volumes (all of them on a
-   small set), so that every other heatmap is summarised the moment it is computed and
-   only its summary is kept (:mod:`benchmark.run.cache`);
-3. summaries: each heatmap against its ground truth on its spec's grid (A.7's component
-   tables, :func:`~benchmark.protocol.evaluation.summarize`);
-4. protocol: A.7's Monte-Carlo folds per spec (:func:`~benchmark.protocol.evaluation.evaluate`);
+2-4. the protocol, through the one path that ``evaluate`` takes too
+   (:mod:`benchmark.protocol.assess`; the store enters it as a ``HeatmapSource``,
+   :meth:`Job.source`): grids, one tau' grid per spec from its calibration
+   heatmaps' tail quantiles (:func:`~benchmark.protocol.assess.tau_grids`; the calibration
+   volumes, a seeded label-free subset, are drawn once per run), so that every other
+   heatmap is summarised the moment it is computed and only its summary is kept
+   (:mod:`benchmark.run.cache`); summaries on those grids
+   (:func:`~benchmark.protocol.assess.collect_summaries`); A.7's Monte-Carlo folds per spec
+   (:func:`~benchmark.protocol.assess.fold_results`);
 5. outputs: results, per-fold and timing CSVs, leaderboards, the Figure 6 layout, and
    NIfTI heatmaps on request.
 
@@ -46,18 +47,24 @@ from tqdm import tqdm
 
 from benchmark.config import TRAIN_SECTIONS, RunConfig, TrainConfig
 from benchmark.distributed import Context, resolve_device
+from benchmark.protocol.assess import (
+    HeatmapSource,
+    Settings,
+    collect_summaries,
+    evaluation_context,
+    fold_results,
+    ground_truth,
+    tau_grids,
+)
 from benchmark.protocol.evaluation import (
     EvaluationResult,
     GroundTruth,
     Summary,
     binarize,
-    evaluate,
     summarize,
     tail_quantiles,
-    threshold_grid,
 )
 from benchmark.protocol.metrics import KEYS
-from benchmark.protocol.validation import calibration_ids, evaluation_context, ground_truth
 from benchmark.publish import figures
 from benchmark.publish.leaderboard import (
     KEY,
@@ -241,18 +248,27 @@ class Job:
         return volume
 
     def ground_truth(self, volume: Any) -> GroundTruth:
-        """A.7's reference of a volume (:func:`benchmark.protocol.validation.ground_truth`)."""
+        """A.7's reference of a volume (:func:`benchmark.protocol.assess.ground_truth`)."""
         return ground_truth(self.dataset, volume, self.unscored)
+
+    def source(self) -> HeatmapSource:
+        """The store as the protocol reads it: each entry's recorded sketch, and its summary
+        (:meth:`settle`; None when it has neither, or a kept volume's heatmap is gone)."""
+        return HeatmapSource(self.specs, self._sketch, self._summary)
+
+    def _sketch(self, spec: str, volume_id: str) -> np.ndarray | None:
+        record = self.record(spec, volume_id)
+        return None if record is None else np.array(record["sketch"])
+
+    def _summary(self, spec: str, volume_id: str, grid: np.ndarray) -> Summary | None:
+        summary = self.settle(spec, volume_id, grid)
+        lost = volume_id in self.keep and self.heatmap(spec, volume_id) is None
+        return None if lost else summary
 
     def grids(self) -> dict[str, np.ndarray]:
         """Stage 2: each spec's tau' grid from its calibration heatmaps' tail quantiles; specs
-        whose calibration is not complete yet are absent."""
-        grids = {}
-        for spec in self.specs:
-            records = [self.record(spec, v) for v in self.calibration]
-            if all(records):
-                grids[spec] = threshold_grid([np.array(r["sketch"]) for r in records])
-        return grids
+        whose calibration is not complete yet are absent (:func:`tau_grids`)."""
+        return tau_grids(self.source(), self.calibration)
 
     def complete(self, spec: str, volume_id: str, grids: dict[str, np.ndarray]) -> bool:
         """Whether the entry is complete, finishing it from its kept heatmap if it can: a
@@ -432,36 +448,6 @@ def compute_missing_heatmaps(
                 log.debug("traceback of %s on %s", spec, volume_id, exc_info=error)
                 bar.update()
     return failures
-
-
-# --- stages 3-4: summaries, protocol --------------------------------------------------------
-
-
-def collect_summaries(
-    job: Job, grids: dict[str, np.ndarray], progress: bool = True
-) -> tuple[dict[str, list[Summary]], list[tuple[str, str]]]:
-    """Stage 3: every entry's summary (made from a kept heatmap where missing), per spec;
-    and the (spec, volume) entries that have neither, or whose kept heatmap is gone."""
-    summaries: dict[str, list[Summary]] = {spec: [] for spec in job.specs}
-    missing = []
-    pairs = [(s, v) for s in job.specs for v in job.volume_ids]
-    for spec, volume_id in tqdm(pairs, desc="summaries", unit="map", disable=not progress):
-        summary = job.settle(spec, volume_id, grids[spec])
-        lost = volume_id in job.keep and job.heatmap(spec, volume_id) is None
-        if summary is None or lost:
-            missing.append((spec, volume_id))
-        summaries[spec].append(summary)
-    return summaries, missing
-
-
-def evaluate_specs(
-    summaries: dict[str, list[Summary]], labels: Sequence[int], config: RunConfig
-) -> dict[str, EvaluationResult]:
-    """Stage 4: A.7's Monte-Carlo protocol for each spec (the same folds for all)."""
-    return {
-        spec: evaluate(s, labels, folds=config.folds, seed=config.seed, n_tune=config.n_tune)
-        for spec, s in summaries.items()
-    }
 
 
 # --- stage 5: outputs -----------------------------------------------------------------------
@@ -647,13 +633,15 @@ def check_classifier(
     *,
     specs: Sequence[str],
     context: Context,
+    calibration: Sequence[str],
     unscored: Sequence[str] = (),
     options: Mapping[str, dict[str, Any]] | None = None,
 ) -> Trained:
     """The classifier of ``checkpoint`` ready for stages 1-4: its job, and its report
     (:func:`classifier_sanity`, on rank 0, broadcast), whose note is logged (and the
     at-chance warning, when ``allow_chance`` lets the run go on). ``options``: the specs'
-    fitted options (:func:`fitted_options`)."""
+    fitted options (:func:`fitted_options`); ``calibration``: the run's calibration volumes
+    (:meth:`Settings.calibration`)."""
     volume_ids = dataset.ids("val")
     trained = read_checkpoint(checkpoint)  # the identity and the model from one read
     key = heatmap_key(
@@ -663,7 +651,6 @@ def check_classifier(
         config.batch_size,
         context.device.type,
     )
-    calibration = calibration_ids(volume_ids, config.calibration_volumes, config.seed)
     keep = set(figures.figure_ids(dataset, volume_ids, set(unscored), config.figure_volumes))
     model = load_classifier(checkpoint, context.device, trained)
     classifier = trained.get("classifier", "2d")  # what the checkpoint holds
@@ -682,7 +669,7 @@ def check_classifier(
         HeatmapStore.open(key, levels=config.grid_levels),
         tomography,
         config.batch_size,
-        calibration,
+        list(calibration),
         keep=set(volume_ids) if config.save_heatmaps or config.keep_heatmaps else keep,
         unscored=set(unscored),
         options=dict(options or {}),
@@ -734,7 +721,7 @@ def chance_error(at_chance: Sequence[Trained]) -> ChanceError:
 
 def evaluate_classifier(
     trained: Trained,
-    config: RunConfig,
+    settings: Settings,
     *,
     context: Context,
     shard: tuple[int, int] | None = None,
@@ -771,11 +758,14 @@ def evaluate_classifier(
         failures = compute_missing_heatmaps(job, calibration, model, grids, progress)
         grids = job.grids()
     absent = [(s, v) for s in specs if s not in grids for v in calibration if not job.record(s, v)]
-    summaries, missing = collect_summaries(job, grids, progress) if not absent else ({}, [])
+    source = job.source()
+    summaries, missing = (
+        collect_summaries(source, grids, volume_ids, progress) if not absent else ({}, [])
+    )
     if missing and compute:  # other entries lost since
         lost = list(dict.fromkeys(v for _, v in missing))
         failures += compute_missing_heatmaps(job, lost, model, grids, progress)
-        summaries, missing = collect_summaries(job, grids, progress)
+        summaries, missing = collect_summaries(source, grids, volume_ids, progress)
     if failures:
         raise RunError(f"{len(failures)} failure(s), the first: {failures[0]}")
     missing = absent or missing
@@ -794,7 +784,7 @@ def evaluate_classifier(
         checkpoint=trained.key,
         train_config=trained.train_config,
         report=trained.report,
-        evaluations=evaluate_specs(summaries, labels, config),
+        evaluations=fold_results(summaries, labels, settings),
     )
 
 
@@ -885,6 +875,8 @@ def run_benchmark(
     if isinstance(checkpoints, (str, Path)):
         checkpoints = [checkpoints]
     options = fitted_options(dataset, specs, context)
+    settings = Settings.of(config)  # the protocol's fields, read once
+    calibration = settings.calibration(dataset.ids("val"))
     by_classifier = specs_by_classifier(specs)
     classifiers = []  # every classifier's report before the first heatmap of any
     for item in checkpoints:
@@ -900,6 +892,7 @@ def run_benchmark(
                 tomography,
                 specs=kind_specs,
                 context=context,
+                calibration=calibration,
                 unscored=unscored,
                 options=options,
             )
@@ -910,13 +903,15 @@ def run_benchmark(
         raise chance_error(at_chance)
     seeded = [
         evaluate_classifier(
-            trained, config, context=context, shard=shard, compute=compute, progress=progress
+            trained, settings, context=context, shard=shard, compute=compute, progress=progress
         )
         for trained in classifiers
     ]
     if shard is not None or not context.is_main:
         return None
-    return write_outputs(seeded, config, tomography, out_dir, leaderboards, context, notes, preset)
+    return write_outputs(
+        seeded, config, settings, tomography, out_dir, leaderboards, context, notes, preset
+    )
 
 
 def specs_by_classifier(specs: Sequence[str]) -> dict[str, list[str]]:
@@ -931,6 +926,7 @@ def specs_by_classifier(specs: Sequence[str]) -> dict[str, list[str]]:
 def write_outputs(
     seeded: Sequence[Seeded],
     config: RunConfig,
+    settings: Settings,
     tomography: TomographyConfig,
     out_dir: str | Path,
     leaderboards: str | Path,
@@ -951,7 +947,13 @@ def write_outputs(
     environment = provenance(context.device.type)
     results = results.join(classifier_columns(seeded), on="model").assign(
         context=evaluation_context(
-            dataset, job.volume_ids, job.images, job.truths, job.unscored, config
+            dataset,
+            job.volume_ids,
+            job.images,
+            job.truths,
+            job.unscored,
+            job.calibration,
+            settings,
         ),
         **provenance_columns(environment, preset, seeds),
     )
