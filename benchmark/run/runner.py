@@ -633,6 +633,7 @@ def check_classifier(
     *,
     specs: Sequence[str],
     context: Context,
+    settings: Settings,
     calibration: Sequence[str],
     unscored: Sequence[str] = (),
     options: Mapping[str, dict[str, Any]] | None = None,
@@ -640,8 +641,8 @@ def check_classifier(
     """The classifier of ``checkpoint`` ready for stages 1-4: its job, and its report
     (:func:`classifier_sanity`, on rank 0, broadcast), whose note is logged (and the
     at-chance warning, when ``allow_chance`` lets the run go on). ``options``: the specs'
-    fitted options (:func:`fitted_options`); ``calibration``: the run's calibration volumes
-    (:meth:`Settings.calibration`)."""
+    fitted options (:func:`fitted_options`); ``settings`` the run's protocol fields and
+    ``calibration`` its calibration volumes (:meth:`Settings.calibration`), read once."""
     volume_ids = dataset.ids("val")
     trained = read_checkpoint(checkpoint)  # the identity and the model from one read
     key = heatmap_key(
@@ -666,7 +667,7 @@ def check_classifier(
         dataset,
         list(specs),
         volume_ids,
-        HeatmapStore.open(key, levels=config.grid_levels),
+        HeatmapStore.open(key, levels=settings.grid_levels),
         tomography,
         config.batch_size,
         list(calibration),
@@ -892,6 +893,7 @@ def run_benchmark(
                 tomography,
                 specs=kind_specs,
                 context=context,
+                settings=settings,
                 calibration=calibration,
                 unscored=unscored,
                 options=options,
