@@ -121,7 +121,7 @@ def test_a_killed_run_resumes_to_the_same_numbers(reference, config, tmp_path, m
     cache = use_cache(monkeypatch, tmp_path / "cache")
     args = tiny_args(config, tmp_path / "run")
     slow = (  # each group of heatmaps takes 0.2 s more, so that the kill lands among them
-        "import sys, time; import benchmark.run.runner as r; compute = r.compute_groups\n"
+        "import sys, time; import benchmark.run.job as r; compute = r.compute_groups\n"
         "def slow(*a, **k):\n    for item in compute(*a, **k):\n"
         "        time.sleep(0.2)\n        yield item\n"
         "r.compute_groups = slow\nfrom benchmark.cli import main\nsys.exit(main(sys.argv[1:]))"
@@ -710,7 +710,7 @@ def test_a_method_revision_is_part_of_its_cache_address_and_only_its(tmp_path, m
     """Entries of ToNNO cached before a revision of its code are not served after it;
     methods at revision 0 keep the address they always had (the volume's digest)."""
     from benchmark.run.cache import HeatmapStore
-    from benchmark.run.runner import Job
+    from benchmark.run.job import Job
     from methods import method_class
 
     class Volumes:
