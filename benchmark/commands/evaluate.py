@@ -74,13 +74,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from benchmark.distributed import Context, resolve_device
-    from benchmark.protocol.assess import (
-        HeatmapSource,
-        Settings,
-        assess,
-        evaluation_context,
-        ground_truth,
-    )
+    from benchmark.protocol.assess import Settings, assess, evaluation_context
     from benchmark.publish.leaderboard import EXTERNAL, Intervals, write_leaderboards
     from benchmark.publish.report import (
         cases_table,
@@ -107,12 +101,7 @@ def run(args: argparse.Namespace) -> int:
         heatmaps.check()  # every file, before any scoring
         unscored = {c.id for c in checks if c.empty_truth}
         calibration = settings.calibration(volume_ids)
-        source = HeatmapSource.of_heatmaps(
-            [key],
-            lambda _, v: heatmaps.load(v),
-            lambda v: ground_truth(dataset, dataset[v], unscored),
-            settings.grid_levels,
-        )
+        source = heatmaps.source(key, unscored, settings.grid_levels)
         labels = [dataset.label(v) for v in volume_ids]
         evaluations = assess(source, volume_ids, labels, calibration, settings)
 
