@@ -4,7 +4,8 @@ Every heatmap source enters through :class:`HeatmapSource` (a run's cache, anoth
 files, a test's arrays) and goes through the same steps: :func:`calibration_ids` picks the
 volumes whose heatmaps set each spec's tau' grid (:func:`tau_grids`), every volume is
 summarised on that grid (:func:`collect_summaries`), and the Monte-Carlo folds score the
-summaries (:func:`fold_results`); :func:`assess` is the three in a row. ``run`` and
+summaries (:func:`fold_results`); :func:`assess` is the three in a row (with a run's
+repair of entries lost from its cache). ``run`` and
 ``evaluate`` differ only in their source, and rows of both can stand on one page only when
 they rest on the same validation set and protocol (:func:`evaluation_context`).
 """
@@ -93,11 +94,13 @@ class HeatmapSource:
     """What the protocol needs of each spec's heatmaps, per volume: ``sketch(spec, v)``, the
     heatmap's tail quantiles (:func:`tail_quantiles`, for the tau' grid), and
     ``summary(spec, v, grid)``, its :class:`Summary` on a grid; either is None when the
-    source does not have it (yet)."""
+    source does not have it (yet). ``reads``: whether each sketch reads a full heatmap (a
+    progress bar is worth showing), or a kept record."""
 
     specs: Sequence[str]
     sketch: Callable[[str, str], np.ndarray | None]
     summary: Callable[[str, str, np.ndarray], Summary | None]
+    reads: bool = False
 
     @classmethod
     def of_heatmaps(
@@ -113,6 +116,7 @@ class HeatmapSource:
             list(specs),
             lambda spec, v: tail_quantiles(heatmap(spec, v), levels),
             lambda spec, v, grid: summarize(heatmap(spec, v), truth(v), grid),
+            reads=True,
         )
 
 
@@ -128,7 +132,7 @@ def tau_grids(
     grids = {}
     for spec in source.specs:
         sketches = []
-        for v in _bar(calibration, "tau' grid", "volume", progress):
+        for v in _bar(calibration, "tau' grid", "volume", progress and source.reads):
             sketches.append(source.sketch(spec, v))
             if sketches[-1] is None:
                 break
@@ -167,6 +171,15 @@ def fold_results(
     }
 
 
+class MissingHeatmaps(ValueError):
+    """Entries a source does not have: ``missing``, (spec, volume) pairs."""
+
+    def __init__(self, missing: Sequence[tuple[str, str]]):
+        self.missing = list(missing)
+        spec, volume_id = self.missing[0]
+        super().__init__(f"{len(missing)} heatmap(s) missing, the first: {spec} on {volume_id}")
+
+
 def assess(
     source: HeatmapSource,
     volume_ids: Sequence[str],
@@ -174,16 +187,34 @@ def assess(
     calibration: Sequence[str],
     settings: Settings,
     progress: bool = True,
+    repair: Callable[[list[str], dict[str, np.ndarray]], None] | None = None,
 ) -> dict[str, EvaluationResult]:
     """A.7 on a source's heatmaps: the grids (:func:`tau_grids`), the summaries
-    (:func:`collect_summaries`), the folds (:func:`fold_results`); a ValueError names the
-    first entry the source does not have."""
+    (:func:`collect_summaries`), the folds (:func:`fold_results`), each once.
+
+    ``repair(volume_ids, grids)``, when given, is asked to complete the source's entries of
+    those volumes (a run's cache: heatmaps lost since they were computed), once for the
+    calibration volumes when a grid is incomplete and once for the volumes whose summaries
+    are missing; the source is then read again. :class:`MissingHeatmaps` lists what is still
+    missing: the calibration entries of specs without a grid, or else the summaries.
+    """
     grids = tau_grids(source, calibration, progress)
-    absent = [s for s in source.specs if s not in grids]
+    if repair is not None and len(grids) < len(source.specs):
+        repair(list(calibration), grids)
+        grids = tau_grids(source, calibration, progress)
+    absent = [
+        (s, v)
+        for s in source.specs
+        if s not in grids
+        for v in calibration
+        if source.sketch(s, v) is None
+    ]
     if absent:
-        raise ValueError(f"{absent[0]}: a calibration heatmap is missing")
+        raise MissingHeatmaps(absent)
     summaries, missing = collect_summaries(source, grids, volume_ids, progress)
+    if missing and repair is not None:
+        repair(list(dict.fromkeys(v for _, v in missing)), grids)
+        summaries, missing = collect_summaries(source, grids, volume_ids, progress)
     if missing:
-        spec, volume_id = missing[0]
-        raise ValueError(f"{len(missing)} heatmap(s) missing, the first: {spec} on {volume_id}")
+        raise MissingHeatmaps(missing)
     return fold_results(summaries, labels, settings)

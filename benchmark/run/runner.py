@@ -8,8 +8,8 @@ runs stages that each resume where a killed run stopped:
 1. heatmaps: every method spec on every validation volume, one
    :func:`~methods.heatmaps.compute_heatmaps` call per volume (so that specs share slices
    and classifier passes), the *calibration* volumes first;
-2-4. the protocol, through the one path that ``evaluate`` takes too
-   (:mod:`benchmark.protocol.assess`; the store enters it as a ``HeatmapSource``,
+2-4. the protocol, :func:`~benchmark.protocol.assess.assess`, the one path that ``evaluate``
+   takes too (the store enters it as a ``HeatmapSource``,
    :meth:`~benchmark.run.job.Job.source`): grids, one tau' grid per spec from its calibration
    heatmaps' tail quantiles (:func:`~benchmark.protocol.assess.tau_grids`; the calibration
    volumes, a seeded label-free subset, are drawn once per run), so that every other
@@ -39,15 +39,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from benchmark.config import TRAIN_SECTIONS, RunConfig, TrainConfig
 from benchmark.distributed import Context, resolve_device
-from benchmark.protocol.assess import (
-    Settings,
-    collect_summaries,
-    fold_results,
-)
+from benchmark.protocol.assess import MissingHeatmaps, Settings, assess
 from benchmark.publish import figures
 from benchmark.run.cache import HeatmapStore, heatmap_key
 from benchmark.run.job import Job, compute_missing_heatmaps, fitted_options
@@ -264,7 +261,7 @@ def evaluate_classifier(
     volumes, split across the ranks), grids, summaries, the A.7 protocol. Rank 0 of a run
     without a shard returns the evaluations; other ranks and shards return None."""
     job, model = trained.job, trained.model
-    volume_ids, specs, calibration = job.volume_ids, job.specs, job.calibration
+    volume_ids, calibration = job.volume_ids, job.calibration
     failures: list[str] = []
     if compute:
         mine = context.share(shard_ids(volume_ids, shard))
@@ -285,29 +282,33 @@ def evaluate_classifier(
         )
     if shard is not None or not context.is_main:
         return None
-    grids = job.grids()
-    if compute and len(grids) < len(specs):  # calibration entries lost since: again
-        failures = compute_missing_heatmaps(job, calibration, model, grids, progress)
-        grids = job.grids()
-    absent = [(s, v) for s in specs if s not in grids for v in calibration if not job.record(s, v)]
-    source = job.source()
-    summaries, missing = (
-        collect_summaries(source, grids, volume_ids, progress) if not absent else ({}, [])
-    )
-    if missing and compute:  # other entries lost since
-        lost = list(dict.fromkeys(v for _, v in missing))
-        failures += compute_missing_heatmaps(job, lost, model, grids, progress)
-        summaries, missing = collect_summaries(source, grids, volume_ids, progress)
+
+    def repair(lost: list[str], grids: dict[str, np.ndarray]) -> None:
+        """Entries lost since they were computed: again (failures kept for below)."""
+        failures.extend(compute_missing_heatmaps(job, lost, model, grids, progress))
+
+    labels = [job.dataset.label(v) for v in volume_ids]
+    missing: list[tuple[str, str]] = []
+    try:
+        evaluations = assess(
+            job.source(),
+            volume_ids,
+            labels,
+            calibration,
+            settings,
+            progress,
+            repair if compute else None,
+        )
+    except MissingHeatmaps as error:
+        missing = error.missing
     if failures:
         raise RunError(f"{len(failures)} failure(s), the first: {failures[0]}")
-    missing = absent or missing
     if missing:
         spec, volume_id = missing[0]
         raise RunError(
             f"{len(missing)} heatmap(s) are not cached, the first: {spec} on {volume_id}; "
             "run the missing shards, or run without --merge"
         )
-    labels = [job.dataset.label(v) for v in volume_ids]
     return Seeded(
         seed=trained.seed,
         job=job,
@@ -316,7 +317,7 @@ def evaluate_classifier(
         checkpoint=trained.key,
         train_config=trained.train_config,
         report=trained.report,
-        evaluations=fold_results(summaries, labels, settings),
+        evaluations=evaluations,
     )
 
 
