@@ -12,9 +12,10 @@ from scipy import ndimage
 from skimage.filters import apply_hysteresis_threshold
 from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
+from benchmark.protocol.assess import HeatmapSource, Settings, assess
 from benchmark.protocol.evaluation import (
+    GRID_LEVELS,
     Match,
-    Protocol,
     Summary,
     binarize,
     components,
@@ -346,12 +347,19 @@ def test_evaluate_rejects_inconsistent_inputs():
         evaluate([*summaries[:3], other], labels)
 
 
-def test_protocol_class_accumulates_then_evaluates():
+def test_assess_on_arrays_is_the_protocol_by_hand():
+    """A test's arrays enter the one path like a run's cache: the grid from the calibration
+    volumes' tail quantiles, then each volume's summary, then the folds."""
     rng = np.random.default_rng(8)
     cases = [random_case(rng, positive=i % 2 == 0) for i in range(10)]
     grid = threshold_grid([tail_quantiles(h) for h, _, _ in cases])
-    protocol = Protocol(grid, folds=3)
-    for i, (heatmap, mask, _) in enumerate(cases):
-        protocol.update(heatmap, mask, i % 2 == 0)
-    direct = evaluate([summarize(h, m, grid) for h, m, _ in cases], protocol.labels, folds=3)
-    assert protocol.compute().folds.equals(direct.folds)
+    ids = [f"v{i}" for i in range(10)]
+    labels = [i % 2 == 0 for i in range(10)]
+    arrays = dict(zip(ids, cases, strict=True))
+    source = HeatmapSource.of_heatmaps(
+        ["m"], lambda _, v: arrays[v][0], lambda v: arrays[v][1], GRID_LEVELS
+    )
+    settings = Settings(folds=3, seed=0, n_tune=5, grid_levels=GRID_LEVELS, calibration_volumes=10)
+    assessed = assess(source, ids, labels, settings.calibration(ids), settings, progress=False)
+    direct = evaluate([summarize(h, m, grid) for h, m, _ in cases], labels, folds=3)
+    assert assessed["m"].folds.equals(direct.folds)

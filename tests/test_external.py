@@ -96,7 +96,7 @@ def test_saved_heatmaps_of_ids_that_start_with_a_dot_are_found(tmp_path):
     with "." gets a file name that does not, which ``evaluate`` does not skip as hidden."""
     from types import SimpleNamespace
 
-    from benchmark.run.runner import export_nifti
+    from benchmark.run.outputs import export_nifti
 
     root, lines = tmp_path / "data", ["id,label,image,mask,split"]
     for k, (name, split) in enumerate([(".t0", "train"), (".t1", "train"), (".v0", "val"),

@@ -444,7 +444,7 @@ def test_a_shared_groups_seconds_split_by_counted_work_and_sum_to_the_total(tiny
 
 
 def test_timings_split_a_groups_measured_seconds_among_its_specs(tiny_model, monkeypatch):
-    import benchmark.run.runner as runner
+    import benchmark.run.job as runner
 
     ticks = iter([0.0, 12.0, 12.0, 20.0, 20.0])  # start; the slice-wise group; tonno
 

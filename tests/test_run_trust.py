@@ -240,7 +240,7 @@ def test_a_volume_edited_during_the_run_is_not_filed_under_its_old_address(tmp_p
     import torch
 
     from benchmark.run.cache import HeatmapStore
-    from benchmark.run.runner import Job, compute_missing_heatmaps
+    from benchmark.run.job import Job, compute_missing_heatmaps
 
     root = write_folder(tmp_path / "data")
     dataset = load_dataset("folder", root=root, cache_dir=tmp_path / "cache")

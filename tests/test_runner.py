@@ -121,7 +121,7 @@ def test_a_killed_run_resumes_to_the_same_numbers(reference, config, tmp_path, m
     cache = use_cache(monkeypatch, tmp_path / "cache")
     args = tiny_args(config, tmp_path / "run")
     slow = (  # each group of heatmaps takes 0.2 s more, so that the kill lands among them
-        "import sys, time; import benchmark.run.runner as r; compute = r.compute_groups\n"
+        "import sys, time; import benchmark.run.job as r; compute = r.compute_groups\n"
         "def slow(*a, **k):\n    for item in compute(*a, **k):\n"
         "        time.sleep(0.2)\n        yield item\n"
         "r.compute_groups = slow\nfrom benchmark.cli import main\nsys.exit(main(sys.argv[1:]))"
@@ -282,8 +282,8 @@ def test_a_damaged_cache_is_recomputed_to_the_same_numbers(
 def test_the_grid_comes_from_the_calibration_volumes(reference, config, tmp_path, monkeypatch):
     """With 4 calibration volumes, the numbers are A.7 on summaries made on the grid of
     those 4 volumes' heatmaps, computed here from the kept heatmaps."""
+    from benchmark.protocol.assess import calibration_ids
     from benchmark.protocol.evaluation import evaluate, summarize, tail_quantiles, threshold_grid
-    from benchmark.protocol.validation import calibration_ids
 
     cache = use_cache(monkeypatch, tmp_path / "cache")
     checkpoint = ["--checkpoint", str(reference / "run" / "checkpoint.pt")]
@@ -710,7 +710,7 @@ def test_a_method_revision_is_part_of_its_cache_address_and_only_its(tmp_path, m
     """Entries of ToNNO cached before a revision of its code are not served after it;
     methods at revision 0 keep the address they always had (the volume's digest)."""
     from benchmark.run.cache import HeatmapStore
-    from benchmark.run.runner import Job
+    from benchmark.run.job import Job
     from methods import method_class
 
     class Volumes:

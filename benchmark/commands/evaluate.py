@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from benchmark.distributed import Context, resolve_device
-    from benchmark.protocol.validation import evaluation_context, score_heatmaps
+    from benchmark.protocol.assess import Settings, assess, evaluation_context
     from benchmark.publish.leaderboard import EXTERNAL, Intervals, write_leaderboards
     from benchmark.publish.report import (
         cases_table,
@@ -87,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
     from benchmark.run.preflight import check_volumes, writable
 
     config = _protocol(args)
+    settings = Settings.of(config)
     key = method_key(args.name)
     dataset = open_dataset(args)
     volume_ids = dataset.ids("val")
@@ -99,9 +100,12 @@ def run(args: argparse.Namespace) -> int:
         checks = check_volumes(dataset, volume_ids, Context(device=resolve_device("cpu")))
         heatmaps.check()  # every file, before any scoring
         unscored = {c.id for c in checks if c.empty_truth}
-        result = score_heatmaps(dataset, heatmaps.load, volume_ids, unscored, config)
+        calibration = settings.calibration(volume_ids)
+        source = heatmaps.source(key, unscored, settings.grid_levels)
+        labels = [dataset.label(v) for v in volume_ids]
+        evaluations = assess(source, volume_ids, labels, calibration, settings)
 
-    evaluations = {key: result}
+    result = evaluations[key]
     results, folds = results_tables(dataset.name, EXTERNAL, evaluations)
     cases = cases_table(dataset.name, EXTERNAL, evaluations, volume_ids)
     images = {v: dataset.fingerprint(v) for v in volume_ids}
@@ -110,7 +114,9 @@ def run(args: argparse.Namespace) -> int:
     results = results.assign(
         display_name=args.name,
         source=f"external-{files[:16]}",
-        context=evaluation_context(dataset, volume_ids, images, truths, unscored, config),
+        context=evaluation_context(
+            dataset, volume_ids, images, truths, unscored, calibration, settings
+        ),
     )
     intervals = Intervals(config.reference, config.bootstrap_resamples, seed=config.seed)
     pages = write_leaderboards(

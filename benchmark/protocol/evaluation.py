@@ -482,26 +482,3 @@ def evaluate(
         )
     scored = pd.concat(scored, ignore_index=True)[["fold", "sample", *scored[0].columns[1:-1]]]
     return EvaluationResult(pd.DataFrame(rows), truth, scored, labels, maxima)
-
-
-class Protocol:
-    """torchmetrics-style front: ``update`` per volume, ``compute`` once (:func:`evaluate`).
-
-    ``grid`` is the (method, dataset) tau' grid from :func:`threshold_grid`.
-    """
-
-    def __init__(
-        self, grid: np.ndarray, *, folds: int = FOLDS, seed: int = SEED, n_tune: int = N_TUNE
-    ):
-        self.grid, self.folds, self.seed, self.n_tune = grid, folds, seed, n_tune
-        self.summaries: list[Summary] = []
-        self.labels: list[int] = []
-
-    def update(self, heatmap: np.ndarray, gt: GroundTruth, label: int) -> None:
-        self.summaries.append(summarize(heatmap, gt, self.grid))
-        self.labels.append(label)
-
-    def compute(self) -> EvaluationResult:
-        return evaluate(
-            self.summaries, self.labels, folds=self.folds, seed=self.seed, n_tune=self.n_tune
-        )

@@ -5,7 +5,7 @@ ground-truth voxels; columns: the input, the ground truth over it, then for each
 its heatmap (blue negative, red positive, colours symmetric about 0 and scaled to the
 volume's largest absolute value) and its binarised mask over the input (A.7 hysteresis).
 The same panels also come as one strip per method for the HTML page (:func:`method_strips`).
-A run assembles its rows (:func:`benchmark.run.runner.figure_rows`: which volumes, which methods
+A run assembles its rows (:func:`benchmark.run.outputs.figure_rows`: which volumes, which methods
 at which layer, binarised with which thresholds) from :func:`figure_specs` and
 :func:`figure_ids`. matplotlib's object API on the Agg canvas: no display and no pyplot
 state.

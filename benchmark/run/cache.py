@@ -16,7 +16,7 @@ Layout under ``<cache_root>/heatmaps/<dataset>/<digest of the key>/``::
 ``<image>`` and ``<truth>`` are the first 16 hex digits of the volume's content digests
 (``dataset.fingerprint`` and ``dataset.truth_fingerprint``; for a spec with options fitted
 to the data set, or whose method has a non-zero ``Method.revision``, ``<image>`` digests
-the image's with the options and the revision: ``Job.image`` in :mod:`benchmark.run.runner`),
+the image's with the options and the revision: ``Job.image`` in :mod:`benchmark.run.job`),
 so an edited image or mask, or a method whose code changed its heatmaps, gets new
 entries and never an old one. ``<grid>`` hashes the grid's levels and the protocol's
 settings (connectivity, matching IoU, tail fractions). Every file is written atomically and verified

@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -30,6 +30,7 @@ import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
 
+from benchmark.protocol.assess import HeatmapSource, ground_truth
 from datasets.base import VolumeDataset, safe_stem
 from datasets.nifti import check_finite, read_nifti
 from datasets.volume import DatasetError
@@ -185,6 +186,17 @@ class ExternalHeatmaps:
             problems.append(self._missing(missing))
         if problems:
             raise ExternalHeatmapError(report(self.folder, problems))
+
+    def source(self, name: str, unscored: Collection[str], levels: int) -> HeatmapSource:
+        """The folder as the protocol reads it (:mod:`benchmark.protocol.assess`): one spec,
+        ``name``, each heatmap read when asked for (:meth:`load`), scored against its
+        volume's reference (none for the ``unscored`` positives)."""
+        return HeatmapSource.of_heatmaps(
+            [name],
+            lambda _, v: self.load(v),
+            lambda v: ground_truth(self.dataset, self.dataset[v], unscored),
+            levels,
+        )
 
     def load(self, volume_id: str) -> np.ndarray:
         """float32 [D, H, W] in the preprocessed volume's space

@@ -46,8 +46,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from benchmark.config import RunConfig
 from benchmark.distributed import mean_seconds
+from benchmark.protocol.evaluation import GRID_LEVELS
 from methods import Method, Passes, create_method
 from methods.config import TomographyConfig
 from methods.registry import parse_spec
@@ -351,9 +351,7 @@ def seconds(passes: Passes, calibration: Calibration) -> float:
     )
 
 
-def summary_bytes(
-    shape: tuple[int, int, int], levels: int = RunConfig.grid_levels, seed: int = 0
-) -> int:
+def summary_bytes(shape: tuple[int, int, int], levels: int = GRID_LEVELS, seed: int = 0) -> int:
     """Bytes of ``np.savez`` of one A.7 summary (``summarize(heatmap, mask, grid).to_dict()``)
     of a smooth random heatmap of ``shape`` against a ball mask, on a tau' grid of
     ``levels`` tail fractions (:func:`~benchmark.protocol.evaluation.tail_fractions`).
