@@ -11,10 +11,10 @@ from phantoms import grid_points, radius_map, rel_l2, smooth_ball
 from timm.models.resnet import BasicBlock, ResNet
 
 from benchmark.config import TomographyConfig
-from benchmark.publish.leaderboard import method_name
 from benchmark.run.plan import shared_passes
 from methods import create_method, expand_specs, list_methods
 from methods.heatmaps import compute_heatmaps
+from methods.registry import method_name
 from methods.tomography import (
     FILTERED,
     UNFILTERED,

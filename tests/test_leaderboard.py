@@ -8,12 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmark.publish.leaderboard import (
-    best_layers,
-    paper_results,
-    published_numbers,
-    write_leaderboards,
-)
+from benchmark.publish.leaderboard import write_leaderboards
+from benchmark.publish.rows import best_layers, paper_results, published_numbers
 from methods.registry import method_name
 
 METRICS = ["precision", "recall", "f1", "dice", "balanced_accuracy"]

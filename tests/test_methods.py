@@ -209,7 +209,7 @@ def test_a_row_or_a_family_with_an_unknown_family_is_an_error():
 
 
 def test_the_papers_published_rows_name_registered_methods():
-    from benchmark.publish.leaderboard import paper_results
+    from benchmark.publish.rows import paper_results
 
     names = {spec.partition("@")[0] for spec in paper_results().method}
     assert names <= set(list_methods())

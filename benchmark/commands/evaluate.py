@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
 
     from benchmark.distributed import Context, resolve_device
     from benchmark.protocol.assess import Settings, assess, evaluation_context
-    from benchmark.publish.leaderboard import EXTERNAL, Intervals, write_leaderboards
+    from benchmark.publish.leaderboard import write_leaderboards
     from benchmark.publish.report import (
         cases_table,
         provenance,
@@ -83,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         summary_document,
         write_reports,
     )
+    from benchmark.publish.rows import EXTERNAL, Intervals
     from benchmark.run.external import ExternalHeatmaps
     from benchmark.run.preflight import check_volumes, writable
 

@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 
 from benchmark.protocol.evaluation import GroundTruth
 from benchmark.protocol.metrics import KEYS
-from benchmark.publish.leaderboard import best_layers
+from benchmark.publish.rows import best_layers
 from benchmark.specs import matches
 from foundation.io import atomic_write
 from methods.registry import method_name

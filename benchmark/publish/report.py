@@ -24,7 +24,8 @@ import pandas as pd
 
 from benchmark import __version__
 from benchmark.protocol.evaluation import EvaluationResult
-from benchmark.publish.leaderboard import KEY, context_mismatch, merge_rows, read_cases, read_rows
+from benchmark.publish.leaderboard import context_mismatch, merge_rows, read_cases, read_rows
+from benchmark.publish.rows import KEY
 from foundation.io import atomic_save_json, atomic_write, file_lock
 
 # A run folder's tables by name, the rows of each keyed by ``KEY`` (the timings, summed

@@ -28,13 +28,7 @@ from benchmark.protocol.evaluation import (
 )
 from benchmark.protocol.metrics import KEYS
 from benchmark.publish import figures
-from benchmark.publish.leaderboard import (
-    KEY,
-    Intervals,
-    page_lock,
-    with_intervals,
-    write_leaderboards,
-)
+from benchmark.publish.leaderboard import page_lock, write_leaderboards
 from benchmark.publish.report import (
     RUN_TABLES,
     cases_table,
@@ -49,6 +43,7 @@ from benchmark.publish.report import (
     write_csv,
     write_reports,
 )
+from benchmark.publish.rows import KEY, Intervals, with_intervals
 from benchmark.run.job import Job
 from datasets.base import safe_stem
 from foundation.io import atomic_write
