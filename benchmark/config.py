@@ -131,7 +131,7 @@ class RunConfig:
     # a method family whose counted work per validation volume exceeds this leaves ``all``
     # and wildcards (benchmark.run.plan.within_budget), but benchmark.run.plan.ALWAYS_IN_ALL; named
     # specs always run. Forward-equivalent slice passes (a backward counts
-    # benchmark.run.plan.BACKWARD_FORWARDS more), counted, never timed: the same command keeps
+    # benchmark.run.prices.BACKWARD_FORWARDS more), counted, never timed: the same command keeps
     # the same methods on every machine. Paper: keeps every family the paper reports (3-axis
     # ScoreCAM ~1.1 M on a 326x400x400 volume) and the iterative ones (~5 M), leaves out
     # Averaged / Tomographic ScoreCAM (~96 M)

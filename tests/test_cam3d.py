@@ -13,7 +13,8 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 from volume_models import WIDTHS, TinyClassifier
 
-from benchmark.run.plan import Calibration, calibrate, format_plan, plan, within_budget
+from benchmark.run.plan import format_plan, plan, within_budget
+from benchmark.run.prices import Calibration, calibrate
 from methods import Passes, create_method, list_methods
 from methods.cam3d import VolumeCAM
 from methods.cam_methods import cam_maps

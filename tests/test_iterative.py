@@ -11,7 +11,7 @@ from phantoms import grid_points, radius_map, rel_l2, smooth_ball
 from timm.models.resnet import BasicBlock, ResNet
 
 from benchmark.config import TomographyConfig
-from benchmark.run.plan import shared_passes
+from benchmark.run.prices import shared_passes
 from methods import create_method, expand_specs, list_methods
 from methods.heatmaps import compute_heatmaps
 from methods.registry import method_name

@@ -21,21 +21,23 @@ from timm.models.resnet import BasicBlock, ResNet
 from benchmark.config import PRESETS, RunConfig, Train3DConfig, TrainConfig, resolve
 from benchmark.run.plan import (
     ALWAYS_IN_ALL,
+    format_plan,
+    layer_channels,
+    named_outright,
+    plan,
+    plan_run,
+    within_budget,
+)
+from benchmark.run.prices import (
     BACKWARD_FORWARDS,
     CUT_FORWARDS,
     READS_PER_FORWARD_PIXEL,
     Calibration,
     calibrate,
     counted_prices,
-    format_plan,
-    layer_channels,
-    named_outright,
-    plan,
-    plan_run,
     seconds,
     shared_passes,
     split_seconds,
-    within_budget,
 )
 from benchmark.training.estimate import TrainingEstimate
 from methods import Method, Passes, create_method, expand_specs, list_methods, register_method

@@ -31,7 +31,7 @@ from benchmark.protocol.evaluation import (
     tail_quantiles,
 )
 from benchmark.run.cache import HeatmapStore
-from benchmark.run.plan import counted_prices, split_seconds, volume_input_voxels
+from benchmark.run.prices import counted_prices, split_seconds, volume_input_voxels
 from foundation.seal import digest
 from methods import method_class
 from methods.config import TomographyConfig
@@ -244,7 +244,7 @@ def _store_heatmaps(
     """Compute ``specs`` on one volume in one call, group by group (:func:`compute_groups`),
     keeping each heatmap as its group arrives (:meth:`Job.save`); a group's seconds, from
     the previous group's arrival, are split among its specs by their share of counted work
-    (:func:`~benchmark.run.plan.split_seconds`)."""
+    (:func:`~benchmark.run.prices.split_seconds`)."""
     shape = tuple(image.shape[1:])
     start = time.perf_counter()
     groups = compute_groups(specs, image, model, job.tomography, job.batch_size, job.options)

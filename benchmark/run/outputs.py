@@ -146,7 +146,7 @@ def timings_table(job: Job) -> pd.DataFrame:
 
     Work that :func:`~methods.heatmaps.compute_groups` shares between specs (one pass for
     the gradient CAMs of a geometry) is split among them by their share of counted work,
-    each spec's as run alone (:func:`~benchmark.run.plan.split_seconds`): the specs' seconds
+    each spec's as run alone (:func:`~benchmark.run.prices.split_seconds`): the specs' seconds
     sum to the measured time.
     """
     rows = [

@@ -1,15 +1,15 @@
 """A run's plan: counted classifier work, measured cost, and what ``all`` keeps.
 
 Every method states its work per volume in slices (:meth:`methods.Method.passes`). Two
-price lists turn that work into one number per volume (:func:`seconds`):
+price lists turn that work into one number per volume (:func:`~.prices.seconds`):
 
-- counted work (:func:`counted_prices`): fixed prices in forward-equivalents, one slice
+- counted work (:func:`~.prices.counted_prices`): fixed prices in forward-equivalents, one slice
   through the 2D classifier = 1, a backward pass BACKWARD_FORWARDS more, never measured
   at run time. It alone decides what ``all`` and wildcards keep (:func:`within_budget`:
   a family whose work per validation volume exceeds ``RunConfig.budget_passes`` is left
   out, but for ALWAYS_IN_ALL), so the same command keeps the same methods on any
   machine, idle or busy;
-- measured seconds (:func:`calibrate`, a short run on the chosen model and device):
+- measured seconds (:func:`~.prices.calibrate`, a short run on the chosen model and device):
   what ``run --plan`` shows, never used to choose.
 
 Budgets: ``quick`` 10,000 forward-equivalents per volume, which on the synthetic set
@@ -22,32 +22,37 @@ forward passes for the four stages of a ResNet-10-T).
 
 Cost model per volume: cut x p_cut + (forward - backward) x p_forward + backward x
 p_forward+backward + backprojected x p_read, each p a price (seconds measured by
-:func:`calibrate`, t_read the map backprojection's, an upper bound for ToNNO's scalar one;
+:func:`~.prices.calibrate`, t_read the map backprojection's, an upper bound for ToNNO's scalar one;
 or a fixed counted price); the 3D CAMs add the same two terms for whole volumes through
 the volume classifier (unknown when the plan has none). The plan (:func:`plan`) prices
 each family alone, then the run's stages as they will run: the kept specs together, their
-shared passes counted once (:func:`shared_passes`), on every validation volume, times the
+shared passes counted once (:func:`~.prices.shared_passes`), on every validation volume, times the
 classifiers (``--seeds``), and their training
 (:func:`benchmark.training.estimate.training_estimate`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import logging
 import math
-import resource
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import torch
 
-from benchmark.distributed import mean_seconds
 from benchmark.protocol.evaluation import GRID_LEVELS
+from benchmark.run.prices import (
+    BACKWARD_FORWARDS,
+    Calibration,
+    calibrate,
+    counted_prices,
+    seconds,
+    shared_passes,
+    volume_input_voxels,
+)
 from methods import Method, Passes, create_method
 from methods.config import TomographyConfig
 from methods.registry import parse_spec
@@ -61,153 +66,11 @@ SUMMARY_MAX_VOXELS = 2**21  # summaries are measured on at most this many voxels
 GEOMETRY_BYTES_PER_READ = 20  # backprojection buffers per voxel-direction of a chunk (float32)
 HOUR = 3600.0
 
-# Counted work's fixed prices (:func:`counted_prices`), in forward-equivalents, measured
-# once with calibrate() (measured: docs/decisions.md#counted-prices).
-BACKWARD_FORWARDS = 0.65
-CUT_FORWARDS = 0.05
-READS_PER_FORWARD_PIXEL = 6.0
-VOLUME_VOXEL_FORWARDS = 2.0
 # The paper's methods (its Table 2): ``all`` never leaves them out, whatever the budget.
 ALWAYS_IN_ALL = ("tonno", "averaged_layercam", "tomographic_layercam")
 # The plan's rows after the families: the run's stages and their sum.
 STAGE_ROWS = ("heatmaps", "training", "total")
 PLAN_CSV = "plan.csv"  # run --plan writes the plan there, in the run folder
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """Measured prices of one slice on one model and device (seconds, MiB)."""
-
-    device: str
-    in_chans: int
-    slice_size: int
-    batch_size: int
-    forward_s: float  # per slice, classifier forward only (ToNNO, ScoreCAM, EigenCAM)
-    backward_s: float  # per slice, forward + backward to stage 1 (gradient CAMs)
-    cut_s: float  # per slice cut from a volume (eq. 4, extract_slices)
-    read_s: float  # per voxel x direction of the map backprojection (eqs. 12-13)
-    peak_memory_mb: float | None  # of one forward + backward batch; None: not measurable
-    # the volume classifier's (3D CAMs), per volume; None: no volume classifier was measured
-    volume_forward_s: float | None = None
-    volume_backward_s: float | None = None  # forward + backward to stage 1
-    volume_peak_mb: float | None = None  # of one forward + backward volume
-
-
-def _rss_peak_mb() -> float:
-    """The process's resident high-water mark (ru_maxrss, KiB on Linux), in MiB."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _gradient_step(model: torch.nn.Module) -> Callable[[torch.Tensor], object]:
-    """What a gradient CAM does per batch: forward, and backward down to stage 1 (the
-    deepest backward of any layer); the input's gradient for models without stages."""
-    from methods.cam import activations_and_gradients
-    from methods.stages import stage_modules
-
-    try:
-        layer = stage_modules(model)[1]
-    except Exception:  # any model: backward to the input
-        layer = None
-    if layer is not None:
-        return lambda batch: activations_and_gradients(model, [layer], batch)
-
-    def to_input(batch: torch.Tensor) -> object:
-        batch = batch.detach().requires_grad_(True)
-        with torch.enable_grad():
-            return torch.autograd.grad(model(batch)[:, 0].sum(), batch)
-
-    return to_input
-
-
-def calibrate(
-    model: torch.nn.Module,
-    in_chans: int,
-    slice_size: int,
-    batch_size: int,
-    device: torch.device,
-    *,
-    shape: tuple[int, int, int] = (32, 64, 64),
-    repeats: int = 2,
-    volume_model: torch.nn.Module | None = None,
-) -> Calibration:
-    """Price one slice on ``model`` at ``device``: ``repeats`` timed batches of
-    ``batch_size`` slices after a warm-up, forward only and forward + backward; the time
-    to cut a slice and to backproject one voxel-direction on a volume of ``shape`` (the
-    data set's typical (D, H, W)); the peak memory of a forward + backward batch
-    (``torch.cuda.max_memory_allocated`` on CUDA; on the CPU the growth of the process's
-    resident high-water mark, None when the batch stayed below an earlier peak). With a
-    ``volume_model`` (the 3D classifier, which resizes to its own input size), the same
-    for one volume of ``shape`` through it."""
-    from methods import tomography
-
-    model = model.to(device).eval()
-    generator = torch.Generator().manual_seed(0)
-    batch = torch.rand(batch_size, in_chans, slice_size, slice_size, generator=generator)
-    batch = batch.to(device).contiguous(memory_format=torch.channels_last)
-    forward_s, backward_s, peak = _price_passes(model, batch, device, repeats)
-    volume = torch.rand((in_chans, *shape), generator=generator).to(device)
-    volume_prices: dict[str, float | None] = {}
-    if volume_model is not None:
-        volume_model = volume_model.to(device).eval()
-        volume_forward_s, volume_backward_s, volume_peak = _price_passes(
-            volume_model, volume[None], device, repeats
-        )
-        volume_prices = {
-            "volume_forward_s": volume_forward_s,
-            "volume_backward_s": volume_backward_s,
-            "volume_peak_mb": volume_peak,
-        }
-    normals = tomography.fibonacci_sphere(4)
-    u, v = tomography.orthonormal_frames(normals, generator)
-    offsets = tomography.slice_offsets(max(2, batch_size // 4))  # ~ a batch of slices
-    cut_s = mean_seconds(
-        lambda: tomography.extract_slices(volume, normals, offsets, slice_size, u, v),
-        device,
-        repeats,
-    ) / (4 * len(offsets))
-    maps = torch.rand(4, 1, 8, 7, 7, generator=generator).to(device)
-    read_s = mean_seconds(
-        lambda: tomography.backproject_maps(maps, normals, u, v, shape, slice_size),
-        device,
-        repeats,
-    ) / (4 * math.prod(shape))
-    return Calibration(
-        device=str(device),
-        in_chans=in_chans,
-        slice_size=slice_size,
-        batch_size=batch_size,
-        forward_s=forward_s,
-        backward_s=backward_s,
-        cut_s=cut_s,
-        read_s=read_s,
-        peak_memory_mb=peak,
-        **volume_prices,
-    )
-
-
-def _price_passes(
-    model: torch.nn.Module, batch: torch.Tensor, device: torch.device, repeats: int
-) -> tuple[float, float, float | None]:
-    """(forward s, forward + backward s, peak MiB of forward + backward) per input of
-    ``batch`` through ``model`` (:func:`calibrate`)."""
-    from methods import tomography
-
-    def forward() -> object:
-        with torch.no_grad(), tomography.autocast(device):
-            return model(batch)
-
-    step = _gradient_step(model)
-    forward_s = mean_seconds(forward, device, repeats) / len(batch)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    rss_before = _rss_peak_mb()
-    backward_s = mean_seconds(lambda: step(batch), device, repeats) / len(batch)
-    if device.type == "cuda":
-        peak: float | None = torch.cuda.max_memory_allocated(device) / 2**20
-    else:
-        grown = _rss_peak_mb() - rss_before
-        peak = grown if grown > 0 else None
-    return forward_s, backward_s, peak
 
 
 def layer_channels(
@@ -244,111 +107,6 @@ def layer_channels(
 def family_of(spec: str) -> str:
     """``"tomographic_layercam@2" -> "tomographic_layercam"``."""
     return spec.partition("@")[0]
-
-
-def shared_passes(
-    methods: Sequence[Method], shape: tuple[int, int, int], channels: Mapping[int, int]
-) -> Passes | None:
-    """The work of ``methods`` (of one classifier) run together on one volume of
-    ``shape``, as :func:`methods.heatmaps.compute_heatmaps` runs them: methods of one
-    ``pass_group`` (gradient CAMs of one geometry, all layers and families) share one
-    forward + backward pass (of slices or volumes) and the slices it cuts (counted once:
-    the largest), and each backprojects its own maps; other methods add up. A family's
-    work, or a run's. None when any method's cost is unknown."""
-    groups: dict[object, list[Passes]] = {}
-    total = Passes(0)
-    for method in methods:
-        try:
-            passes = method.passes(shape, channels.get(method.layer))
-        except ValueError:  # e.g. ScoreCAM without the channel count of its layer
-            return None
-        if passes is None:
-            return None
-        group = method.pass_group
-        if group is None:
-            total = total + passes
-        else:
-            groups.setdefault(group, []).append(passes)
-    for members in groups.values():
-        columns = zip(*(p.astuple() for p in members), strict=True)
-        shared = Passes(*(max(column) for column in columns))
-        reads = sum(p.backprojected for p in members)
-        total = total + dataclasses.replace(shared, backprojected=reads)
-    return total
-
-
-def volume_input_voxels(
-    volume_model: torch.nn.Module | None, shape: tuple[int, int, int]
-) -> int | None:
-    """Voxels the volume classifier sees of a volume of ``shape``: its ``input_size`` (it
-    resizes every volume to it), else the volume's own; None without a volume classifier."""
-    if volume_model is None:
-        return None
-    return math.prod(getattr(volume_model, "input_size", shape))
-
-
-def counted_prices(slice_size: int, volume_voxels: int | None = None) -> Calibration:
-    """The fixed prices of counted work, for :func:`seconds`: forward-equivalents (one
-    slice through the 2D classifier = 1) instead of seconds, the same on every machine.
-    Cuts and forward passes scale alike with the slice's pixels, reads do not: a read is
-    1 / (READS_PER_FORWARD_PIXEL x ``slice_size``^2) forwards. A whole volume through the
-    volume classifier is VOLUME_VOXEL_FORWARDS x ``volume_voxels`` (its input,
-    :func:`volume_input_voxels`) / the slice's pixels forwards; None: unknown."""
-    pixels = slice_size**2
-    volume = None if volume_voxels is None else VOLUME_VOXEL_FORWARDS * volume_voxels / pixels
-    return Calibration(
-        device="counted",
-        in_chans=0,
-        slice_size=slice_size,
-        batch_size=0,
-        forward_s=1.0,
-        backward_s=1.0 + BACKWARD_FORWARDS,
-        cut_s=CUT_FORWARDS,
-        read_s=1.0 / (READS_PER_FORWARD_PIXEL * pixels),
-        peak_memory_mb=None,
-        volume_forward_s=volume,
-        volume_backward_s=None if volume is None else volume * (1.0 + BACKWARD_FORWARDS),
-    )
-
-
-def split_seconds(
-    total: float,
-    methods: Sequence[Method],
-    shape: tuple[int, int, int],
-    channels: Mapping[int, int],
-    prices: Calibration,
-) -> dict[str, float]:
-    """{spec: seconds}: the ``total`` seconds of ``methods`` computed together (one group
-    of :func:`methods.heatmaps.compute_groups`, sharing slices and passes) split among
-    them by their share of counted work, each method's work as run alone at ``prices``
-    (:func:`counted_prices`): two LayerCAM layers of one pass get half each, a ScoreCAM
-    beside them most. Equal shares when a cost is unknown. The parts sum to ``total``."""
-    weights = []
-    for method in methods:
-        work = shared_passes([method], shape, channels)
-        weights.append(math.nan if work is None else seconds(work, prices))
-    if not all(math.isfinite(w) and w >= 0 for w in weights) or sum(weights) <= 0:
-        weights = [1.0] * len(methods)
-    return {m.spec: total * w / sum(weights) for m, w in zip(methods, weights, strict=True)}
-
-
-def seconds(passes: Passes, calibration: Calibration) -> float:
-    """Estimated seconds of ``passes`` at ``calibration``'s prices (module docstring);
-    NaN for volumes through a volume classifier that ``calibration`` did not price."""
-    c = calibration
-    volumes = 0.0
-    if passes.volume_forward:
-        if c.volume_forward_s is None or c.volume_backward_s is None:
-            return math.nan
-        volumes = (passes.volume_forward - passes.volume_backward) * c.volume_forward_s
-        volumes += passes.volume_backward * c.volume_backward_s
-    return (
-        passes.cut * c.cut_s
-        + (passes.forward - passes.backward) * c.forward_s
-        + passes.backward * c.backward_s
-        + passes.backprojected * c.read_s
-        + volumes
-    )
 
 
 def summary_bytes(shape: tuple[int, int, int], levels: int = GRID_LEVELS, seed: int = 0) -> int:
@@ -412,7 +170,7 @@ def plan(
     classifier per volume, mean over ``shapes``, the validation volumes' (D, H, W)),
     ``volume_forward`` and ``volume_backward`` (the same for whole volumes through
     ``volume_model``, the volume classifier of the 3D CAMs), ``work`` (counted work per
-    volume, :func:`counted_prices`: what the budget reads), ``s_per_volume`` and ``hours``
+    volume, :func:`~.prices.counted_prices`: what the budget reads), ``s_per_volume`` and ``hours``
     (every volume, times ``seeds`` classifiers) at ``calibration``'s measured prices (NaN
     without), ``peak_mb`` (one batch, measured, plus slicing and backprojection buffers,
     modelled; without classifier passes, as the baselines: a float32 heatmap),
@@ -421,7 +179,7 @@ def plan(
 
     A family row is that family run alone. The ``heatmaps`` row is what the run computes:
     the specs :func:`within_budget` keeps (``budget_passes``, ``named_specs``) run together,
-    their shared passes counted once (:func:`shared_passes`, per classifier), on every
+    their shared passes counted once (:func:`~.prices.shared_passes`, per classifier), on every
     volume for each of ``seeds`` classifiers. ``training`` is each classifier the run
     trains ({name: :func:`~benchmark.training.estimate.training_estimate`}, its expected steps,
     :func:`~benchmark.training.estimate.expected_steps`, and validations) and its report on the
@@ -674,7 +432,7 @@ def plan_run(
     spec: reason}) for ``--methods`` tokens ``methods`` over the validation volumes'
     ``shapes``; print ``format_plan(plan, calibration, left_out, training)``. What is kept
     is counted, not measured: ``measure`` (``run --plan``) prices the plan on ``device``
-    (:func:`calibrate`); without, the calibration is None and the times NaN. Without a
+    (:func:`~.prices.calibrate`); without, the calibration is None and the times NaN. Without a
     ``volume_model`` (the volume classifier) the 3D CAMs' cost is unknown."""
     from methods import expand_specs
 
