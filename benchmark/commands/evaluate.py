@@ -1,5 +1,7 @@
 """``evaluate --dataset NAME --heatmaps DIR --name "My method"``: another tool's heatmaps,
-scored with the paper's protocol (A.7) and added to the data set's leaderboard."""
+scored with the paper's protocol (A.7) and added to the data set's leaderboard: the files
+read here, the rest on a run's path (:func:`~benchmark.protocol.assess.assess`,
+:func:`~benchmark.publish.pipeline.publish`)."""
 
 from __future__ import annotations
 

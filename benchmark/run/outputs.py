@@ -235,9 +235,10 @@ def write_outputs(
 ) -> RunOutputs:
     """Stage 5: results (with intervals over volumes and seeds), folds, per-case and
     timing CSVs (with the earlier runs' rows they keep, :func:`with_earlier`),
-    summary.json, leaderboards, the Figure 6 layout, NIfTI on request. The run folder's
-    tables and the pages are read and written under their locks, so that runs into the same
-    folders side by side each add their rows."""
+    summary.json, leaderboards (:func:`~benchmark.publish.pipeline.publish`, reports
+    first), the Figure 6 layout, NIfTI on request. The run folder's tables and the pages
+    are read and written under their locks, so that runs into the same folders side by side
+    each add their rows."""
     first = seeded[0]
     job, dataset = first.job, first.job.dataset
     results, folds, cases = combine_seeds(seeded)
