@@ -1,5 +1,7 @@
 """``evaluate --dataset NAME --heatmaps DIR --name "My method"``: another tool's heatmaps,
-scored with the paper's protocol (A.7) and added to the data set's leaderboard."""
+scored with the paper's protocol (A.7) and added to the data set's leaderboard: the files
+read here, the rest on a run's path (:func:`~benchmark.protocol.assess.assess`,
+:func:`~benchmark.publish.pipeline.publish`)."""
 
 from __future__ import annotations
 
@@ -75,14 +77,8 @@ def run(args: argparse.Namespace) -> int:
 
     from benchmark.distributed import Context, resolve_device
     from benchmark.protocol.assess import Settings, assess, evaluation_context
-    from benchmark.publish.leaderboard import write_leaderboards
-    from benchmark.publish.report import (
-        cases_table,
-        provenance,
-        results_tables,
-        summary_document,
-        write_reports,
-    )
+    from benchmark.publish.pipeline import Reports, evaluation_tables, publish
+    from benchmark.publish.report import provenance
     from benchmark.publish.rows import EXTERNAL, Intervals
     from benchmark.run.external import ExternalHeatmaps
     from benchmark.run.preflight import check_volumes, writable
@@ -107,8 +103,7 @@ def run(args: argparse.Namespace) -> int:
         evaluations = assess(source, volume_ids, labels, calibration, settings)
 
     result = evaluations[key]
-    results, folds = results_tables(dataset.name, EXTERNAL, evaluations)
-    cases = cases_table(dataset.name, EXTERNAL, evaluations, volume_ids)
+    results, folds, cases = evaluation_tables(dataset.name, EXTERNAL, evaluations, volume_ids)
     images = {v: dataset.fingerprint(v) for v in volume_ids}
     truths = {v: dataset.truth_fingerprint(v) for v in volume_ids}
     files = heatmaps.digest()  # reads every file once more
@@ -120,23 +115,23 @@ def run(args: argparse.Namespace) -> int:
         ),
     )
     intervals = Intervals(config.reference, config.bootstrap_resamples, seed=config.seed)
-    pages = write_leaderboards(
-        results,
-        args.leaderboards,
-        cases=cases,
-        intervals=intervals,
-        fallback_dir=out / "leaderboards",
-    )
-    page = pages.tables[dataset.name]
-    results = page[(page.model == EXTERNAL) & (page.method == key)].reset_index(drop=True)
     settings = {
         "run": {f: getattr(config, f) for f in PROTOCOL_FIELDS},
         "dataset": {"name": dataset.name, "options": dataset.options()},
         "heatmaps": {"folder": str(Path(args.heatmaps).resolve()), "digest": files},
         "unscored": sorted(unscored),
     }
-    summary = summary_document(results, cases, folds, settings, [], provenance(None))
-    written = write_reports(out, results, folds, cases, summary)
+    published = publish(
+        results,
+        folds,
+        cases,
+        Reports(out, settings, environment=lambda: provenance(None)),
+        args.leaderboards,
+        intervals,
+        fallback_dir=out / "leaderboards",
+        from_page=True,  # the reports hold the row as its page shows it
+    )
+    results, pages, written = published.results, published.pages, published.reports
     overlap = result.overlap
     line = results.iloc[0]
     print(

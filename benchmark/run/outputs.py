@@ -28,22 +28,18 @@ from benchmark.protocol.evaluation import (
 )
 from benchmark.protocol.metrics import KEYS
 from benchmark.publish import figures
-from benchmark.publish.leaderboard import page_lock, write_leaderboards
+from benchmark.publish.leaderboard import page_lock
+from benchmark.publish.pipeline import Reports, evaluation_tables, publish
 from benchmark.publish.report import (
     RUN_TABLES,
-    cases_table,
     environment_note,
     keep_earlier,
     provenance,
     provenance_columns,
     read_tables,
-    results_tables,
-    summary_document,
     tables_lock,
-    write_csv,
-    write_reports,
 )
-from benchmark.publish.rows import KEY, Intervals, with_intervals
+from benchmark.publish.rows import KEY, Intervals
 from benchmark.run.job import Job
 from datasets.base import safe_stem
 from foundation.io import atomic_write
@@ -95,16 +91,17 @@ def figure_rows(
     jobs: Sequence[Job],
     results: pd.DataFrame,
     folds: pd.DataFrame,
-    config: RunConfig,
+    volumes: int,
     patterns: Sequence[str],
 ) -> tuple[list[str], list[figures.FigureRow]]:
     """(specs, rows) of the Figure 6 layout: a few annotated validation positives, each
     method family matching ``patterns`` at its best layer, binarised with fold 0's
-    (tau, tau') (A.7). ``jobs``: one classifier seed's, one per classifier (the same
-    volumes), each with its specs' heatmaps. Empty when there is nothing to show."""
+    (tau, tau') (A.7); ``volumes`` positives at most. ``jobs``: one classifier seed's, one
+    per classifier (the same volumes), each with its specs' heatmaps. Empty when there is
+    nothing to show."""
     job_of = {spec: job for job in jobs for spec in job.specs}
     dataset, first = jobs[0].dataset, jobs[0]
-    positives = figures.figure_ids(dataset, first.volume_ids, first.unscored, config.figure_volumes)
+    positives = figures.figure_ids(dataset, first.volume_ids, first.unscored, volumes)
     specs = figures.figure_specs(results, patterns)
     if not positives or not specs:
         return [], []
@@ -186,9 +183,7 @@ def combine_seeds(seeded: Sequence[Seeded]) -> tuple[pd.DataFrame, pd.DataFrame,
     parts = []
     for s in seeded:
         dataset, volume_ids = s.job.dataset.name, s.job.volume_ids
-        results, folds = results_tables(dataset, s.model_name, s.evaluations)
-        cases = cases_table(dataset, s.model_name, s.evaluations, volume_ids)
-        parts.append((results, folds, cases))
+        parts.append(evaluation_tables(dataset, s.model_name, s.evaluations, volume_ids))
     seeds = [s.seed for s in seeded]
     if len(set(seeds)) == 1:
         return tuple(pd.concat([part[i] for part in parts], ignore_index=True) for i in range(3))
@@ -240,9 +235,10 @@ def write_outputs(
 ) -> RunOutputs:
     """Stage 5: results (with intervals over volumes and seeds), folds, per-case and
     timing CSVs (with the earlier runs' rows they keep, :func:`with_earlier`),
-    summary.json, leaderboards, the Figure 6 layout, NIfTI on request. The run folder's
-    tables and the pages are read and written under their locks, so that runs into the same
-    folders side by side each add their rows."""
+    summary.json, leaderboards (:func:`~benchmark.publish.pipeline.publish`, reports
+    first), the Figure 6 layout, NIfTI on request. The run folder's tables and the pages
+    are read and written under their locks, so that runs into the same folders side by side
+    each add their rows."""
     first = seeded[0]
     job, dataset = first.job, first.job.dataset
     results, folds, cases = combine_seeds(seeded)
@@ -271,8 +267,6 @@ def write_outputs(
         tables, kept = with_earlier(out_dir, new)
         folds, cases, timings = tables["folds"], tables["cases"], tables["timings"]
         intervals = Intervals(config.reference, config.bootstrap_resamples, seed=config.seed)
-        results = with_intervals(tables["results"], cases, intervals)
-        mine = results[results.method.isin(computed)]
         settings = {
             "preset": preset,
             "seeds": seeds,
@@ -294,9 +288,6 @@ def write_outputs(
             }
             for s in seeded
         ]
-        summary = summary_document(results, cases, folds, settings, classifiers, environment)
-        write_reports(out_dir, results, folds, cases, summary)
-        write_csv(timings, out_dir / RUN_TABLES["timings"])
         lines = [sanity_lines(s.report, s.model_name, s.classifier) for s in seeded]
         prefix = [f"Seed {s.seed}: " if len(seeds) > 1 else "" for s in seeded]
         page_notes = [p + note for p, (note, _) in zip(prefix, lines, strict=True)]
@@ -307,25 +298,36 @@ def write_outputs(
                 f"{len(job.unscored)} positive(s) with an empty annotation are scored for "
                 f"classification only: {', '.join(sorted(job.unscored, key=natural_key))}."
             )
+
+        def strips(results: pd.DataFrame) -> dict[str, bytes] | None:  # a strip per family
+            mine = results[results.method.isin(computed)]
+            specs, rows = figure_rows(jobs, mine, shown, config.figure_volumes, ["*"])
+            return figures.method_strips(rows, specs) if rows else None
+
         fallback = out_dir / "leaderboards"
-        specs, rows = figure_rows(jobs, mine, shown, config, ["*"])  # a strip per family
-        pages = write_leaderboards(
-            results,
+        reports = Reports(out_dir, settings, classifiers, environment, {"timings": timings})
+        published = publish(
+            tables["results"],
+            folds,
+            cases,
+            reports,
             leaderboards,
-            strips=figures.method_strips(rows, specs) if rows else None,
+            intervals,
+            fallback_dir=fallback,
             notes=page_notes,
             warning="\n".join(warnings) or None,
-            fallback_dir=fallback,
-            cases=cases,
-            intervals=intervals,
+            strips=strips,
         )
+        results, pages = published.results, published.pages
+        mine = results[results.method.isin(computed)]
         folder = fallback if dataset.name in pages.fell_back else Path(leaderboards)
         figure = folder / f"{dataset.name}.png"
         if (dataset.name in pages.merged or kept) and figure.exists():
             log.info("%s left standing: it shows methods this run did not compute", figure)
             figure = None
         else:
-            specs, rows = figure_rows(jobs, mine, shown, config, config.figure_methods)
+            volumes, methods = config.figure_volumes, config.figure_methods
+            specs, rows = figure_rows(jobs, mine, shown, volumes, methods)
             title = f"{dataset.name}: heatmaps and masks"
             figure = figures.save_png(figures.draw(rows, title=title), figure) if rows else None
             if not rows:
