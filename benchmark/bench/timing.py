@@ -34,6 +34,7 @@ def clock(fn: Callable[[], object], device: torch.device) -> float:
 
 
 def describe(device: torch.device) -> str:
+    """The device as the bench tables name it: the GPU's model, or the CPU's threads."""
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
     return f"cpu ({torch.get_num_threads()} threads)"

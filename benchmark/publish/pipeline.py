@@ -93,10 +93,23 @@ def publish(
     ``results``' rows as the page shows them, their intervals and deltas computed among the
     page's rows.
     """
-    where = (leaderboards, intervals, fallback_dir, notes, warning, strips)
+
+    def write_pages(rows: pd.DataFrame) -> Written:
+        figure = strips(rows) if strips is not None else None
+        return write_leaderboards(
+            rows,
+            leaderboards,
+            strips=figure,
+            notes=notes,
+            warning=warning,
+            fallback_dir=fallback_dir,
+            cases=cases,
+            intervals=intervals,
+        )
+
     pages = None
     if from_page:
-        pages = _pages(results, cases, *where)
+        pages = write_pages(results)
         page = pages.tables[str(results.dataset.iloc[0])]
         ours = pd.MultiIndex.from_frame(results[["model", "method"]])
         shown = pd.MultiIndex.from_frame(page[["model", "method"]]).isin(ours)
@@ -113,27 +126,5 @@ def publish(
     for name, table in reports.tables.items():
         written.append(write_csv(table, out_dir / RUN_TABLES[name]))
     if pages is None:
-        pages = _pages(results, cases, *where)
+        pages = write_pages(results)
     return Published(results, pages, written)
-
-
-def _pages(
-    results: pd.DataFrame,
-    cases: pd.DataFrame,
-    leaderboards: str | Path,
-    intervals: Intervals,
-    fallback_dir: str | Path,
-    notes: Sequence[str],
-    warning: str | None,
-    strips: Callable[[pd.DataFrame], Mapping[str, bytes] | None] | None,
-) -> Written:
-    return write_leaderboards(
-        results,
-        leaderboards,
-        strips=strips(results) if strips is not None else None,
-        notes=notes,
-        warning=warning,
-        fallback_dir=fallback_dir,
-        cases=cases,
-        intervals=intervals,
-    )
