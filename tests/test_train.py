@@ -455,3 +455,46 @@ def test_bf16_precision_runs_the_convolutions_in_bf16_on_any_device(monkeypatch)
         expected = "bfloat16" if native else "float32"
         assert distributed.training_precision(cpu, "auto") == expected
     assert distributed.training_precision(cpu, "float32") == "float32"
+
+
+class CountingSet(TinySet):
+    """:class:`TinySet` counting the reads of each volume."""
+
+    def __init__(self):
+        super().__init__()
+        self.reads = dict.fromkeys(self.ids(), 0)
+
+    def __getitem__(self, key: str) -> SimpleNamespace:
+        self.reads[key] += 1
+        return super().__getitem__(key)
+
+
+def test_training_reads_each_volume_once_and_learns_the_same(tmp_path, monkeypatch):
+    config = dataclasses.replace(TINY, holdout=0.25, iterations=9)
+    kept = CountingSet()
+    whole = read_checkpoint(train(kept, config, tmp_path / "kept", progress=False))
+    assert max(kept.reads.values()) == 1 and sum(kept.reads.values()) >= 6
+
+    monkeypatch.setattr("benchmark.training.memory.BUDGET", 0)  # every read from the data set
+    read = CountingSet()
+    again = read_checkpoint(train(read, config, tmp_path / "read", progress=False))
+    # 9 steps of 2 volumes, 3 validations of the 4 held-out volumes, the 4 evaluation ones
+    assert sum(read.reads.values()) == 9 * 2 + 3 * 4 + 4
+    for key, value in whole["model"].items():
+        assert torch.equal(again["model"][key], value), key
+    assert again["val"] == whole["val"]
+
+
+def test_in_memory_keeps_volumes_up_to_its_budget():
+    from benchmark.training.memory import InMemory
+
+    data = CountingSet()
+    first, second, third = data.ids()[:3]
+    keeper = InMemory(data, budget=2 * data[first].image.nbytes)
+    data.reads = dict.fromkeys(data.reads, 0)
+    for _ in range(3):
+        for key in (first, second, third):
+            assert np.array_equal(keeper[key].image, data._image[key])
+    assert [data.reads[k] for k in (first, second, third)] == [1, 1, 3]
+    assert keeper[first].image is not data._image[first]  # a copy: the data set's stays
+    assert keeper.ids("val") == data.ids("val") and keeper.name == "tiny"

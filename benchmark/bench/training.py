@@ -119,12 +119,14 @@ def bench_learning(
     import tempfile
 
     from benchmark.training.checkpoint import load_classifier, read_checkpoint
+    from benchmark.training.memory import InMemory
     from benchmark.training.scoring import classifier_report, roc_auc
     from benchmark.training.slices import volume_logits
     from benchmark.training.train import train
 
     ids = list(dataset.ids("val"))
     labels = torch.tensor([dataset.label(i) for i in ids])
+    evaluation = InMemory(dataset)  # read once for every validation's scores
     runs = []
     for seed in seeds:
         seeded = dataclasses.replace(config, seed=seed)
@@ -132,7 +134,7 @@ def bench_learning(
 
         def monitor(step: int, model: torch.nn.Module, clock=clock, seeded=seeded) -> None:
             clock["spent"] += time.perf_counter() - clock["since"]
-            logits = volume_logits(model, dataset, ids, seeded.val_slices, seeded.slice_size, 256)
+            logits = volume_logits(model, evaluation, ids, seeded.val_slices, seeded.slice_size, 256)
             auc = roc_auc(labels, logits)
             log.info("step %d: evaluation AUC %.4f after %.1f min", step, auc, clock["spent"] / 60)
             if clock["hit"] is None and auc >= target:

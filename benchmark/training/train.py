@@ -57,6 +57,7 @@ from benchmark.training.checkpoint import (
 )
 from benchmark.training.data import data_record, dataset_info, split_ids
 from benchmark.training.files import VAL_SCORES, load_for_resume, save_run, write_config
+from benchmark.training.memory import InMemory
 from benchmark.training.models import model_spec
 from benchmark.training.scoring import auc_or_nan, validation_scores
 from benchmark.training.slices import BatchPlan, slice_loss
@@ -202,6 +203,7 @@ def _train(
 ) -> Path:
     """:func:`train`, with its folder's lock held."""
     path, device = out_dir / CHECKPOINT, context.device
+    dataset = InMemory(dataset)
     info = dataset_info(dataset)
     config = resolve_iterations(config, info["name"])
     _check(config, context.world_size)
