@@ -498,3 +498,16 @@ def test_in_memory_keeps_volumes_up_to_its_budget():
     assert [data.reads[k] for k in (first, second, third)] == [1, 1, 3]
     assert keeper[first].image is not data._image[first]  # a copy: the data set's stays
     assert keeper.ids("val") == data.ids("val") and keeper.name == "tiny"
+
+
+def test_a_timed_step_reads_its_volumes_as_the_loop_does():
+    from benchmark.training.estimate import step_function
+
+    kept, read = CountingSet(), CountingSet()
+    for data, volumes_kept in ((kept, True), (read, False)):
+        step = step_function(TINY, data, torch.device("cpu"), volumes_kept=volumes_kept)
+        for _ in range(4):
+            step()
+    # kept: one positive and one negative volume, each read once; else 2 reads a step
+    assert sorted(n for n in kept.reads.values() if n) == [1, 1]
+    assert sum(read.reads.values()) == 4 * 2

@@ -23,9 +23,11 @@ class StepVariant:
     channels_last: bool = False
     batch_factor: int = 1  # volumes (hence slices) per step, times this
     compile: bool = False  # torch.compile the model (its compile time is reported apart)
+    volumes_kept: bool = True  # in memory, as the loop keeps them; False: read every step
 
 
 STEP_VARIANTS = (
+    StepVariant("float32, volumes read every step", volumes_kept=False),
     StepVariant("float32"),
     StepVariant("bf16 autocast", "bfloat16"),
     StepVariant("channels_last", channels_last=True),
@@ -77,7 +79,9 @@ def bench_training_step(
             model = _ChannelsLast(model) if variant.channels_last else model
             return torch.compile(model) if variant.compile else model
 
-        steps[variant] = step_function(varied, dataset, device, wrap)
+        steps[variant] = step_function(
+            varied, dataset, device, wrap, volumes_kept=variant.volumes_kept
+        )
         seconds = clock(steps[variant], device)  # warm-up (and compilation)
         compile_seconds[variant] = seconds if variant.compile else None
     times: dict[StepVariant, list[float]] = {v: [] for v in variants}
@@ -134,7 +138,9 @@ def bench_learning(
 
         def monitor(step: int, model: torch.nn.Module, clock=clock, seeded=seeded) -> None:
             clock["spent"] += time.perf_counter() - clock["since"]
-            logits = volume_logits(model, evaluation, ids, seeded.val_slices, seeded.slice_size, 256)
+            logits = volume_logits(
+                model, evaluation, ids, seeded.val_slices, seeded.slice_size, 256
+            )
             auc = roc_auc(labels, logits)
             log.info("step %d: evaluation AUC %.4f after %.1f min", step, auc, clock["spent"] / 60)
             if clock["hit"] is None and auc >= target:

@@ -21,6 +21,7 @@ from benchmark.distributed import (
     resolve_device,
 )
 from benchmark.training.data import dataset_info, split_ids
+from benchmark.training.memory import InMemory
 from benchmark.training.strategy import batches_for
 from benchmark.training.train import optimiser, resolve_iterations, train_step
 
@@ -75,6 +76,7 @@ def training_estimate(
     (then the evaluation split once, at the end) or, without one, the evaluation split."""
     device = resolve_device(device)
     config = resolve_iterations(config, dataset_info(dataset)["name"])
+    dataset = InMemory(dataset)  # as the loop: the warm-up calls read what they time
     step = step_function(config, dataset, device)
     s_per_step = mean_seconds(step, device, steps)
     split = split_ids(dataset, config)
@@ -101,12 +103,23 @@ def step_function(
     dataset: Any,
     device: torch.device,
     wrap: Callable[[nn.Module], nn.Module] | None = None,
+    *,
+    volumes_kept: bool = True,
 ) -> Callable[[], None]:
     """One step of :func:`train`'s loop (draw, cut, forward, backward, Adam) with fresh
     weights on ``dataset``'s train split, as a function; ``wrap`` wraps the model (e.g.
-    ``torch.compile``) as ``bench train`` compares ways to run it."""
+    ``torch.compile``) as ``bench train`` compares ways to run it.
+
+    ``volumes_kept``: the loop keeps its volumes in memory (:mod:`benchmark.training.memory`),
+    so a step of a long run reads none; the steps then draw from one positive and one
+    negative volume, kept after the first (warm-up) step, and cost what such a step does.
+    ``False``: every step reads its volumes from ``dataset``, as the loop did before."""
     batches = batches_for(config)
     split = split_ids(dataset, dataclasses.replace(config, holdout=0.0))
+    positives, negatives = split["positives"], split["negatives"]
+    if volumes_kept:
+        dataset = InMemory(dataset)
+        positives, negatives = positives[:1], negatives[:1]
     model = batches.build_model(len(dataset.channels), initial=False).to(device)
     model.to(memory_format=memory_format(device, batches.spatial_dims))
     optimizer, scheduler = optimiser(model, config)
@@ -114,7 +127,7 @@ def step_function(
     generator = torch.Generator().manual_seed(config.seed)
 
     def step() -> None:
-        plan = batches.draw(split["positives"], split["negatives"], generator)
+        plan = batches.draw(positives, negatives, generator)
         inputs, labels = batches.cut(dataset, plan, range(len(plan.ids)), device)
         train_step(
             net,
