@@ -1,7 +1,8 @@
-"""``bench tomography|methods|scale|figure4|train|plan``: throughput, overhead and speed-up
-ratios, how time, memory and bytes kept grow with the volume and with L, side by side,
-the 2D and 3D classifiers' estimated training times, and ``run --plan``'s estimate beside
-the measured time of the same run."""
+"""``bench tomography|methods|scale|figure4|iterative|train|plan``: throughput, overhead and
+speed-up ratios, how time, memory and bytes kept grow with the volume and with L, side by
+side, what iterative CAM does with a classifier's CAMs, the 2D and 3D classifiers'
+estimated training times, and ``run --plan``'s estimate beside the measured time of the
+same run."""
 
 from __future__ import annotations
 
@@ -35,12 +36,15 @@ PLAN_SETTINGS = {"train.iterations": "100", "allow_chance": "true"}
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "target",
-        choices=("tomography", "methods", "scale", "figure4", "train", "plan"),
+        choices=("tomography", "methods", "scale", "figure4", "iterative", "train", "plan"),
         help="tomography: the core and ToNNO's overhead over its classifier; methods: "
         "slice-wise CAMs vs pytorch-grad-cam, per-volume times (3D CAMs too), peak memory vs "
         "chunk; "
         "scale: ToNNO and Tomographic LayerCAM@2 as the volume and L grow, log-log slopes; "
         "figure4: the paper's Figure 4 measured, Averaged vs Tomographic vs Iterative CAM; "
+        "iterative: a trained classifier's (--checkpoint) LayerCAM maps against pooled "
+        "slices, and where Averaged, Tomographic, Iterative CAM and its variants put their "
+        "top voxels, per stage; "
         "train: seconds per training step of the 2D and 3D classifiers (the preset's) on "
         "--dataset, times their iterations; plan: run --plan's estimate per stage beside the "
         "measured time of the same run (--methods, --dataset-option, --set: the run's)",
@@ -92,6 +96,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="figure4: paper (224-px slices pooled to 7, 14, 28, 56 cells), quick (64 px to "
         "2, 4, 8, 16: the quick preset's stages); default both on a GPU, quick on a CPU",
     )
+    parser.add_argument("--checkpoint", help="iterative: the trained 2D classifier")
+    parser.add_argument(
+        "--stages", type=int, nargs="+", default=[1, 2, 3, 4], help="iterative: CAM stages"
+    )
+    parser.add_argument(
+        "--volumes",
+        type=int,
+        default=4,
+        help="iterative: evaluation volumes (positives) to measure",
+    )
+    parser.add_argument(
+        "--heatmaps",
+        help="iterative: write every reconstruction of every evaluation volume to "
+        "HEATMAPS/<name>@<stage>/<id>.npy, for `evaluate` (then --volumes counts all volumes)",
+    )
     add_set_argument(
         parser,
         "TomographyConfig overrides, e.g. n_angles=500 chunk=16; for train: train.FIELD and "
@@ -125,6 +144,8 @@ def run(args: argparse.Namespace) -> int:
         return _run_scale(args, config, preset, device)
     if args.target == "figure4":
         return _run_figure4(args, config, preset, device)
+    if args.target == "iterative":
+        return _run_iterative(args, config, preset)
     if args.target == "tomography":
         rows = bench_tomography(config, shape, device, args.model, args.repeats).rows()
     else:
@@ -222,6 +243,40 @@ def _run_figure4(args: argparse.Namespace, config, preset: str, device) -> int:
     ]
     headers = ("phantom", "slice px", "cells", "kernel px", "Averaged", "Tomographic", "Iterative")
     print(tabulate(table, headers=headers, tablefmt="github", disable_numparse=True))
+    return 0
+
+
+def _run_iterative(args: argparse.Namespace, config, preset: str) -> int:
+    """``bench iterative``: each measure's median over the volumes, per stage (CPU)."""
+    import pandas as pd
+    import torch
+    from tabulate import tabulate
+
+    from benchmark.bench.iterative import diagnose
+    from benchmark.training.checkpoint import load_classifier
+
+    if not args.checkpoint:
+        raise SystemExit("bench iterative: --checkpoint FILE (a trained 2D classifier) is needed")
+    dataset = open_dataset(args)
+    model = load_classifier(args.checkpoint, torch.device("cpu"))
+    ids = dataset.ids("val")
+    if args.heatmaps:
+        ids = ids[: args.volumes]
+    else:
+        ids = [i for i in ids if dataset.label(i) == 1][: args.volumes]
+    heatmaps = Path(args.heatmaps) if args.heatmaps else None
+    rows = pd.DataFrame(list(diagnose(model, dataset, ids, config, tuple(args.stages), heatmaps)))
+    c = config
+    print(
+        f"bench iterative ({preset} preset: L = {c.n_angles_cam}, M = {c.n_slices}, "
+        f"{c.slice_size} px): {args.checkpoint} on {rows['id'].nunique()} positive evaluation "
+        f"volumes of {args.dataset}; LayerCAM; median over the volumes"
+    )
+    table = rows.drop(columns="id").groupby("stage").median().T
+    table.columns = [f"stage {k}" for k in table.columns]
+    print(tabulate(table, headers="keys", tablefmt="github", floatfmt=".3f"))
+    if heatmaps is not None:
+        print(f"heatmaps: {heatmaps}/<name>@<stage>/ (python -m benchmark evaluate --heatmaps ...)")
     return 0
 
 
