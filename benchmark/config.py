@@ -214,14 +214,13 @@ PRESETS: dict[type, dict[str, Any]] = {
     },
     Train3DConfig: {
         "paper": Train3DConfig(),
-        # the volumes' own size, the stem's max pool dropped (stage 1 at half the
-        # resolution); the 2D quick preset's rule: plateau lr, a window of 4 holdout
-        # validations, patience 8, best weights kept, a cap no run reached
+        # the volumes' own size with MedicalNet's stem (max_pool=False: no better Dice, a
+        # worse AUC in 6x the time); the 2D quick preset's rule: plateau lr, a window of 4
+        # holdout validations, patience 8, best weights kept, a cap no run reached
         # (measured: docs/decisions.md#quick-3d-classifier-preset)
         "quick": Train3DConfig(
             model="resnet10_3d",
             input_size=(0, 0, 0),
-            max_pool=False,
             # bf16 3D convolutions on a CPU did not resume bit-identically (2D ones do)
             precision="float32",
             batch_volumes=4,

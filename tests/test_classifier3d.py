@@ -181,6 +181,14 @@ def test_medicalnet_weights_load_without_the_max_pool(tmp_path):
     assert loaded.no_max_pool and not source.no_max_pool
     own = loaded.state_dict()
     assert all(torch.equal(own[k], v) for k, v in source.state_dict().items() if "fc." not in k)
+    # the training's build: the quick preset with train3d.weights; a resumed run skips them
+    settings = load_settings(None, [f"train3d.weights={tmp_path / 'resnet_10.pth'}"])
+    quick = resolve(Train3DConfig, "quick", settings["train3d"], section="train3d")
+    quick = dataclasses.replace(quick, max_pool=False)
+    built = batches_for(quick).build_model(1).net
+    assert built.no_max_pool and torch.equal(built.conv1.weight, source.conv1.weight)
+    fresh = batches_for(quick).build_model(1, initial=False).net
+    assert not torch.equal(fresh.conv1.weight, source.conv1.weight)
 
 
 def test_native_size_trains_and_loads_with_its_stem(tmp_path):
@@ -214,7 +222,7 @@ def test_train3d_settings_and_presets():
     assert config.model == "resnet10_3d" and config.holdout > 0 and config.patience > 0
     quick = resolve(Train3DConfig, "quick")  # the 2D quick preset's rule, at the own size
     two = resolve(TrainConfig, "quick")
-    assert quick.input_size == (0, 0, 0) and not quick.max_pool
+    assert quick.input_size == (0, 0, 0) and quick.max_pool
     rule = ("holdout", "window", "patience", "min_delta", "schedule", "warmup")
     assert [getattr(quick, f) for f in rule] == [getattr(two, f) for f in rule]
     native = load_settings(None, ["train3d.input_size=0,0,0"])["train3d"]
