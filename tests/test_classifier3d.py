@@ -147,11 +147,88 @@ def test_medicalnet_weights_load_tensor_for_tensor(tmp_path):
         create_volume_classifier("resnet10_3d", 1, (8, 8, 8), weights=tmp_path / "missing.pth")
 
 
+def test_input_size_zero_is_the_volumes_own_size_and_no_max_pool_doubles_the_stages():
+    """A 0 of ``input_size`` keeps the volume's size on that axis (no resampling, any
+    shape); without the stem's max pool stage k is at 1/2^k of the input, not 1/2^(k+1)."""
+    seen = {}
+    for max_pool in (True, False):
+        model = create_volume_classifier("resnet10_3d", 1, (0, 0, 0), max_pool=max_pool).eval()
+        stage1 = model.get_submodule(model.feature_info[0]["module"])
+        hook = stage1.register_forward_hook(lambda m, a, out, k=max_pool: seen.update({k: out}))
+        for shape in ((16, 32, 24), (10, 12, 14)):
+            x = torch.randn(1, 1, *shape, generator=torch.Generator().manual_seed(0))
+            with torch.no_grad():
+                assert torch.equal(model(x), model.net(x))
+        hook.remove()
+        assert model.feature_info[0]["reduction"] == (4 if max_pool else 2)
+    assert seen[True].shape[2:] == (3, 3, 4) and seen[False].shape[2:] == (5, 6, 7)
+    mixed = create_volume_classifier("resnet10_3d", 1, (0, 8, 0)).eval()
+    x = torch.randn(1, 1, 6, 12, 10)
+    small = torch.nn.functional.interpolate(
+        x, size=(6, 8, 10), mode="trilinear", align_corners=True
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(mixed(x), mixed.net(small))
+
+
+def test_medicalnet_weights_load_without_the_max_pool(tmp_path):
+    """The max pool has no weights: a MedicalNet file loads into the pool-less stem too."""
+    source = create_volume_classifier("resnet10_3d", 1, (8, 8, 8)).net
+    _medicalnet_file(tmp_path / "resnet_10.pth", source)
+    loaded = create_volume_classifier(
+        "resnet10_3d", 1, (0, 0, 0), weights=tmp_path / "resnet_10.pth", max_pool=False
+    ).net
+    assert loaded.no_max_pool and not source.no_max_pool
+    own = loaded.state_dict()
+    assert all(torch.equal(own[k], v) for k, v in source.state_dict().items() if "fc." not in k)
+    # the training's build: the quick preset with train3d.weights; a resumed run skips them
+    settings = load_settings(None, [f"train3d.weights={tmp_path / 'resnet_10.pth'}"])
+    quick = resolve(Train3DConfig, "quick", settings["train3d"], section="train3d")
+    quick = dataclasses.replace(quick, max_pool=False)
+    built = batches_for(quick).build_model(1).net
+    assert built.no_max_pool and torch.equal(built.conv1.weight, source.conv1.weight)
+    fresh = batches_for(quick).build_model(1, initial=False).net
+    assert not torch.equal(fresh.conv1.weight, source.conv1.weight)
+
+
+def test_native_size_trains_and_loads_with_its_stem(tmp_path):
+    """``input_size=(0, 0, 0)``: the steps see the data set's own shape; the checkpoint
+    records ``max_pool`` and loads the same network."""
+    data = TinySet()
+    config = dataclasses.replace(
+        TINY3D, input_size=(0, 0, 0), max_pool=False, iterations=2, val_every=2
+    )
+    batches = batches_for(config)
+    plan = batches.draw(data.ids("train")[1::2], data.ids("train")[::2], torch.Generator())
+    inputs, _ = batches.cut(data, plan, [0, 1], torch.device("cpu"))
+    assert inputs.shape[2:] == data[data.ids()[0]].image.shape[1:]
+    path = train(data, config, tmp_path / "native", progress=False)
+    loaded = load_classifier(path)
+    assert loaded.input_size == (0, 0, 0) and loaded.net.no_max_pool
+    ids = data.ids("val")
+    state = torch.load(path, weights_only=True)
+    assert state["config"]["max_pool"] is False
+    rebuilt = create_volume_classifier("resnet10_3d", 1, (0, 0, 0), max_pool=False)
+    rebuilt.load_state_dict(state["model"])
+    assert torch.equal(
+        whole_volume_logits(loaded, data, ids, 3), whole_volume_logits(rebuilt, data, ids, 3)
+    )
+
+
 def test_train3d_settings_and_presets():
     settings = load_settings(None, ["train3d.input_size=16,32,32", "train3d.rotation=10"])
     config = resolve(Train3DConfig, "quick", settings["train3d"], section="train3d")
     assert config.input_size == (16, 32, 32) and config.rotation == 10.0
     assert config.model == "resnet10_3d" and config.holdout > 0 and config.patience > 0
+    quick = resolve(Train3DConfig, "quick")  # the 2D quick preset's rule, at the own size
+    two = resolve(TrainConfig, "quick")
+    assert quick.input_size == (0, 0, 0) and quick.max_pool
+    rule = ("holdout", "window", "patience", "min_delta", "schedule", "warmup")
+    assert [getattr(quick, f) for f in rule] == [getattr(two, f) for f in rule]
+    native = load_settings(None, ["train3d.input_size=0,0,0"])["train3d"]
+    assert resolve(Train3DConfig, "paper", native, section="train3d").input_size == (0, 0, 0)
+    with pytest.raises(ValueError, match=r"input_size must be >= 2 or 0 \(the volume's own"):
+        load_settings(None, ["train3d.input_size=0,1,8"])
     assert resolve(Train3DConfig, "paper").model == "resnet18_3d"
     with pytest.raises(ValueError, match="did you mean --set train3d.flip"):
         load_settings(None, ["flip=false"])

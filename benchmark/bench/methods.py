@@ -159,7 +159,9 @@ def bench_volume_cams(
     from methods.heatmaps import compute_heatmaps
 
     volume = torch.rand(shape, generator=torch.Generator().manual_seed(0)).to(device)
-    model = create_volume_classifier(config.model, shape[0], config.input_size)
+    model = create_volume_classifier(
+        config.model, shape[0], config.input_size, max_pool=config.max_pool
+    )
     model = model.to(device).eval()
     rows = [("volume classifier", f"{config.model} (random weights), input {config.input_size}")]
     for spec in (*(f"{name}@4" for name in VOLUME_GRADIENT_CAMS), "cam3d_scorecam@1"):

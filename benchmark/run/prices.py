@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from benchmark.distributed import mean_seconds
+from benchmark.training.classifier3d import native_size
 from methods import Method, Passes
 
 if TYPE_CHECKING:
@@ -206,10 +207,11 @@ def volume_input_voxels(
     volume_model: torch.nn.Module | None, shape: tuple[int, int, int]
 ) -> int | None:
     """Voxels the volume classifier sees of a volume of ``shape``: its ``input_size`` (it
-    resizes every volume to it), else the volume's own; None without a volume classifier."""
+    resizes every volume to it; a 0 keeps that axis's size), else the volume's own; None
+    without a volume classifier."""
     if volume_model is None:
         return None
-    return math.prod(getattr(volume_model, "input_size", shape))
+    return math.prod(native_size(getattr(volume_model, "input_size", shape), shape))
 
 
 def counted_prices(slice_size: int, volume_voxels: int | None = None) -> Calibration:

@@ -147,7 +147,10 @@ def load_classifier(
         from benchmark.training.classifier3d import create_volume_classifier
 
         size = tuple(state["config"]["input_size"])
-        model = create_volume_classifier(state["model_name"], state["in_chans"], size)
+        max_pool = state["config"].get("max_pool", True)  # older checkpoints: MedicalNet's stem
+        model = create_volume_classifier(
+            state["model_name"], state["in_chans"], size, max_pool=max_pool
+        )
         spatial_dims = 3
     else:
         from benchmark.training.models import create_classifier

@@ -9,6 +9,7 @@ stem (7^3 convolution of stride 2) and shortcuts, so that MedicalNet weights (Ch
 from __future__ import annotations
 
 import difflib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,22 +47,38 @@ def resnet3d_spec(name: str) -> Resnet3dSpec:
     return RESNETS_3D[name]
 
 
-def resize_volumes(x: Tensor, size: tuple[int, int, int]) -> Tensor:
+def native_size(input_size: Sequence[int], shape: Sequence[int]) -> tuple[int, int, int]:
+    """The size (D, H, W) a volume of ``shape`` (D, H, W) is seen at for ``input_size``: a 0
+    keeps the volume's own size on that axis (``train3d.input_size=0,0,0``: no resampling)."""
+    return tuple(int(s) or int(n) for s, n in zip(input_size, shape, strict=True))
+
+
+def resize_volumes(x: Tensor, size: Sequence[int]) -> Tensor:
     """Volumes [N,C,D,H,W] resampled trilinearly to ``size`` on [-1, 1]^3 (corner voxels
-    fixed, as the tomography core's grid); ``x`` itself when already that size."""
-    if tuple(x.shape[2:]) == tuple(size):
+    fixed, as the tomography core's grid; a 0 keeps that axis's size, :func:`native_size`);
+    ``x`` itself when already that size."""
+    size = native_size(size, x.shape[2:])
+    if tuple(x.shape[2:]) == size:
         return x
     return F.interpolate(x, size=tuple(size), mode="trilinear", align_corners=True)
 
 
 class VolumeClassifier(nn.Module):
-    """A 3D ResNet ``net`` behind a resize to ``input_size``: volumes [N,C,D,H,W] -> [N,1].
+    """A 3D ResNet ``net`` behind a resize to ``input_size`` (a 0: the volume's own size on
+    that axis): volumes [N,C,D,H,W] -> [N,1].
 
     ``feature_info`` lists stages 1-4 (``net.layer1..4``) timm-style, for the layer-wise
-    methods' hooks (:func:`methods.stages.stage_modules`).
+    methods' hooks (:func:`methods.stages.stage_modules`); stage k is at 1/2^(k+1) of the
+    input, 1/2^k without the stem's max pool.
     """
 
-    def __init__(self, net: nn.Module, input_size: tuple[int, int, int], expansion: int):
+    def __init__(
+        self,
+        net: nn.Module,
+        input_size: tuple[int, int, int],
+        expansion: int,
+        max_pool: bool = True,
+    ):
         super().__init__()
         self.net = net
         self.input_size = tuple(int(n) for n in input_size)
@@ -69,7 +86,7 @@ class VolumeClassifier(nn.Module):
             {
                 "module": f"net.layer{i}",
                 "num_chs": 64 * 2 ** (i - 1) * expansion,
-                "reduction": 2 ** (i + 1),
+                "reduction": 2 ** (i + max_pool),
             }
             for i in range(1, 5)
         ]
@@ -84,9 +101,12 @@ def create_volume_classifier(
     input_size: tuple[int, int, int],
     *,
     weights: str | Path | None = None,
+    max_pool: bool = True,
 ) -> VolumeClassifier:
     """The 3D classifier ``name`` (:data:`RESNETS_3D`), MONAI's initialisation or MedicalNet
-    ``weights`` from a local file (:func:`load_medicalnet`)."""
+    ``weights`` from a local file (:func:`load_medicalnet`); ``max_pool=False`` drops the
+    stem's max pool (it has no weights: MedicalNet's load the same), doubling every stage's
+    resolution."""
     from monai.networks import nets
 
     spec = resnet3d_spec(name)
@@ -98,10 +118,11 @@ def create_volume_classifier(
         conv1_t_stride=2,  # MedicalNet's stem
         shortcut_type=spec.shortcut_type,
         bias_downsample=spec.bias_downsample,
+        no_max_pool=not max_pool,
     )
     if weights is not None:
         load_medicalnet(net, weights)
-    return VolumeClassifier(net, input_size, spec.expansion)
+    return VolumeClassifier(net, input_size, spec.expansion, max_pool)
 
 
 def load_medicalnet(net: nn.Module, path: str | Path) -> None:

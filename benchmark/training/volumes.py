@@ -22,7 +22,12 @@ from torch import Tensor, nn
 
 from benchmark.config import Train3DConfig
 from benchmark.distributed import Context
-from benchmark.training.classifier3d import create_volume_classifier, resize_volumes, resnet3d_spec
+from benchmark.training.classifier3d import (
+    create_volume_classifier,
+    native_size,
+    resize_volumes,
+    resnet3d_spec,
+)
 from benchmark.training.slices import (
     OLD_CHECKPOINT_DEFAULTS,
     BatchPlan,
@@ -91,14 +96,15 @@ def whole_volume_logits(
     mine: dict[int, float] = {}
     for start in range(0, len(positions), chunk):
         part = positions[start : start + chunk]
-        batch = torch.stack(
-            [
-                resize_volumes(load_volume(dataset, ids[p], device)[None], model.input_size)[0]
-                for p in part
-            ]
-        )
-        with autocast(device):
-            mine.update(zip(part, model(batch).float()[:, 0].tolist(), strict=True))
+        volumes = [
+            resize_volumes(load_volume(dataset, ids[p], device)[None], model.input_size)[0]
+            for p in part
+        ]
+        for shape in dict.fromkeys(v.shape for v in volumes):  # native sizes may differ
+            same = [i for i, v in enumerate(volumes) if v.shape == shape]
+            with autocast(device):
+                logits = model(torch.stack([volumes[i] for i in same])).float()[:, 0]
+            mine.update(zip([part[i] for i in same], logits.tolist(), strict=True))
     logits: dict[int, float] = {}
     for share in context.gather(mine):
         logits.update(share)
@@ -128,11 +134,12 @@ class VolumeBatches:
         return BatchPlan(ids, params)
 
     def cut(self, dataset, plan: BatchPlan, positions, device) -> tuple[Tensor, Tensor]:
-        """Augmented volumes [len(positions), C, *input_size] and their labels."""
-        size = self.config.input_size
+        """Augmented volumes [len(positions), C, *input_size] and their labels (a 0 of
+        ``input_size``: the size on that axis of the batch's first volume)."""
+        volumes = [load_volume(dataset, plan.ids[b], device) for b in positions]
+        size = native_size(self.config.input_size, volumes[0].shape[1:])
         volumes = [
-            augment_volume(load_volume(dataset, plan.ids[b], device), plan.params[b], size)
-            for b in positions
+            augment_volume(v, plan.params[b], size) for v, b in zip(volumes, positions, strict=True)
         ]
         labels = torch.tensor([float(dataset.label(plan.ids[b])) for b in positions])
         return torch.stack(volumes), labels.to(device)
@@ -150,7 +157,7 @@ class VolumeBatches:
             torch.manual_seed(config.seed)
             weights = config.weights if initial else None
             return create_volume_classifier(
-                config.model, in_chans, config.input_size, weights=weights
+                config.model, in_chans, config.input_size, weights=weights, max_pool=config.max_pool
             )
 
     def record(self) -> dict[str, Any]:
