@@ -93,6 +93,10 @@ def test_map_model_recovers_a_gain_and_an_offset():
     assert abs(found["offset / mean map (median)"] - expected_offset) < 1e-6
     off, peak = maps[:, [0, 1, 4, 5]].mean(), maps[:, 2:4].flatten(2).amax(-1).mean()
     assert abs(found["map off the lesion / peak on it"] - float(off / peak)) < 1e-6
+    assert found["map cells at 0 (ReLU floor)"] == 0.0
+    floored = (2.5 * pooled - 0.5).clamp(min=0.0)
+    share = float((2.5 * pooled - 0.5 <= 0).double().mean())
+    assert map_model(floored, pooled)["map cells at 0 (ReLU floor)"] == share > 0.5
 
 
 def test_placement_and_the_masks():

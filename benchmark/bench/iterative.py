@@ -7,8 +7,8 @@ evaluation positives, :func:`diagnose` measures
 
 - the maps against pooled slices of the lesion mask: per direction, the least-squares fit
   maps = g P(mask) + o (its R^2, the share of directions with g > 0, o over the mean map),
-  and the mean map of the slices that miss the lesion over the mean peak of those that cut
-  it;
+  the mean map of the slices that miss the lesion over the mean peak of those that cut it,
+  and the share of cells at 0 (the ReLU floor);
 - the residual ||P x - maps|| / ||maps|| per direction (median) of Averaged CAM (eq. 12)
   and of the iterative solution;
 - where each reconstruction puts its top voxels: the share of the lesion-sized top inside
@@ -151,7 +151,8 @@ def map_model(maps: Tensor, pooled_mask: Tensor) -> dict[str, float]:
     """How the maps [L, M, c] differ from pooled slices of the lesion mask [L, M, c]: the
     per-direction least-squares fit maps = g pooled_mask + o over the directions whose slices
     cut the lesion (median R^2, share of g > 0, median o / mean map), and the mean map of
-    the slices that miss the lesion over the mean peak of the slices that cut it."""
+    the slices that miss the lesion over the mean peak of the slices that cut it; the share
+    of map cells at 0 (the CAM's ReLU floor)."""
     r2, positive, offset = [], [], []
     for y, m in zip(maps.flatten(1).double(), pooled_mask.flatten(1).double(), strict=True):
         if float(m.std()) == 0.0:
@@ -162,7 +163,7 @@ def map_model(maps: Tensor, pooled_mask: Tensor) -> dict[str, float]:
         total = float((y - y.mean()).square().sum())
         r2.append(1.0 - float((y - fitted).square().sum()) / total if total > 0 else 1.0)
         positive.append(float(coef[0] > 0))
-        offset.append(float(coef[1]) / float(y.abs().mean()))
+        offset.append(float(coef[1]) / float(y.abs().mean()) if bool(y.any()) else math.nan)
     cuts = pooled_mask.flatten(2).amax(-1) > 0  # [L, M]: slices that cut the lesion
     peak = maps.flatten(2).amax(-1)
     return {
@@ -172,6 +173,7 @@ def map_model(maps: Tensor, pooled_mask: Tensor) -> dict[str, float]:
         "map off the lesion / peak on it": float(maps[~cuts].mean() / peak[cuts].mean())
         if bool(cuts.any()) and bool((~cuts).any())
         else math.nan,
+        "map cells at 0 (ReLU floor)": float((maps == 0).double().mean()),
     }
 
 
