@@ -5,7 +5,9 @@ slices, frames and classifier passes, shared with ``averaged_NAME@k`` and
 ``tomographic_NAME@k`` when computed together) and solves for the volume whose slices,
 average-pooled to the maps' grid, match them best (:class:`methods.tomography.Iterative`):
 on Figure 4's pooled slices it is below both Averaged CAM (blurry) and Tomographic CAM
-(over-sharp) at every resolution (``python -m benchmark bench figure4``).
+(over-sharp) at every resolution (``python -m benchmark bench figure4``). On a
+classifier's CAMs it fails (it fits their background with voxels at the cube's faces;
+``python -m benchmark bench iterative`` measures it, docs/tomography.md).
 """
 
 from __future__ import annotations

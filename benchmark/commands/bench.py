@@ -270,7 +270,8 @@ def _run_iterative(args: argparse.Namespace, config, preset: str) -> int:
     print(
         f"bench iterative ({preset} preset: L = {c.n_angles_cam}, M = {c.n_slices}, "
         f"{c.slice_size} px): {args.checkpoint} on {rows['id'].nunique()} positive evaluation "
-        f"volumes of {args.dataset}; LayerCAM; median over the volumes"
+        f"volumes of {' '.join([args.dataset, *(args.dataset_option or [])])}; LayerCAM; "
+        "median over the volumes"
     )
     table = rows.drop(columns="id").groupby("stage").median().T
     table.columns = [f"stage {k}" for k in table.columns]
