@@ -92,7 +92,7 @@ class Train3DConfig:
     """Training of the 3D classifier on whole volumes (beyond the paper: it has none).
 
     As :class:`TrainConfig` (same splits, image-level labels, class balance, intensity
-    augmentation, Adam and cosine schedule, early stopping), with B whole volumes a step,
+    augmentation, Adam and its schedules, early stopping), with B whole volumes a step,
     randomly flipped and rotated in 3D, instead of random slices. The ``paper`` preset is
     our choice of a GPU setting.
     """
