@@ -266,6 +266,8 @@ def _run_iterative(args: argparse.Namespace, config, preset: str) -> int:
         ids = [i for i in ids if dataset.label(i) == 1][: args.volumes]
     heatmaps = Path(args.heatmaps) if args.heatmaps else None
     rows = pd.DataFrame(list(diagnose(model, dataset, ids, config, tuple(args.stages), heatmaps)))
+    if rows.empty:
+        raise SystemExit(f"bench iterative: no positive evaluation volume with a mask among {ids}")
     c = config
     print(
         f"bench iterative ({preset} preset: L = {c.n_angles_cam}, M = {c.n_slices}, "

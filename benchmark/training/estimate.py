@@ -76,9 +76,9 @@ def training_estimate(
     (then the evaluation split once, at the end) or, without one, the evaluation split."""
     device = resolve_device(device)
     config = resolve_iterations(config, dataset_info(dataset)["name"])
-    dataset = InMemory(dataset)  # as the loop: the warm-up calls read what they time
     step = step_function(config, dataset, device)
     s_per_step = mean_seconds(step, device, steps)
+    dataset = InMemory(dataset)  # as the loop: the validations' warm-up reads their volumes
     split = split_ids(dataset, config)
     checked = split["holdout"] or split["val"]
     expected = expected_steps(config)
