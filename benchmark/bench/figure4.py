@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
+from benchmark.bench.iterative import ball_mask
 from methods import tomography
 from methods.config import TomographyConfig
 
@@ -72,9 +73,7 @@ def bench_figure4(
     names = list(phantoms)
     volume = torch.stack([phantoms[n] for n in names]).to(device)
     shape = tuple(volume.shape[1:])
-    axes = [torch.linspace(-1.0, 1.0, n) for n in shape]
-    radius = torch.stack(torch.meshgrid(*axes, indexing="ij")).square().sum(0).sqrt()
-    inside = (radius <= 1.0).to(device)
+    inside = ball_mask(shape).view(shape).to(device)
     iterative = tomography.Iterative()
     modes = {**FIGURE4_METHODS, "iterative": iterative}
     rows = []
