@@ -112,3 +112,36 @@ def test_placement_and_the_masks():
     assert found["top in the lesion"] == 1.0
     on_faces = edge.float() + 0.01 * torch.rand(len(edge))
     assert placement(on_faces, lesion, edge)["top 0.5 % at the faces"] == 1.0
+
+
+def test_diagnose_measures_a_positive_and_draws_its_views(tmp_path):
+    from types import SimpleNamespace
+
+    from benchmark.bench.iterative import diagnose, draw_views
+    from benchmark.training.models import create_classifier
+    from methods.config import TomographyConfig
+
+    torch.manual_seed(0)
+    model = create_classifier("test_resnet", 1, pretrained=False).eval()
+    image = torch.rand(1, *SHAPE, generator=torch.Generator().manual_seed(6)).numpy()
+    mask = np.zeros(SHAPE, bool)
+    mask[3:5, 4:6, 5:7] = True
+    data = {
+        "pos": SimpleNamespace(image=image, label=1, mask=mask),
+        "neg": SimpleNamespace(image=image, label=0, mask=np.zeros(SHAPE, bool)),
+    }
+    config = TomographyConfig(n_angles_cam=4, n_slices=4, slice_size=16, chunk=2)
+    views: dict = {}
+    rows = list(diagnose(model, data, ["neg", "pos"], config, (1, 4), tmp_path / "hm", views))
+    assert [(r["id"], r["stage"]) for r in rows] == [("pos", 1), ("pos", 4)]  # positives only
+    assert sorted(p.name for p in (tmp_path / "hm").iterdir())[:2] == ["averaged@1", "averaged@4"]
+    assert sorted(p.name for p in (tmp_path / "hm" / "tomographic@4").iterdir()) == [
+        "neg.npy",
+        "pos.npy",
+    ]
+    assert np.array_equal(views[4]["image"], image[0].max(0))
+    assert np.array_equal(views[4]["lesion"], mask.max(0))
+    heatmap = np.load(tmp_path / "hm" / "iterative@4" / "pos.npy")
+    assert np.allclose(views[4]["iterative"], heatmap.max(0))
+    draw_views(views, tmp_path / "views.png")
+    assert (tmp_path / "views.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

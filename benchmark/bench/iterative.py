@@ -277,9 +277,12 @@ def diagnose(
     config: TomographyConfig,
     stages: tuple[int, ...] = (1, 2, 3, 4),
     heatmaps: Path | None = None,
+    views: dict[int, dict[str, np.ndarray]] | None = None,
 ) -> Iterator[dict]:
     """One row per volume and stage: the measures above (positives only) and, with
-    ``heatmaps``, every reconstruction written to ``heatmaps/<name>@<stage>/<id>.npy``."""
+    ``heatmaps``, every reconstruction written to ``heatmaps/<name>@<stage>/<id>.npy``;
+    ``views`` gets, per stage, the first positive's image, lesion and reconstructions as
+    maxima over the depth axis (:func:`draw_views`)."""
     from methods.stages import stage_modules
 
     geometry = Geometry.of(config)
@@ -308,4 +311,33 @@ def diagnose(
             for name, x in found.items():
                 for measure, value in placement(x, lesion, edge).items():
                     row[f"{measure}: {name}"] = value
+            if views is not None and views.get(stage, {}).get("id", sample_id) == sample_id:
+                views[stage] = {
+                    "id": sample_id,
+                    "image": volume[0].amax(0).numpy(),
+                    "lesion": np.asarray(record.mask).max(0),
+                    **{name: x.view(shape).amax(0).numpy() for name, x in found.items()},
+                }
             yield row
+
+
+def draw_views(views: dict[int, dict[str, np.ndarray]], path: Path) -> None:
+    """A PNG of :func:`diagnose`'s ``views``: a row per stage, the image with the lesion
+    outlined, then each reconstruction (maxima over depth, each scaled to its own)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    stages = sorted(views)
+    names = [k for k in views[stages[0]] if k not in ("id", "image", "lesion")]
+    figure = Figure(figsize=(1.6 * (len(names) + 1), 1.8 * len(stages)), layout="constrained")
+    axes = figure.subplots(len(stages), len(names) + 1, squeeze=False)
+    for row, stage in zip(axes, stages, strict=True):
+        view = views[stage]
+        for ax, name in zip(row, ["image", *names], strict=True):
+            ax.imshow(view[name], cmap="gray" if name == "image" else "magma", vmin=0)
+            ax.contour(view["lesion"], levels=[0.5], colors="cyan", linewidths=0.6)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(f"{name}" if name != "image" else f"{view['id']}", fontsize=6)
+        row[0].set_ylabel(f"stage {stage}", fontsize=7)
+    FigureCanvasAgg(figure).print_png(str(path))

@@ -25,6 +25,7 @@ SCALE_CPU = {"n_angles": "16", "n_angles_cam": "16", "n_slices": "16", "slice_si
 # (~5 min on 2 busy cores: each of its 30 iterations cuts every slice again, and 224-px
 # slices cost 12x more: --grids paper on a GPU)
 FIGURE4_SHAPE = (32, 64, 64)
+SCALE_FIGURE, ITERATIVE_FIGURE = "bench_scale.png", "bench_iterative.png"  # --out defaults
 FIGURE4_CPU = {"n_angles_cam": "32", "n_slices": "16"}
 # bench plan: a small but real run, the paper's core and both baselines; 100 steps may
 # leave the classifier at chance, which would stop the run before its heatmaps
@@ -88,7 +89,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--angles", type=int, nargs="+", help="scale: values of L (default 8 16 32 64 on a CPU)"
     )
     parser.add_argument("--angle-size", type=int, help="scale: cube edge of the L sweep")
-    parser.add_argument("--out", default="bench_scale.png", help="scale: log-log figure (PNG) path")
+    parser.add_argument(
+        "--out",
+        help=f"the figure (PNG) of scale (default {SCALE_FIGURE}: log-log) or iterative "
+        f"(default {ITERATIVE_FIGURE})",
+    )
     parser.add_argument(
         "--grids",
         nargs="+",
@@ -208,8 +213,9 @@ def _run_scale(args: argparse.Namespace, config, preset: str, device) -> int:
     ]
     print()
     print(tabulate(slopes, headers=("spec", "log-log fit", "slope b"), tablefmt="github"))
-    plot_scale(points, args.out)
-    print(f"\nfigure: {args.out}")
+    figure = args.out or SCALE_FIGURE
+    plot_scale(points, figure)
+    print(f"\nfigure: {figure}")
     return 0
 
 
@@ -252,7 +258,7 @@ def _run_iterative(args: argparse.Namespace, config, preset: str) -> int:
     import torch
     from tabulate import tabulate
 
-    from benchmark.bench.iterative import diagnose
+    from benchmark.bench.iterative import diagnose, draw_views
     from benchmark.training.checkpoint import load_classifier
 
     if not args.checkpoint:
@@ -265,7 +271,9 @@ def _run_iterative(args: argparse.Namespace, config, preset: str) -> int:
     else:
         ids = [i for i in ids if dataset.label(i) == 1][: args.volumes]
     heatmaps = Path(args.heatmaps) if args.heatmaps else None
-    rows = pd.DataFrame(list(diagnose(model, dataset, ids, config, tuple(args.stages), heatmaps)))
+    views: dict = {}
+    measured = diagnose(model, dataset, ids, config, tuple(args.stages), heatmaps, views)
+    rows = pd.DataFrame(list(measured))
     if rows.empty:
         raise SystemExit(f"bench iterative: no positive evaluation volume with a mask among {ids}")
     c = config
@@ -280,6 +288,9 @@ def _run_iterative(args: argparse.Namespace, config, preset: str) -> int:
     print(tabulate(table, headers="keys", tablefmt="github", floatfmt=".3f"))
     if heatmaps is not None:
         print(f"heatmaps: {heatmaps}/<name>@<stage>/ (python -m benchmark evaluate --heatmaps ...)")
+    figure = Path(args.out or ITERATIVE_FIGURE)
+    draw_views(views, figure)
+    print(f"figure: {figure} (maxima over depth, the first positive, lesion outlined)")
     return 0
 
 
