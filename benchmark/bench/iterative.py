@@ -329,7 +329,8 @@ def draw_views(views: dict[int, dict[str, np.ndarray]], path: Path) -> None:
 
     stages = sorted(views)
     names = [k for k in views[stages[0]] if k not in ("id", "image", "lesion")]
-    figure = Figure(figsize=(1.6 * (len(names) + 1), 1.8 * len(stages)), layout="constrained")
+    size = (1.6 * (len(names) + 1), 1.8 * len(stages))
+    figure = Figure(figsize=size, dpi=80, layout="constrained")
     axes = figure.subplots(len(stages), len(names) + 1, squeeze=False)
     for row, stage in zip(axes, stages, strict=True):
         view = views[stage]
