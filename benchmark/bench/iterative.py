@@ -14,7 +14,9 @@ evaluation positives, :func:`diagnose` measures
 - where each reconstruction puts its top voxels: the share of the lesion-sized top inside
   the lesion, and the share of the top 0.5 % within 2 voxels of the cube's faces;
 
-for Averaged, Tomographic (eq. 13) and each :class:`Variant` of the iterative model.
+for Averaged, Tomographic (eq. 13) and each :class:`Variant` of the iterative model;
+:func:`draw_views` shows the first positive's reconstructions. Figures and what they say:
+docs/tomography.md ("Iterative CAM on a classifier's CAMs").
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from methods import tomography
 from methods.config import TomographyConfig
 
 EDGE_VOXELS = 2  # "at the cube's faces": within this many voxels of one
-EDGE_TOP = 0.005  # the share of a heatmap's voxels whose place edge_share reports
+EDGE_TOP = 0.005  # the share of a heatmap's top voxels whose place :func:`placement` reports
 
 
 @dataclass(frozen=True)
@@ -140,10 +142,10 @@ def solve(
     for _ in range(variant.iterations):  # FISTA, projected on x >= 0
         t_next = (1.0 + math.sqrt(1.0 + 4.0 * t * t)) / 2.0
         y = x + ((t - 1.0) / t_next) * (x - previous)
-        residual = target - forward(y)
+        misfit = target - forward(y)
         if variant.offsets:  # the best offset per direction for y, in closed form
-            residual = residual - residual.mean(dim=(1, 2), keepdim=True)
-        previous, x, t = x, (y + step * adjoint(residual)).clamp(min=0.0), t_next
+            misfit = misfit - misfit.mean(dim=(1, 2), keepdim=True)
+        previous, x, t = x, (y + step * adjoint(misfit)).clamp(min=0.0), t_next
     return x
 
 
