@@ -295,6 +295,7 @@ def diagnose(
         volume = torch.from_numpy(np.asarray(record.image, dtype=np.float32))
         shape = tuple(volume.shape[1:])
         stacks = stack_maps(model, volume, geometry, layers, config.chunk)
+        edge = edge_mask(shape)
         for stage, stack in stacks.items():
             found, project = reconstructions(stack, geometry, shape)
             if heatmaps is not None:
@@ -309,7 +310,6 @@ def diagnose(
             row = {"id": sample_id, "stage": stage, **map_model(maps, project(lesion.float()))}
             row["residual: averaged"] = residual(project, found["averaged"], maps)
             row["residual: iterative"] = residual(project, found["iterative"], maps)
-            edge = edge_mask(shape)
             for name, x in found.items():
                 for measure, value in placement(x, lesion, edge).items():
                     row[f"{measure}: {name}"] = value
