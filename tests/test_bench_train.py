@@ -14,10 +14,12 @@ import benchmark.training.estimate as estimates
 import benchmark.training.train as training
 from benchmark.bench.training import (
     StepVariant,
+    auc_ceiling,
     bench_learning,
     bench_training_step,
     lesion_slice_share,
     slice_loss_floor,
+    validation_ceiling,
 )
 
 
@@ -92,6 +94,32 @@ def test_the_share_of_slices_that_cut_a_lesion_is_the_share_of_offsets_inside_a_
     share = lesion_slice_share(config, Balls(), volumes=2, draws=8)
     offsets = torch.linspace(-1, 1, 32)
     assert share == pytest.approx(float((offsets.abs() < 0.5).float().mean()), abs=1 / 32)
+
+
+def test_a_lesion_between_the_validation_slices_caps_the_auc_a_perfect_classifier_reaches():
+    """Validation offsets s_m = 2m/(M-1) - 1: 16 per axis leave |s| < 1/15 uncut, so a ball
+    of radius 0.06 at the centre is missed on all three axes, while 15 cut it at s = 0;
+    a ball of radius 0.5 is cut either way. A missed positive ties with the negatives."""
+    n = 65
+    axis = torch.linspace(-1, 1, n)
+    radius = (axis[:, None, None] ** 2 + axis[None, :, None] ** 2 + axis[None, None] ** 2).sqrt()
+    masks = {"small": (radius < 0.06).numpy(), "large": (radius < 0.5).numpy(), "none": None}
+
+    class Balls:
+        def ids(self, split=None):
+            return ["small", "large", "none", "negative"]
+
+        def label(self, i):
+            return int(i != "negative")
+
+        def __getitem__(self, i):
+            return SimpleNamespace(mask=masks.get(i))
+
+    sixteen = dataclasses.replace(EARLY, val_slices=16, slice_size=48)
+    assert validation_ceiling(sixteen, Balls()) == (1, 2)  # the unannotated one not counted
+    assert validation_ceiling(dataclasses.replace(sixteen, val_slices=15), Balls()) == (2, 2)
+    assert auc_ceiling(1, 2) == 0.75 and auc_ceiling(2, 2) == 1.0
+    assert auc_ceiling(15, 16) == pytest.approx(0.96875)
 
 
 def test_the_training_estimate_counts_the_volumes_every_validation_scores():

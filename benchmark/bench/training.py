@@ -189,6 +189,31 @@ def lesion_slice_share(config, dataset, volumes: int = 12, draws: int = 4) -> fl
     return float(torch.cat(hits).float().mean())
 
 
+def validation_ceiling(config, dataset, split: str = "val") -> tuple[int, int] | None:
+    """(cut, positives): how many annotated positives of ``split`` have a lesion that one of
+    their validation slices cuts (``config.val_slices`` per axis, the slices A.6's volume
+    logit reads), of how many; None without masks. A positive that no slice cuts scores
+    as a negative even for a perfect slice classifier (:func:`auc_ceiling`)."""
+    from benchmark.training.slices import validation_slices
+
+    positives = [i for i in dataset.ids(split) if dataset.label(i) == 1]
+    masks = [m for m in (dataset[i].mask for i in positives) if m is not None]
+    if not masks:
+        return None
+    cut = 0
+    for mask in masks:
+        volume = torch.as_tensor(mask, dtype=torch.float32)[None]
+        slices = validation_slices(volume, config.val_slices, config.slice_size)
+        cut += bool(slices.amax() > 0.5)
+    return cut, len(masks)
+
+
+def auc_ceiling(cut: int, positives: int) -> float:
+    """The volume AUC of a perfect slice classifier when ``cut`` of ``positives`` have a
+    lesion that a validation slice cuts: the others tie with the negatives (half credit)."""
+    return (cut + (positives - cut) / 2) / positives
+
+
 def slice_loss_floor(share: float) -> float:
     """The smallest mean A.6 loss (nats; balanced classes) that any classifier reaches when
     a share ``share`` of a positive volume's slices cut its lesion: a perfect lesion

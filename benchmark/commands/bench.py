@@ -303,8 +303,10 @@ def _run_train(args: argparse.Namespace, preset: str, device) -> int:
     from benchmark.bench.training import (
         bench_learning,
         bench_training_step,
+        auc_ceiling,
         lesion_slice_share,
         slice_loss_floor,
+        validation_ceiling,
     )
     from benchmark.config import (
         TRAIN_SECTIONS,
@@ -389,6 +391,14 @@ def _run_train(args: argparse.Namespace, preset: str, device) -> int:
             f"training slices of positive volumes that cut a lesion: {share:.3f}; A.6's loss:"
             f" ln 2 = 0.693 at chance, at best {floor:.3f} for a perfect lesion detector"
             f" (the signal: {math.log(2) - floor:.3f} nats)"
+        )
+    ceiling = validation_ceiling(config, dataset)
+    if ceiling is not None:
+        cut, positives = ceiling
+        print(
+            f"evaluation positives with a lesion that a validation slice cuts"
+            f" ({config.val_slices} per axis): {cut} of {positives}; a perfect slice"
+            f" classifier's AUC: at most {auc_ceiling(cut, positives):.3f}"
         )
     print(tabulate(rows, tablefmt="github", headers=headers, disable_numparse=True))
     return 0
