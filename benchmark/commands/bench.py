@@ -301,9 +301,9 @@ def _run_train(args: argparse.Namespace, preset: str, device) -> int:
     from tabulate import tabulate
 
     from benchmark.bench.training import (
+        auc_ceiling,
         bench_learning,
         bench_training_step,
-        auc_ceiling,
         lesion_slice_share,
         slice_loss_floor,
         validation_ceiling,
