@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from types import SimpleNamespace
 
 import numpy as np
@@ -160,3 +161,22 @@ def test_the_slice_loss_floor_is_the_best_loss_any_classifier_reaches(share):
     assert slice_loss_floor(share) == pytest.approx(best, abs=1e-6)
     assert slice_loss_floor(0.0) == pytest.approx(np.log(2))
     assert slice_loss_floor(1.0) == 0.0  # every positive slice cuts a lesion: no noise
+
+
+def test_the_learning_report_says_what_the_labels_and_the_validation_slices_allow(capsys):
+    from benchmark.cli import main
+
+    options = ["n_train=4", "n_val=4", "shape=[24,28,26]"]
+    args = ["bench", "train", "--learn", "--dataset", "brain", "--device", "cpu"]
+    args += [x for option in options for x in ("--dataset-option", option)]
+    args += ["--set", "train.iterations=1", "train.holdout=0", "train.patience=0"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    share, per_step = re.search(r"cut a lesion: ([\d.]+) \(([\d.]+) a step, of 32\)", out).groups()
+    assert float(per_step) == pytest.approx(32 * float(share), abs=0.05)  # 1 positive of B = 2
+    cut, positives, ceiling = re.search(
+        r"validation slice cuts \(16 per axis\): (\d) of (\d); a perfect slice classifier's"
+        r" AUC: at most ([\d.]+)",
+        out,
+    ).groups()
+    assert int(positives) == 2 and float(ceiling) == pytest.approx(auc_ceiling(int(cut), 2))

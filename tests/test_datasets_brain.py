@@ -131,6 +131,21 @@ def test_lesion_contrast_scales_the_lesions_only():
     assert step1 > 0.02 and step2 == pytest.approx(2 * step1, rel=0.15)
 
 
+def test_the_lesion_signal_is_each_lesion_above_its_lesion_free_twin():
+    kw = dict(n_train=2, n_val=2, seed=3)
+    single, double = (load_dataset("brain", lesion_contrast=c, **kw) for c in (1.0, 2.0))
+    peaks, background = single.lesion_signal("brain_0001")
+    assert len(peaks) == len(single["brain_0001"].boxes)  # one component per lesion
+    # the twin differs only in the lesions' contrast: their lift doubles with it, against
+    # the same background
+    twice, same = double.lesion_signal("brain_0001")
+    assert same == background and 2.5 < background < 8.0  # the max of a few 1e4 voxels, in sigmas
+    assert twice == pytest.approx([2 * p for p in peaks], rel=0.1)
+    assert min(peaks) > 0.5
+    # a negative: no lesion, its own image the background
+    assert single.lesion_signal("brain_0000")[0] == []
+
+
 @pytest.mark.parametrize(
     "options, message",
     [

@@ -387,8 +387,10 @@ def _run_train(args: argparse.Namespace, preset: str, device) -> int:
     share = lesion_slice_share(config, dataset)
     if share is not None:
         floor = slice_loss_floor(share)
+        positive_slices = math.ceil(config.batch_volumes / 2) * config.slices_per_volume
         print(
-            f"training slices of positive volumes that cut a lesion: {share:.3f}; A.6's loss:"
+            f"training slices of positive volumes that cut a lesion: {share:.3f}"
+            f" ({share * positive_slices:.1f} a step, of {positive_slices}); A.6's loss:"
             f" ln 2 = 0.693 at chance, at best {floor:.3f} for a perfect lesion detector"
             f" (the signal: {math.log(2) - floor:.3f} nats)"
         )
