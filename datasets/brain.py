@@ -610,11 +610,9 @@ class Brain(GeneratedDataset):
         second number is no brighter than the subject's own background; a negative has no
         lesion and its own image is the background."""
         record = self.record(sample_id)
-        draw = [self.seed, record.source]
-        subject = make_brain(
-            np.random.default_rng(draw), self.shape, bool(record.label), self.lesion_contrast
-        )
-        twin = make_brain(np.random.default_rng(draw), self.shape, bool(record.label), 0.0)
+        subject = self.phantom(record)
+        rng = np.random.default_rng([self.seed, record.source])
+        twin = make_brain(rng, self.shape, bool(record.label), 0.0)
         fluctuation = twin.image[0] - ndimage.gaussian_filter(twin.image[0], 3.0)
         white = ndimage.binary_erosion(twin.tissue == WHITE, iterations=2)
         white &= ~ndimage.binary_dilation(twin.distractor)
