@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from pathlib import Path
 
 from benchmark.commands import add_dataset_arguments, add_set_argument, open_dataset
@@ -358,6 +359,27 @@ def _run_train(args: argparse.Namespace, preset: str, device) -> int:
         headers = ("classifier", "model", "precision", "s / step", "steps expected", "cap", "hours")
         print(tabulate(rows, tablefmt="github", headers=headers))
         return 0
+    options = " ".join(args.dataset_option)
+    print(f"learning: {args.dataset} {options} ({len(dataset.ids('train'))} training volumes)")
+    share = lesion_slice_share(config, dataset)
+    if share is not None:
+        floor = slice_loss_floor(share)
+        positive_slices = math.ceil(config.batch_volumes / 2) * config.slices_per_volume
+        print(
+            f"training slices of positive volumes that cut a lesion: {share:.3f}"
+            f" ({share * positive_slices:.1f} a step, of {positive_slices}); A.6's loss:"
+            f" ln 2 = 0.693 at chance, at best {floor:.3f} for a perfect lesion detector"
+            f" (the signal: {math.log(2) - floor:.3f} nats)"
+        )
+    ceiling = validation_ceiling(config, dataset)
+    if ceiling is not None:
+        cut, positives = ceiling
+        print(
+            f"evaluation positives with a lesion that a validation slice cuts"
+            f" ({config.val_slices} per axis): {cut} of {positives}; a perfect slice"
+            f" classifier's AUC: at most {auc_ceiling(cut, positives):.3f}"
+        )
+    sys.stdout.flush()  # what the data allow, before the long training
     seeds = range(config.seed, config.seed + args.seeds)
     runs = bench_learning(config, dataset, device, seeds, target=args.auc)
     rows = [
@@ -382,26 +404,6 @@ def _run_train(args: argparse.Namespace, preset: str, device) -> int:
         "min",
         "evaluation AUC (95% CI)",
     )
-    options = " ".join(args.dataset_option)
-    print(f"learning: {args.dataset} {options} ({len(dataset.ids('train'))} training volumes)")
-    share = lesion_slice_share(config, dataset)
-    if share is not None:
-        floor = slice_loss_floor(share)
-        positive_slices = math.ceil(config.batch_volumes / 2) * config.slices_per_volume
-        print(
-            f"training slices of positive volumes that cut a lesion: {share:.3f}"
-            f" ({share * positive_slices:.1f} a step, of {positive_slices}); A.6's loss:"
-            f" ln 2 = 0.693 at chance, at best {floor:.3f} for a perfect lesion detector"
-            f" (the signal: {math.log(2) - floor:.3f} nats)"
-        )
-    ceiling = validation_ceiling(config, dataset)
-    if ceiling is not None:
-        cut, positives = ceiling
-        print(
-            f"evaluation positives with a lesion that a validation slice cuts"
-            f" ({config.val_slices} per axis): {cut} of {positives}; a perfect slice"
-            f" classifier's AUC: at most {auc_ceiling(cut, positives):.3f}"
-        )
     print(tabulate(rows, tablefmt="github", headers=headers, disable_numparse=True))
     return 0
 
