@@ -595,10 +595,12 @@ class Brain(GeneratedDataset):
         """Voxel size (mm): the field of view over ``shape`` (2.5 mm at the default)."""
         return tuple(f / n for f, n in zip(FOV, self.shape, strict=True))
 
-    def phantom(self, record: Record) -> Phantom:
-        """The generated subject of ``record``, tissue map and lesion list included."""
+    def phantom(self, record: Record, lesion_contrast: float | None = None) -> Phantom:
+        """The generated subject of ``record``, tissue map and lesion list included;
+        ``lesion_contrast`` replaces the data set's (0: the same subject, lesions unseen)."""
         rng = np.random.default_rng([self.seed, record.source])
-        return make_brain(rng, self.shape, bool(record.label), self.lesion_contrast)
+        contrast = self.lesion_contrast if lesion_contrast is None else lesion_contrast
+        return make_brain(rng, self.shape, bool(record.label), contrast)
 
     def lesion_signal(self, sample_id: str) -> tuple[list[float], float]:
         """How far the lesions of ``sample_id`` stand out, in standard deviations of the
@@ -610,17 +612,15 @@ class Brain(GeneratedDataset):
         second number is no brighter than the subject's own background; a negative has no
         lesion and its own image is the background."""
         record = self.record(sample_id)
-        subject = self.phantom(record)
-        rng = np.random.default_rng([self.seed, record.source])
-        twin = make_brain(rng, self.shape, bool(record.label), 0.0)
+        subject, twin = self.phantom(record), self.phantom(record, lesion_contrast=0.0)
         fluctuation = twin.image[0] - ndimage.gaussian_filter(twin.image[0], 3.0)
         white = ndimage.binary_erosion(twin.tissue == WHITE, iterations=2)
         white &= ~ndimage.binary_dilation(twin.distractor)
         sigma = fluctuation[white].std()
         lift = subject.image[0] - twin.image[0]
         labels, n = ndimage.label(subject.mask, np.ones((3, 3, 3)))
-        peaks = [float(lift[labels == k].max() / sigma) for k in range(1, n + 1)]
-        return peaks, float(fluctuation[white].max() / sigma)
+        peaks = ndimage.maximum(lift, labels, np.arange(1, n + 1)) / sigma
+        return [float(p) for p in np.atleast_1d(peaks)], float(fluctuation[white].max() / sigma)
 
     def _load(self, record: Record) -> Volume:
         p = self.phantom(record)

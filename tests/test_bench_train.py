@@ -24,6 +24,23 @@ from benchmark.bench.training import (
 )
 
 
+class Masks:
+    """Positives with their masks (None: not annotated) and maskless negatives, in every
+    split: what the lesion counts of ``bench train --learn`` read."""
+
+    def __init__(self, positives: dict, negatives: list):
+        self.masks, self.negatives = positives, negatives
+
+    def ids(self, split=None):
+        return [*self.masks, *self.negatives]
+
+    def label(self, i):
+        return int(i in self.masks)
+
+    def __getitem__(self, i):
+        return SimpleNamespace(mask=self.masks.get(i))
+
+
 def test_each_step_variant_runs_the_step_it_names(monkeypatch):
     seen = []
     real = training.train_step
@@ -81,18 +98,9 @@ def test_the_share_of_slices_that_cut_a_lesion_is_the_share_of_offsets_inside_a_
     radius = (axis[:, None, None] ** 2 + axis[None, :, None] ** 2 + axis[None, None] ** 2).sqrt()
     ball = (radius < 0.5).numpy()
 
-    class Balls:
-        def ids(self, split=None):
-            return ["a", "b", "c"]
-
-        def label(self, i):
-            return int(i != "c")
-
-        def __getitem__(self, i):
-            return SimpleNamespace(mask=ball if i != "c" else None)
-
     config = dataclasses.replace(EARLY, slices_per_volume=32, slice_size=48)
-    share = lesion_slice_share(config, Balls(), volumes=2, draws=8)
+    positives = Masks({"a": ball, "b": ball}, negatives=["c"])
+    share = lesion_slice_share(config, positives, volumes=2, draws=8)
     offsets = torch.linspace(-1, 1, 32)
     assert share == pytest.approx(float((offsets.abs() < 0.5).float().mean()), abs=1 / 32)
 
@@ -105,20 +113,10 @@ def test_a_lesion_between_the_validation_slices_caps_the_auc_a_perfect_classifie
     axis = torch.linspace(-1, 1, n)
     radius = (axis[:, None, None] ** 2 + axis[None, :, None] ** 2 + axis[None, None] ** 2).sqrt()
     masks = {"small": (radius < 0.06).numpy(), "large": (radius < 0.5).numpy(), "none": None}
-
-    class Balls:
-        def ids(self, split=None):
-            return ["small", "large", "none", "negative"]
-
-        def label(self, i):
-            return int(i != "negative")
-
-        def __getitem__(self, i):
-            return SimpleNamespace(mask=masks.get(i))
-
+    balls = Masks(masks, negatives=["negative"])
     sixteen = dataclasses.replace(EARLY, val_slices=16, slice_size=48)
-    assert validation_ceiling(sixteen, Balls()) == (1, 2)  # the unannotated one not counted
-    assert validation_ceiling(dataclasses.replace(sixteen, val_slices=15), Balls()) == (2, 2)
+    assert validation_ceiling(sixteen, balls) == (1, 2)  # the unannotated one not counted
+    assert validation_ceiling(dataclasses.replace(sixteen, val_slices=15), balls) == (2, 2)
     assert auc_ceiling(1, 2) == 0.75 and auc_ceiling(2, 2) == 1.0
     assert auc_ceiling(15, 16) == pytest.approx(0.96875)
 
