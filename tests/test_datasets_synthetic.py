@@ -92,3 +92,68 @@ def test_affine_centres_the_volume(ds):
 def test_bad_options(options, message):
     with pytest.raises(DatasetError, match=message):
         load_dataset("synthetic", **options)
+
+
+# -- synthetic_pet: organs with uptake in both classes --------------------------------
+
+
+def test_pet_without_organs_is_synthetic():
+    """The organs only add to ``synthetic``: with none, the same volumes bit for bit."""
+    plain = load_dataset("synthetic", n_train=4, n_val=2)
+    bare = load_dataset("synthetic_pet", n_train=4, n_val=2, organs=0)
+    default = load_dataset("synthetic_pet")
+    assert default.options()["organs"] == 2 and len(default.ids("val")) == 16
+    for i in range(6):
+        assert np.array_equal(plain[i].image, bare[i].image)
+        assert np.array_equal(plain[i].mask, bare[i].mask)
+
+
+def _intensity_scores(name: str) -> tuple[float, float]:
+    """A.7 on the image itself (the ``intensity`` baseline) over 24 validation volumes:
+    (Dice, share of lesion among each positive's brightest voxels, median)."""
+    from benchmark.protocol.assess import ground_truth
+    from benchmark.protocol.evaluation import evaluate, summarize, tail_quantiles, threshold_grid
+
+    ds = load_dataset(name, n_val=24)
+    volumes = list(ds.volumes("val"))
+    maps = [v.image[0] for v in volumes]
+    grid = threshold_grid([tail_quantiles(m) for m in maps])
+    summaries = [
+        summarize(m, ground_truth(ds, v), grid) for m, v in zip(maps, volumes, strict=True)
+    ]
+    dice = evaluate(summaries, [v.label for v in volumes]).row()["dice"]
+    brightest = [
+        v.mask.ravel()[np.argsort(v.image[0].ravel())[-int(v.mask.sum()) :]].mean()
+        for v in volumes
+        if v.label
+    ]
+    return dice, float(np.median(brightest))
+
+
+def test_pet_organs_mislead_a_threshold_on_the_image():
+    """On ``synthetic`` thresholding the image finds the lesions; with the organs it finds
+    organs: of a positive's brightest voxels (as many as its lesion voxels) few are lesion."""
+    dice, share = _intensity_scores("synthetic")
+    assert dice > 0.5 and share > 0.6
+    dice, share = _intensity_scores("synthetic_pet")
+    assert dice < 0.1 and share < 0.2
+
+
+def test_pet_lesions_stand_out_where_they_lie_some_dimmer_than_an_organ():
+    ds = load_dataset("synthetic_pet", n_train=16, n_val=0)
+    dimmer = []
+    for v in ds.volumes():
+        assert np.percentile(v.image, 99.9) > 1.6  # organs in both classes
+        if not v.label:
+            continue
+        ring = ndimage.binary_dilation(v.mask, iterations=2) & ~v.mask
+        assert v.image[0][v.mask].mean() > v.image[0][ring].mean() + 0.2
+        labels, n = ndimage.label(v.mask)
+        peaks = ndimage.maximum(v.image[0], labels, range(1, n + 1))
+        dimmer += list(peaks < np.percentile(v.image[0][~v.mask], 99.9))
+    assert 0 < np.mean(dimmer) < 1
+
+
+def test_pet_bad_organs():
+    with pytest.raises(DatasetError, match="synthetic_pet: organs"):
+        load_dataset("synthetic_pet", organs=-1)
