@@ -324,6 +324,47 @@ def test_intervals_and_significant_deltas_reach_the_csv_and_the_page(tmp_path):
     assert len(pd.read_csv(tmp_path / "synthetic.per_case.csv")) == 90
 
 
+def test_the_gain_over_the_better_baseline_is_marked_by_its_paired_interval(tmp_path):
+    """Each row's paired interval against the better trivial baseline (``intensity`` here,
+    0.15 above ``centre``): ToNNO's and centre's exclude 0, GradCAM's (level) does not;
+    the interval is the paired bootstrap of ``case_intervals`` against that baseline."""
+    from benchmark.protocol.stats import case_intervals
+
+    rng = np.random.default_rng(2)
+    base = rng.uniform(0.2, 0.4, 30)
+    cases = pd.concat(
+        [
+            per_case("layercam@2", base),
+            per_case("tonno", base + 0.3 + rng.normal(0, 0.05, 30)),
+            per_case("gradcam@2", base + rng.normal(0, 0.05, 30)),
+            per_case("intensity", base + rng.normal(0, 0.05, 30)),
+            per_case("centre", base - 0.15),
+        ]
+    )
+    write_leaderboards(rows_of(cases), tmp_path, cases=cases)
+    csv = pd.read_csv(tmp_path / "synthetic.csv").set_index("method")
+    columns = ["precision", "recall", "f1", "dice", "correct", "label"]
+    pick = {m: cases[cases.method == m].reset_index(drop=True)[columns] for m in cases.method}
+    oracle = case_intervals(pick["tonno"], ["dice"], pick["intensity"])
+    assert csv.loc["tonno", ["dice_gain_ci_low", "dice_gain_ci_high"]].tolist() == pytest.approx(
+        [oracle["dice_delta_ci_low"], oracle["dice_delta_ci_high"]]
+    )
+    assert csv.loc["tonno", "dice_gain_ci_low"] > 0.2
+    low, high = csv.loc["gradcam@2", ["dice_gain_ci_low", "dice_gain_ci_high"]]
+    assert low < 0 < high and np.isnan(csv.loc["intensity", "dice_gain_ci_low"])
+    text = (tmp_path / "synthetic.md").read_text()
+    gain = md_table(text, "Best layer per method")["Dice gain over baselines"]
+    assert gain["ToNNO"].endswith("†") and not gain["GradCAM (layer 2)"].endswith("†")
+    assert gain["Intensity"] == "+0.00" and gain["Centre prior"] in ("-0.15†", "-0.16†")
+    verdict = text.split("\n\n")[1]
+    assert verdict.endswith(
+        f"Intensity at {csv.loc['intensity', 'dice']:.2f} "
+        f"[{csv.loc['intensity', 'dice_ci_low']:.2f}, {csv.loc['intensity', 'dice_ci_high']:.2f}] "
+        f"(the paired 95% interval of the difference, [{oracle['dice_delta_ci_low']:.2f}, "
+        f"{oracle['dice_delta_ci_high']:.2f}], excludes 0)."
+    )
+
+
 def test_a_difference_must_survive_the_seeds_to_be_marked(tmp_path):
     """Three classifier seeds: ToNNO beats LayerCAM by 0.3 under seed 0 but trails it under
     seeds 1 and 2; with seed 0 alone the gain is significant, over the seeds it is not."""

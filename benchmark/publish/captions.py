@@ -49,11 +49,12 @@ def verdict(
     paired: tuple[float, float] = (math.nan, math.nan),
     baseline: Quote | None = None,
     seeds: int = 1,
+    gained: tuple[float, float] = (math.nan, math.nan),
 ) -> str:
     """The page's first paragraph: did the ``classifier`` learn (its AUC interval lies above
     0.5), which method leads by ``metric`` (the page's ranking) and by how much it beats the
     ``reference`` (``paired``: the 95% interval of their difference) and the better trivial
-    ``baseline``, each margin a difference of the values as shown."""
+    ``baseline`` (``gained``: the same), each margin a difference of the values as shown."""
     sentences = []
     if classifier is not None:
         means = " (means over the seeds)" if seeds > 1 else ""
@@ -76,25 +77,28 @@ def verdict(
     if reference is not None and reference.name == leader.name:
         clauses.append("it is the reference")
     elif reference is not None:
-        low, high = paired
-        noise = ""
-        if not math.isnan(low):
-            holds = "excludes" if low > 0 or high < 0 else "includes"
-            noise = (
-                f" (the paired 95% interval of the difference, [{low:.2f}, {high:.2f}], {holds} 0)"
-            )
         clauses.append(
             f"{_margin(leader, reference)} the reference, {reference.name} at "
-            f"{_quoted(reference)}{noise}"
+            f"{_quoted(reference)}{_paired(paired)}"
         )
     if baseline is not None:
         clauses.append(
             f"{_margin(leader, baseline)} the better trivial baseline, {baseline.name} at "
-            f"{_quoted(baseline)}"
+            f"{_quoted(baseline)}{_paired(gained)}"
         )
     lead = f"The best method by {metric} is {leader.name} at {_quoted(leader)}"
     sentences.append(lead + (": " + ", and ".join(clauses) if clauses else "") + ".")
     return " ".join(sentences)
+
+
+def _paired(interval: tuple[float, float]) -> str:
+    """`` (the paired 95% interval of the difference, [0.13, 0.33], excludes 0)``, or
+    nothing without an interval."""
+    low, high = interval
+    if math.isnan(low):
+        return ""
+    holds = "excludes" if low > 0 or high < 0 else "includes"
+    return f" (the paired 95% interval of the difference, [{low:.2f}, {high:.2f}], {holds} 0)"
 
 
 def _quoted(quote: Quote) -> str:
@@ -196,7 +200,8 @@ def legend(
             f"{metric} {GAIN}",
             f"the row's {metric} minus the better trivial baseline's (`intensity`: the image "
             "itself; `centre`: a blob where lesions usually are), as shown; below 0, the "
-            "method loses to a guess that needs no classifier",
+            "method loses to a guess that needs no classifier; †: the paired bootstrap "
+            "interval of the difference excludes 0",
         ),
         (
             f"{metric} {SEED_SD}" in headers,

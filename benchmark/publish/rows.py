@@ -169,8 +169,24 @@ def reference_spec(frame: pd.DataFrame, model: str, reference: str = REFERENCE) 
 
 def stat_columns(metric: str) -> list[str]:
     """The columns of one metric in a results table, in order."""
-    tails = ("std", "seed_sd", "ci_low", "ci_high", "delta", "delta_ci_low", "delta_ci_high")
+    tails = (
+        *("std", "seed_sd", "ci_low", "ci_high", "delta", "delta_ci_low", "delta_ci_high"),
+        *("gain_ci_low", "gain_ci_high"),
+    )
     return [metric, *(f"{metric}_{t}" for t in tails)]
+
+
+def trivial(frame: pd.DataFrame) -> np.ndarray:
+    """Which rows are trivial baselines (``intensity``, ``centre``: kind "baseline")."""
+    return np.array([method_name(f).kind == "baseline" for f in frame.family], dtype=bool)
+
+
+def better_baseline(frame: pd.DataFrame, model: str) -> str | None:
+    """The spec of ``model``'s better trivial baseline, the first by :func:`ranked`; None
+    when the rows have none."""
+    rows = frame[frame.model == model]
+    rows = rows[trivial(rows)]
+    return str(ranked(rows).method.iloc[0]) if len(rows) else None
 
 
 @dataclass(frozen=True)
@@ -190,17 +206,21 @@ def with_intervals(
     the volumes of ``cases``, :func:`benchmark.protocol.stats.case_intervals`) and the difference to
     the reference row of its model (:func:`reference_spec`; external rows: of
     :func:`reference_model`): ``_delta`` (of the means) with its paired interval
-    ``_delta_ci_low`` / ``_delta_ci_high``. Rows without cases are left as they are."""
+    ``_delta_ci_low`` / ``_delta_ci_high``, and the paired interval of its difference to
+    the better trivial baseline (:func:`better_baseline`), ``_gain_ci_low`` /
+    ``_gain_ci_high``. Rows without cases are left as they are."""
     frame = prepare(results)
     out = results.reset_index(drop=True).copy()
     groups = {key: rows for key, rows in cases.groupby(KEY, sort=False)}
     for dataset, rows in frame.groupby("dataset", sort=False):
-        anchors = {}
+        anchors, floors = {}, {}
         beside = shown_beside(rows)
         for model in rows.model.unique():
             ref_model = reference_model(rows) if model in beside else model
             spec = reference_spec(rows, ref_model, settings.reference)
             anchors[model] = None if spec is None else (ref_model, spec)
+            floor = better_baseline(rows, ref_model)
+            floors[model] = None if floor is None else (ref_model, floor)
         for i, row in rows.iterrows():
             mine = groups.get((dataset, row.model, row.method))
             if mine is None:
@@ -224,14 +244,20 @@ def with_intervals(
                         row.method,
                         anchor[1],
                     )
-            found = case_intervals(
-                mine,
-                metrics,
-                paired,
-                n_resamples=settings.n_resamples,
-                confidence=settings.confidence,
-                seed=settings.seed,
-            )
+            bootstrap = {
+                "n_resamples": settings.n_resamples,
+                "confidence": settings.confidence,
+                "seed": settings.seed,
+            }
+            found = case_intervals(mine, metrics, paired, **bootstrap)
+            floor = floors[row.model]
+            if floor is not None and floor[1] != row.method and (dataset, *floor) in groups:
+                pair = _aligned_cases(mine, groups[(dataset, *floor)])
+                if pair is not None:
+                    gains = case_intervals(pair[0], metrics, pair[1], **bootstrap)
+                    for m in metrics:
+                        for tail in ("low", "high"):
+                            found[f"{m}_gain_ci_{tail}"] = gains[f"{m}_delta_ci_{tail}"]
             for column, value in found.items():
                 out.loc[i, column] = value
     ordered = [c for m in KEYS for c in stat_columns(m) if c in out]

@@ -38,6 +38,7 @@ from benchmark.publish.rows import (
     shown_beside,
     stat_columns,
     table_truth,
+    trivial,
 )
 from benchmark.publish.section import Section
 from methods.registry import method_name
@@ -151,19 +152,21 @@ def _section(title: str, rows: pd.DataFrame, cells: pd.DataFrame, bold: pd.DataF
     return Section(title, cells, bold, meta.assign(external=meta.model == EXTERNAL))
 
 
-def _trivial(rows: pd.DataFrame) -> np.ndarray:
-    """Which rows are trivial baselines (``intensity``, ``centre``: kind "baseline")."""
-    return np.array([method_name(f).kind == "baseline" for f in rows.family], dtype=bool)
-
-
 def _gain(rows: pd.DataFrame, overlap: str) -> list[str] | None:
-    """Each row's overlap minus the better trivial baseline's, as shown; None without one."""
-    trivial = _trivial(rows)
+    """Each row's overlap minus the better trivial baseline's, as shown, with † where their
+    paired interval (``_gain_ci_low`` / ``_gain_ci_high``) excludes 0; None without one."""
+    baseline = trivial(rows)
     values = np.array([np.nan if np.isnan(v) else shown(v) for v in column_values(rows, overlap)])
-    if not np.isfinite(values[trivial]).any():
+    if not np.isfinite(values[baseline]).any():
         return None
-    best = np.nanmax(values[trivial])
-    return [MISSING if np.isnan(v) else f"{v - best:+.2f}" for v in values]
+    best = np.nanmax(values[baseline])
+    marked = (column_values(rows, f"{overlap}_gain_ci_low") > 0) | (
+        column_values(rows, f"{overlap}_gain_ci_high") < 0
+    )
+    return [
+        MISSING if np.isnan(v) else f"{v - best:+.2f}" + ("†" if k else "")
+        for v, k in zip(values, marked, strict=True)
+    ]
 
 
 def _add_classifier_auc(
@@ -288,9 +291,9 @@ def opening_paragraph(rows: pd.DataFrame, overlap: str, reference: str, seeds: i
     (:func:`ranked`), the reference and the better trivial baseline it is compared with."""
     model = reference_model(rows)
     best = best_layers(rows[rows.model.isin([model, *shown_beside(rows)])])
-    trivial = _trivial(best)
-    methods = ranked(best[~trivial & np.isfinite(column_values(best, overlap))])
-    baselines = ranked(best[trivial & np.isfinite(column_values(best, overlap))])
+    baseline = trivial(best)
+    methods = ranked(best[~baseline & np.isfinite(column_values(best, overlap))])
+    baselines = ranked(best[baseline & np.isfinite(column_values(best, overlap))])
     leader = methods.iloc[0] if len(methods) else None
     spec = reference_spec(rows, model, reference)
     ref = rows[(rows.model == model) & (rows.method == spec)]
@@ -300,9 +303,10 @@ def opening_paragraph(rows: pd.DataFrame, overlap: str, reference: str, seeds: i
         first = auc.iloc[0]
         low, high = (first.get(f"classifier_auc_ci_{k}", np.nan) for k in ("low", "high"))
         classifier = Quote(model, first.classifier_auc, low, high)
-    paired = (np.nan, np.nan)
+    paired = gained = (np.nan, np.nan)
     if leader is not None:
         paired = tuple(leader.get(f"{overlap}_delta_ci_{k}", np.nan) for k in ("low", "high"))
+        gained = tuple(leader.get(f"{overlap}_gain_ci_{k}", np.nan) for k in ("low", "high"))
     return verdict(
         HEADERS[overlap],
         classifier,
@@ -311,6 +315,7 @@ def opening_paragraph(rows: pd.DataFrame, overlap: str, reference: str, seeds: i
         paired,
         _quote(baselines.iloc[0], overlap) if len(baselines) else None,
         seeds,
+        gained,
     )
 
 
