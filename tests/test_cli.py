@@ -51,7 +51,7 @@ def test_help_lists_every_command():
             ["methods", "tomographic_layercam@[23]"],
             "tomographic_layercam@2\ntomographic_layercam@3\n",
         ),
-        (["datasets", "synth*"], "synthetic\n"),
+        (["datasets", "synth*"], "synthetic\nsynthetic_pet\n"),
     ],
 )
 def test_ls_lists_the_matches(argv, found, capsys):

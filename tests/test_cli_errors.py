@@ -448,9 +448,9 @@ def test_a_set_in_another_section_says_how_it_is_spelled(command, item, tmp_path
 
 INSTANT = {  # run arguments: the one error line
     "--dataset nosuch": "error: unknown dataset 'nosuch' (`python -m benchmark ls datasets` "
-    "lists all 6)",
-    "--dataset synthetc": "error: unknown dataset 'synthetc'; did you mean synthetic? "
-    "(`python -m benchmark ls datasets` lists all 6)",
+    "lists all 7)",
+    "--dataset synthetc": "error: unknown dataset 'synthetc'; did you mean synthetic, "
+    "synthetic_pet? (`python -m benchmark ls datasets` lists all 7)",
     "--dataset autopet": "error: autopet: no root given: pass the data set's folder (--root)",
     "--dataset synthetic --methods tonno,layercm": "error: unknown method 'layercm'; did you "
     "mean layercam",

@@ -22,7 +22,8 @@ def test_import_datasets_is_this_repository():
 
 
 def test_every_adapter_is_registered():
-    assert list_datasets() == ["autopet", "brain", "duke", "folder", "mosmed", "synthetic"]
+    names = ["autopet", "brain", "duke", "folder", "mosmed", "synthetic", "synthetic_pet"]
+    assert list_datasets() == names
     assert list_datasets("m*") == ["mosmed"]
 
 

@@ -31,7 +31,7 @@ def test_the_readme_keeps_what_the_developers_guide_asks():
     scaling = README.split("## Scaling out", 1)[1].split("\n## ", 1)[0]
     assert "torchrun" in scaling and "SLURM" in scaling
     setup = README.split("## Set up", 1)[1].split("\n## ", 1)[0]
-    assert "python -m pip install -e . && python -m benchmark run --dataset synthetic" in setup
+    assert "python -m pip install -e . && python -m benchmark run --dataset synthetic_pet" in setup
     assert "python -m benchmark run --methods all --dataset synthetic --seeds 3" in setup
     results = README.split("## Results", 1)[1].split("\n## ", 1)[0]
     assert "leaderboards/synthetic.md" in results and "\n| Method " in results
