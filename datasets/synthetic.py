@@ -126,12 +126,11 @@ def make_volume(
         axes = np.maximum(rng.uniform(0.13, 0.24) * scale * rng.uniform(0.75, 1.25, 3), 1.5 * voxel)
         while True:  # inside the unit ball, well inside the body, clear of the organs
             centre = rng.uniform(-0.7, 0.7, size=3)
-            point = [np.float32(c) for c in centre]
             if (
                 np.linalg.norm(centre) + axes.max() < 0.85
                 and np.linalg.norm(centre / body_axes) < 0.75
                 and all(
-                    ellipsoid_radius(point, c, a + axes.max(), t) > 1.1 for _, c, a, t in uptake
+                    ellipsoid_radius(centre, c, a + axes.max(), t) > 1.1 for _, c, a, t in uptake
                 )
             ):
                 break

@@ -170,8 +170,15 @@ def reference_spec(frame: pd.DataFrame, model: str, reference: str = REFERENCE) 
 def stat_columns(metric: str) -> list[str]:
     """The columns of one metric in a results table, in order."""
     tails = (
-        *("std", "seed_sd", "ci_low", "ci_high", "delta", "delta_ci_low", "delta_ci_high"),
-        *("gain_ci_low", "gain_ci_high"),
+        "std",
+        "seed_sd",
+        "ci_low",
+        "ci_high",
+        "delta",
+        "delta_ci_low",
+        "delta_ci_high",
+        "gain_ci_low",
+        "gain_ci_high",
     )
     return [metric, *(f"{metric}_{t}" for t in tails)]
 
@@ -212,6 +219,11 @@ def with_intervals(
     frame = prepare(results)
     out = results.reset_index(drop=True).copy()
     groups = {key: rows for key, rows in cases.groupby(KEY, sort=False)}
+    bootstrap = {
+        "n_resamples": settings.n_resamples,
+        "confidence": settings.confidence,
+        "seed": settings.seed,
+    }
     for dataset, rows in frame.groupby("dataset", sort=False):
         anchors, floors = {}, {}
         beside = shown_beside(rows)
@@ -244,11 +256,6 @@ def with_intervals(
                         row.method,
                         anchor[1],
                     )
-            bootstrap = {
-                "n_resamples": settings.n_resamples,
-                "confidence": settings.confidence,
-                "seed": settings.seed,
-            }
             found = case_intervals(mine, metrics, paired, **bootstrap)
             floor = floors[row.model]
             if floor is not None and floor[1] != row.method and (dataset, *floor) in groups:
