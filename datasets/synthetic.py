@@ -285,7 +285,7 @@ class SyntheticPet(Synthetic):
 
     def __init__(self, root: None = None, *, organs: int = 2, n_val: int = 16, **options):
         if organs < 0:
-            raise DatasetError(f"synthetic_pet: organs must be >= 0, got {organs}")
+            raise DatasetError(f"{self.name}: organs must be >= 0, got {organs}")
         self.organs = int(organs)
         super().__init__(root, n_val=n_val, **options)
 
