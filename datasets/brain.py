@@ -22,8 +22,8 @@ image does not find them.
 Positives carry 1-4 lesions in the cerebral white matter: ovoids of 3-9 mm equivalent
 diameter (log-uniform; 1.2-3.6 voxels), most of them periventricular and elongated
 perpendicular to the ventricle wall (Dawson's fingers), the others in the deep and
-juxtacortical white matter; contrast 15-95 % above white matter times
-``lesion_contrast``, smooth edges. The mask is their support (half maximum of the
+juxtacortical white matter (diameters times ``lesion_size``); contrast 15-95 % above
+white matter times ``lesion_contrast``, smooth edges. The mask is their support (half maximum of the
 profile) within the white matter, boxes their half-open bounding boxes; lesions are
 kept apart, so each is one 26-connected component of the mask. Negatives have no
 lesion, an empty mask and no box.
@@ -305,6 +305,7 @@ def make_brain(
     shape: tuple[int, int, int] = SHAPE,
     positive: bool = True,
     lesion_contrast: float = 1.0,
+    lesion_size: float = 1.0,
 ) -> Phantom:
     """One subject (see the module docstring): image, lesion mask and boxes, tissue map."""
     level = {k: rng.uniform(*v) for k, v in LEVELS.items()}
@@ -468,7 +469,7 @@ def make_brain(
     if positive:
         inside = np.minimum(np.minimum(pial - thickness, -deep), np.minimum(wall, -hind))
         lesion_image, lesions = _lesions(
-            rng, space, tissue, inside, wall, near, blobs, edge, lesion_contrast
+            rng, space, tissue, inside, wall, near, blobs, edge, lesion_contrast, lesion_size
         )
         for lesion in lesions:
             support = lesion.pop("support")
@@ -494,7 +495,7 @@ def make_brain(
     )
 
 
-def _lesions(rng, space, tissue, inside, wall, near, blobs, edge, scale):
+def _lesions(rng, space, tissue, inside, wall, near, blobs, edge, scale, size):
     """1-4 lesions in the cerebral white matter, kept apart: (contrast image [D,H,W],
     lesion dicts with voxel, diameter, contrast, kind and support)."""
     shape, spacing = space.shape, np.array(space.spacing)
@@ -510,7 +511,7 @@ def _lesions(rng, space, tissue, inside, wall, near, blobs, edge, scale):
         return candidates
 
     for _ in range(rng.integers(1, 5)):
-        lo, hi = LESION_DIAMETER
+        lo, hi = (size * d for d in LESION_DIAMETER)
         diameter = lo * (hi / lo) ** rng.uniform()
         kind = kinds[rng.choice(len(kinds), p=odds)]
         elongation = rng.uniform(1.4, 2.2) if kind == "periventricular" else rng.uniform(1.0, 1.5)
@@ -561,7 +562,8 @@ class Brain(GeneratedDataset):
 
     Options: ``shape`` (D, H, W) sampling the fixed 145 x 180 x 155 mm field of view,
     ``n_train``/``n_val`` volumes, ``lesion_contrast`` (a scale on every lesion's
-    contrast above white matter: below 1 harder, above 1 easier), ``seed``,
+    contrast above white matter: below 1 harder, above 1 easier), ``lesion_size`` (a scale
+    on every lesion's diameter: 2.5 gives 7.5-22.5 mm lesions), ``seed``,
     ``max_abs`` (the value check of ``datasets.checks``).
     """
 
@@ -576,19 +578,23 @@ class Brain(GeneratedDataset):
         n_train: int = 48,
         n_val: int = 32,
         lesion_contrast: float = 1.0,
+        lesion_size: float = 1.0,
         seed: int = 0,
         cache_dir: str | None = None,
         max_abs: float = 1e6,
     ):
         if not 0.0 < lesion_contrast <= 10.0:
             raise DatasetError(f"brain: lesion_contrast must be in (0, 10], got {lesion_contrast}")
+        if not 0.0 < lesion_size <= 5.0:
+            raise DatasetError(f"brain: lesion_size must be in (0, 5], got {lesion_size}")
         self.lesion_contrast = float(lesion_contrast)
+        self.lesion_size = float(lesion_size)
         super().__init__(
             root, shape, n_train, n_val, cache_dir=cache_dir, seed=seed, max_abs=max_abs
         )
 
     def own_options(self) -> dict:
-        return {"lesion_contrast": self.lesion_contrast}
+        return {"lesion_contrast": self.lesion_contrast, "lesion_size": self.lesion_size}
 
     @property
     def spacing(self) -> tuple[float, float, float]:
@@ -600,7 +606,7 @@ class Brain(GeneratedDataset):
         ``lesion_contrast`` replaces the data set's (0: the same subject, lesions unseen)."""
         rng = np.random.default_rng([self.seed, record.source])
         contrast = self.lesion_contrast if lesion_contrast is None else lesion_contrast
-        return make_brain(rng, self.shape, bool(record.label), contrast)
+        return make_brain(rng, self.shape, bool(record.label), contrast, self.lesion_size)
 
     def lesion_signal(self, sample_id: str) -> tuple[list[float], float]:
         """How far the lesions of ``sample_id`` stand out, in standard deviations of the

@@ -131,6 +131,26 @@ def test_lesion_contrast_scales_the_lesions_only():
     assert step1 > 0.02 and step2 == pytest.approx(2 * step1, rel=0.15)
 
 
+def test_lesion_size_scales_the_lesions_diameters():
+    kw = dict(n_train=2, n_val=8, seed=3)
+    small, large = (load_dataset("brain", lesion_size=s, **kw) for s in (1.0, 2.5))
+    assert large.options()["lesion_size"] == 2.5 and small.options()["lesion_size"] == 1.0
+    assert np.array_equal(small["brain_0002"].image, large["brain_0002"].image)  # a negative
+    for i in small.ids("val")[1::2]:
+        a, b = (d.phantom(d.record(i)) for d in (small, large))
+        # the first lesion's diameter is drawn first: the same draw, 2.5 x the size
+        assert b.lesions[0]["diameter"] == pytest.approx(2.5 * a.lesions[0]["diameter"])
+        assert (
+            7.5
+            <= min(x["diameter"] for x in b.lesions)
+            <= max(x["diameter"] for x in b.lesions)
+            <= 22.5
+        )
+        assert (
+            b.mask.sum() > 4 * a.mask.sum()
+        )  # 2.5 ** 3 = 15.6 x the volume, within the white matter
+
+
 def test_the_lesion_signal_is_each_lesion_above_its_lesion_free_twin():
     kw = dict(n_train=2, n_val=2, seed=3)
     single, double = (load_dataset("brain", lesion_contrast=c, **kw) for c in (1.0, 2.0))
@@ -152,6 +172,7 @@ def test_the_lesion_signal_is_each_lesion_above_its_lesion_free_twin():
         ({"shape": (8, 72, 62)}, "shape must be 3 sizes >= 16"),
         ({"n_train": 1}, "need n_train >= 2"),
         ({"lesion_contrast": 0.0}, r"lesion_contrast must be in \(0, 10\]"),
+        ({"lesion_size": 6.0}, r"lesion_size must be in \(0, 5\]"),
     ],
 )
 def test_options_are_checked(options, message):
