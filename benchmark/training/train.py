@@ -558,7 +558,8 @@ class _Loop:
         auc = float(np.mean([r["auc"] for r in recent]))
         loss = float(np.mean([r["loss"] for r in recent]))
         pooled = np.mean([r["logits"] for r in recent], axis=0)
-        above_chance = bootstrap_ci(auc_or_nan, labels, pooled, n_resamples=1000)[0] > 0.5
+        pooled_ci = bootstrap_ci(auc_or_nan, labels, pooled, n_resamples=1000)
+        above_chance = pooled_ci[0] > 0.5
         best = run["best"]
         gains = []
         if best is None or auc >= best["auc"] + config.min_delta:
@@ -600,11 +601,14 @@ class _Loop:
             )
         smoothed = f"mean of {len(recent)}: " if config.window > 1 else ""
         log.info(
-            "%s (%sAUC %.4f, loss %.4f), %s; kept step %d%s",
+            "%s (%sAUC %.4f, loss %.4f; their mean logits' AUC %.4f [%.3f, %.3f]), %s; "
+            "kept step %d%s",
             seen,
             smoothed,
             auc,
             loss,
+            auc_or_nan(labels, pooled),
+            *pooled_ci,
             verdict,
             best["step"],
             f": stopping early at step {step} of at most {config.iterations}" if stop else "",
