@@ -189,15 +189,11 @@ def check_options(cls: type, options: dict[str, Any]) -> dict[str, Any]:
     Raise a DatasetError naming the options ``cls`` does not take (and those it does),
     or an option whose value cannot be read as its type.
     """
-    parameters = inspect.signature(cls).parameters
-    unknown = sorted(set(options) - set(parameters) - {"root"})
+    hints = _init_options(cls)
+    unknown = sorted(set(options) - set(hints) - {"root"})
     if unknown:
-        known = ", ".join(p for p in parameters if p != "root")
+        known = ", ".join(p for p in hints if p != "root")
         raise DatasetError(f"{cls.name}: unknown option(s) {', '.join(unknown)}; options: {known}")
-    try:
-        hints = typing.get_type_hints(cls.__init__)
-    except (NameError, TypeError):  # an annotation that cannot be resolved: keep values
-        hints = {}
     converted = {}
     for key, value in options.items():
         try:
@@ -205,6 +201,26 @@ def check_options(cls: type, options: dict[str, Any]) -> dict[str, Any]:
         except ValueError as error:
             raise DatasetError(f"{cls.name}: {error}") from None
     return converted
+
+
+def _init_options(cls: type) -> dict[str, Any]:
+    """The keyword options ``cls.__init__`` takes and their annotations, following
+    ``**options`` up the class chain (``synthetic_pet`` passes ``synthetic``'s on)."""
+    options: dict[str, Any] = {}
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        parameters = inspect.signature(klass.__init__).parameters
+        try:
+            hints = typing.get_type_hints(klass.__init__)
+        except (NameError, TypeError):  # an annotation that cannot be resolved: keep values
+            hints = {}
+        for name, parameter in list(parameters.items())[1:]:  # self
+            if parameter.kind in (parameter.KEYWORD_ONLY, parameter.POSITIONAL_OR_KEYWORD):
+                options.setdefault(name, hints.get(name, Any))
+        if all(p.kind is not p.VAR_KEYWORD for p in parameters.values()):
+            return options
+    return options
 
 
 def channel_names(n: int) -> tuple[str, ...]:

@@ -7,6 +7,8 @@ import pytest
 from scipy import ndimage
 
 from datasets import DatasetError, load_dataset
+from datasets.base import check_options
+from datasets.synthetic import SyntheticPet
 
 
 @pytest.fixture(scope="module")
@@ -164,3 +166,15 @@ def test_pet_lesions_stand_out_where_they_lie_some_dimmer_than_an_organ():
 def test_pet_bad_organs():
     with pytest.raises(DatasetError, match="synthetic_pet: organs"):
         load_dataset("synthetic_pet", organs=-1)
+
+
+def test_pet_takes_synthetics_options_from_the_command_line():
+    """``--dataset-option`` reaches the options ``synthetic_pet`` passes on to ``synthetic``."""
+    options = check_options(SyntheticPet, {"difficulty": "0.6", "organs": "0", "n_train": "4"})
+    assert options == {"difficulty": 0.6, "organs": 0, "n_train": 4}
+    harder = load_dataset("synthetic_pet", n_val=2, **options)
+    plain = load_dataset("synthetic", n_train=4, n_val=2, difficulty=0.6)
+    assert harder.options()["difficulty"] == 0.6
+    assert np.array_equal(harder[1].image, plain[1].image)
+    with pytest.raises(DatasetError, match="unknown option.*organs, n_val, shape, n_train"):
+        check_options(SyntheticPet, {"hue": "1"})
