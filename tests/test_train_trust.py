@@ -295,6 +295,22 @@ def test_early_stopping_stops_sooner_on_an_easy_set_and_resumes_exactly(
     assert calls == []  # finished early: reused, not continued to the cap
 
 
+def test_a_run_stopped_under_the_earlier_rule_is_not_resumed_under_this_one(tmp_path, monkeypatch):
+    _recording_train_step(monkeypatch, kill_at=11)  # dies after the checkpoint of step 9
+    with pytest.raises(RuntimeError, match="killed"):
+        train(BlobSet(3.0), EARLY, tmp_path, progress=False)
+    path = tmp_path / "checkpoint.pt"
+    state = read_checkpoint(path)
+    assert [r["step"] for r in state["holdout"]] == [4, 8] and not state["finished"]
+    for row in state["holdout"]:  # as the rule before the mean logits saved them
+        del row["logits"]
+    save_checkpoint(path, {k: v for k, v in state.items() if k != "digest"})
+    _recording_train_step(monkeypatch)
+    with pytest.raises(ValueError, match="stopped at step 9 under an earlier early-stopping"):
+        train(BlobSet(3.0), EARLY, tmp_path, resume=True, progress=False)
+    assert read_checkpoint(path)["step"] == 9  # kept, not overwritten
+
+
 def _last_improvement(rows: list[dict], min_delta: float) -> int:
     """The step of the last validation whose AUC rose ``min_delta`` above the best so far or
     whose loss fell ``min_delta`` below the lowest so far (window 1): the weights kept."""
