@@ -26,7 +26,6 @@ from torch import nn
 import benchmark.training.train as training
 from benchmark.config import TrainConfig
 from benchmark.distributed import Context
-from benchmark.protocol.stats import bootstrap_ci
 from benchmark.training.checkpoint import (
     DamagedCheckpoint,
     checkpoint_id,
@@ -37,7 +36,7 @@ from benchmark.training.checkpoint import (
     state_digest,
 )
 from benchmark.training.data import holdout_split
-from benchmark.training.scoring import classifier_report, validation_scores
+from benchmark.training.scoring import classifier_report
 from benchmark.training.slices import draw_batch
 from benchmark.training.train import train
 
@@ -295,22 +294,6 @@ def test_early_stopping_stops_sooner_on_an_easy_set_and_resumes_exactly(
     assert calls == []  # finished early: reused, not continued to the cap
 
 
-def test_a_run_stopped_under_the_earlier_rule_is_not_resumed_under_this_one(tmp_path, monkeypatch):
-    _recording_train_step(monkeypatch, kill_at=11)  # dies after the checkpoint of step 9
-    with pytest.raises(RuntimeError, match="killed"):
-        train(BlobSet(3.0), EARLY, tmp_path, progress=False)
-    path = tmp_path / "checkpoint.pt"
-    state = read_checkpoint(path)
-    assert [r["step"] for r in state["holdout"]] == [4, 8] and not state["finished"]
-    for row in state["holdout"]:  # as the rule before the mean logits saved them
-        del row["logits"]
-    save_checkpoint(path, {k: v for k, v in state.items() if k != "digest"})
-    _recording_train_step(monkeypatch)
-    with pytest.raises(ValueError, match="stopped at step 9 under an earlier early-stopping"):
-        train(BlobSet(3.0), EARLY, tmp_path, resume=True, progress=False)
-    assert read_checkpoint(path)["step"] == 9  # kept, not overwritten
-
-
 def _last_improvement(rows: list[dict], min_delta: float) -> int:
     """The step of the last validation whose AUC rose ``min_delta`` above the best so far or
     whose loss fell ``min_delta`` below the lowest so far (window 1): the weights kept."""
@@ -375,70 +358,6 @@ def test_early_stopping_outlasts_a_lucky_or_saturated_holdout_and_keeps_the_best
     for key, value in state["model"].items():  # the kept weights are the best validation's
         assert torch.equal(value, weights[2 * kept][key]), key
     assert not torch.equal(state["model"]["fc.weight"], weights[2 * stop_at - 2]["fc.weight"])
-
-
-def _scripted_logits(monkeypatch, script) -> None:
-    """``_Loop._validate`` of the holdout scores ``script(k, labels)``'s logits at its
-    k-th call (from 0), with the loop's own scores."""
-    calls = []
-    real = training._Loop._validate
-
-    def validate(loop, ids):
-        if ids != loop.split["holdout"]:
-            return real(loop, ids)
-        labels = torch.tensor([loop.dataset.label(i) for i in ids])
-        calls.append(ids)
-        logits = torch.tensor(script(len(calls) - 1, labels.numpy()), dtype=torch.float32)
-        return validation_scores(labels, logits)
-
-    monkeypatch.setattr(training._Loop, "_validate", validate)
-
-
-def _misses_one_positive(k: int, labels: np.ndarray, scale: float = 3.0) -> np.ndarray:
-    """Negatives at -1 ... 0.5, positives at ``scale`` but the (k mod 4)-th at -``scale``:
-    each validation's AUC 0.75, every positive ranked first in 3 of 4 validations."""
-    logits = np.zeros(len(labels))
-    negatives, positives = np.flatnonzero(labels == 0), np.flatnonzero(labels == 1)
-    logits[negatives] = np.linspace(-1.0, 0.5, len(negatives))
-    logits[positives] = scale
-    logits[positives[k % len(positives)]] = -scale
-    return logits
-
-
-def test_a_window_is_above_chance_on_its_mean_logits(tmp_path, monkeypatch):
-    # 4 + 4 held-out volumes, each validation misses a different positive: AUC 0.75, whose
-    # interval includes 0.5; the window's mean logits rank every positive first
-    config = dataclasses.replace(EARLY, window=4, patience=3, val_every=2, iterations=60)
-    _scripted_logits(monkeypatch, _misses_one_positive)
-    state = read_checkpoint(train(BlobSet(3.0), config, tmp_path / "rotating", progress=False))
-    rows = state["holdout"]
-    assert [r["auc"] for r in rows] == [0.75] * len(rows)
-    assert all(r["auc_ci_low"] <= 0.5 for r in rows)  # no single validation is above chance
-    labels = np.array([BlobSet(3.0).label(i) for i in state["data_holdout"]])
-    pooled = np.mean([r["logits"] for r in rows[:4]], axis=0)
-    assert roc_auc_score(labels, pooled) == 1.0
-    # the first full window is kept (no later gain), above chance: stopped 3 validations on
-    assert state["best"] == {**state["best"], "step": 8, "above_chance": True}
-    assert state["stopped_early"] == 14
-
-    # the same misses at a thousandth of the scale for 4 validations, all on one positive:
-    # a window at chance whose loss (0.693) no later window beats; the first window above
-    # chance after it is kept all the same
-    def late(k, labels):
-        return 1e-3 * _misses_one_positive(0, labels) if k < 4 else _misses_one_positive(k, labels)
-
-    _scripted_logits(monkeypatch, late)
-    state = read_checkpoint(train(BlobSet(3.0), config, tmp_path / "late", progress=False))
-    rows = state["holdout"]
-    windows = [np.mean([r["logits"] for r in rows[i - 3 : i + 1]], axis=0) for i in range(3, 12)]
-    first = next(
-        i
-        for i, w in zip(range(3, 12), windows, strict=True)
-        if bootstrap_ci(roc_auc_score, labels, w, n_resamples=1000)[0] > 0.5
-    )
-    assert first > 4 and all(r["loss"] > rows[3]["loss"] for r in rows[4:])
-    assert state["best"]["step"] == rows[first]["step"] and state["best"]["above_chance"]
-    assert state["stopped_early"] == rows[first]["step"] + 3 * config.val_every
 
 
 def test_a_classifier_at_chance_is_not_stopped_early(tmp_path, caplog):

@@ -70,12 +70,6 @@ def load_for_resume(
             f"{path} holds non-finite weights (step {state['step']}): it is not reused; "
             "delete it to retrain (with a lower lr if training diverged)"
         )
-    if not state["finished"] and any("logits" not in r for r in state.get("holdout", [])):
-        raise ValueError(
-            f"{path} stopped at step {state['step']} under an earlier early-stopping rule "
-            "(its holdout validations lack the volume logits the rule now averages): delete "
-            "it, or choose another --out, to retrain"
-        )
     return state
 
 

@@ -524,15 +524,9 @@ class _Loop:
 
         - An improvement is a mean AUC ``min_delta`` above its best so far, or a mean loss
           ``min_delta`` below its best so far; the weights of the last one are kept.
-        - A window is above chance when its mean volume logits (each held-out volume's
-          logit averaged over the window's validations) rank the volumes above chance:
-          their AUC's 95 % bootstrap interval excludes 0.5. One validation of a dozen
-          volumes reads 0.83 [0.50, 1.00] for a classifier that scores 0.97 on 32 others;
-          its window's mean carries four validations' evidence. A window above chance
-          after kept weights that were not is an improvement too.
-        - Training stops once ``patience`` validations brought none *and* the kept
-          weights' window is above chance, so that a classifier that has not learned
-          trains on to the cap.
+        - Training stops once ``patience`` validations brought none *and* every validation
+          of the kept weights' window is above chance (its AUC's 95 % bootstrap interval
+          excludes 0.5), so that a classifier that has not learned trains on to the cap.
         - With ``schedule="plateau"`` and a ``patience``, every ``patience // 2``
           validations without one (at least 1) halve the learning rate (down to
           ``lr_min``) once the kept weights are above chance: a constant lr keeps the
@@ -544,9 +538,7 @@ class _Loop:
         labels, logits = result["labels"].numpy(), result["logits"].numpy()
         low, high = (float(x) for x in bootstrap_ci(auc_or_nan, labels, logits, n_resamples=1000))
         row = {"step": step, **{k: float(result[k]) for k in VAL_SCORES}}
-        run["holdout"].append(
-            {**row, "auc_ci_low": low, "auc_ci_high": high, "logits": logits.tolist()}
-        )
+        run["holdout"].append({**row, "auc_ci_low": low, "auc_ci_high": high})
         recent = run["holdout"][-config.window :]
         seen = (
             f"step {step}: holdout AUC {result['auc']:.4f} [{low:.3f}, {high:.3f}], "
@@ -557,23 +549,18 @@ class _Loop:
             return False
         auc = float(np.mean([r["auc"] for r in recent]))
         loss = float(np.mean([r["loss"] for r in recent]))
-        pooled = np.mean([r["logits"] for r in recent], axis=0)
-        pooled_ci = bootstrap_ci(auc_or_nan, labels, pooled, n_resamples=1000)
-        above_chance = pooled_ci[0] > 0.5
         best = run["best"]
         gains = []
         if best is None or auc >= best["auc"] + config.min_delta:
             gains.append("AUC")
         if best is None or loss <= best["loss"] - config.min_delta:
             gains.append("loss")
-        if best is not None and above_chance and not best["above_chance"]:
-            gains.append("above chance")
         if gains:
             run["best"] = {
                 "step": step,
                 "auc": max(auc, best["auc"]) if best else auc,
                 "loss": min(loss, best["loss"]) if best else loss,
-                "above_chance": bool(above_chance),
+                "above_chance": all(r["auc_ci_low"] > 0.5 for r in recent),
             }
             run["best_model"] = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
             run["stale"] = 0
@@ -596,19 +583,16 @@ class _Loop:
             verdict += (
                 ", the kept weights above chance"
                 if stop
-                else ", but the kept weights are not above chance (their window's mean logits: "
-                "an AUC interval that includes 0.5): continuing"
+                else ", but the kept weights are not above chance (an AUC interval includes "
+                "0.5): continuing"
             )
         smoothed = f"mean of {len(recent)}: " if config.window > 1 else ""
         log.info(
-            "%s (%sAUC %.4f, loss %.4f; their mean logits' AUC %.4f [%.3f, %.3f]), %s; "
-            "kept step %d%s",
+            "%s (%sAUC %.4f, loss %.4f), %s; kept step %d%s",
             seen,
             smoothed,
             auc,
             loss,
-            auc_or_nan(labels, pooled),
-            *pooled_ci,
             verdict,
             best["step"],
             f": stopping early at step {step} of at most {config.iterations}" if stop else "",
