@@ -23,10 +23,10 @@ Positives carry 1-4 lesions in the cerebral white matter: ovoids of 3-9 mm equiv
 diameter (log-uniform; 1.2-3.6 voxels), most of them periventricular and elongated
 perpendicular to the ventricle wall (Dawson's fingers), the others in the deep and
 juxtacortical white matter (diameters times ``lesion_size``); contrast 15-95 % above
-white matter times ``lesion_contrast``, smooth edges. The mask is their support (half maximum of the
-profile) within the white matter, boxes their half-open bounding boxes; lesions are
-kept apart, so each is one 26-connected component of the mask. Negatives have no
-lesion, an empty mask and no box.
+white matter times ``lesion_contrast``, smooth edges. The mask is their support (half
+maximum of the profile) within the white matter, boxes their half-open bounding boxes;
+lesions are kept apart, so each is one 26-connected component of the mask. Negatives
+have no lesion, an empty mask and no box.
 
 The image is then multiplied by a smooth bias field (about +-15 %) and a random gain
 (0.85-1.15), given mild tissue texture, blurred by a point-spread function (0.45
