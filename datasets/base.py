@@ -189,15 +189,15 @@ def check_options(cls: type, options: dict[str, Any]) -> dict[str, Any]:
     Raise a DatasetError naming the options ``cls`` does not take (and those it does),
     or an option whose value cannot be read as its type.
     """
-    hints = _init_options(cls)
-    unknown = sorted(set(options) - set(hints) - {"root"})
+    types = _init_options(cls)
+    unknown = sorted(set(options) - set(types) - {"root"})
     if unknown:
-        known = ", ".join(p for p in hints if p != "root")
+        known = ", ".join(p for p in types if p != "root")
         raise DatasetError(f"{cls.name}: unknown option(s) {', '.join(unknown)}; options: {known}")
     converted = {}
     for key, value in options.items():
         try:
-            converted[key] = convert_value(value, hints.get(key, Any), f"option {key}")
+            converted[key] = convert_value(value, types.get(key, Any), f"option {key}")
         except ValueError as error:
             raise DatasetError(f"{cls.name}: {error}") from None
     return converted

@@ -140,15 +140,10 @@ def test_lesion_size_scales_the_lesions_diameters():
         a, b = (d.phantom(d.record(i)) for d in (small, large))
         # the first lesion's diameter is drawn first: the same draw, 2.5 x the size
         assert b.lesions[0]["diameter"] == pytest.approx(2.5 * a.lesions[0]["diameter"])
-        assert (
-            7.5
-            <= min(x["diameter"] for x in b.lesions)
-            <= max(x["diameter"] for x in b.lesions)
-            <= 22.5
-        )
-        assert (
-            b.mask.sum() > 4 * a.mask.sum()
-        )  # 2.5 ** 3 = 15.6 x the volume, within the white matter
+        diameters = [x["diameter"] for x in b.lesions]
+        assert 7.5 <= min(diameters) <= max(diameters) <= 22.5
+        # 2.5 ** 3 = 15.6 x the volume, less where the mask leaves the white matter
+        assert b.mask.sum() > 4 * a.mask.sum()
 
 
 def test_the_lesion_signal_is_each_lesion_above_its_lesion_free_twin():
