@@ -19,6 +19,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from scipy.stats import bootstrap
 from sklearn.metrics import roc_auc_score
 from test_train import SHAPE, TINY, TinySet, _recording_train_step
 from torch import nn
@@ -26,6 +27,7 @@ from torch import nn
 import benchmark.training.train as training
 from benchmark.config import TrainConfig
 from benchmark.distributed import Context
+from benchmark.protocol.stats import bootstrap_ci
 from benchmark.training.checkpoint import (
     DamagedCheckpoint,
     checkpoint_id,
@@ -36,7 +38,7 @@ from benchmark.training.checkpoint import (
     state_digest,
 )
 from benchmark.training.data import holdout_split
-from benchmark.training.scoring import classifier_report
+from benchmark.training.scoring import auc_or_nan, classifier_report, window_above_chance
 from benchmark.training.slices import draw_batch
 from benchmark.training.train import train
 
@@ -306,7 +308,8 @@ def _last_improvement(rows: list[dict], min_delta: float) -> int:
 
 
 # The holdout's AUC at each validation, scripted: a lucky 0.9 at the second, learning from
-# the sixth on (loss 1 - AUC). Each AUC's 95 % interval is taken as [AUC - 0.3, AUC + 0.05].
+# the sixth on (loss 1 - AUC). Each AUC's 95 % interval is taken as [AUC - 0.3, AUC + 0.05],
+# and a window's mean AUC's as [mean - 0.3, mean + 0.05].
 LUCKY = [(a, 1 - a) for a in [0.5, 0.9, 0.5, 0.55, 0.5, 0.8, 0.9, 0.95, 0.97, 0.96, 0.96, 0.95]]
 # The AUC saturates at the third validation; the loss falls on until the seventh.
 SATURATED = [(0.6, 0.69), (0.9, 0.6), (1.0, 0.5), (1.0, 0.45), (1.0, 0.4), (1.0, 0.35)]
@@ -331,6 +334,11 @@ def _scripted_holdout(monkeypatch, script: list[tuple[float, float]]) -> None:
     monkeypatch.setattr(training._Loop, "_validate", validate)
     monkeypatch.setattr(
         training, "bootstrap_ci", lambda *a, **k: (current["auc"] - 0.3, current["auc"] + 0.05)
+    )
+    monkeypatch.setattr(
+        training,
+        "window_above_chance",
+        lambda labels, window: bool(np.mean([v["auc"] for v in window]) - 0.3 > 0.5),
     )
 
 
@@ -552,6 +560,47 @@ def test_classifier_report_matches_sklearn_and_flags_chance():
     report = classifier_report(MeanOfSlice(), chance, chance.ids(), SIX_PIXELS, 16)
     assert report["auc"] == pytest.approx(roc_auc_score(random_labels, values.astype(np.float32)))
     assert report["auc_ci_low"] < 0.5 < report["auc_ci_high"] and report["at_chance"]
+
+
+def _window_of_validations(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Holdout logits [12 volumes, 4 validations]: each volume's own ease shared by the
+    window's validations, and noise of their own."""
+    rng = np.random.default_rng(seed)
+    labels = np.array([0] * 6 + [1] * 6)
+    shared = rng.normal(size=12)
+    logits = np.stack([1.2 * labels + shared + 0.8 * rng.normal(size=12) for _ in range(4)], 1)
+    return labels, logits
+
+
+def _scipy_window_low(labels: np.ndarray, logits: np.ndarray) -> float:
+    """scipy's percentile bootstrap of the window's mean sklearn AUC, resampling volumes."""
+
+    def mean_auc(rows):
+        return np.mean([roc_auc_score(labels[rows], column) for column in logits[rows].T])
+
+    volumes = (np.arange(len(labels)),)
+    # random_state 3 draws no resample of one class among 2,000 (the AUC would be undefined)
+    result = bootstrap(
+        volumes, mean_auc, n_resamples=2000, vectorized=False, method="percentile", random_state=3
+    )
+    return result.confidence_interval.low
+
+
+@pytest.mark.parametrize(
+    ("seed", "above"), [(0, True), (1, True), (2, True), (4, False), (6, False)]
+)
+def test_a_window_is_above_chance_when_its_mean_aucs_interval_excludes_one_half(seed, above):
+    labels, logits = _window_of_validations(seed)
+    low = _scipy_window_low(labels, logits)
+    assert (low > 0.5) == above and abs(low - 0.5) > 0.05  # far from the edge: no coin toss
+    window = [{"auc": roc_auc_score(labels, column), "logits": list(column)} for column in logits.T]
+    assert window_above_chance(labels, window) == above
+    assert not window_above_chance(
+        labels, [{k: v for k, v in window[0].items() if k != "auc"}] + [{"auc": 1.0}] * 3
+    )  # a validation without logits (an older checkpoint's) decides nothing
+    if seed == 2:  # where not every validation's own interval excludes 0.5, the window's does
+        singles = [bootstrap_ci(auc_or_nan, labels, column)[0] for column in logits.T]
+        assert min(singles) < 0.5
 
 
 def test_train_command_reports_a_diverged_run_in_one_line(tmp_path, monkeypatch, capsys):

@@ -101,6 +101,26 @@ def auc_or_nan(labels: np.ndarray, scores: np.ndarray) -> float:
     return roc_auc(torch.from_numpy(labels), torch.from_numpy(scores))
 
 
+def window_above_chance(labels: np.ndarray, validations: list[dict[str, Any]]) -> bool:
+    """Whether a window of holdout validations beats chance: the 95 % bootstrap interval of
+    its mean AUC, the early-stopping criterion itself, excludes 0.5 (beyond the paper).
+
+    A resample draws one set of held-out volumes for every validation of the window, so
+    that validations of the same volumes count as those volumes, not as more of them.
+    False unless every validation carries its volume ``logits`` (older checkpoints' do not).
+    """
+    if any("logits" not in v for v in validations):
+        return False
+    logits = np.array([v["logits"] for v in validations]).T  # [volumes, validations]
+    low, _ = bootstrap_ci(_mean_auc, np.asarray(labels), logits, n_resamples=1000)
+    return bool(low > 0.5)
+
+
+def _mean_auc(labels: np.ndarray, logits: np.ndarray) -> float:
+    """The mean over columns of ``logits`` [volumes, validations] of each column's AUC."""
+    return float(np.mean([auc_or_nan(labels, column) for column in logits.T]))
+
+
 def _balanced_accuracy_or_nan(labels: np.ndarray, predictions: np.ndarray) -> float:
     """Balanced accuracy, NaN unless both classes are present."""
     if labels.min() == labels.max():

@@ -59,7 +59,7 @@ from benchmark.training.data import data_record, dataset_info, split_ids
 from benchmark.training.files import VAL_SCORES, load_for_resume, save_run, write_config
 from benchmark.training.memory import InMemory
 from benchmark.training.models import model_spec
-from benchmark.training.scoring import auc_or_nan, validation_scores
+from benchmark.training.scoring import auc_or_nan, validation_scores, window_above_chance
 from benchmark.training.slices import BatchPlan, slice_loss
 from benchmark.training.strategy import batches_for
 from foundation.io import file_lock
@@ -524,9 +524,10 @@ class _Loop:
 
         - An improvement is a mean AUC ``min_delta`` above its best so far, or a mean loss
           ``min_delta`` below its best so far; the weights of the last one are kept.
-        - Training stops once ``patience`` validations brought none *and* every validation
-          of the kept weights' window is above chance (its AUC's 95 % bootstrap interval
-          excludes 0.5), so that a classifier that has not learned trains on to the cap.
+        - Training stops once ``patience`` validations brought none *and* the kept weights'
+          window is above chance (the 95 % bootstrap interval of its mean AUC, resampling
+          the held-out volumes, excludes 0.5: :func:`window_above_chance`), so that a
+          classifier that has not learned trains on to the cap.
         - With ``schedule="plateau"`` and a ``patience``, every ``patience // 2``
           validations without one (at least 1) halve the learning rate (down to
           ``lr_min``) once the kept weights are above chance: a constant lr keeps the
@@ -538,7 +539,8 @@ class _Loop:
         labels, logits = result["labels"].numpy(), result["logits"].numpy()
         low, high = (float(x) for x in bootstrap_ci(auc_or_nan, labels, logits, n_resamples=1000))
         row = {"step": step, **{k: float(result[k]) for k in VAL_SCORES}}
-        run["holdout"].append({**row, "auc_ci_low": low, "auc_ci_high": high})
+        logits_row = {"logits": logits.tolist()}  # the window's test resamples them
+        run["holdout"].append({**row, "auc_ci_low": low, "auc_ci_high": high, **logits_row})
         recent = run["holdout"][-config.window :]
         seen = (
             f"step {step}: holdout AUC {result['auc']:.4f} [{low:.3f}, {high:.3f}], "
@@ -560,7 +562,7 @@ class _Loop:
                 "step": step,
                 "auc": max(auc, best["auc"]) if best else auc,
                 "loss": min(loss, best["loss"]) if best else loss,
-                "above_chance": all(r["auc_ci_low"] > 0.5 for r in recent),
+                "above_chance": window_above_chance(labels, recent),
             }
             run["best_model"] = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
             run["stale"] = 0
@@ -583,8 +585,8 @@ class _Loop:
             verdict += (
                 ", the kept weights above chance"
                 if stop
-                else ", but the kept weights are not above chance (an AUC interval includes "
-                "0.5): continuing"
+                else ", but the kept weights are not above chance (the interval of their "
+                "window's mean AUC includes 0.5): continuing"
             )
         smoothed = f"mean of {len(recent)}: " if config.window > 1 else ""
         log.info(
