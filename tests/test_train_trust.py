@@ -595,9 +595,8 @@ def test_a_window_is_above_chance_when_its_mean_aucs_interval_excludes_one_half(
     assert (low > 0.5) == above and abs(low - 0.5) > 0.05  # far from the edge: no coin toss
     window = [{"auc": roc_auc_score(labels, column), "logits": list(column)} for column in logits.T]
     assert window_above_chance(labels, window) == above
-    assert not window_above_chance(
-        labels, [{k: v for k, v in window[0].items() if k != "auc"}] + [{"auc": 1.0}] * 3
-    )  # a validation without logits (an older checkpoint's) decides nothing
+    older = [{"auc": v["auc"]} for v in window[:-1]] + window[-1:]  # an older checkpoint's
+    assert not window_above_chance(labels, older)  # validations without logits decide nothing
     if seed == 2:  # where not every validation's own interval excludes 0.5, the window's does
         singles = [bootstrap_ci(auc_or_nan, labels, column)[0] for column in logits.T]
         assert min(singles) < 0.5

@@ -539,8 +539,8 @@ class _Loop:
         labels, logits = result["labels"].numpy(), result["logits"].numpy()
         low, high = (float(x) for x in bootstrap_ci(auc_or_nan, labels, logits, n_resamples=1000))
         row = {"step": step, **{k: float(result[k]) for k in VAL_SCORES}}
-        logits_row = {"logits": logits.tolist()}  # the window's test resamples them
-        run["holdout"].append({**row, "auc_ci_low": low, "auc_ci_high": high, **logits_row})
+        row |= {"auc_ci_low": low, "auc_ci_high": high}
+        run["holdout"].append({**row, "logits": logits.tolist()})  # for window_above_chance
         recent = run["holdout"][-config.window :]
         seen = (
             f"step {step}: holdout AUC {result['auc']:.4f} [{low:.3f}, {high:.3f}], "
