@@ -538,9 +538,15 @@ class _Loop:
         result = self._validate(self.split["holdout"])
         labels, logits = result["labels"].numpy(), result["logits"].numpy()
         low, high = (float(x) for x in bootstrap_ci(auc_or_nan, labels, logits, n_resamples=1000))
-        row = {"step": step, **{k: float(result[k]) for k in VAL_SCORES}}
-        row |= {"auc_ci_low": low, "auc_ci_high": high}
-        run["holdout"].append({**row, "logits": logits.tolist()})  # for window_above_chance
+        run["holdout"].append(
+            {
+                "step": step,
+                **{k: float(result[k]) for k in VAL_SCORES},
+                "auc_ci_low": low,
+                "auc_ci_high": high,
+                "logits": logits.tolist(),  # for window_above_chance
+            }
+        )
         recent = run["holdout"][-config.window :]
         seen = (
             f"step {step}: holdout AUC {result['auc']:.4f} [{low:.3f}, {high:.3f}], "
